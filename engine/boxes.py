@@ -1,0 +1,207 @@
+"""Heatmap -> pseudo boxes: local maxima inside the body, fixed-size boxes shifted onto the body, greedy NMS.
+
+Boxes follow ``engine.letterbox`` conventions (canvas px, x2/y2 exclusive). Output rows are
+``x1, y1, x2, y2, score`` float32, best score first. The seed's top-pixel rule (research/seed_code.md §10) is
+kept as ``top_pixel_boxes`` for side-by-side comparison only; DESIGN.md §4.4 lists why it is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+
+
+class BoxError(ValueError):
+    """Invalid box parameters or input arrays."""
+
+
+@dataclass(frozen=True)
+class BoxParams:
+    """Pseudo-box settings (conf ``boxes.*``; seed recipe values, DESIGN.md §3)."""
+
+    size: int = 48  # box side, canvas px (conf boxes.size)
+    max_boxes: int = 5  # most boxes kept per image (conf boxes.max)
+    nms_iou: float = 0.15  # a box is kept only if its IoU with every kept box is <= this (conf boxes.nms_iou)
+    min_score: float = 0.0  # peaks with heatmap value <= this are dropped (conf boxes.min_score)
+
+    def __post_init__(self) -> None:
+        """Raises BoxError on out-of-range settings."""
+        if self.size < 1:
+            raise BoxError(f"boxes.size must be >= 1 canvas px, got {self.size}")
+        if self.max_boxes < 0:
+            raise BoxError(f"boxes.max must be >= 0, got {self.max_boxes}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise BoxError(f"boxes.nms_iou must be in [0, 1], got {self.nms_iou}")
+
+
+def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim != 2 or heatmap.size == 0 or not np.all(np.isfinite(heatmap)):
+        raise BoxError(f"heatmap must be a non-empty finite 2-D (h, w) array, got shape {heatmap.shape}")
+    return heatmap.astype(np.float64)
+
+
+def find_peaks(heatmap: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (rows, cols) of the local maxima of a heatmap, sorted by value desc, ties by row-major index.
+
+    A peak is a valid cell with value > 0 and >= each valid 8-neighbour; invalid cells are ignored, so a hot
+    spot cut by the body edge still peaks on the body. A plateau (8-connected equal maxima) yields one peak:
+    its first cell in row-major order.
+
+    Args:
+        heatmap: (h, w) map.
+        valid: (h, w) bool mask of cells that may hold a peak.
+    """
+    heatmap = _check_heatmap(heatmap)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != heatmap.shape:
+        raise BoxError(f"valid mask shape {valid.shape} must equal heatmap shape {heatmap.shape}")
+    masked = np.where(valid, heatmap, -np.inf)
+    neighbour_max = ndimage.maximum_filter(masked, footprint=_EIGHT_NEIGHBOURS, mode="constant", cval=-np.inf)
+    is_peak = valid & (heatmap > 0) & (masked >= neighbour_max)
+    # Adjacent peak cells are equal (each >= the other): 8-connected components are plateaus.
+    labels, count = ndimage.label(is_peak, structure=_EIGHT_NEIGHBOURS)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    label_values, first_index = np.unique(labels.ravel(), return_index=True)
+    flat = first_index[label_values > 0]  # first occurrence = first cell in row-major order; 0 = background
+    order = np.lexsort((flat, -heatmap.ravel()[flat]))
+    rows, cols = np.unravel_index(flat[order], heatmap.shape)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Returns the (N, M) IoU of (N, 4) and (M, 4) boxes (x2/y2 exclusive; 0 where both areas are 0)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy_nms(boxes: np.ndarray, params: BoxParams) -> np.ndarray:
+    """Returns indices of boxes (already in score order) kept by greedy NMS, at most params.max_boxes."""
+    kept: list[int] = []
+    for index in range(len(boxes)):
+        if len(kept) == params.max_boxes:
+            break
+        if not kept or box_iou(boxes[index], boxes[kept]).max() <= params.nms_iou:
+            kept.append(index)
+    return np.array(kept, dtype=np.int64)
+
+
+def _check_body_box(body_box: tuple[float, float, float, float], canvas_h: int, canvas_w: int) -> np.ndarray:
+    body = np.asarray(body_box, dtype=np.float64).reshape(-1)
+    if body.shape != (4,) or not (0 <= body[0] < body[2] <= canvas_w and 0 <= body[1] < body[3] <= canvas_h):
+        raise BoxError(f"body_box {tuple(body)} must be a non-empty box inside the {canvas_h}x{canvas_w} canvas")
+    return body
+
+
+def extract_pseudo_boxes(
+    heatmap: np.ndarray,
+    body_box: tuple[float, float, float, float],
+    canvas_h: int,
+    canvas_w: int,
+    params: BoxParams,
+) -> np.ndarray:
+    """Returns (K, 5) float32 pseudo boxes ``x1, y1, x2, y2, score`` (canvas px), K <= params.max_boxes.
+
+    Peaks are local maxima of the heatmap at cells whose centre lies inside ``body_box``; each gets a box of
+    side min(size, body extent) centred on the cell centre and shifted (never truncated) onto the body.
+    Greedy NMS in score order keeps a box only if its IoU with every kept box is <= nms_iou (DESIGN.md §3).
+    An all-zero heatmap gives no box.
+
+    Args:
+        heatmap: (h, w) feature-resolution CAM in [0, 1] covering the whole canvas; cell (r, c) is centred at
+            canvas ((c + 0.5) canvas_w / w, (r + 0.5) canvas_h / h).
+        body_box: canvas box of the image region, ``LetterboxMeta.body_box()``.
+        canvas_h: canvas height, px.
+        canvas_w: canvas width, px.
+        params: box settings.
+    """
+    heatmap = _check_heatmap(heatmap)
+    body = _check_body_box(body_box, canvas_h, canvas_w)
+    h, w = heatmap.shape
+    centre_x = (np.arange(w) + 0.5) * canvas_w / w
+    centre_y = (np.arange(h) + 0.5) * canvas_h / h
+    valid = ((centre_y >= body[1]) & (centre_y < body[3]))[:, None] & ((centre_x >= body[0]) & (centre_x < body[2]))
+    rows, cols = find_peaks(heatmap, valid)
+    scores = heatmap[rows, cols]
+    keep = scores > params.min_score
+    rows, cols, scores = rows[keep], cols[keep], scores[keep]
+    side_w = min(float(params.size), body[2] - body[0])
+    side_h = min(float(params.size), body[3] - body[1])
+    x1 = np.clip(centre_x[cols] - side_w / 2, body[0], body[2] - side_w)
+    y1 = np.clip(centre_y[rows] - side_h / 2, body[1], body[3] - side_h)
+    boxes = np.stack([x1, y1, x1 + side_w, y1 + side_h, scores], axis=1).reshape(-1, 5)
+    return boxes[_greedy_nms(boxes[:, :4], params)].astype(np.float32)
+
+
+def boxes_for_batch(
+    heatmaps: np.ndarray, body_boxes: np.ndarray, canvas_h: int, canvas_w: int, params: BoxParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns pseudo boxes for a batch: (N, max_boxes, 5) float32 padded with NaN, and counts (N,) int32.
+
+    Row i equals ``extract_pseudo_boxes(heatmaps[i], body_boxes[i], ...)``, whatever the batch size.
+
+    Args:
+        heatmaps: (N, h, w) feature-resolution CAMs in [0, 1], each covering the whole canvas.
+        body_boxes: (N, 4) canvas body boxes (``LetterboxMeta.body_box()`` per row).
+        canvas_h: canvas height, px (the same canvas for the whole batch).
+        canvas_w: canvas width, px.
+        params: box settings.
+    """
+    heatmaps = np.asarray(heatmaps)
+    body_boxes = np.asarray(body_boxes, dtype=np.float64)
+    if heatmaps.ndim != 3 or body_boxes.shape != (len(heatmaps), 4):
+        raise BoxError(f"need heatmaps (N, h, w) and body_boxes (N, 4), got {heatmaps.shape} and {body_boxes.shape}")
+    out = np.full((len(heatmaps), params.max_boxes, 5), np.nan, dtype=np.float32)
+    counts = np.zeros(len(heatmaps), dtype=np.int32)
+    for index, (heatmap, body) in enumerate(zip(heatmaps, body_boxes, strict=True)):
+        boxes = extract_pseudo_boxes(heatmap, tuple(body), canvas_h, canvas_w, params)
+        out[index, : len(boxes)] = boxes
+        counts[index] = len(boxes)
+    return out, counts
+
+
+def _brightest_pixels(flat: np.ndarray, count: int) -> np.ndarray:
+    """Returns the indices of the `count` largest values, by value desc then index (deterministic ties)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth_value = -np.partition(-flat, count - 1)[count - 1]
+    above = np.flatnonzero(flat > kth_value)
+    candidates = np.concatenate([above, np.flatnonzero(flat == kth_value)[: count - len(above)]])
+    return candidates[np.lexsort((candidates, -flat[candidates]))]
+
+
+def top_pixel_boxes(heatmap_canvas: np.ndarray, params: BoxParams, candidates_multiplier: int = 50) -> np.ndarray:
+    """Returns (K, 5) float32 boxes by the SEED's rule, for comparison only (research/seed_code.md §10).
+
+    The ``max_boxes * candidates_multiplier`` brightest pixels of a canvas-resolution map, in value order
+    (ties by row-major index), stopping at the first value <= min_score; box ``x1 = max(0, x - size // 2)``,
+    ``x2 = min(W, x1 + size)`` (shifted at the left/top edge, truncated at the right/bottom edge); greedy NMS
+    rejecting IoU > nms_iou; score = clipped heat at the pixel. Boxes can sit in padding and cluster on the
+    brightest blob (DESIGN.md §4.4).
+    """
+    heat = np.clip(_check_heatmap(heatmap_canvas), 0.0, 1.0)
+    height, width = heat.shape
+    count = min(max(params.max_boxes * candidates_multiplier, params.max_boxes), heat.size)
+    flat = heat.ravel()
+    candidates = _brightest_pixels(flat, count)
+    scores = flat[candidates]
+    stop = np.flatnonzero(scores <= params.min_score)
+    candidates = candidates[: stop[0]] if len(stop) else candidates
+    ys, xs = np.divmod(candidates, width)
+    x1 = np.maximum(0, xs - params.size // 2)
+    y1 = np.maximum(0, ys - params.size // 2)
+    x2, y2 = np.minimum(width, x1 + params.size), np.minimum(height, y1 + params.size)
+    boxes = np.stack([x1, y1, x2, y2, flat[candidates]], axis=1).astype(np.float64).reshape(-1, 5)
+    return boxes[_greedy_nms(boxes[:, :4], params)].astype(np.float32)

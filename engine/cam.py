@@ -1,0 +1,159 @@
+"""CAM math on tensors: fused (forward-only) Grad-CAM for GAP+linear heads, autograd Grad-CAM, heatmap resizing.
+
+Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391): ``cam = ReLU(sum_c alpha_c A_c)`` with
+``alpha_c = mean_ij d y / d A_c(i, j)``. For a head ``y = sum_c w_c mean_ij A_c(i, j) + b`` (global average
+pool + one linear layer, timm ResNet/ResNet-RS/EfficientNet) the gradient is ``w_c / (h w)`` at every cell, so
+Grad-CAM equals ``ReLU(sum_c w_c A_c) / (h w)``: classic CAM (Zhou et al., CVPR 2016) computed from the same
+``forward_features`` output as the prediction, no backward pass (DESIGN.md §5). Torch functions are
+device-agnostic and return float32; heatmap resizing works on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from engine.letterbox import LetterboxMeta, resize_image
+
+
+class CamError(ValueError):
+    """Invalid CAM input: tensor ranks or shapes that do not match."""
+
+
+def _probe_is_avg_pool_linear(model: nn.Module, classifier: nn.Linear) -> bool:
+    """Returns whether model.forward_head(x) == mean_hw(x) @ W.T + b on a fixed probe tensor."""
+    weight = classifier.weight
+    probe = torch.linspace(-1.0, 1.0, 2 * weight.shape[1] * 6, device=weight.device)
+    probe = torch.sin(7.0 * probe).reshape(2, weight.shape[1], 3, 2).to(weight.dtype)
+    try:
+        with torch.no_grad():
+            got = model.forward_head(probe)
+    except (RuntimeError, ValueError, TypeError):  # e.g. a conv_head expecting other channels
+        return False
+    with torch.no_grad():
+        expected = classifier(probe.mean(dim=(2, 3)))
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    tolerance = 1e-3 * (1.0 + float(expected.abs().max()))
+    return bool((got.float() - expected.float()).abs().max() <= tolerance)
+
+
+def gap_linear_weights(model: nn.Module) -> torch.Tensor | None:
+    """Returns the (C,) classifier weight of logit 0 when the head is exactly GAP + one linear; else None.
+
+    Accepted: timm models whose ``global_pool.pool_type == 'avg'``, whose ``get_classifier()`` is an
+    ``nn.Linear`` with one output, and whose ``forward_head`` is verified on a probe tensor to be exactly
+    mean-pool then that linear layer (so a ConvNeXt head norm, a MobileNetV3 ``conv_head`` or active head
+    dropout in train mode all give None). With None, use ``gradcam_autograd``.
+    """
+    pool = getattr(model, "global_pool", None)
+    get_classifier = getattr(model, "get_classifier", None)
+    if getattr(pool, "pool_type", None) != "avg" or not callable(get_classifier):
+        return None
+    classifier = get_classifier()
+    if not isinstance(classifier, nn.Linear) or classifier.out_features != 1:
+        return None
+    if not hasattr(model, "forward_head") or not _probe_is_avg_pool_linear(model, classifier):
+        return None
+    return classifier.weight[0].detach()
+
+
+def fused_cam(features: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """Returns Grad-CAM for a GAP+linear head, ``ReLU(sum_c w_c A_c) / (h w)``, float32 (B, h, w).
+
+    Args:
+        features: (B, C, h, w) output of ``model.forward_features`` (any float dtype, any device).
+        class_weight: (C,) from ``gap_linear_weights``.
+    """
+    if features.ndim != 4:
+        raise CamError(f"features must be (B, C, h, w), got shape {tuple(features.shape)}")
+    if class_weight.ndim != 1 or class_weight.shape[0] != features.shape[1]:
+        raise CamError(f"class_weight must be ({features.shape[1]},), got shape {tuple(class_weight.shape)}")
+    h, w = features.shape[2], features.shape[3]
+    weighted = torch.einsum("bchw,c->bhw", features.float(), class_weight.to(features.device).float())
+    return torch.relu(weighted) / (h * w)
+
+
+def gradcam_autograd(
+    model: nn.Module, images: torch.Tensor, target_layer: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns batched Grad-CAM (B, h, w) float32 for logit 0 and the logits (B,), both detached.
+
+    Works for any head. A forward hook takes ``target_layer``'s output A (B, C, h, w); with
+    ``y = model(images)[:, 0]``, ``alpha = d(sum y)/dA`` averaged over (h, w) and ``cam = ReLU(sum_c alpha_c A_c)``.
+    Samples are independent only in eval mode (batch norm in train mode mixes them). The hook is removed
+    even when the forward or backward pass fails.
+    """
+    if torch.is_inference_mode_enabled():
+        raise CamError("gradcam_autograd needs autograd: call it outside torch.inference_mode()")
+    captured: list[torch.Tensor] = []
+
+    def keep_activation(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise CamError(f"target layer must output one (B, C, h, w) tensor, got {type(output).__name__}")
+        if output.requires_grad:
+            captured.append(output)
+            return None
+        leaf = output.detach().requires_grad_(True)  # frozen backbone: differentiate w.r.t. A directly
+        captured.append(leaf)
+        return leaf
+
+    handle = target_layer.register_forward_hook(keep_activation)
+    try:
+        with torch.enable_grad():
+            logits = model(images)[:, 0]
+            if not captured:
+                raise CamError("target_layer was not called during model(images)")
+            activation = captured[-1]
+            (grads,) = torch.autograd.grad(logits.sum(), activation)
+    finally:
+        handle.remove()
+    alpha = grads.float().mean(dim=(2, 3))
+    cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
+    return cam, logits.detach()
+
+
+def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns per-image min-max normalised maps in [0, 1] (B, h, w) and each raw maximum (B,).
+
+    The seed's normalisation (research/seed_code.md §9): ``(cam - min) / (max - min + eps)``. It makes maps
+    readable but not comparable across images, hence the raw maximum is returned too (DESIGN.md §4.5).
+    An all-zero (or constant) map stays all zero.
+    """
+    if cams.ndim != 3:
+        raise CamError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
+    flat = cams.float().flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    normalised = (flat - low) / (high - low + eps)
+    return normalised.reshape(cams.shape), high[:, 0]
+
+
+def upsample_heatmap(heatmap: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Returns a stored feature-resolution heatmap (h, w) resized to (out_h, out_w), float32, bilinear.
+
+    This is THE way a stored heatmap becomes a canvas-resolution map. OpenCV INTER_LINEAR uses pixel-centre
+    alignment: feature cell (r, c) is centred at canvas ((c + 0.5) out_w / w, (r + 0.5) out_h / h), the same
+    geometry ``engine.boxes.extract_pseudo_boxes`` uses for peaks. Seed: cv2 bilinear (seed_code.md §9).
+    """
+    if heatmap.ndim != 2 or heatmap.size == 0:
+        raise CamError(f"heatmap must be a non-empty 2-D (h, w) array, got shape {heatmap.shape}")
+    if int(out_h) < 1 or int(out_w) < 1:
+        raise CamError(f"output size must be positive, got ({out_h}, {out_w})")
+    return cv2.resize(heatmap.astype(np.float32), (int(out_w), int(out_h)), interpolation=cv2.INTER_LINEAR)
+
+
+def heatmap_to_original(heatmap: np.ndarray, meta: LetterboxMeta) -> np.ndarray:
+    """Returns a canvas-resolution map cropped to the image body and resized to (orig_h, orig_w), float32.
+
+    Args:
+        heatmap: (canvas_h, canvas_w) map in the canvas frame (e.g. from ``upsample_heatmap``).
+        meta: letterbox meta of the image.
+    """
+    if heatmap.shape != (meta.canvas_h, meta.canvas_w):
+        raise CamError(f"heatmap must have the canvas shape {(meta.canvas_h, meta.canvas_w)}, got {heatmap.shape}")
+    x1, y1, x2, y2 = meta.body_box()
+    body = np.ascontiguousarray(heatmap[y1:y2, x1:x2], dtype=np.float32)
+    return resize_image(body, meta.orig_h, meta.orig_w)

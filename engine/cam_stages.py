@@ -1,0 +1,163 @@
+"""Streaming model stages: `make infer` (probabilities), `make cam` (+ CAM + boxes), `make boxes`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from engine.boxes import BoxParams
+from engine.classify_stages import _run_id, select_rows, selected_threshold, split_metrics
+from engine.config import Config
+from engine.data_stages import save_config
+from engine.inference import CamSettings
+from engine.overlays import OverlayCollector
+from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes
+from engine.summary import StageSummary
+from engine.tables import TableWriter, read_table, write_part
+
+log = logging.getLogger(__name__)
+
+CAM_TABLES = ("preds", "heatmaps", "boxes", "meta", "errors")
+
+
+def box_params(cfg: Config) -> BoxParams:
+    """Returns the pseudo-box parameters from `boxes.*`."""
+    return BoxParams(size=cfg.boxes.size, max_boxes=cfg.boxes.max, nms_iou=cfg.boxes.nms_iou,
+                     min_score=cfg.boxes.min_score)  # fmt: skip
+
+
+def heatmap_column(heat: np.ndarray) -> pa.Array:
+    """Returns (N, h, w) float16 maps as an Arrow list<float16> column (row-major, plain Arrow types)."""
+    n = heat.shape[0]
+    size = int(np.prod(heat.shape[1:])) if n else 0
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * size)
+    return pa.ListArray.from_arrays(offsets, pa.array(heat.reshape(-1).astype(np.float16), type=pa.float16()))
+
+
+def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSummary) -> None:
+    """Splits one model-stream batch into rows of preds/errors (and heatmaps/meta/boxes with CAM)."""
+    bad = np.asarray(batch["error"]) != ""
+    errors = _take(batch, bad)
+    writer.write("errors", {"file": errors["path"], "line": [None] * int(bad.sum()), "image_id": errors["image_id"],
+                            "stage": [writer.stage] * int(bad.sum()), "reason": errors["error"]})  # fmt: skip
+    summary.add_errors(errors["error"])
+    ok = _take(batch, ~bad)
+    n = len(ok["image_id"])
+    summary.rows_ok += n
+    writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n, "run_id": [ctx["run_id"]] * n,
+                           "model": [ctx["model"]] * n, "stage": [writer.stage] * n})  # fmt: skip
+    if "heatmap" not in ok:
+        return
+    overlays: OverlayCollector | None = ctx.get("overlays")
+    refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
+    writer.write("heatmaps", {**ok, **refs, "heatmap": heatmap_column(ok["heatmap"]), "heatmap_h": [ok["heatmap"].shape[1]] * n,
+                              "heatmap_w": [ok["heatmap"].shape[2]] * n})  # fmt: skip
+    writer.write("meta", ok)
+    writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
+
+
+def _stream_stage(cfg: Config, stage: str, rows: pd.DataFrame, settings: CamSettings, ctx: dict) -> StageSummary:
+    from engine.pipeline import image_stream, iter_results, model_stream
+
+    summary = StageSummary(stage)
+    split = rows["split"].iloc[0] if len(rows) and rows["split"].nunique() == 1 and ctx.get("one_split") else None
+    writer = TableWriter(cfg.run.dir, stage, cfg.run.overwrite, split=split)
+    names = CAM_TABLES if settings.with_cam else ("preds", "errors")
+    writer.check(names)
+    summary.rows_in = len(rows)
+    ds = model_stream(image_stream(rows, cfg), cfg, settings)
+    for batch in iter_results(ds):
+        _write_batch(writer, batch, ctx, summary)
+    for name in names:
+        writer.rows.setdefault(name, 0)
+    if ctx.get("overlays"):
+        summary.extra["overlays_rendered"] = ctx["overlays"].render()
+    summary.tables = writer.commit()
+    save_config(cfg, stage)
+    return summary
+
+
+def _settings(cfg: Config, with_cam: bool) -> CamSettings:
+    from engine.pipeline import init_ray, use_gpu
+
+    init_ray(cfg.ray)
+    return CamSettings(
+        run_dir=cfg.run.dir, model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
+        with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
+    )  # fmt: skip
+
+
+def run_infer(cfg: Config) -> StageSummary:
+    """Predicts `infer.split` through the model actor pool; writes preds, errors and metrics."""
+    thr = selected_threshold(cfg)
+    rows = select_rows(cfg, (cfg.infer.split,))
+    ctx = {"run_id": _run_id(cfg), "model": cfg.model.name, "one_split": True}
+    summary = _stream_stage(cfg, "infer", rows, _settings(cfg, with_cam=False), ctx)
+    preds = read_table(cfg.run.dir, "preds")
+    preds = preds[(preds["stage"] == "infer") & (preds["split"] == cfg.infer.split)]
+    metrics = split_metrics(cfg, preds, cfg.infer.split, thr)
+    write_part(cfg.run.dir, "metrics", pd.DataFrame([metrics]), cfg.infer.split)
+    summary.extra.update({k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")})
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def cam_rows(cfg: Config) -> pd.DataFrame:
+    """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index."""
+    if cfg.cam.scope not in ("split", "all"):
+        raise ValueError(f"cam.scope={cfg.cam.scope!r}: expected 'split' or 'all'")
+    rows = select_rows(cfg, None, False) if cfg.cam.scope == "all" else select_rows(cfg, (cfg.cam.split,))
+    return rows.head(cfg.cam.limit) if cfg.cam.limit else rows
+
+
+def _min_prob(cfg: Config) -> float:
+    if cfg.cam.min_prob not in ("all", "threshold"):
+        raise ValueError(f"cam.min_prob={cfg.cam.min_prob!r}: expected 'all' or 'threshold'")
+    return selected_threshold(cfg) if cfg.cam.min_prob == "threshold" else float("-inf")
+
+
+def run_cam(cfg: Config) -> StageSummary:
+    """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors."""
+    rows = cam_rows(cfg)
+    overlays = OverlayCollector(cfg, rows["image_id"].tolist())
+    ctx: dict[str, Any] = {"run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg),
+                           "min_prob": _min_prob(cfg), "overlays": overlays, "one_split": cfg.cam.scope == "split"}  # fmt: skip
+    summary = _stream_stage(cfg, "cam", rows, _settings(cfg, with_cam=True), ctx)
+    summary.extra["scope"] = cfg.cam.scope
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def run_boxes(cfg: Config) -> StageSummary:
+    """Recomputes the `boxes` table from stored heatmaps + meta with `boxes.*`: no model, no GPU."""
+    summary = StageSummary("boxes")
+    heat = read_table(cfg.run.dir, "heatmaps")
+    if heat.empty:
+        raise ValueError(f"{cfg.run.dir}: no heatmaps table; run `make cam` first")
+    meta = read_table(cfg.run.dir, "meta").drop(columns=["split", "folder"])
+    frame = heat.merge(meta, on="image_id", how="inner")
+    writer = TableWriter(cfg.run.dir, "boxes", replace=("boxes",))
+    writer.check(["boxes"])
+    params, min_prob = box_params(cfg), _min_prob(cfg)
+    for start in range(0, len(frame), 4096):
+        chunk = frame.iloc[start : start + 4096]
+        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_max", "split", "folder")}
+        batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
+        maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
+        boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
+        writer.write("boxes", explode_boxes(batch, boxes, counts, params, min_prob))
+    summary.tables = writer.commit()
+    summary.rows_in = summary.rows_ok = len(frame)
+    summary.extra["boxes_per_image"] = round(summary.tables.get("boxes", 0) / max(len(frame), 1), 3)
+    save_config(cfg, "boxes")
+    summary.save(cfg.run.dir)
+    return summary.finish()

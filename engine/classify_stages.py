@@ -1,0 +1,162 @@
+"""Classification stages: `make train`, `make threshold`, `make infer`, `make leaderboard`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import pandas as pd
+
+from engine.config import Config
+from engine.data_stages import save_config
+from engine.metrics import binary_metrics, select_threshold
+from engine.summary import StageSummary
+from engine.tables import TableWriter, read_table, resolve_fs
+
+log = logging.getLogger(__name__)
+
+
+def view_folders(view: str) -> list[str]:
+    """Returns the whole-body folders of `data.view` (ANT, POST or BOTH)."""
+    views = {"ANT": ["ANT"], "POST": ["POST"], "BOTH": ["ANT", "POST"]}
+    if view not in views:
+        raise ValueError(f"data.view={view!r}: expected one of {sorted(views)}")
+    return [f"wholeBody{v}" for v in views[view]]
+
+
+def select_rows(cfg: Config, splits: tuple[str, ...] | None, whole_body_view_only: bool = True) -> pd.DataFrame:
+    """Returns index rows joined with their split, filtered by split and (optionally) the trained view."""
+    index = read_table(cfg.run.dir, "index")
+    split_table = read_table(cfg.run.dir, "splits")
+    if index.empty or split_table.empty:
+        raise ValueError(f"{cfg.run.dir}: index/splits tables missing; run `make index` and `make split` first")
+    rows = index.merge(split_table[["image_id", "split"]], on="image_id", how="inner")
+    if whole_body_view_only:
+        rows = rows[rows["folder"].isin(view_folders(cfg.data.view))]
+    if splits is not None:
+        rows = rows[rows["split"].isin(splits)]
+    return rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def run_train(cfg: Config) -> StageSummary:
+    """Trains the classifier with Ray Train on the train split; re-running resumes the same run."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from engine.pipeline import image_stream, init_ray, use_gpu
+    from engine.training import train_loop_per_worker
+
+    summary = StageSummary("train")
+    init_ray(cfg.ray)
+    rows = select_rows(cfg, ("train", "val"))
+    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    n_pos = int(train_rows["label"].sum())
+    pos_weight = (len(train_rows) - n_pos) / max(1, n_pos)  # BCE pos_weight = N_neg / N_pos (DESIGN.md §3)
+    workers = cfg.train.num_workers
+    steps = math.ceil(len(train_rows) / (cfg.train.batch_size * workers))
+    storage = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "steps_per_epoch": steps, "pos_weight": pos_weight, "run_id": _run_id(cfg)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu(cfg.train.use_gpu)),
+        run_config=ray.train.RunConfig(
+            name="train_state",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": image_stream(train_rows, cfg), "val": image_stream(val_rows, cfg)},
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    trainer.fit()
+    save_config(cfg, "train")
+    epochs = read_table(cfg.run.dir, "epochs").sort_values("epoch")
+    summary.rows_in = len(train_rows) + len(val_rows)
+    errors = read_table(cfg.run.dir, "errors")
+    summary.add_errors(errors.loc[errors["stage"] == "train", "reason"])
+    summary.rows_ok = summary.rows_in - sum(summary.errors.values())
+    summary.tables = {"epochs": len(epochs), "preds (stage=train)": int(len(val_rows) * len(epochs))}
+    best = epochs.loc[epochs["val_auc"].idxmax()] if epochs["val_auc"].notna().any() else None
+    summary.extra.update(
+        epochs=len(epochs), pos_weight=round(pos_weight, 4),
+        best_epoch=None if best is None else int(best["epoch"]), best_val_auc=None if best is None else float(best["val_auc"]),
+        train_img_per_s=float(epochs["img_per_s"].mean()) if len(epochs) else 0.0,
+    )  # fmt: skip
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def _run_id(cfg: Config) -> str:
+    return os.path.basename(cfg.run.dir.rstrip("/")) or "run"
+
+
+def _best_info(cfg: Config) -> dict:
+    fs, root = resolve_fs(cfg.run.dir)
+    try:
+        with fs.open_input_stream(f"{root}/model/best.json") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{root}/model/best.json missing: run `make train` first") from exc
+
+
+def run_threshold(cfg: Config) -> StageSummary:
+    """Chooses the operating threshold on the best epoch's val predictions.
+
+    Raises:
+        ThresholdError: `sens_atleast` cannot reach `threshold.sens_min` (no silent fallback).
+    """
+    summary = StageSummary("threshold")
+    best = _best_info(cfg)
+    preds = read_table(cfg.run.dir, "preds")
+    val = preds[(preds["stage"] == "train") & (preds["split"] == "val") & (preds["epoch"] == best["epoch"])]
+    chosen = select_threshold(val["y_true"].to_numpy(), val["y_prob"].to_numpy(), cfg.threshold.mode,
+                              cfg.threshold.sens_min)  # fmt: skip
+    record = {
+        "mode": cfg.threshold.mode, "sens_min": cfg.threshold.sens_min, "epoch": best["epoch"], "thr": chosen.thr,
+        "sens": chosen.sensitivity, "spec": chosen.specificity, "precision": chosen.precision, "f1": chosen.f1,
+        "youden_j": chosen.youden_j, "auc": chosen.auc, "tp": chosen.tp, "tn": chosen.tn, "fp": chosen.fp,
+        "fn": chosen.fn, "n": chosen.n,
+    }  # fmt: skip
+    writer = TableWriter(cfg.run.dir, "threshold", overwrite=True, replace=("thresholds",))
+    writer.check(["thresholds"])
+    writer.write("thresholds", pd.DataFrame([record]))
+    summary.tables = writer.commit()
+    fs, root = resolve_fs(cfg.run.dir)
+    with fs.open_output_stream(f"{root}/threshold.json") as out:
+        out.write(json.dumps(record, indent=2).encode())
+    summary.rows_in = summary.rows_ok = len(val)
+    summary.extra.update({k: record[k] for k in ("mode", "epoch", "thr", "sens", "spec", "f1", "youden_j")})
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def selected_threshold(cfg: Config) -> float:
+    """Returns the threshold chosen by `make threshold` for this run."""
+    table = read_table(cfg.run.dir, "thresholds")
+    if table.empty:
+        raise ValueError(f"{cfg.run.dir}: no selected threshold; run `make threshold` first")
+    return float(table["thr"].iloc[-1])
+
+
+def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> dict:
+    """Returns the `metrics` row of one split's predictions at `thr` (scikit-learn metrics)."""
+    m = binary_metrics(preds["y_true"].to_numpy(), preds["y_prob"].to_numpy(), thr)
+    return {"run_id": _run_id(cfg), "split": split, "view": cfg.data.view, **m.to_dict()}
+
+
+def run_leaderboard(runs_dir: str) -> pd.DataFrame:
+    """Returns test metrics at each run's selected threshold, one row per run under `runs_dir`."""
+    rows = []
+    for entry in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        metrics = read_table(os.path.join(runs_dir, entry), "metrics")
+        test = metrics[metrics["split"] == "test"]
+        if len(test):
+            rows.append(test.iloc[-1].to_dict() | {"run": entry})
+    board = pd.DataFrame(rows)
+    if board.empty:
+        return board
+    columns = ["run", "auc", "sensitivity", "specificity", "f1", "accuracy", "thr", "tp", "tn", "fp", "fn", "n"]
+    return board[columns].sort_values(["auc", "sensitivity"], ascending=False).reset_index(drop=True)
+

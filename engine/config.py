@@ -1,0 +1,283 @@
+"""Typed run configuration: frozen dataclasses loaded from YAML with dotted `key=value` overrides.
+
+`load_config("conf/default.yaml", ["boxes.nms_iou=0.2"])` reads the YAML, applies the overrides and
+builds the dataclass tree. Unknown keys and wrong types raise `ConfigError` naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An unknown key, a wrong type or an unreadable config file."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synth"  # dataset root: a BS-80K-shaped folder, local path or storage URI
+    view: str = "POST"  # whole-body view trained and scored: ANT, POST or BOTH (DESIGN.md §3: POST)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"  # where checkpoints, tables and reports of this run go (path or URI)
+    overwrite: bool = False  # replace a stage's existing tables instead of refusing
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # Ray cluster to attach to; empty: RAY_ADDRESS or an embedded local Ray
+    num_cpus: int = 0  # CPUs for an embedded Ray (0: all of this machine's)
+    decode_batch_size: int = 16  # images per decode + letterbox task
+    decode_num_cpus: float = 1.0  # CPUs reserved per decode task
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: str = "data/synth"  # where `make synth` writes the generated dataset
+    patients: int = 300  # number of synthetic patients
+    seed: int = 0  # generator seed (same seed: byte-identical dataset)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.8  # share of patients in train (seed: 0.8/0.1/0.1)
+    val: float = 0.1  # share of patients in val; test takes the rest
+    duplicate_groups: tuple[tuple[str, ...], ...] = (  # byte-identical patients kept together, DESIGN.md §2
+        ("828", "2244"),
+        ("312", "570"),
+        ("831", "3216"),
+        ("832", "3245"),
+    )
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    height: int = 1024  # letterbox canvas height, px (DESIGN.md §4.1: portrait 1024 tall)
+    width: int = 512  # letterbox canvas width, px (the seed's landscape canvas was 512 tall x 1024 wide)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "hf_hub:timm/resnetrs50.tf_in1k"  # timm model name or hf_hub id (DESIGN.md §3)
+    pretrained: bool = True  # load the hub weights; false for offline runs and tests
+    weights: str = ""  # optional local .pt/.pth/.safetensors state dict to start from
+    channels_last: bool = True  # channels_last memory format on GPU
+    compile: bool = False  # torch.compile the model for inference on GPU
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # seed recipe
+    batch_size: int = 16  # per worker; seed recipe
+    lr: float = 1e-4  # AdamW learning rate; seed recipe
+    weight_decay: float = 1e-4  # AdamW weight decay; seed recipe
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
+    num_workers: int = 1  # Ray Train workers
+    use_gpu: str = "auto"  # auto (when CUDA exists), true or false
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    affine_p: float = 0.7  # probability of the random affine (seed: ±5°, 2% translate, 0.98-1.02 scale)
+    rotate_deg: float = 5.0  # max rotation, degrees
+    translate: float = 0.02  # max translation, fraction of the canvas
+    scale_range: float = 0.02  # max |scale - 1|
+    jitter_p: float = 0.5  # probability of brightness/contrast jitter
+    jitter: float = 0.1  # max relative brightness/contrast change (seed: ±10%)
+    max_failures: int = 0  # Ray Train worker-group restarts before the run fails
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    mode: str = "youden"  # youden, f1 or sens_atleast (DESIGN.md §3)
+    sens_min: float = 0.85  # minimum sensitivity for sens_atleast
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    split: str = "test"  # split scored by `make infer`: train, val, test
+    batch_size: int = 32  # images per model call
+    actors: int = 1  # model actors in the pool
+    num_gpus: float = 1.0  # GPUs per model actor when CUDA exists (0 on CPU)
+    num_cpus: float = 1.0  # CPUs per model actor
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    scope: str = "split"  # split: the configured split of the trained view; all: the whole index
+    split: str = "test"  # split used when scope=split
+    method: str = "auto"  # auto (fused when the head is GAP+linear), fused, gradcam
+    target_layer: str = ""  # module name for autograd Grad-CAM; empty: the last feature block
+    min_prob: str = "all"  # all: boxes for every image; threshold: only images with y_prob >= selected thr
+    overlays: int = 8  # PNG overlays rendered for this many sampled images
+    limit: int = 0  # score only the first N selected rows (0: all); for quick looks
+
+
+@dataclass(frozen=True)
+class BoxesConfig:
+    size: int = 48  # box side, canvas px (seed recipe)
+    max: int = 5  # boxes per image at most (seed recipe)
+    nms_iou: float = 0.15  # greedy NMS IoU (seed recipe)
+    min_score: float = 0.0  # drop peaks whose normalised CAM value is <= this
+
+
+@dataclass(frozen=True)
+class LeaderboardConfig:
+    runs: str = "runs"  # folder whose sub-folders are runs (`make leaderboard`)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 42  # seeds splits, training and sampling
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as plain nested dicts (tuples as lists), ready for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key as `(dotted key) -> line`."""
+
+
+def _load_yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Returns the YAML mapping and, per dotted key, its location `source:line`."""
+    lines: dict[str, str] = {}
+    node = yaml.compose(text, Loader=_LineLoader)
+    if node is None:
+        return {}, lines
+
+    def walk(n: yaml.Node, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                dotted = f"{prefix}{key_node.value}"
+                lines[dotted] = f"{source}:{key_node.start_mark.line + 1}"
+                walk(value_node, dotted + ".")
+
+    walk(node, "")
+    data = yaml.safe_load(text) or {}
+    return data, lines
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """Checks `value` against the annotation `hint`; returns it converted (lists -> tuples)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    elif origin is tuple and isinstance(value, list | tuple):
+        inner = typing.get_args(hint)[0]
+        return tuple(_coerce(v, inner, where, key) for v in value)
+    elif origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where, key)
+            except ConfigError:
+                continue
+    raise ConfigError(f"{where}: key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str, lines: dict[str, str]) -> Any:
+    types_by_name = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        where = lines.get(dotted, source)
+        if key not in types_by_name:
+            known = ", ".join(types_by_name)
+            raise ConfigError(f"{where}: unknown key '{dotted}' (known: {known})")
+        hint = types_by_name[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key '{dotted}' must be a mapping, got {value!r}")
+            kwargs[key] = _build(hint, value, dotted + ".", source, lines)
+        else:
+            kwargs[key] = _coerce(value, hint, where, dotted)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict[str, Any], override: str, lines: dict[str, str]) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}': expected key=value")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+    lines[key] = f"override '{override}'"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Returns the Config from a YAML file (or the defaults) with dotted `key=value` overrides applied.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key or a value of the wrong type; the message gives
+            `file:line` (or the override) and the known keys.
+    """
+    data: dict[str, Any] = {}
+    lines: dict[str, str] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            data, lines = _load_yaml_with_lines(Path(path).read_text(encoding="utf-8"), source)
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping")
+    for override in overrides:
+        _apply_override(data, override, lines)
+    return _build(Config, data, "", source, lines)
+
+
+def dump_config(cfg: Config) -> str:
+    """Returns the resolved config as YAML text (written beside a run's tables)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,77 @@
+"""Stages over the dataset itself: `make synth`, `make index`, `make split`."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.config import Config, dump_config
+from engine.indexing import build_index
+from engine.splitting import assign_splits, split_sizes
+from engine.summary import StageSummary
+from engine.synth import generate_dataset
+from engine.tables import TableWriter, read_table, resolve_fs
+
+log = logging.getLogger(__name__)
+
+
+def save_config(cfg: Config, stage: str) -> None:
+    """Writes the resolved config beside the run's tables (`<run.dir>/config/<stage>.yaml`)."""
+    fs, root = resolve_fs(cfg.run.dir)
+    fs.create_dir(f"{root}/config", recursive=True)
+    with fs.open_output_stream(f"{root}/config/{stage}.yaml") as out:
+        out.write(dump_config(cfg).encode())
+
+
+def run_synth(cfg: Config) -> StageSummary:
+    """Generates a synthetic BS-80K-shaped dataset at `synth.out`."""
+    summary = StageSummary("synth")
+    result = generate_dataset(cfg.synth.out, patients=cfg.synth.patients, seed=cfg.synth.seed)
+    summary.rows_in = summary.rows_ok = result.images
+    summary.extra.update(
+        out=result.out, patients=result.patients, abnormal_patients=result.abnormal_patients, xml_files=result.xml_files
+    )
+    return summary.finish()
+
+
+def run_index(cfg: Config) -> StageSummary:
+    """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables."""
+    summary = StageSummary("index")
+    writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite)
+    writer.check(["index", "gt_boxes", "errors"])
+    result = build_index(cfg.data.root)
+    writer.write("index", result.index)
+    writer.write("gt_boxes", result.gt_boxes)
+    writer.write("errors", result.errors)
+    summary.tables = writer.commit()
+    save_config(cfg, "index")
+    listing_errors = result.errors[result.errors["line"].notna()]
+    summary.rows_in = result.lines_listed
+    summary.rows_ok = len(result.index)
+    summary.add_errors(listing_errors["reason"])
+    other = result.errors[result.errors["line"].isna()]
+    summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())
+    summary.extra["images_by_view"] = dict(result.index["view"].value_counts().sort_index())
+    summary.extra["gt_boxes_by_class"] = dict(result.gt_boxes["cls"].value_counts().sort_index())
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def run_split(cfg: Config) -> StageSummary:
+    """Writes the patient-level `splits` table from the run's `index`."""
+    summary = StageSummary("split")
+    writer = TableWriter(cfg.run.dir, "split", cfg.run.overwrite)
+    writer.check(["splits"])
+    index = read_table(cfg.run.dir, "index")
+    if index.empty:
+        raise ValueError(f"{cfg.run.dir}: the index table is empty or missing; run `make index` first")
+    splits = assign_splits(index, cfg.split.train, cfg.split.val, cfg.seed, cfg.split.duplicate_groups)
+    writer.write("splits", splits)
+    summary.tables = writer.commit()
+    save_config(cfg, "split")
+    summary.rows_in = len(index)
+    summary.rows_ok = len(splits)
+    sizes = split_sizes(splits[splits["folder"].str.startswith("wholeBody")])
+    summary.extra["whole_body_images (split, view) x label"] = "\n" + sizes.to_string()
+    summary.extra["patients_per_split"] = dict(splits.groupby("split")["patient_id"].nunique())
+    summary.save(cfg.run.dir)
+    return summary.finish()

@@ -1,0 +1,129 @@
+"""ClassifyCamStage: the model actor's UDF — probability, CAM and pseudo boxes per batch, one pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.boxes import BoxParams
+from engine.stages import pseudo_boxes
+
+PASS_THROUGH = (
+    "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
+    "orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """What the model actor computes (built by the job from `cam.*`, `boxes.*` and `infer.*`)."""
+
+    run_dir: str  # run holding model/best.pt
+    model_name: str  # timm name (architecture only; weights come from the run)
+    method: str = "auto"  # auto, fused, gradcam
+    target_layer: str = ""  # autograd Grad-CAM layer; empty: timm's last feature module
+    with_cam: bool = True  # False: probabilities only (`make infer`)
+    use_gpu: bool = False
+    amp: bool = True  # bf16 autocast on GPU
+    channels_last: bool = True
+    compile: bool = False
+    boxes: BoxParams = BoxParams()
+
+
+class ClassifyCamStage:
+    """Ray Data actor UDF: uint8 canvases -> y_prob, logit, CAM heatmap (float16), pseudo boxes."""
+
+    def __init__(self, settings: CamSettings) -> None:
+        import torch  # imported here: the class is pickled to the actor (DESIGN.md §7)
+
+        from engine.cam import gap_linear_weights
+        from engine.config import ModelConfig
+        from engine.model import load_model
+
+        self.torch = torch
+        self.settings = settings
+        self.device = torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
+        model, self.info = load_model(settings.run_dir, ModelConfig(name=settings.model_name, pretrained=False))
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda" and settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.class_weight = gap_linear_weights(self.model)
+        self.method = self._choose_method(settings.method)
+        self.forward = torch.compile(self.model) if settings.compile and self.device.type == "cuda" else self.model
+
+    def _choose_method(self, method: str) -> str:
+        if method == "fused" and self.class_weight is None:
+            raise ValueError("cam.method=fused needs a global-average-pool + linear head; use gradcam")
+        if method == "auto":
+            return "fused" if self.class_weight is not None and not self.settings.target_layer else "gradcam"
+        return method
+
+    def _target_layer(self) -> Any:
+        name = self.settings.target_layer or self.model.feature_info[-1]["module"]
+        return dict(self.model.named_modules())[name]
+
+    def _run_model(self, x: Any) -> tuple[Any, Any]:
+        """Returns (logits (B,), cams (B, h, w) float32 or None) for a normalised batch."""
+        from engine.cam import fused_cam, gradcam_autograd
+
+        torch = self.torch
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.settings.amp)
+        if not self.settings.with_cam:
+            with torch.inference_mode(), autocast:
+                return self.forward(x)[:, 0].float(), None
+        if self.method == "fused":
+            with torch.inference_mode(), autocast:
+                features = self.model.forward_features(x)
+                logits = self.model.forward_head(features)[:, 0].float()
+                return logits, fused_cam(features.float(), self.class_weight.float())
+        with autocast:
+            cams, logits = gradcam_autograd(self.model, x, self._target_layer())
+        return logits.detach().float(), cams.detach().float()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from engine.cam import normalize_cams
+        from engine.model import normalize_canvas
+
+        torch = self.torch
+        out = {k: batch[k] for k in PASS_THROUGH if k in batch}
+        n = len(batch["image_id"])
+        ok = np.asarray(batch["error"]) == ""
+        y_prob = np.full(n, np.nan, dtype=np.float32)
+        logit = np.full(n, np.nan, dtype=np.float32)
+        out["cam_method"] = np.full(n, self.method if self.settings.with_cam else "", dtype=object)
+        if ok.any():
+            canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"][ok]))
+            if self.device.type == "cuda":
+                canvas = canvas.pin_memory().to(self.device, non_blocking=True)
+            x = normalize_canvas(canvas)
+            if self.device.type == "cuda" and self.settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits, cams = self._run_model(x)
+            logit[ok] = logits.cpu().numpy()
+            y_prob[ok] = torch.sigmoid(logits).cpu().numpy()
+        out["y_prob"], out["logit"] = y_prob, logit
+        if self.settings.with_cam:
+            out.update(self._cam_columns(batch, ok, cams if ok.any() else None, normalize_cams))
+        return out
+
+    def _cam_columns(self, batch: dict[str, np.ndarray], ok: np.ndarray, cams: Any, normalize: Any) -> dict:
+        n = len(ok)
+        if cams is None:
+            h, w = self._feature_shape(batch)
+            heat, raw_max = np.zeros((n, h, w), np.float16), np.zeros(n, np.float32)
+        else:
+            norm, raw = normalize(cams)
+            heat = np.zeros((n, *norm.shape[1:]), np.float16)
+            heat[ok] = norm.cpu().numpy().astype(np.float16)
+            raw_max = np.zeros(n, np.float32)
+            raw_max[ok] = raw.cpu().numpy()
+        boxes, counts = pseudo_boxes(heat, batch, self.settings.boxes)
+        counts[~ok] = 0
+        return {"heatmap": heat, "raw_max": raw_max, "boxes": boxes, "box_count": counts}
+
+    def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
+        h, w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
+        reduction = self.model.feature_info[-1]["reduction"]
+        return -(-h // reduction), -(-w // reduction)

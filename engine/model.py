@@ -1,0 +1,118 @@
+"""The single timm model factory, input normalisation on the device, and checkpoint I/O."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.tables import resolve_fs
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm/torchvision ImageNet statistics (DESIGN.md §3)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be built or a checkpoint that cannot be loaded."""
+
+
+def build_classifier(cfg: ModelConfig) -> nn.Module:
+    """Returns the timm classifier with one logit (`timm.create_model`, the only call site).
+
+    Raises:
+        ModelError: hub weights unreachable (with the offline alternatives) or a bad weights file.
+    """
+    import timm
+
+    try:
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=1)
+    except Exception as exc:  # hub and network errors come in many types
+        if cfg.pretrained:
+            raise ModelError(
+                f"cannot load pretrained weights for '{cfg.name}' ({type(exc).__name__}: {exc}). "
+                "Offline? Use model.pretrained=false, or model.weights=<local state dict file>."
+            ) from exc
+        raise ModelError(f"cannot build model '{cfg.name}': {exc}") from exc
+    if cfg.weights:
+        _load_start_weights(model, cfg.weights)
+    return model
+
+
+def _load_start_weights(model: nn.Module, path: str) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(kept))
+    model.load_state_dict(kept, strict=False)
+    log.info("loaded %d tensors from %s (skipped %d: %s)", len(kept), path, len(skipped), skipped[:5])
+
+
+def canvas_to_unit(canvas: torch.Tensor) -> torch.Tensor:
+    """Returns float (B, 1, H, W) in [0, 1] from uint8 (B, H, W) canvases, on their device."""
+    return canvas.to(torch.float32).div_(255.0).unsqueeze(1)
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Returns (B, 3, H, W) ImageNet-normalised input from gray (B, 1, H, W) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def normalize_canvas(canvas: torch.Tensor) -> torch.Tensor:
+    """Returns the model input from uint8 (B, H, W) gray canvases.
+
+    Runs on the tensor's device: uint8 travels over the wire, the float work happens on the GPU.
+    """
+    return imagenet_normalize(canvas_to_unit(canvas))
+
+
+def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
+    """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path."""
+    fs, root = resolve_fs(run_dir)
+    fs.create_dir(f"{root}/model", recursive=True)
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "info": json.dumps(info)}, buffer)
+    for name, payload in (("best.pt", buffer.getvalue()), ("best.json", json.dumps(info, indent=2).encode())):
+        tmp = f"{root}/model/.{name}.tmp"
+        with fs.open_output_stream(tmp) as out:
+            out.write(payload)
+        fs.move(tmp, f"{root}/model/{name}")
+    return f"{root}/model/best.pt"
+
+
+def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """Returns the run's best model (eval mode, CPU) and its info; weights load with weights_only=True.
+
+    Raises:
+        ModelError: no trained model in the run, or weights that do not fit the configured model.
+    """
+    fs, root = resolve_fs(run_dir)
+    path = f"{root}/model/best.pt"
+    try:
+        with fs.open_input_stream(path) as stream:
+            payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: no trained model; run `make train` first") from exc
+    info = json.loads(payload["info"])
+    arch = ModelConfig(name=info.get("model", cfg.name), pretrained=False)
+    model = build_classifier(arch)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit model '{arch.name}': {exc}") from exc
+    return model.eval(), info

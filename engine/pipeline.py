@@ -1,0 +1,82 @@
+"""Ray plumbing: start or attach to Ray, build the image stream and the model actor pool.
+
+The only module that imports `ray.data`. On one machine Ray starts embedded; with `RAY_ADDRESS`
+(or `ray.address`) set, the same calls attach to that cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.data
+
+from engine.config import Config, RayConfig
+from engine.inference import CamSettings, ClassifyCamStage
+from engine.stages import decode_batch
+
+log = logging.getLogger(__name__)
+
+STREAM_COLUMNS = ("image_id", "patient_id", "view", "split", "folder", "label", "path")
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Attaches to `ray.address` / `RAY_ADDRESS` when set, else starts an embedded local Ray."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address)
+        return
+    kwargs = {"num_cpus": cfg.num_cpus} if cfg.num_cpus else {}
+    ray.init(include_dashboard=False, configure_logging=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def use_gpu(setting: str) -> bool:
+    """Returns True when a GPU should be used: `true`, or `auto` with GPUs in the Ray cluster."""
+    if setting in ("true", "True", "1"):
+        return True
+    if setting in ("false", "False", "0"):
+        return False
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def image_stream(rows: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
+    """Returns a Dataset of letterboxed uint8 canvases + meta + `error` for the given index rows.
+
+    The driver ships only the (small) index rows; workers read the bytes from `data.root`.
+    """
+    frame = rows.loc[:, list(STREAM_COLUMNS)].reset_index(drop=True)
+    frame["label"] = frame["label"].astype(np.int64)
+    block_rows = max(cfg.ray.decode_batch_size, 1)
+    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
+    udf = partial(decode_batch, data_root=cfg.data.root, canvas_h=cfg.canvas.height, canvas_w=cfg.canvas.width)
+    return ray.data.from_pandas(chunks).map_batches(
+        udf, batch_size=block_rows, num_cpus=cfg.ray.decode_num_cpus, batch_format="numpy"
+    )
+
+
+def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ray.data.Dataset:
+    """Returns `ds` mapped through an actor pool of ClassifyCamStage (one GPU each when used)."""
+    return ds.map_batches(
+        ClassifyCamStage,
+        fn_constructor_args=(settings,),
+        batch_size=cfg.infer.batch_size,
+        num_gpus=cfg.infer.num_gpus if settings.use_gpu else 0,
+        num_cpus=cfg.infer.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=cfg.infer.actors),
+        batch_format="numpy",
+    )
+
+
+def iter_results(ds: ray.data.Dataset, batch_size: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the stream's output to the driver in numpy batches (streaming, bounded memory)."""
+    yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)

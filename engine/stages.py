@@ -1,0 +1,112 @@
+"""Batch UDFs of the stream: decode + letterbox, classify + CAM + boxes, and box rows.
+
+Each maps a `dict[str, np.ndarray]` batch to another by calling the pure modules; none imports Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+import numpy as np
+
+from engine.boxes import BoxParams, boxes_for_batch
+from engine.decode import DecodeError, decode_gray8
+from engine.letterbox import canvas_to_original_batch, letterbox
+from engine.tables import resolve_fs
+
+META_COLUMNS = ("orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w")
+
+
+def safe_relative_path(root: str, relative: str) -> str:
+    """Returns `root/relative` after checking that it cannot leave `root`.
+
+    Raises:
+        DecodeError: `unsafe_path` for absolute paths, `..` parts or (local roots) symlinks leaving root.
+    """
+    norm = posixpath.normpath(relative.replace("\\", "/"))
+    if relative.startswith(("/", "\\")) or norm.startswith("..") or ":" in norm.split("/")[0]:
+        raise DecodeError(f"unsafe_path: '{relative}' leaves the data root")
+    full = f"{root.rstrip('/')}/{norm}"
+    if "://" not in root and os.path.exists(full):
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+            raise DecodeError(f"unsafe_path: '{relative}' resolves outside the data root")
+    return full
+
+
+def decode_batch(batch: dict[str, np.ndarray], data_root: str, canvas_h: int, canvas_w: int) -> dict[str, np.ndarray]:
+    """Reads, decodes and letterboxes every row's `path`; a failure fills `error` and a zero canvas.
+
+    Returns the input columns plus `canvas` (B, canvas_h, canvas_w) uint8, the letterbox meta
+    columns (META_COLUMNS) and `error` ("" when the row is fine, else `reason: detail`).
+    """
+    fs, root = resolve_fs(data_root)
+    n = len(batch["path"])
+    canvas = np.zeros((n, canvas_h, canvas_w), dtype=np.uint8)
+    meta = {name: np.zeros(n, dtype=np.float32 if name == "scale" else np.int32) for name in META_COLUMNS}
+    errors = np.full(n, "", dtype=object)
+    for i, relative in enumerate(batch["path"]):
+        try:
+            with fs.open_input_file(safe_relative_path(root, str(relative))) as handle:
+                image = decode_gray8(handle.read())
+            canvas[i], lb = letterbox(image, canvas_h, canvas_w)
+            for name in META_COLUMNS:
+                meta[name][i] = getattr(lb, name)
+        except DecodeError as exc:
+            errors[i] = str(exc)
+        except FileNotFoundError:
+            errors[i] = f"missing_file: {relative}"
+        except OSError as exc:
+            errors[i] = f"read_error: {type(exc).__name__}: {exc}"
+    meta["canvas_h"][:] = canvas_h
+    meta["canvas_w"][:] = canvas_w
+    return {**batch, "canvas": canvas, **meta, "error": errors}
+
+
+def body_boxes(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Returns (N, 4) canvas boxes of the letterboxed image region from the meta columns."""
+    left, top = batch["pad_left"].astype(np.float32), batch["pad_top"].astype(np.float32)
+    return np.stack([left, top, left + batch["new_w"], top + batch["new_h"]], axis=1).astype(np.float32)
+
+
+def explode_boxes(
+    batch: dict[str, Any], boxes: np.ndarray, counts: np.ndarray, params: BoxParams, min_prob: float
+) -> dict[str, np.ndarray]:
+    """Returns `boxes` table columns: one row per box of the images whose y_prob >= min_prob.
+
+    `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.boxes.boxes_for_batch).
+    The original-image coordinates come from the letterbox inverse.
+    """
+    keep_image = np.asarray(batch["y_prob"], dtype=np.float32) >= min_prob
+    rank = np.arange(boxes.shape[1])[None, :]
+    mask = (rank < counts[:, None]) & keep_image[:, None]
+    img_idx, rank_idx = np.nonzero(mask)
+    flat = boxes[img_idx, rank_idx].astype(np.float32)
+    per_box = {k: np.asarray(batch[k])[img_idx] for k in ("scale", "pad_left", "pad_top", "orig_w", "orig_h")}
+    orig = canvas_to_original_batch(
+        flat[:, :4], per_box["scale"], per_box["pad_left"], per_box["pad_top"], per_box["orig_w"], per_box["orig_h"]
+    )
+    raw_max = np.asarray(batch["raw_max"], dtype=np.float32)[img_idx]
+    columns: dict[str, np.ndarray] = {
+        "image_id": np.asarray(batch["image_id"])[img_idx],
+        "rank": rank_idx.astype(np.int16),
+        "score": flat[:, 4],
+        "score_raw": flat[:, 4] * raw_max,
+        "y_prob": np.asarray(batch["y_prob"], dtype=np.float32)[img_idx],
+        "box_size": np.full(len(img_idx), params.size, dtype=np.int16),
+        "nms_iou": np.full(len(img_idx), params.nms_iou, dtype=np.float32),
+        "split": np.asarray(batch["split"])[img_idx],
+        "folder": np.asarray(batch["folder"])[img_idx],
+    }
+    for j, name in enumerate(("x1", "y1", "x2", "y2")):
+        columns[name] = flat[:, j]
+        columns[f"{name}_orig"] = orig[:, j].astype(np.float32)
+    return columns
+
+
+def pseudo_boxes(heatmaps: np.ndarray, batch: dict[str, Any], params: BoxParams) -> tuple[np.ndarray, np.ndarray]:
+    """Returns boxes_for_batch over stored float16 heatmaps: the one path of `make cam` and `make boxes`."""
+    canvas_h, canvas_w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
+    return boxes_for_batch(heatmaps.astype(np.float32), body_boxes(batch), canvas_h, canvas_w, params)

@@ -1,0 +1,88 @@
+"""StageSummary: the one-screen account every stage prints and writes as JSON beside its tables."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.tables import resolve_fs
+
+
+@dataclass
+class StageSummary:
+    """Rows in, rows ok, errors by reason, tables written, time and rate of one stage run."""
+
+    stage: str
+    rows_in: int = 0
+    rows_ok: int = 0
+    errors: Counter = field(default_factory=Counter)
+    tables: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    def add_errors(self, reasons: list[str] | Any) -> None:
+        """Counts error reasons by their code (the text before the first ':')."""
+        for reason in reasons:
+            self.errors[str(reason).split(":", 1)[0]] += 1
+
+    def finish(self) -> StageSummary:
+        """Stops the clock; returns self."""
+        self.seconds = time.time() - self.started
+        return self
+
+    @property
+    def balanced(self) -> bool:
+        """True when rows in = rows ok + error rows."""
+        return self.rows_in == self.rows_ok + sum(self.errors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the summary as JSON-ready dict."""
+        rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0
+        return {
+            "stage": self.stage,
+            "rows_in": self.rows_in,
+            "rows_ok": self.rows_ok,
+            "errors": sum(self.errors.values()),
+            "errors_by_reason": dict(sorted(self.errors.items())),
+            "balanced": self.balanced,
+            "tables": self.tables,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(rate, 2),
+            **self.extra,
+        }
+
+    def render(self) -> str:
+        """Returns the human summary (one screen)."""
+        d = self.to_dict()
+        lines = [
+            f"== {self.stage}: {d['rows_in']} in, {d['rows_ok']} ok, {d['errors']} errors "
+            f"({'balanced' if d['balanced'] else 'UNBALANCED'}) in {d['seconds']:.1f} s, {d['rows_per_s']:.1f} rows/s"
+        ]
+        for reason, count in d["errors_by_reason"].items():
+            lines.append(f"   error {reason}: {count}")
+        for name, rows in self.tables.items():
+            lines.append(f"   table {name}: {rows} rows")
+        for key, value in self.extra.items():
+            lines.append(f"   {key}: {_short(value)}")
+        return "\n".join(lines)
+
+    def save(self, run_dir: str) -> str:
+        """Writes `<run_dir>/summaries/<stage>.json`; returns its path."""
+        fs, root = resolve_fs(run_dir)
+        fs.create_dir(f"{root}/summaries", recursive=True)
+        path = f"{root}/summaries/{self.stage}.json"
+        with fs.open_output_stream(path) as out:
+            out.write(json.dumps(self.to_dict(), indent=2, default=str).encode())
+        return path
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,238 @@
+"""The only Parquet writer and reader: Hive-partitioned tables under `<run.dir>/tables/<name>/`.
+
+Writes are staged: a stage writes every table it produces under `<run.dir>/_staging/<stage>-<id>/`
+and `commit()` moves them into place at the end, so a killed job never leaves a half-written table
+where readers look. Each stage owns `tables/<name>/stage=<stage>/` for tables partitioned by stage,
+and the whole `tables/<name>/` otherwise. Paths may be local or storage URIs (pyarrow filesystems).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import schemas
+
+log = logging.getLogger(__name__)
+
+
+class OutputError(RuntimeError):
+    """An output location that exists (and may not be replaced) or cannot be written."""
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns (filesystem, path) for a local path or a storage URI (file://, s3://, gs://, ...)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.rstrip("/") for p in parts if p)
+
+
+def to_arrow(name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> pa.Table:
+    """Returns `data` as an Arrow table with exactly the columns and types of `schemas.<name>`.
+
+    Raises:
+        KeyError: a column of the schema is missing from `data`.
+    """
+    schema = schemas.TABLES[name].SCHEMA
+    if isinstance(data, pa.Table):
+        return data.select(schema.names).cast(schema)
+    columns = data if isinstance(data, Mapping) else {c: data[c] for c in data.columns}
+    missing = [f.name for f in schema if f.name not in columns]
+    if missing:
+        raise KeyError(f"table {name}: missing columns {missing}")
+    arrays = []
+    for f in schema:
+        values = columns[f.name]
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            arrays.append(values.cast(f.type))
+        else:
+            if isinstance(values, pd.Series):
+                values = values.astype(object).where(values.notna(), None).to_list()
+            elif isinstance(values, np.ndarray) and not pa.types.is_list(f.type):
+                values = values.tolist() if values.dtype == object else values
+            arrays.append(pa.array(values, type=f.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def table_dir(run_dir: str, name: str) -> str:
+    """Returns `<run_dir>/tables/<name>` (path or URI)."""
+    return _join(run_dir, "tables", name)
+
+
+def _owned_path(root: str, name: str, stage: str, split: str | None = None) -> str:
+    """Returns the folder a stage run owns in table `name`: its stage and split partitions, if any."""
+    cols = schemas.TABLES[name].PARTITION_COLS
+    parts = [f"stage={stage}"] if "stage" in cols else []
+    if split is not None and "split" in cols:
+        parts.append(f"split={split}")
+    return _join(root, name, *parts)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _write_dataset(fs: pafs.FileSystem, base: str, name: str, table: pa.Table, basename: str) -> None:
+    partition_cols = list(schemas.TABLES[name].PARTITION_COLS)
+    if not partition_cols:
+        fs.create_dir(base, recursive=True)
+        pq.write_table(table, f"{base}/{basename.format(i=0)}", filesystem=fs, compression="zstd")
+        return
+    part_schema = pa.schema([table.schema.field(c) for c in partition_cols])
+    pads.write_dataset(
+        table,
+        base,
+        filesystem=fs,
+        format="parquet",
+        partitioning=pads.partitioning(part_schema, flavor="hive"),
+        basename_template=basename,
+        existing_data_behavior="overwrite_or_ignore",
+        file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
+        max_rows_per_group=1 << 16,
+    )
+
+
+class TableWriter:
+    """Stages a stage's tables and commits them all at the end.
+
+    Args:
+        run_dir: the run directory (path or URI).
+        stage: the producing stage; partitions tables that have a `stage` column.
+        overwrite: replace what this stage wrote before; otherwise an existing output raises at once.
+        replace: tables this stage always rewrites whole (e.g. `boxes` for `make boxes`).
+        split: when set, the run owns only this split's partition of tables partitioned by split.
+        flush_rows: rows buffered per table before a file is written (bounded memory, few files).
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        stage: str,
+        overwrite: bool = False,
+        replace: tuple[str, ...] = (),
+        split: str | None = None,
+        flush_rows: int = 50_000,
+    ) -> None:
+        self.run_dir = run_dir
+        self.stage = stage
+        self.split = split
+        self.flush_rows = flush_rows
+        self._buffers: dict[str, list[pa.Table]] = {}
+        self.overwrite = overwrite
+        self.replace = replace
+        self.fs, self.root = resolve_fs(run_dir)
+        self.staging = _join(self.root, "_staging", f"{stage}-{uuid.uuid4().hex[:12]}")
+        self.rows: dict[str, int] = {}
+        self._parts: dict[str, int] = {}
+
+    def check(self, names: list[str] | tuple[str, ...]) -> None:
+        """Fails fast when an output exists and may not be replaced, or the run dir is unwritable.
+
+        Raises:
+            OutputError: with the existing path and the override that allows replacing it.
+        """
+        tables_root = _join(self.root, "tables")
+        for name in names:
+            owned = _owned_path(tables_root, name, self.stage, self.split)
+            if _exists(self.fs, owned) and not (self.overwrite or name in self.replace):
+                raise OutputError(f"{owned} exists: pass run.overwrite=true to replace the {self.stage} outputs")
+        probe = _join(self.staging, ".probe")
+        try:
+            self.fs.create_dir(self.staging, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {self.staging}: {exc}") from exc
+
+    def write(self, name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> int:
+        """Buffers rows of table `name` (files are staged every `flush_rows`); returns the rows added."""
+        table = to_arrow(name, data)
+        self.rows[name] = self.rows.get(name, 0) + table.num_rows
+        buffer = self._buffers.setdefault(name, [])
+        if table.num_rows:
+            buffer.append(table)
+        if sum(t.num_rows for t in buffer) >= self.flush_rows:
+            self._flush(name)
+        return table.num_rows
+
+    def _flush(self, name: str) -> None:
+        buffer = self._buffers.pop(name, [])
+        if not buffer:
+            return
+        table = pa.concat_tables(buffer)
+        part = self._parts.get(name, 0)
+        self._parts[name] = part + 1
+        basename = f"{self.stage}-{part:05d}-{{i}}.parquet"
+        _write_dataset(self.fs, _join(self.staging, name), name, table, basename)
+
+    def commit(self) -> dict[str, int]:
+        """Moves every staged table into `<run_dir>/tables/`; returns rows per table."""
+        for name in list(self._buffers):
+            self._flush(name)
+        tables_root = _join(self.root, "tables")
+        for name in self.rows:
+            staged = _owned_path(self.staging, name, self.stage, self.split)
+            final = _owned_path(tables_root, name, self.stage, self.split)
+            if _exists(self.fs, final):
+                self.fs.delete_dir(final)
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            if _exists(self.fs, staged):
+                self.fs.move(staged, final)
+            else:
+                self.fs.create_dir(final, recursive=True)
+        self.abort()
+        return dict(self.rows)
+
+    def abort(self) -> None:
+        """Deletes the staging area (nothing is committed)."""
+        if _exists(self.fs, self.staging):
+            self.fs.delete_dir(self.staging)
+
+
+def write_part(run_dir: str, name: str, data: pd.DataFrame | Mapping[str, Any], basename: str) -> int:
+    """Writes one file per partition straight into the table, replacing files of the same basename.
+
+    For incremental, idempotent writers such as per-epoch training outputs: a re-run of the same
+    epoch writes the same file names. Each file is written under a temporary name, then renamed.
+    """
+    table = to_arrow(name, data)
+    fs, root = resolve_fs(run_dir)
+    tmp = _join(root, "_staging", f"part-{uuid.uuid4().hex[:12]}")
+    _write_dataset(fs, tmp, name, table, f"{basename}-{{i}}.parquet")
+    for info in fs.get_file_info(pafs.FileSelector(tmp, recursive=True)):
+        if info.type == pafs.FileType.File:
+            final = _join(root, "tables", name, info.path[len(tmp) + 1 :])
+            fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            fs.move(info.path, final)
+    fs.delete_dir(tmp)
+    return table.num_rows
+
+
+def read_table(run_dir: str, name: str, filter_expr: pads.Expression | None = None) -> pd.DataFrame:
+    """Returns table `name` of a run as a DataFrame (partition columns as plain strings).
+
+    An absent table reads as an empty frame with the schema's columns.
+    """
+    fs, root = resolve_fs(run_dir)
+    path = _join(root, "tables", name)
+    schema = schemas.TABLES[name].SCHEMA
+    if not _exists(fs, path):
+        return schema.empty_table().to_pandas()
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)
+    return dataset.to_table(filter=filter_expr).to_pandas()

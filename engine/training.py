@@ -1,0 +1,218 @@
+"""The Ray Train loop: per-worker training on the image stream, per-epoch val, checkpoints, resume.
+
+Runs inside Ray Train workers (`TorchTrainer`); `engine.train_stage.run_train` builds and starts it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from engine.augment import augment
+from engine.config import Config
+from engine.metrics import binary_metrics
+from engine.model import build_classifier, canvas_to_unit, imagenet_normalize, save_model
+from engine.tables import write_part
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Returns the LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class EpochOutputs:
+    """What one worker saw in one epoch."""
+
+    loss_sum: float = 0.0
+    images: int = 0
+    val_loss_sum: float = 0.0
+    val_rows: list[dict[str, Any]] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def _split_ok(batch: dict[str, np.ndarray], out: EpochOutputs, stage: str) -> np.ndarray:
+    ok = np.asarray(batch["error"]) == ""
+    for i in np.nonzero(~ok)[0]:
+        out.errors.append(
+            {"file": batch["path"][i], "line": None, "image_id": batch["image_id"][i], "stage": stage,
+             "reason": batch["error"][i]}
+        )  # fmt: skip
+    return ok
+
+
+def _inputs(canvas: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(canvas)).to(device, non_blocking=True)
+
+
+def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.Module, ctx: dict) -> EpochOutputs:
+    """Runs one training epoch over this worker's shard; returns loss sum, images and errors."""
+    cfg: Config = ctx["cfg"]
+    out = EpochOutputs(errors=[])
+    model.train()
+    batches = shard.iter_batches(
+        batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2,
+        local_shuffle_buffer_size=cfg.train.batch_size * 8, local_shuffle_seed=cfg.seed + ctx["epoch"],
+    )  # fmt: skip
+    for batch in batches:
+        ok = _split_ok(batch, out, "train")
+        if not ok.any():
+            continue
+        x = augment(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])), cfg.train, ctx["gen"])
+        y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+            logits = model(imagenet_normalize(x))[:, 0].float()
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        out.loss_sum += float(loss.detach()) * int(ok.sum())
+        out.images += int(ok.sum())
+    return out
+
+
+@torch.no_grad()
+def validate(model: nn.Module, shard: Any, loss_fn: nn.Module, ctx: dict, out: EpochOutputs) -> None:
+    """Predicts this worker's val shard into `out.val_rows`; counts undecodable rows as errors."""
+    cfg: Config = ctx["cfg"]
+    model.eval()
+    out.val_rows = []
+    for batch in shard.iter_batches(batch_size=cfg.train.batch_size * 2, batch_format="numpy"):
+        ok = _split_ok(batch, out, "train")
+        if not ok.any():
+            continue
+        x = imagenet_normalize(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+            logits = model(x)[:, 0].float()
+        y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
+        out.val_loss_sum += float(loss_fn(logits, y)) * int(ok.sum())
+        for i, j in enumerate(np.nonzero(ok)[0]):
+            out.val_rows.append(
+                {"image_id": batch["image_id"][j], "patient_id": batch["patient_id"][j], "view": batch["view"][j],
+                 "folder": batch["folder"][j], "y_true": int(batch["label"][j]), "logit": float(logits[i])}
+            )  # fmt: skip
+
+
+def _gather(out: EpochOutputs, world: int) -> list[EpochOutputs]:
+    if world == 1:
+        return [out]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, out)
+    return gathered
+
+
+def record_epoch(parts: list[EpochOutputs], ctx: dict, state: dict, seconds: float) -> dict[str, Any]:
+    """Rank 0: writes the epoch's val preds, epoch row and errors; returns the reported metrics."""
+    cfg: Config = ctx["cfg"]
+    rows = pd.DataFrame([r for p in parts for r in p.val_rows])
+    images = sum(p.images for p in parts)
+    y_prob = 1 / (1 + np.exp(-rows["logit"].to_numpy())) if len(rows) else np.zeros(0)
+    auc = binary_metrics(rows["y_true"].to_numpy(), y_prob, 0.5).auc if len(rows) else None
+    metrics = {
+        "epoch": ctx["epoch"], "train_loss": sum(p.loss_sum for p in parts) / max(images, 1),
+        "val_loss": sum(p.val_loss_sum for p in parts) / max(len(rows), 1),
+        "val_auc": float("nan") if auc is None else auc, "lr": ctx["lr"], "images": images,
+        "train_errors": sum(len(p.errors) for p in parts),
+        "seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
+    }  # fmt: skip
+    is_best = auc is not None and auc > state["best_auc"]
+    metrics["is_best"] = is_best
+    epoch_tag = f"epoch-{ctx['epoch']:03d}"
+    if len(rows):
+        preds = rows.assign(
+            y_prob=y_prob, epoch=ctx["epoch"], run_id=ctx["run_id"], model=cfg.model.name, stage="train", split="val"
+        )
+        write_part(cfg.run.dir, "preds", preds, epoch_tag)
+    write_part(cfg.run.dir, "epochs", pd.DataFrame([metrics]), epoch_tag)
+    errors = [e for p in parts for e in p.errors]
+    if errors:
+        write_part(cfg.run.dir, "errors", pd.DataFrame(errors).drop_duplicates("image_id"), "train")
+    if is_best:
+        state.update(best_auc=auc, best_epoch=ctx["epoch"])
+        info = {"model": cfg.model.name, "epoch": ctx["epoch"], "val_auc": auc, "run_id": ctx["run_id"],
+                "canvas_h": cfg.canvas.height, "canvas_w": cfg.canvas.width, "view": cfg.data.view}  # fmt: skip
+        save_model(cfg.run.dir, _unwrap(ctx["model"]), info)
+    return metrics
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
+    """Loads the latest Ray Train checkpoint if any; returns the epoch to start from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    state.update(best_auc=saved["best_auc"], best_epoch=saved["best_epoch"])
+    return int(saved["epoch"]) + 1
+
+
+def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, rank: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            payload = {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "epoch": metrics["epoch"], **state}  # fmt: skip
+            torch.save(payload, os.path.join(folder, "state.pt"))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: trains `cfg.train.epochs` epochs, resuming from the latest checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: Config = config["cfg"]
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(build_classifier(cfg.model))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = config["steps_per_epoch"] * cfg.train.epochs
+    warmup = max(1, int(config["steps_per_epoch"] * cfg.train.warmup_epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total))
+    state = {"best_auc": -1.0, "best_epoch": -1}
+    start = _restore(model, opt, sched, state)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(config["pos_weight"], device=device))
+    amp = device.type == "cuda" and cfg.train.amp
+    for epoch in range(start, cfg.train.epochs):
+        started = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 101 + rank)
+        ctx = {"cfg": cfg, "epoch": epoch, "device": device, "gen": gen, "amp": amp, "model": model,
+               "run_id": config["run_id"], "lr": sched.get_last_lr()[0]}  # fmt: skip
+        out = train_epoch(model, ray.train.get_dataset_shard("train"), opt, sched, loss_fn, ctx)
+        validate(model, ray.train.get_dataset_shard("val"), loss_fn, ctx, out)
+        parts = _gather(out, world)
+        metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": epoch}
+        if rank == 0:
+            print(
+                f"epoch {epoch + 1}/{cfg.train.epochs} train_loss {metrics['train_loss']:.4f} "
+                f"val_loss {metrics['val_loss']:.4f} val_auc {metrics['val_auc']:.4f} "
+                f"{metrics['img_per_s']:.1f} img/s{' *best' if metrics['is_best'] else ''}",
+                flush=True,
+            )
+        _report(metrics, model, opt, sched, state, rank)

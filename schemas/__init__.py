@@ -1,0 +1,19 @@
+"""One Arrow schema per table: the single source of truth for column names and types."""
+
+from types import ModuleType
+
+from schemas import boxes, epochs, errors, gt_boxes, heatmaps, index, meta, metrics, preds, splits, thresholds
+
+TABLES: dict[str, ModuleType] = {
+    "index": index,
+    "gt_boxes": gt_boxes,
+    "errors": errors,
+    "splits": splits,
+    "preds": preds,
+    "heatmaps": heatmaps,
+    "boxes": boxes,
+    "meta": meta,
+    "epochs": epochs,
+    "thresholds": thresholds,
+    "metrics": metrics,
+}

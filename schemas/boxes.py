@@ -1,0 +1,27 @@
+"""Table `boxes`: one row per pseudo box, in canvas and original-image px (x2/y2 exclusive)."""
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PARTITION_COLS: tuple[str, ...] = ("split", "folder")
+SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int16()),  # 0 = highest score
+        pa.field("x1", pa.float32()),  # canvas px
+        pa.field("y1", pa.float32()),
+        pa.field("x2", pa.float32()),
+        pa.field("y2", pa.float32()),
+        pa.field("x1_orig", pa.float32()),  # original-image px
+        pa.field("y1_orig", pa.float32()),
+        pa.field("x2_orig", pa.float32()),
+        pa.field("y2_orig", pa.float32()),
+        pa.field("score", pa.float32()),  # normalised CAM value at the peak, [0, 1]
+        pa.field("score_raw", pa.float32()),  # score * raw_max: compares across images
+        pa.field("y_prob", pa.float32()),
+        pa.field("box_size", pa.int16()),  # boxes.size used
+        pa.field("nms_iou", pa.float32()),  # boxes.nms_iou used
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("folder", pa.string(), nullable=False),
+    ]
+)

@@ -1,0 +1,21 @@
+"""Table `heatmaps`: the CAM per image at feature resolution, inline (engine.cam.upsample_heatmap)."""
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PARTITION_COLS: tuple[str, ...] = ("split", "folder")
+SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("heatmap", pa.list_(pa.float16())),  # row-major (heatmap_h, heatmap_w), min-max normalised to [0, 1]
+        pa.field("heatmap_h", pa.int16()),
+        pa.field("heatmap_w", pa.int16()),
+        pa.field("raw_max", pa.float32()),  # un-normalised maximum: compares across images
+        pa.field("y_prob", pa.float32()),
+        pa.field("cam_method", pa.string()),  # fused (forward-only, exact for GAP+linear) or gradcam (autograd)
+        pa.field("overlay_canvas", pa.string()),  # PNG path relative to the run dir, or null
+        pa.field("overlay_orig", pa.string()),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("folder", pa.string(), nullable=False),
+    ]
+)
