@@ -47,7 +47,8 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     bad = np.asarray(batch["error"]) != ""
     errors = _take(batch, bad)
     writer.write("errors", {"file": errors["path"], "line": [None] * int(bad.sum()), "image_id": errors["image_id"],
-                            "stage": [writer.stage] * int(bad.sum()), "reason": errors["error"]})  # fmt: skip
+                            "stage": [writer.stage] * int(bad.sum()), "reason": errors["error"],
+                            "split": errors["split"]})  # fmt: skip
     summary.add_errors(errors["error"])
     ok = _take(batch, ~bad)
     n = len(ok["image_id"])
@@ -150,7 +151,7 @@ def run_boxes(cfg: Config) -> StageSummary:
     params, min_prob = box_params(cfg), _min_prob(cfg)
     for start in range(0, len(frame), 4096):
         chunk = frame.iloc[start : start + 4096]
-        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_max", "split", "folder")}
+        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder")}
         batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
         boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)

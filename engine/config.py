@@ -7,6 +7,7 @@ builds the dataclass tree. Unknown keys and wrong types raise `ConfigError` nami
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ import yaml
 
 class ConfigError(ValueError):
     """An unknown key, a wrong type or an unreadable config file."""
+
+
+# PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as text: accept such numbers for float keys.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
     elif hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -236,12 +243,26 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str, lines: dic
     return cls(**kwargs)
 
 
+def _override_value(override: str, key: str, raw: str) -> Any:
+    """Returns the YAML value of `key=raw`; text keys keep unquoted text as typed (`use_gpu=false`, `dir=007`)."""
+    hint: Any = Config
+    for part in key.split("."):
+        hint = _field_types(hint).get(part) if dataclasses.is_dataclass(hint) else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        if hint is str:
+            return raw.strip()
+        raise ConfigError(f"override '{override}': invalid YAML value: {exc}") from exc
+    return raw.strip() if hint is str and not isinstance(value, str) else value
+
+
 def _apply_override(data: dict[str, Any], override: str, lines: dict[str, str]) -> None:
     if "=" not in override:
         raise ConfigError(f"override '{override}': expected key=value")
     key, raw = override.split("=", 1)
     key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _override_value(override, key, raw)
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -251,6 +272,8 @@ def _apply_override(data: dict[str, Any], override: str, lines: dict[str, str]) 
         node = child
     node[parts[-1]] = value
     lines[key] = f"override '{override}'"
+    for depth in range(1, len(parts)):  # an unknown section then names the override, not the file
+        lines.setdefault(".".join(parts[:depth]), f"override '{override}'")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

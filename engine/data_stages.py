@@ -36,12 +36,12 @@ def run_synth(cfg: Config) -> StageSummary:
 def run_index(cfg: Config) -> StageSummary:
     """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables."""
     summary = StageSummary("index")
-    writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite)
+    writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite, split="all")
     writer.check(["index", "gt_boxes", "errors"])
     result = build_index(cfg.data.root)
     writer.write("index", result.index)
     writer.write("gt_boxes", result.gt_boxes)
-    writer.write("errors", result.errors)
+    writer.write("errors", result.errors.assign(split="all"))
     summary.tables = writer.commit()
     save_config(cfg, "index")
     listing_errors = result.errors[result.errors["line"].notna()]

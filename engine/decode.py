@@ -25,7 +25,11 @@ def decode_gray8(data: bytes) -> np.ndarray:
         raise DecodeError("empty_file: 0 bytes")
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise DecodeError(f"truncated_jpeg: no end-of-image marker in {len(data)} bytes")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV raises, not returns None, past CV_IO_MAX_IMAGE_PIXELS (2**30)
+        code = "image_too_large" if "MAX_IMAGE_PIXELS" in str(exc) else "undecodable"
+        raise DecodeError(f"{code}: OpenCV refused the image: {str(exc).strip()}") from exc
     if image is None or image.size == 0:
         raise DecodeError(f"undecodable: not an image OpenCV can read ({data[:8]!r}...)")
     if max(image.shape[:2]) > MAX_SIDE_PX:

@@ -112,16 +112,18 @@ class ClassifyCamStage:
         n = len(ok)
         if cams is None:
             h, w = self._feature_shape(batch)
-            heat, raw_max = np.zeros((n, h, w), np.float16), np.zeros(n, np.float32)
+            heat = np.zeros((n, h, w), np.float16)
+            raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
         else:
             norm, raw = normalize(cams)
             heat = np.zeros((n, *norm.shape[1:]), np.float16)
             heat[ok] = norm.cpu().numpy().astype(np.float16)
-            raw_max = np.zeros(n, np.float32)
+            raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
+            raw_min[ok] = cams.flatten(1).min(dim=1).values.cpu().numpy()
             raw_max[ok] = raw.cpu().numpy()
         boxes, counts = pseudo_boxes(heat, batch, self.settings.boxes)
         counts[~ok] = 0
-        return {"heatmap": heat, "raw_max": raw_max, "boxes": boxes, "box_count": counts}
+        return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts}
 
     def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
         h, w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])

@@ -170,10 +170,9 @@ def canvas_to_original_batch(
 ) -> np.ndarray:
     """Returns (N, 4) float64 original-frame boxes; each row uses its own letterbox meta (meta table columns).
 
-    ``x_orig = (x_canvas - pad_left) / (new_w / orig_w)``, likewise for y, then clipped to the image. Pass the
-    stored ``new_w``/``new_h`` when available; otherwise they are recomputed as ``max(1, round(orig * scale))``,
-    exactly as ``letterbox_meta`` does, which needs the float64 ``scale`` (a float32 ``scale`` gives an
-    off-by-one ``new_w`` for ~0.06% of random geometries; never for the 256 x 1024 scans).
+    ``x_orig = (x_canvas - pad_left) / (new_w / orig_w)``, likewise for y, clipped to the image. Pass the stored
+    new_w/new_h if available; else they are recomputed as ``max(1, round(orig * scale))`` like ``letterbox_meta``,
+    exact only for a float64 ``scale`` (float32: off by one new_w for ~0.06% of random geometries).
 
     Args:
         boxes: (N, 4) canvas-frame boxes.

@@ -84,16 +84,19 @@ def explode_boxes(
     mask = (rank < counts[:, None]) & keep_image[:, None]
     img_idx, rank_idx = np.nonzero(mask)
     flat = boxes[img_idx, rank_idx].astype(np.float32)
-    per_box = {k: np.asarray(batch[k])[img_idx] for k in ("scale", "pad_left", "pad_top", "orig_w", "orig_h")}
+    names = ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")
+    per_box = {k: np.asarray(batch[k])[img_idx] for k in names}
     orig = canvas_to_original_batch(
-        flat[:, :4], per_box["scale"], per_box["pad_left"], per_box["pad_top"], per_box["orig_w"], per_box["orig_h"]
-    )
+        flat[:, :4], per_box["scale"], per_box["pad_left"], per_box["pad_top"], per_box["orig_w"], per_box["orig_h"],
+        new_w=per_box["new_w"], new_h=per_box["new_h"],
+    )  # fmt: skip
+    raw_min = np.asarray(batch["raw_min"], dtype=np.float32)[img_idx]
     raw_max = np.asarray(batch["raw_max"], dtype=np.float32)[img_idx]
     columns: dict[str, np.ndarray] = {
         "image_id": np.asarray(batch["image_id"])[img_idx],
         "rank": rank_idx.astype(np.int16),
         "score": flat[:, 4],
-        "score_raw": flat[:, 4] * raw_max,
+        "score_raw": raw_min + flat[:, 4] * (raw_max - raw_min),  # undoes the min-max normalisation
         "y_prob": np.asarray(batch["y_prob"], dtype=np.float32)[img_idx],
         "box_size": np.full(len(img_idx), params.size, dtype=np.int16),
         "nms_iou": np.full(len(img_idx), params.nms_iou, dtype=np.float32),

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from engine.tables import resolve_fs
 
 
@@ -71,13 +73,25 @@ class StageSummary:
         return "\n".join(lines)
 
     def save(self, run_dir: str) -> str:
-        """Writes `<run_dir>/summaries/<stage>.json`; returns its path."""
+        """Stops the clock and writes `<run_dir>/summaries/<stage>.json`; returns its path."""
+        self.finish()
         fs, root = resolve_fs(run_dir)
         fs.create_dir(f"{root}/summaries", recursive=True)
         path = f"{root}/summaries/{self.stage}.json"
         with fs.open_output_stream(path) as out:
-            out.write(json.dumps(self.to_dict(), indent=2, default=str).encode())
+            out.write(json.dumps(_jsonable(self.to_dict()), indent=2, default=str).encode())
         return path
+
+
+def _jsonable(value: Any) -> Any:
+    """Returns `value` with numpy scalars as Python numbers (json would write them as strings, or fail on keys)."""
+    if isinstance(value, dict):
+        return {_jsonable(k) if isinstance(k, np.generic) else k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return value
 
 
 def _short(value: Any) -> str:

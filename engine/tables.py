@@ -163,6 +163,7 @@ class TableWriter:
     def write(self, name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> int:
         """Buffers rows of table `name` (files are staged every `flush_rows`); returns the rows added."""
         table = to_arrow(name, data)
+        self._check_owned(name, table)
         self.rows[name] = self.rows.get(name, 0) + table.num_rows
         buffer = self._buffers.setdefault(name, [])
         if table.num_rows:
@@ -170,6 +171,17 @@ class TableWriter:
         if sum(t.num_rows for t in buffer) >= self.flush_rows:
             self._flush(name)
         return table.num_rows
+
+    def _check_owned(self, name: str, table: pa.Table) -> None:
+        """Raises OutputError for rows outside this run's partitions: commit() would silently drop them."""
+        cols = schemas.TABLES[name].PARTITION_COLS
+        owned = {"stage": self.stage} if "stage" in cols else {}
+        if self.split is not None and "split" in cols:
+            owned["split"] = self.split
+        for col, value in owned.items():
+            foreign = sorted({str(v) for v in table.column(col).unique().to_pylist()} - {value})
+            if foreign:
+                raise OutputError(f"table {name}: rows with {col}={foreign}, but this writer owns {col}={value!r}")
 
     def _flush(self, name: str) -> None:
         buffer = self._buffers.pop(name, [])
@@ -196,8 +208,18 @@ class TableWriter:
                 self.fs.move(staged, final)
             else:
                 self.fs.create_dir(final, recursive=True)
+                self._write_empty(name, final)
         self.abort()
         return dict(self.rows)
+
+    def _write_empty(self, name: str, final: str) -> None:
+        """Leaves a zero-row file where the partitions are known, so readers still see the schema."""
+        self.fs.create_dir(final, recursive=True)
+        cols = schemas.TABLES[name].PARTITION_COLS
+        known = {"stage": self.stage, "split": self.split}
+        if all(known.get(c) is not None for c in cols):
+            empty = schemas.TABLES[name].SCHEMA.empty_table().drop_columns(list(cols))
+            pq.write_table(empty, f"{final}/{self.stage}-empty.parquet", filesystem=self.fs)
 
     def abort(self) -> None:
         """Deletes the staging area (nothing is committed)."""
@@ -215,12 +237,13 @@ def write_part(run_dir: str, name: str, data: pd.DataFrame | Mapping[str, Any], 
     fs, root = resolve_fs(run_dir)
     tmp = _join(root, "_staging", f"part-{uuid.uuid4().hex[:12]}")
     _write_dataset(fs, tmp, name, table, f"{basename}-{{i}}.parquet")
-    for info in fs.get_file_info(pafs.FileSelector(tmp, recursive=True)):
+    for info in fs.get_file_info(pafs.FileSelector(tmp, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:
             final = _join(root, "tables", name, info.path[len(tmp) + 1 :])
             fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
             fs.move(info.path, final)
-    fs.delete_dir(tmp)
+    if _exists(fs, tmp):  # zero rows of a partitioned table write no file
+        fs.delete_dir(tmp)
     return table.num_rows
 
 

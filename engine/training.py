@@ -48,7 +48,7 @@ def _split_ok(batch: dict[str, np.ndarray], out: EpochOutputs, stage: str) -> np
     for i in np.nonzero(~ok)[0]:
         out.errors.append(
             {"file": batch["path"][i], "line": None, "image_id": batch["image_id"][i], "stage": stage,
-             "reason": batch["error"][i]}
+             "reason": batch["error"][i], "split": batch["split"][i]}
         )  # fmt: skip
     return ok
 

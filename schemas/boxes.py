@@ -17,7 +17,7 @@ SCHEMA = pa.schema(
         pa.field("x2_orig", pa.float32()),
         pa.field("y2_orig", pa.float32()),
         pa.field("score", pa.float32()),  # normalised CAM value at the peak, [0, 1]
-        pa.field("score_raw", pa.float32()),  # score * raw_max: compares across images
+        pa.field("score_raw", pa.float32()),  # un-normalised CAM value at the peak: compares across images
         pa.field("y_prob", pa.float32()),
         pa.field("box_size", pa.int16()),  # boxes.size used
         pa.field("nms_iou", pa.float32()),  # boxes.nms_iou used

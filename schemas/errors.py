@@ -3,7 +3,7 @@
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
-PARTITION_COLS: tuple[str, ...] = ("stage",)
+PARTITION_COLS: tuple[str, ...] = ("stage", "split")
 SCHEMA = pa.schema(
     [
         pa.field("file", pa.string()),  # label file, XML or image path, relative to its root
@@ -11,5 +11,6 @@ SCHEMA = pa.schema(
         pa.field("image_id", pa.string()),
         pa.field("stage", pa.string(), nullable=False),  # index, split, train, infer, cam, boxes, ...
         pa.field("reason", pa.string(), nullable=False),  # code first, then detail
+        pa.field("split", pa.string(), nullable=False),  # the row's split; "all" for stages before the split
     ]
 )

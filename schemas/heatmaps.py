@@ -10,6 +10,7 @@ SCHEMA = pa.schema(
         pa.field("heatmap", pa.list_(pa.float16())),  # row-major (heatmap_h, heatmap_w), min-max normalised to [0, 1]
         pa.field("heatmap_h", pa.int16()),
         pa.field("heatmap_w", pa.int16()),
+        pa.field("raw_min", pa.float32()),  # un-normalised minimum (0 unless the whole map is positive)
         pa.field("raw_max", pa.float32()),  # un-normalised maximum: compares across images
         pa.field("y_prob", pa.float32()),
         pa.field("cam_method", pa.string()),  # fused (forward-only, exact for GAP+linear) or gradcam (autograd)

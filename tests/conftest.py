@@ -1,0 +1,71 @@
+"""Shared fixtures: one local Ray per session, a small generated dataset, an indexed and split run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def test_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
+    """Returns the demo config scaled down for tests: tiny canvas, tiny timm model, CPU."""
+    return load_config(
+        REPO / "conf" / "demo.yaml",
+        [
+            f"data.root={data_root}",
+            f"run.dir={run_dir}",
+            "canvas.height=256",
+            "canvas.width=128",
+            "boxes.size=12",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "ray.decode_batch_size=8",
+            "infer.batch_size=8",
+            "cam.overlays=2",
+            *overrides,
+        ],
+    )
+
+
+test_config.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray (2 CPUs) shared by every Ray test of the session."""
+    import ray
+
+    from engine.config import RayConfig
+    from engine.pipeline import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated BS-80K-shaped dataset of 60 patients."""
+    from engine.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("bs80k") / "data"
+    generate_dataset(root, patients=60, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def split_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with the index and splits tables of `data_root`."""
+    from engine.data_stages import run_index, run_split
+
+    run_dir = tmp_path_factory.mktemp("runs") / "base"
+    cfg = test_config(data_root, run_dir)
+    run_index(cfg)
+    run_split(cfg)
+    return run_dir

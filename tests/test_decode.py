@@ -1,0 +1,164 @@
+"""decode_gray8: any common image bytes -> uint8 (H, W), or a DecodeError whose message starts with its code."""
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis.extra import numpy as hnp
+
+from engine.decode import MAX_SIDE_PX, DecodeError, decode_gray8
+
+
+def encode(ext: str, image: np.ndarray, *params: int) -> bytes:
+    """Returns `image` encoded by OpenCV as `ext` (.png, .jpg, .tiff, ...)."""
+    ok, buffer = cv2.imencode(ext, image, list(params))
+    assert ok
+    return buffer.tobytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """Returns a tiny, valid-looking gray PNG that claims `width` x `height` px (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_8_bit_gray_jpeg_of_a_whole_body_scan_keeps_height_and_width():
+    image = np.full((1024, 256), 200, np.uint8)
+    decoded = decode_gray8(encode(".jpg", image))
+    assert decoded.dtype == np.uint8
+    assert decoded.shape == (1024, 256)
+    assert (decoded == 200).all()  # a flat JPEG decodes exactly
+
+
+def test_gray_jpeg_gradient_decodes_close_to_the_original():
+    image = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))
+    decoded = decode_gray8(encode(".jpg", image, cv2.IMWRITE_JPEG_QUALITY, 100))
+    assert np.abs(decoded.astype(int) - image).max() <= 2
+
+
+def test_16_bit_png_is_scaled_by_its_own_maximum():
+    image = np.array([[0, 1020], [512, 4]], np.uint16)  # 255 / 1020 = 1/4 exactly
+    np.testing.assert_array_equal(decode_gray8(encode(".png", image)), [[0, 255], [128, 1]])
+
+
+def test_all_black_16_bit_png_decodes_to_zeros():
+    np.testing.assert_array_equal(decode_gray8(encode(".png", np.zeros((3, 2), np.uint16))), np.zeros((3, 2)))
+
+
+def test_rgb_png_becomes_luma_gray():
+    bgr = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)  # blue, green, red, white
+    np.testing.assert_array_equal(decode_gray8(encode(".png", bgr)), [[29, 150, 76, 255]])  # 0.114, 0.587, 0.299
+
+
+def test_rgba_png_becomes_gray_and_ignores_alpha():
+    bgra = np.array([[[255, 0, 0, 0], [0, 255, 0, 255], [0, 0, 255, 128]]], np.uint8)
+    np.testing.assert_array_equal(decode_gray8(encode(".png", bgra)), [[29, 150, 76]])
+
+
+def test_16_bit_rgb_png_becomes_gray_scaled_to_255():
+    bgr = np.zeros((1, 2, 3), np.uint16)
+    bgr[0, 1] = 4000
+    np.testing.assert_array_equal(decode_gray8(encode(".png", bgr)), [[0, 255]])
+
+
+def test_bmp_and_tiff_gray_images_decode():
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    np.testing.assert_array_equal(decode_gray8(encode(".bmp", image)), image)
+    np.testing.assert_array_equal(decode_gray8(encode(".tiff", image)), image)
+
+
+def test_png_bytes_in_a_jpg_named_file_decode_because_bytes_count(tmp_path):
+    image = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    path = tmp_path / "1.jpg"
+    path.write_bytes(encode(".png", image))
+    np.testing.assert_array_equal(decode_gray8(path.read_bytes()), image)
+
+
+def test_jpeg_with_zero_padding_after_its_end_marker_decodes():
+    data = encode(".jpg", np.full((8, 8), 90, np.uint8)) + b"\0" * 64
+    assert (decode_gray8(data) == 90).all()
+
+
+def test_zero_bytes_are_an_empty_file():
+    with pytest.raises(DecodeError, match=r"^empty_file: 0 bytes"):
+        decode_gray8(b"")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_a_jpeg_cut_short_is_a_truncated_jpeg(keep):
+    data = encode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 32), dtype=np.uint8))
+    cut = data[: int(len(data) * keep)]
+    with pytest.raises(DecodeError, match=rf"^truncated_jpeg: no end-of-image marker in {len(cut)} bytes"):
+        decode_gray8(cut)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello, this is a text file\n",
+        bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8)),
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff",
+    ],
+    ids=["text", "random", "png-signature-only", "one-byte"],
+)
+def test_bytes_that_are_no_image_are_undecodable(data):
+    with pytest.raises(DecodeError, match=r"^undecodable: "):
+        decode_gray8(data)
+
+
+def test_a_png_cut_short_is_undecodable():
+    data = encode(".png", np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(DecodeError, match=r"^undecodable: "):
+        decode_gray8(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("image", "dtype_name"),
+    [
+        (np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "float32"),
+        (np.zeros((3, 4, 3), np.float32), "float32"),
+        (np.arange(12, dtype=np.int16).reshape(3, 4), "int16"),
+    ],
+)
+def test_float_and_signed_tiffs_are_an_unsupported_dtype(image, dtype_name):
+    with pytest.raises(DecodeError, match=rf"^unsupported_dtype: {dtype_name}"):
+        decode_gray8(encode(".tiff", image))
+
+
+def test_an_image_wider_than_the_limit_is_too_large():
+    with pytest.raises(DecodeError, match=rf"^image_too_large: {MAX_SIDE_PX + 1}x1 px > {MAX_SIDE_PX}"):
+        decode_gray8(encode(".png", np.zeros((1, MAX_SIDE_PX + 1), np.uint8)))
+
+
+def test_a_header_claiming_ten_gigapixels_is_too_large_not_an_opencv_crash():
+    with pytest.raises(DecodeError, match=r"^image_too_large: "):
+        decode_gray8(png_header_only(100_000, 100_000))
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)))
+def test_any_small_uint8_png_round_trips_exactly(image):
+    decoded = decode_gray8(encode(".png", image))
+    assert decoded.dtype == np.uint8
+    assert decoded.flags.c_contiguous
+    np.testing.assert_array_equal(decoded, image)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.uint16, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=16)))
+def test_16_bit_scaling_keeps_pixel_order_and_maps_the_maximum_to_255(image):
+    decoded = decode_gray8(encode(".png", image)).astype(int).ravel()
+    flat = image.astype(int).ravel()
+    order = np.argsort(flat, kind="stable")
+    assert (np.diff(decoded[order]) >= 0).all()  # brighter input is never darker output
+    if flat.max() > 0:
+        assert (decoded[flat == flat.max()] == 255).all()
+    assert (decoded[flat == 0] == 0).all()

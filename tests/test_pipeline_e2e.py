@@ -1,0 +1,145 @@
+"""End to end on a real local Ray: train -> threshold -> infer -> cam -> boxes on generated data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import schemas
+from engine.cam_stages import run_boxes, run_cam, run_infer
+from engine.classify_stages import run_threshold, run_train, select_rows
+from engine.model import load_model
+from engine.tables import read_table
+from tests.conftest import test_config
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the split run, trained for 2 epochs with a selected threshold."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(split_run, run_dir)
+    cfg = test_config(data_root, run_dir)
+    run_train(cfg)
+    run_threshold(cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def cam_run(trained_run: Path, data_root: Path) -> tuple[Path, object]:
+    """The trained run after `make cam` over the test split."""
+    summary = run_cam(test_config(data_root, trained_run))
+    return trained_run, summary
+
+
+def test_training_writes_epochs_val_preds_checkpoints_and_best_model(trained_run: Path, data_root: Path) -> None:
+    epochs = read_table(str(trained_run), "epochs").sort_values("epoch")
+    assert epochs["epoch"].tolist() == [0, 1]
+    assert (epochs["images"] > 0).all() and epochs["val_auc"].between(0, 1).all()
+    preds = read_table(str(trained_run), "preds")
+    val = preds[(preds["stage"] == "train") & (preds["split"] == "val")]
+    n_val = len(select_rows(test_config(data_root, trained_run), ("val",)))
+    assert sorted(val.groupby("epoch").size().tolist()) == [n_val, n_val]
+    best_epoch = int(epochs.loc[epochs["val_auc"].idxmax(), "epoch"])
+    best_val = val[val["epoch"] == best_epoch]
+    assert roc_auc_score(best_val["y_true"], best_val["y_prob"]) == pytest.approx(epochs["val_auc"].max(), abs=1e-6)
+    assert list((trained_run / "train_state").glob("checkpoint_*")), "Ray Train checkpoints missing"
+    model, info = load_model(str(trained_run), test_config(data_root, trained_run).model)
+    assert info["epoch"] == best_epoch
+    assert model(torch.zeros(1, 3, 64, 32)).shape == (1, 1)
+
+
+def test_threshold_is_chosen_on_the_best_epochs_val_preds(trained_run: Path) -> None:
+    chosen = read_table(str(trained_run), "thresholds")
+    assert len(chosen) == 1 and chosen["mode"].iloc[0] == "youden"
+    assert 0 < chosen["thr"].iloc[0] < 1
+    assert (trained_run / "threshold.json").exists()
+
+
+def test_infer_scores_the_test_split_and_saves_sklearn_metrics(trained_run: Path, data_root: Path) -> None:
+    cfg = test_config(data_root, trained_run)
+    summary = run_infer(cfg)
+    test_rows = select_rows(cfg, ("test",))
+    assert summary.rows_in == len(test_rows) and summary.balanced
+    preds = read_table(str(trained_run), "preds")
+    preds = preds[preds["stage"] == "infer"]
+    assert sorted(preds["image_id"]) == sorted(test_rows["image_id"])
+    metrics = read_table(str(trained_run), "metrics")
+    row = metrics[metrics["split"] == "test"].iloc[0]
+    thr = float(read_table(str(trained_run), "thresholds")["thr"].iloc[0])
+    predicted = preds["y_prob"] >= np.float32(thr)
+    assert row["tp"] == int((predicted & (preds["y_true"] == 1)).sum())
+    assert row["n"] == len(preds)
+
+
+def test_cam_writes_one_pred_or_error_per_selected_image(cam_run, data_root: Path) -> None:
+    run_dir, summary = cam_run
+    selected = select_rows(test_config(data_root, run_dir), ("test",))
+    preds = read_table(str(run_dir), "preds")
+    preds = preds[preds["stage"] == "cam"]
+    errors = read_table(str(run_dir), "errors")
+    errors = errors[errors["stage"] == "cam"]
+    assert sorted(preds["image_id"].tolist() + errors["image_id"].tolist()) == sorted(selected["image_id"])
+    assert summary.balanced and summary.rows_in == len(selected)
+    heatmaps = read_table(str(run_dir), "heatmaps")
+    assert sorted(heatmaps["image_id"]) == sorted(preds["image_id"])
+    first = heatmaps.iloc[0]
+    assert len(first["heatmap"]) == first["heatmap_h"] * first["heatmap_w"] == 8 * 4
+    assert set(heatmaps["cam_method"]) == {"fused"}
+    meta = read_table(str(run_dir), "meta")
+    assert np.allclose(meta["scale"], 0.25) and (meta["pad_left"] == 32).all()
+
+
+def test_cam_boxes_lie_on_the_body_and_map_back_to_original_pixels(cam_run) -> None:
+    run_dir, _ = cam_run
+    boxes = read_table(str(run_dir), "boxes")
+    assert len(boxes) > 0
+    assert (boxes["x1"] >= 32).all() and (boxes["x2"] <= 96).all()  # body strip of a 64-px-wide image at pad 32
+    assert np.allclose(boxes["x2"] - boxes["x1"], 12) and np.allclose(boxes["y2"] - boxes["y1"], 12)
+    assert np.allclose(boxes["x1_orig"], (boxes["x1"] - 32) * 4, atol=1e-3)
+    assert np.allclose(boxes["y2_orig"], boxes["y2"] * 4, atol=1e-3)
+    assert boxes.groupby("image_id")["rank"].max().max() < 5
+
+
+def test_make_boxes_with_equal_parameters_reproduces_cam_boxes(cam_run, data_root: Path) -> None:
+    run_dir, _ = cam_run
+    key = ["image_id", "rank"]
+    before = read_table(str(run_dir), "boxes").sort_values(key).reset_index(drop=True)
+    run_boxes(test_config(data_root, run_dir))
+    after = read_table(str(run_dir), "boxes").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+    run_boxes(test_config(data_root, run_dir, "boxes.max=1"))
+    assert read_table(str(run_dir), "boxes").groupby("image_id").size().max() == 1
+    run_boxes(test_config(data_root, run_dir))
+
+
+def test_cam_tables_open_in_plain_pyarrow_pandas_and_duckdb(cam_run) -> None:
+    run_dir, _ = cam_run
+    for name in ("preds", "heatmaps", "boxes", "meta", "errors"):
+        path = run_dir / "tables" / name
+        dataset = pads.dataset(path, format="parquet", partitioning="hive")
+        assert set(dataset.schema.names) == set(schemas.TABLES[name].SCHEMA.names)
+        assert not any(f.metadata and any(b"ray" in k for k in f.metadata) for f in dataset.schema)
+        frame = pd.read_parquet(path)
+        count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/**/*.parquet', hive_partitioning=true)")
+        assert count.fetchall()[0][0] == len(frame)
+    maps = duckdb.sql(
+        f"SELECT len(heatmap) AS n, heatmap_h * heatmap_w AS hw FROM read_parquet('{run_dir}/tables/heatmaps/**/*.parquet')"
+    ).df()
+    assert (maps["n"] == maps["hw"]).all()
+
+
+def test_cam_renders_the_overlays_it_references(cam_run) -> None:
+    run_dir, summary = cam_run
+    heatmaps = read_table(str(run_dir), "heatmaps")
+    refs = heatmaps["overlay_canvas"].dropna().tolist() + heatmaps["overlay_orig"].dropna().tolist()
+    assert len(refs) == 4 and summary.extra["overlays_rendered"] == 2
+    for ref in refs:
+        assert (run_dir / ref).stat().st_size > 0

@@ -1,0 +1,100 @@
+"""StageSummary: rows in = ok + errors, error codes by prefix, the one-screen render and the JSON file."""
+
+import json
+
+import numpy as np
+
+from engine.summary import StageSummary
+
+
+def summary_of(rows_in: int, rows_ok: int, reasons: list[str]) -> StageSummary:
+    summary = StageSummary("cam", rows_in=rows_in, rows_ok=rows_ok)
+    summary.add_errors(reasons)
+    return summary
+
+
+def test_rows_in_equal_to_ok_plus_errors_is_balanced():
+    summary = summary_of(5, 3, ["undecodable: junk", "empty_file: 0 bytes"])
+    assert summary.balanced
+    assert summary.to_dict()["errors"] == 2
+    assert summary.to_dict()["balanced"] is True
+
+
+def test_a_lost_row_makes_the_summary_unbalanced():
+    assert not summary_of(5, 3, ["undecodable: junk"]).balanced
+    assert not summary_of(5, 5, ["undecodable: junk"]).balanced  # a row counted twice
+
+
+def test_errors_are_counted_by_the_code_before_the_first_colon():
+    summary = summary_of(
+        6, 2, ["truncated_jpeg: no end marker", "truncated_jpeg: other: detail", "undecodable", "empty_file: 0 bytes"]
+    )
+    assert summary.to_dict()["errors_by_reason"] == {"empty_file": 1, "truncated_jpeg": 2, "undecodable": 1}
+
+
+def test_errors_from_several_batches_add_up():
+    summary = summary_of(4, 0, np.array(["undecodable: a", "undecodable: b"]))
+    summary.add_errors(["undecodable: c", "image_too_large: 9x9"])
+    assert summary.to_dict()["errors_by_reason"] == {"image_too_large": 1, "undecodable": 3}
+    assert summary.balanced
+
+
+def test_render_flags_an_unbalanced_account():
+    text = summary_of(5, 3, ["undecodable: junk"]).render()
+    assert text.startswith("== cam: 5 in, 3 ok, 1 errors (UNBALANCED)")
+    assert "error undecodable: 1" in text
+
+
+def test_render_lists_errors_tables_and_extras_of_a_balanced_run():
+    summary = summary_of(3, 2, ["undecodable: junk"])
+    summary.tables = {"preds": 2, "errors": 1}
+    summary.extra = {"scope": "split", "auc": 0.876543, "per_view": {"ANT": 1, "POST": 0.25}}
+    lines = summary.render().splitlines()
+    assert "(balanced)" in lines[0]
+    assert "UNBALANCED" not in lines[0]
+    assert lines[1:] == [
+        "   error undecodable: 1",
+        "   table preds: 2 rows",
+        "   table errors: 1 rows",
+        "   scope: split",
+        "   auc: 0.8765",
+        "   per_view: ANT=1, POST=0.25",
+    ]
+
+
+def test_the_rate_is_rows_in_per_second():
+    summary = summary_of(10, 10, [])
+    summary.seconds = 4.0
+    assert summary.to_dict()["rows_per_s"] == 2.5
+    assert "2.5 rows/s" in summary.render()
+
+
+def test_finish_stops_the_clock():
+    summary = summary_of(1, 1, []).finish()
+    assert summary.seconds >= 0.0
+    assert summary.to_dict()["seconds"] == round(summary.seconds, 3)
+
+
+def test_save_writes_json_that_reads_back_equal(tmp_path):
+    summary = summary_of(4, 3, ["undecodable: junk"])
+    summary.tables = {"preds": 3}
+    summary.extra = {"note": "ok"}
+    path = summary.save(str(tmp_path / "run"))
+    assert path == f"{tmp_path}/run/summaries/cam.json"
+    assert json.loads((tmp_path / "run" / "summaries" / "cam.json").read_text()) == summary.to_dict()
+
+
+def test_saved_json_keeps_numpy_counts_as_numbers(tmp_path):
+    summary = summary_of(2, 2, [])
+    summary.extra = {"images_by_view": {"ANT": np.int64(1), "POST": np.int64(1)}, "by_label": {np.int64(0): 2},
+                     "auc": np.float32(0.5), "sizes": np.array([1, 2])}  # fmt: skip
+    summary.save(str(tmp_path))
+    saved = json.loads((tmp_path / "summaries" / "cam.json").read_text())
+    assert saved["images_by_view"] == {"ANT": 1, "POST": 1}
+    assert saved["by_label"] == {"0": 2}
+    assert (saved["auc"], saved["sizes"]) == (0.5, [1, 2])
+
+
+def test_save_accepts_a_file_uri_run_dir(tmp_path):
+    summary_of(1, 1, []).save(f"file://{tmp_path}")
+    assert json.loads((tmp_path / "summaries" / "cam.json").read_text())["rows_in"] == 1

@@ -1,0 +1,61 @@
+"""Kill-and-resume: a training process killed after its first checkpoint finishes on re-run, not from zero."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.tables import read_table
+from tests.conftest import REPO
+
+EPOCHS = 3
+
+
+def _train_command(data_root: Path, run_dir: Path) -> list[str]:
+    overrides = [
+        f"data.root={data_root}", f"run.dir={run_dir}", "canvas.height=256", "canvas.width=128",
+        "train.batch_size=8", f"train.epochs={EPOCHS}", "ray.num_cpus=2",
+    ]  # fmt: skip
+    return [sys.executable, "-m", "jobs.train", "--config", "conf/demo.yaml", *overrides]
+
+
+def _wait_for(predicate, timeout_s: float, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(data_root: Path, split_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(split_run, run_dir)
+    command = _train_command(data_root, run_dir)
+    first_epoch_file = run_dir / "tables" / "epochs" / "epoch-000-0.parquet"
+    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        # A checkpoint counts once Ray Train has registered it in its snapshot, not when its folder appears.
+        snapshot = run_dir / "train_state" / "checkpoint_manager_snapshot.json"
+        checkpoint_written = _wait_for(snapshot.exists, 300, proc)
+        assert checkpoint_written, "no checkpoint before the first run ended"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    epochs_before = read_table(str(run_dir), "epochs")
+    assert 1 <= len(epochs_before) < EPOCHS, "the first run should die part-way"
+    first_mtime = first_epoch_file.stat().st_mtime_ns
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    epochs = read_table(str(run_dir), "epochs").sort_values("epoch")
+    assert epochs["epoch"].tolist() == list(range(EPOCHS))
+    assert first_epoch_file.stat().st_mtime_ns == first_mtime, "epoch 0 ran again: the run started over"
+    assert (run_dir / "model" / "best.pt").exists()
