@@ -75,12 +75,16 @@ def _stream_stage(cfg: Config, stage: str, rows: pd.DataFrame, settings: CamSett
     writer.check(names)
     summary.rows_in = len(rows)
     ds = model_stream(image_stream(rows, cfg), cfg, settings)
-    for batch in iter_results(ds):
-        _write_batch(writer, batch, ctx, summary)
-    for name in names:
-        writer.rows.setdefault(name, 0)
-    if ctx.get("overlays"):
-        summary.extra["overlays_rendered"] = ctx["overlays"].render()
+    try:
+        for batch in iter_results(ds):
+            _write_batch(writer, batch, ctx, summary)
+        for name in names:
+            writer.rows.setdefault(name, 0)
+        if ctx.get("overlays"):
+            summary.extra["overlays_rendered"] = ctx["overlays"].render()
+    except BaseException:
+        writer.abort()  # nothing of a failed run is committed
+        raise
     summary.tables = writer.commit()
     save_config(cfg, stage)
     return summary
@@ -94,6 +98,7 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
         run_dir=cfg.run.dir, model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
         with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
+        cpu_threads=max(1, int(cfg.infer.num_cpus)),
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import math
 import os
 
 import pandas as pd
+import pyarrow.fs as pafs
 
 from engine.config import Config
 from engine.data_stages import save_config
@@ -49,6 +50,8 @@ def run_train(cfg: Config) -> StageSummary:
     from engine.training import train_loop_per_worker
 
     summary = StageSummary("train")
+    if cfg.run.overwrite:
+        _clear_training(cfg)
     init_ray(cfg.ray)
     rows = select_rows(cfg, ("train", "val"))
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
@@ -86,6 +89,16 @@ def run_train(cfg: Config) -> StageSummary:
     )  # fmt: skip
     summary.save(cfg.run.dir)
     return summary.finish()
+
+
+def _clear_training(cfg: Config) -> None:
+    """Deletes a run's training state and outputs (run.overwrite=true); otherwise a re-run resumes."""
+    fs, root = resolve_fs(cfg.run.dir)
+    for path in (f"{root}/train_state", f"{root}/model", f"{root}/tables/epochs", f"{root}/tables/preds/stage=train",
+                 f"{root}/tables/errors/stage=train"):  # fmt: skip
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            log.warning("run.overwrite=true: deleting %s", path)
+            fs.delete_dir(path)
 
 
 def _run_id(cfg: Config) -> str:

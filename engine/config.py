@@ -133,6 +133,43 @@ class BoxesConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    data_root: str = "data/bench"  # generated dataset for `make bench` (created when missing)
+    patients: int = 800  # synthetic patients generated (~25 images each: whole-body + region crops)
+    images: int = 2000  # N: images of the small runs; the memory check also runs 10 x N
+    scale: int = 10  # the large run scores scale x N images (memory flat in N)
+    model_batches: int = 10  # batches timed for the model-only figure
+    out: str = "BENCHMARKS.md"  # results file appended to (kept in the repo)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: str = "test"  # split scored against the Abnormal GT boxes, once (research/anchors.md §3)
+    tolerance_px: float = 15.0  # pointing-game tolerance, original px (Zhang et al., ECCV 2016)
+    ks: tuple[int, ...] = (1, 3, 5)  # hit@k: one of the top-k boxes shares a pixel with an Abnormal box
+    iou: tuple[float, ...] = (0.3, 0.5)  # box precision/recall at IoU >= each (issue 5)
+    iogt: tuple[float, ...] = (0.5,)  # box precision/recall at intersection-over-GT >= each
+    tune: bool = True  # pick box size, NMS IoU, min score and cutoff on tune_split, then score split once
+    tune_split: str = "val"  # split the tuning sees; its heatmaps come from `make cam cam.split=val`
+    tune_iou: float = 0.3  # tuning objective: F1 of box precision/recall at this IoU, at the cutoff
+    tune_sizes: tuple[int, ...] = (24, 32, 48, 64, 96)  # box sides tried, canvas px
+    tune_nms_iou: tuple[float, ...] = (0.0, 0.15, 0.3)  # NMS IoUs tried
+    tune_min_scores: tuple[float, ...] = (0.0, 0.3, 0.6)  # minimum normalised peak values tried
+    tune_cutoffs: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # probability cutoffs tried, plus the selected thr
+    seed_size: int = 48  # the seed's box side, canvas px (DESIGN.md §3; 24 on the demo's half-size canvas)
+    seed_max: int = 5  # the seed's boxes per image (DESIGN.md §3)
+    seed_nms_iou: float = 0.15  # the seed's NMS IoU (DESIGN.md §3)
+    baseline_run: str = ""  # run dir trained on the seed's landscape canvas, scored with the seed's rule
+    coco: bool = True  # write the run's pseudo boxes as COCO JSON to <run.dir>/prompts/coco_boxes.json
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    gallery: int = 4  # overlays per group (true positives, false positives, false negatives)
+    dpi: int = 100  # resolution of the plot PNGs
+
+
+@dataclass(frozen=True)
 class LeaderboardConfig:
     runs: str = "runs"  # folder whose sub-folders are runs (`make leaderboard`)
 
@@ -152,7 +189,10 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     boxes: BoxesConfig = field(default_factory=BoxesConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain nested dicts (tuples as lists), ready for YAML/JSON."""

@@ -29,6 +29,7 @@ class CamSettings:
     amp: bool = True  # bf16 autocast on GPU
     channels_last: bool = True
     compile: bool = False
+    cpu_threads: int = 1  # torch intra-op threads of a CPU actor (its `infer.num_cpus`), no oversubscription
     boxes: BoxParams = BoxParams()
 
 
@@ -45,6 +46,8 @@ class ClassifyCamStage:
         self.torch = torch
         self.settings = settings
         self.device = torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, settings.cpu_threads))
         model, self.info = load_model(settings.run_dir, ModelConfig(name=settings.model_name, pretrained=False))
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda" and settings.channels_last:

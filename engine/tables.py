@@ -151,6 +151,7 @@ class TableWriter:
             owned = _owned_path(tables_root, name, self.stage, self.split)
             if _exists(self.fs, owned) and not (self.overwrite or name in self.replace):
                 raise OutputError(f"{owned} exists: pass run.overwrite=true to replace the {self.stage} outputs")
+        self._clear_stale_staging()
         probe = _join(self.staging, ".probe")
         try:
             self.fs.create_dir(self.staging, recursive=True)
@@ -159,6 +160,16 @@ class TableWriter:
             self.fs.delete_file(probe)
         except OSError as exc:
             raise OutputError(f"cannot write to {self.staging}: {exc}") from exc
+
+    def _clear_stale_staging(self) -> None:
+        """Deletes what killed earlier runs of this stage left in `_staging/` (never committed, never read)."""
+        base = _join(self.root, "_staging")
+        if not _exists(self.fs, base):
+            return
+        for info in self.fs.get_file_info(pafs.FileSelector(base)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{self.stage}-"):
+                log.warning("removing staging left by an interrupted %s run: %s", self.stage, info.path)
+                self.fs.delete_dir(info.path)
 
     def write(self, name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> int:
         """Buffers rows of table `name` (files are staged every `flush_rows`); returns the rows added."""

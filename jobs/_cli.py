@@ -29,7 +29,7 @@ def run_job(argv: list[str] | None, description: str, stage: Callable[[Config], 
     try:
         cfg = parse_config(argv, description)
         summary = stage(cfg)
-    except (ConfigError, ValueError, FileExistsError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.render())

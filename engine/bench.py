@@ -1,0 +1,165 @@
+"""`make bench`: model-only, plain single-process loop and the engine, measured side by side in one run.
+
+All three do the same work on the same images, model, canvas and batch size: JPEG bytes on disk ->
+decode -> letterbox -> forward + CAM -> pseudo boxes -> Parquet tables. Memory is the peak PSS of the
+driver and every process under it (Ray's raylet, object store and workers when Ray runs embedded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from engine.cam import fused_cam, gap_linear_weights, normalize_cams
+from engine.config import Config
+from engine.decode import decode_gray8
+from engine.letterbox import letterbox
+from engine.model import load_model, normalize_canvas
+from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, safe_relative_path
+from engine.tables import TableWriter, resolve_fs
+
+
+class MemorySampler:
+    """Samples the summed PSS of this process and all its descendants in a thread; keeps the peak."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        root = psutil.Process()
+        total = 0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._sample())
+
+
+@contextmanager
+def _timed(profile: dict[str, float], key: str):
+    start = time.perf_counter()
+    yield
+    profile[key] += time.perf_counter() - start
+
+
+def _device(cfg: Config) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu != "false" else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_only(cfg: Config, compiled: bool = False) -> float:
+    """Returns img/s of forward + fused CAM on a preloaded device batch (no data loading)."""
+    device = _device(cfg)
+    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval()
+    weight = gap_linear_weights(model)
+    forward = torch.compile(model.forward_features) if compiled else model.forward_features
+    canvas = torch.randint(0, 255, (cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width), dtype=torch.uint8)
+    x = normalize_canvas(canvas.to(device))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.amp)
+    with torch.inference_mode(), autocast:
+        for _ in range(2):  # warm-up (and compilation)
+            fused_cam(forward(x).float(), weight.float())
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(cfg.bench.model_batches):
+            features = forward(x)
+            model.forward_head(features)
+            fused_cam(features.float(), weight.float())
+        _sync(device)
+    return cfg.bench.model_batches * cfg.infer.batch_size / (time.perf_counter() - start)
+
+
+def _decode_rows(rows: Any, cfg: Config, profile: dict[str, float]) -> dict[str, np.ndarray]:
+    fs, root = resolve_fs(cfg.data.root)
+    canvases, metas = [], []
+    for relative in rows["path"]:
+        with _timed(profile, "read"), fs.open_input_file(safe_relative_path(root, relative)) as handle:
+            data = handle.read()
+        with _timed(profile, "decode"):
+            image = decode_gray8(data)
+        with _timed(profile, "letterbox"):
+            canvas, meta = letterbox(image, cfg.canvas.height, cfg.canvas.width)
+        canvases.append(canvas)
+        metas.append(meta)
+    batch = {c: rows[c].to_numpy() for c in ("image_id", "patient_id", "view", "split", "folder", "label", "path")}
+    batch.update({name: np.array([getattr(m, name) for m in metas]) for name in META_COLUMNS})
+    batch["canvas"] = np.stack(canvases)
+    return batch
+
+
+def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, float]]:
+    """Returns (img/s, seconds per step) of the same work in one process: no Ray, no actors."""
+    from engine.cam_stages import box_params, heatmap_column
+
+    device = _device(cfg)
+    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval()
+    weight, params = gap_linear_weights(model), box_params(cfg)
+    writer = TableWriter(run_dir, "bench", overwrite=True)
+    profile: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    for first in range(0, len(rows), cfg.infer.batch_size):
+        batch = _decode_rows(rows.iloc[first : first + cfg.infer.batch_size], cfg, profile)
+        with _timed(profile, "transfer"):
+            x = normalize_canvas(torch.from_numpy(batch["canvas"]).to(device))
+        with _timed(profile, "forward"), torch.inference_mode():
+            features = model.forward_features(x)
+            probs = torch.sigmoid(model.forward_head(features)[:, 0]).cpu().numpy()
+        with _timed(profile, "cam"), torch.inference_mode():
+            norm, raw_max = normalize_cams(fused_cam(features.float(), weight.float()))
+            heat = norm.cpu().numpy().astype(np.float16)
+        with _timed(profile, "boxes"):
+            boxes, counts = pseudo_boxes(heat, batch, params)
+            batch.update(y_prob=probs, raw_min=np.zeros(len(probs)), raw_max=raw_max.cpu().numpy())
+            box_rows = explode_boxes(batch, boxes, counts, params, float("-inf"))
+        with _timed(profile, "write"):
+            n = len(probs)
+            writer.write("heatmaps", {**batch, "heatmap": heatmap_column(heat), "heatmap_h": [heat.shape[1]] * n,
+                                      "heatmap_w": [heat.shape[2]] * n, "overlay_canvas": [None] * n,
+                                      "overlay_orig": [None] * n, "cam_method": ["fused"] * n})  # fmt: skip
+            writer.write("boxes", box_rows)
+    with _timed(profile, "write"):
+        writer.commit()
+    seconds = time.perf_counter() - start
+    return len(rows) / seconds, dict(profile)
+
+
+def engine_run(cfg: Config, limit: int) -> dict[str, float]:
+    """Runs `make cam cam.scope=all` on the first `limit` index rows; returns rate, seconds, peak memory."""
+    from engine.cam_stages import run_cam
+
+    run_cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, scope="all", limit=limit, overlays=0),
+                                  run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
+    with MemorySampler() as memory:
+        summary = run_cam(run_cfg)
+    return {"images": summary.rows_in, "seconds": summary.seconds, "img_per_s": summary.rows_in / summary.seconds,
+            "peak_mem_mb": memory.peak_bytes / 2**20, "errors": sum(summary.errors.values())}  # fmt: skip

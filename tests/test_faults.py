@@ -1,0 +1,100 @@
+"""Faults: a killed model actor, a killed driver, unwritable outputs — nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.cam_stages import cam_rows, run_cam
+from engine.model import build_classifier, save_model
+from engine.cam_stages import _settings
+from engine.pipeline import image_stream, iter_results, model_stream
+from engine.tables import OutputError, read_table
+from tests.conftest import REPO, test_config
+
+
+@pytest.fixture(scope="module")
+def untrained_run(data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The split run with an untrained tiny model stored as its best model (enough for cam)."""
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    shutil.copytree(split_run, run_dir)
+    cfg = test_config(data_root, run_dir)
+    save_model(str(run_dir), build_classifier(cfg.model), {"model": cfg.model.name, "epoch": 0, "val_auc": None})
+    return run_dir
+
+
+def _model_actor_pids() -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::MapWorker") and "ClassifyCamStage" in cmdline:
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_session, untrained_run, data_root) -> None:
+    cfg = test_config(data_root, untrained_run, "cam.scope=all", "infer.batch_size=4", "ray.decode_batch_size=4")
+    rows = cam_rows(cfg)
+    stream = iter_results(model_stream(image_stream(rows, cfg), cfg, _settings(cfg, with_cam=True)), batch_size=4)
+    seen: list[str] = list(next(stream)["image_id"])
+    killed = _model_actor_pids()
+    assert killed, "no model actor process found"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    for batch in stream:
+        seen.extend(batch["image_id"])
+    assert len(seen) == len(set(seen)), "an image came out twice"
+    assert sorted(seen) == sorted(rows["image_id"]), "an image was lost"
+    assert not set(killed) & set(_model_actor_pids()), "the killed actor should have been replaced"
+
+
+def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: Path, data_root: Path) -> None:
+    args = [f"data.root={data_root}", f"run.dir={untrained_run}", "canvas.height=256", "canvas.width=128",
+            "boxes.size=12", "cam.scope=all", "infer.batch_size=4", "ray.num_cpus=2"]  # fmt: skip
+    command = [sys.executable, "-m", "jobs.cam", "--config", "conf/demo.yaml", *args]
+    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    staging = untrained_run / "_staging"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not any(staging.glob("cam-*")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert any(staging.glob("cam-*")), "the run should have been killed while staging"
+    assert not (untrained_run / "tables" / "heatmaps").exists(), "a killed run must not commit tables"
+    assert read_table(str(untrained_run), "preds").query("stage == 'cam'").empty
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    preds = read_table(str(untrained_run), "preds").query("stage == 'cam'")
+    errors = read_table(str(untrained_run), "errors").query("stage == 'cam'")
+    expected = cam_rows(test_config(data_root, untrained_run, "cam.scope=all"))["image_id"]
+    assert sorted(preds["image_id"].tolist() + errors["image_id"].tolist()) == sorted(expected)
+    assert not any(staging.glob("cam-*")), "the rerun should clear the interrupted run's staging"
+
+
+def test_existing_cam_outputs_are_not_replaced_without_overwrite(ray_session, untrained_run, data_root) -> None:
+    cfg = test_config(data_root, untrained_run, "cam.limit=4")
+    if not (untrained_run / "tables" / "preds" / "stage=cam").exists():
+        run_cam(cfg)
+    with pytest.raises(OutputError, match="run.overwrite=true"):
+        run_cam(cfg)
+
+
+def test_unwritable_run_dir_fails_fast_with_a_clear_message(untrained_run: Path, data_root: Path, tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    command = [sys.executable, "-m", "jobs.index", "--config", "conf/demo.yaml", f"data.root={data_root}",
+               f"run.dir={blocker}/run"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and str(blocker) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
