@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONF ?= conf/default.yaml
 ARGS ?=
 DEMO := CONF=conf/demo.yaml
-STAGES := synth index split train threshold infer cam boxes leaderboard
+STAGES := synth index split train threshold infer cam boxes leaderboard bench
 
 .PHONY: help setup test demo lint clean-demo $(STAGES)
 
@@ -40,6 +40,8 @@ boxes: setup ## recompute boxes from stored heatmaps with new boxes.* (no model)
 	$(PY) -m jobs.boxes --config $(CONF) $(ARGS)
 leaderboard: setup ## test metrics of every run under leaderboard.runs
 	$(PY) -m jobs.leaderboard --config $(CONF) $(ARGS)
+bench: setup ## model-only vs plain loop vs engine, memory at N and 10 x N (CONF=conf/bench_gpu.yaml on a GPU)
+	$(PY) -m jobs.bench --config $(if $(filter command line,$(origin CONF)),$(CONF),conf/bench.yaml) $(ARGS)
 
 demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny model)
 	@test -d data/synth || $(PY) -m jobs.synth --config conf/demo.yaml

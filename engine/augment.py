@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the PyTorch convention)
 
 from engine.config import TrainConfig
 
@@ -28,9 +28,9 @@ def random_affine(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> to
     ty = _uniform(b, 2 * cfg.translate, gen) * apply
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     aspect = h / w  # rotate in pixel space, not in the normalised square
-    theta = torch.stack(
-        [torch.stack([cos, -sin * aspect, tx], 1), torch.stack([sin / aspect, cos, ty], 1)], 1
-    ).to(x.device, x.dtype)
+    theta = torch.stack([torch.stack([cos, -sin * aspect, tx], 1), torch.stack([sin / aspect, cos, ty], 1)], 1).to(
+        x.device, x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -33,6 +33,16 @@ def _prepare(cfg: Config) -> Config:
     return cfg
 
 
+def bytes_per_image(run_dir: str, images: int) -> dict[str, float]:
+    """Returns on-disk Parquet bytes per scored image of each `make cam` table."""
+    out = {}
+    for name, sub in (("preds", "preds/stage=cam"), ("heatmaps", "heatmaps"), ("boxes", "boxes"), ("meta", "meta")):
+        folder = os.path.join(run_dir, "tables", sub)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+        out[name] = round(size / max(images, 1), 1)
+    return out
+
+
 def device_name() -> str:
     """Returns the GPU model, or the CPU model and core count."""
     if torch.cuda.is_available():
@@ -65,6 +75,7 @@ def run_bench(cfg: Config) -> StageSummary:
         engine_large_img_per_s=round(large["img_per_s"], 1), large_images=large["images"],
         peak_mem_mb_small=round(small["peak_mem_mb"], 1), peak_mem_mb_large=round(large["peak_mem_mb"], 1),
         mem_large_over_small=round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
+        table_bytes_per_image=bytes_per_image(cfg.run.dir, large["images"]),
         plain_loop_profile_s={k: round(v, 3) for k, v in sorted(profile.items(), key=lambda kv: -kv[1])},
     )  # fmt: skip
     _append_results(cfg, summary)

@@ -59,8 +59,8 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
         return
     overlays: OverlayCollector | None = ctx.get("overlays")
     refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
-    writer.write("heatmaps", {**ok, **refs, "heatmap": heatmap_column(ok["heatmap"]), "heatmap_h": [ok["heatmap"].shape[1]] * n,
-                              "heatmap_w": [ok["heatmap"].shape[2]] * n})  # fmt: skip
+    shape = {"heatmap_h": [ok["heatmap"].shape[1]] * n, "heatmap_w": [ok["heatmap"].shape[2]] * n}
+    writer.write("heatmaps", {**ok, **refs, **shape, "heatmap": heatmap_column(ok["heatmap"])})
     writer.write("meta", ok)
     writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
 
@@ -135,8 +135,10 @@ def run_cam(cfg: Config) -> StageSummary:
     """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors."""
     rows = cam_rows(cfg)
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
-    ctx: dict[str, Any] = {"run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg),
-                           "min_prob": _min_prob(cfg), "overlays": overlays, "one_split": cfg.cam.scope == "split"}  # fmt: skip
+    ctx: dict[str, Any] = {
+        "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
+        "overlays": overlays, "one_split": cfg.cam.scope == "split",
+    }  # fmt: skip
     summary = _stream_stage(cfg, "cam", rows, _settings(cfg, with_cam=True), ctx)
     summary.extra["scope"] = cfg.cam.scope
     summary.save(cfg.run.dir)
@@ -156,7 +158,9 @@ def run_boxes(cfg: Config) -> StageSummary:
     params, min_prob = box_params(cfg), _min_prob(cfg)
     for start in range(0, len(frame), 4096):
         chunk = frame.iloc[start : start + 4096]
-        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder")}
+        batch: dict[str, Any] = {
+            c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder")
+        }
         batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
         boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)

@@ -84,7 +84,8 @@ def run_train(cfg: Config) -> StageSummary:
     best = epochs.loc[epochs["val_auc"].idxmax()] if epochs["val_auc"].notna().any() else None
     summary.extra.update(
         epochs=len(epochs), pos_weight=round(pos_weight, 4),
-        best_epoch=None if best is None else int(best["epoch"]), best_val_auc=None if best is None else float(best["val_auc"]),
+        best_epoch=None if best is None else int(best["epoch"]),
+        best_val_auc=None if best is None else float(best["val_auc"]),
         train_img_per_s=float(epochs["img_per_s"].mean()) if len(epochs) else 0.0,
     )  # fmt: skip
     summary.save(cfg.run.dir)
@@ -172,4 +173,3 @@ def run_leaderboard(runs_dir: str) -> pd.DataFrame:
         return board
     columns = ["run", "auc", "sensitivity", "specificity", "f1", "accuracy", "thr", "tp", "tn", "fp", "fn", "n"]
     return board[columns].sort_values(["auc", "sensitivity"], ascending=False).reset_index(drop=True)
-

@@ -72,7 +72,9 @@ class ClassifyCamStage:
         from engine.cam import fused_cam, gradcam_autograd
 
         torch = self.torch
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.settings.amp)
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.settings.amp
+        )
         if not self.settings.with_cam:
             with torch.inference_mode(), autocast:
                 return self.forward(x)[:, 0].float(), None

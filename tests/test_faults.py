@@ -13,9 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.cam_stages import cam_rows, run_cam
+from engine.cam_stages import _settings, cam_rows, run_cam
 from engine.model import build_classifier, save_model
-from engine.cam_stages import _settings
 from engine.pipeline import image_stream, iter_results, model_stream
 from engine.tables import OutputError, read_table
 from tests.conftest import REPO, test_config

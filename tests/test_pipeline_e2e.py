@@ -130,9 +130,8 @@ def test_cam_tables_open_in_plain_pyarrow_pandas_and_duckdb(cam_run) -> None:
         frame = pd.read_parquet(path)
         count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/**/*.parquet', hive_partitioning=true)")
         assert count.fetchall()[0][0] == len(frame)
-    maps = duckdb.sql(
-        f"SELECT len(heatmap) AS n, heatmap_h * heatmap_w AS hw FROM read_parquet('{run_dir}/tables/heatmaps/**/*.parquet')"
-    ).df()
+    heatmaps = f"read_parquet('{run_dir}/tables/heatmaps/**/*.parquet')"
+    maps = duckdb.sql(f"SELECT len(heatmap) AS n, heatmap_h * heatmap_w AS hw FROM {heatmaps}").df()
     assert (maps["n"] == maps["hw"]).all()
 
 

@@ -1,0 +1,39 @@
+"""`make bench` in quick mode: it runs, prints its figures, and the engine's tables equal the plain loop's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.bench_stage import run_bench
+from engine.config import load_config
+from engine.tables import read_table
+from tests.conftest import REPO
+
+
+def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, tmp_path: Path) -> None:
+    run_dir, results = tmp_path / "run", tmp_path / "BENCH.md"
+    cfg = load_config(REPO / "conf" / "bench.yaml", [
+        f"run.dir={run_dir}", f"bench.data_root={tmp_path / 'data'}", "bench.patients=3", "bench.images=12",
+        "bench.scale=2", "bench.model_batches=1", f"bench.out={results}", "canvas.height=256", "canvas.width=128",
+        "boxes.size=12", "infer.batch_size=4", "infer.actors=1",
+    ])  # fmt: skip
+    summary = run_bench(cfg)
+    figures = summary.extra
+    for key in ("model_only_eager_img_per_s", "plain_loop_img_per_s", "engine_img_per_s", "peak_mem_mb_large"):
+        assert figures[key] > 0, key
+    assert figures["large_images"] == 24
+    assert set(figures["plain_loop_profile_s"]) >= {"decode", "letterbox", "forward", "cam", "boxes", "write"}
+    assert "engine_over_plain_loop" in results.read_text()
+    plain = read_table(str(run_dir / "bench_plain"), "heatmaps").set_index("image_id").sort_index()
+    engine = read_table(str(run_dir), "heatmaps").set_index("image_id").loc[plain.index]
+    assert np.allclose(np.stack(plain["heatmap"]), np.stack(engine["heatmap"]), atol=2e-3)
+    key = ["image_id", "rank"]
+    plain_boxes = read_table(str(run_dir / "bench_plain"), "boxes").sort_values(key).reset_index(drop=True)
+    engine_boxes = read_table(str(run_dir), "boxes")
+    engine_boxes = engine_boxes[engine_boxes["image_id"].isin(plain.index)].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        plain_boxes[key + ["x1", "y1", "x2", "y2"]], engine_boxes[key + ["x1", "y1", "x2", "y2"]]
+    )
