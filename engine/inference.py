@@ -126,8 +126,14 @@ class ClassifyCamStage:
             raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
             raw_min[ok] = cams.flatten(1).min(dim=1).values.cpu().numpy()
             raw_max[ok] = raw.cpu().numpy()
-        boxes, counts = pseudo_boxes(heat, batch, self.settings.boxes)
-        counts[~ok] = 0
+        params = self.settings.boxes
+        boxes = np.full((n, params.max_boxes, 5), np.nan, dtype=np.float32)
+        counts = np.zeros(n, dtype=np.int32)
+        if ok.any():  # undecodable rows have no letterbox meta and get no boxes
+            ok_meta = {
+                k: np.asarray(batch[k])[ok] for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h")
+            }
+            boxes[ok], counts[ok] = pseudo_boxes(heat[ok], ok_meta, params)
         return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts}
 
     def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
