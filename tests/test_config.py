@@ -43,7 +43,7 @@ def test_demo_yaml_configures_a_small_cpu_run():
     cfg = load_config(DEMO_YAML)
     assert (cfg.model.name, cfg.model.pretrained, cfg.train.use_gpu) == ("test_resnet", False, "false")
     assert (cfg.canvas.height, cfg.canvas.width, cfg.boxes.size) == (512, 256, 24)
-    assert cfg.run.overwrite is True
+    assert cfg.run.overwrite is False  # make demo empties runs/demo itself; re-running train resumes
     assert cfg.infer.num_gpus == 0.0
     assert isinstance(cfg.infer.num_gpus, float)
 
