@@ -36,6 +36,8 @@ class RayConfig:
     num_cpus: int = 0  # CPUs for an embedded Ray (0: all of this machine's)
     decode_batch_size: int = 16  # images per decode + letterbox task
     decode_num_cpus: float = 1.0  # CPUs reserved per decode task
+    ship_code: bool = True  # attached to a cluster: upload engine/ and schemas/ (runtime_env py_modules)
+    max_input_blocks: int = 1000  # index rows enter the stream in at most this many blocks (~5 ms driver time each)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from engine.config import Config, dump_config
-from engine.indexing import build_index
+from engine.indexing import IndexResult, build_index
 from engine.splitting import assign_splits, split_sizes
 from engine.summary import StageSummary
 from engine.synth import generate_dataset
@@ -38,7 +38,7 @@ def run_index(cfg: Config) -> StageSummary:
     summary = StageSummary("index")
     writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite, split="all")
     writer.check(["index", "gt_boxes", "errors"])
-    result = build_index(cfg.data.root)
+    result = _build_index(cfg)
     writer.write("index", result.index)
     writer.write("gt_boxes", result.gt_boxes)
     writer.write("errors", result.errors.assign(split="all"))
@@ -54,6 +54,16 @@ def run_index(cfg: Config) -> StageSummary:
     summary.extra["gt_boxes_by_class"] = dict(result.gt_boxes["cls"].value_counts().sort_index())
     summary.save(cfg.run.dir)
     return summary.finish()
+
+
+def _build_index(cfg: Config) -> IndexResult:
+    """Returns build_index(data.root); on a cluster in a Ray task, so the driver need not see the data."""
+    from engine.pipeline import cluster_address, init_ray, run_on_worker
+
+    if not cluster_address(cfg.ray):
+        return build_index(cfg.data.root)
+    init_ray(cfg.ray)
+    return run_on_worker(build_index, cfg.data.root)
 
 
 def run_split(cfg: Config) -> StageSummary:

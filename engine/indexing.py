@@ -1,18 +1,22 @@
 """Walks a BS-80K-shaped data root into the index, gt_boxes and errors DataFrames (DESIGN.md §2, §6).
 
-Every folder, label file, image and XML must resolve inside the data root; nothing outside is opened.
-Images are never decoded, only their JPEG/PNG headers read. Accounting: `lines_listed == len(index) +
+The root is a local path, a storage URI (`file://`, `s3://`, …) or a path in a given pyarrow filesystem
+(engine/data_tree.py). Every folder, label file, image and XML must resolve inside the data root; nothing
+outside is opened. Images are never decoded, only their JPEG/PNG headers read; XMLs and headers are read
+by a thread pool (one request each on object stores). Accounting: `lines_listed == len(index) +
 errors["line"].notna().sum()`: exactly the label-line errors carry a line (others have NA).
 """
 
 from __future__ import annotations
 
-import os
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
+import pyarrow.fs as pafs
 
+from engine.data_tree import DataTree, TreeEntry, open_data_tree
 from engine.parsing import (
     IMAGE_EXTENSIONS,
     STAGE,
@@ -39,7 +43,10 @@ GT_BOX_COLUMNS = {
 ERROR_COLUMNS = {"file": "str", "line": "Int32", "image_id": "str", "stage": "str", "reason": "str"}
 WHOLE_BODY_PART = "wholeBody"  # DESIGN.md §2: only whole-body folders have VOC XML in <folder>/<view lower>/
 HEADER_PROBE_BYTES = 65536  # a JPEG SOF marker sits in the first few KB unless EXIF/ICC data precede it
-_Entries = dict[str, os.DirEntry]  # a directory listing by name
+READ_THREADS = 16  # concurrent XML/header reads: latency-bound on object stores and network disks
+READ_CHUNK = 1024  # label lines whose reads are in flight at once (bounds memory at 100x BS-80K)
+_Entries = dict[str, TreeEntry]  # a directory listing by name
+_Loaded = dict[str, tuple[bytes | OSError, tuple[int, int] | None]]  # xml path -> (bytes or error, image size)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class IndexResult:
 class _IndexAccumulator:
     """Rows gathered while walking; `result()` sorts them into deterministic frames."""
 
-    root: Path
+    tree: DataTree
+    pool: Executor
     index_rows: list[dict] = field(default_factory=list)
     boxes_by_image: dict[str, list[dict]] = field(default_factory=dict)
     errors: list[ParseError] = field(default_factory=list)
@@ -80,61 +88,68 @@ class _IndexAccumulator:
         )
 
 
-def build_index(data_root: str | Path) -> IndexResult:
+def build_index(
+    data_root: str | Path, filesystem: pafs.FileSystem | None = None, read_threads: int = READ_THREADS
+) -> IndexResult:
     """Returns the index, gt_boxes and errors frames of a BS-80K-shaped data root.
 
+    `data_root` is a local path, a storage URI, or a path inside `filesystem` (e.g. a SubTreeFileSystem).
     Bad folders, lines, files and XMLs become error rows (accounting: see the module docstring).
 
     Raises:
         DataError: `data_root` is not a directory.
     """
-    if not Path(data_root).is_dir():
+    tree = open_data_tree(data_root, filesystem)
+    if not tree.is_root_dir():
         raise DataError(f"{data_root}: data root is not a directory")
-    accumulator = _IndexAccumulator(root=Path(data_root).resolve())
-    for entry in _sorted_entries(accumulator.root).values():
-        if entry.is_dir():
-            _index_folder(accumulator, entry)
+    with ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="index-read") as pool:
+        accumulator = _IndexAccumulator(tree=tree, pool=pool)
+        for entry in tree.entries(tree.top).values():
+            if entry.is_dir:
+                _index_folder(accumulator, entry)
     return accumulator.result()
 
 
-def _index_folder(acc: _IndexAccumulator, entry: os.DirEntry) -> None:
+def _index_folder(acc: _IndexAccumulator, entry: TreeEntry) -> None:
     """Indexes one top-level folder through its `F/F.txt`, or records why it was skipped."""
     name = entry.name
     info = parse_folder_name(name)
     if info is None:
         acc.error(name, f"unknown_folder: {name!r} is not part[L|R](ANT|POST) (DESIGN.md §2); skipped")
         return
-    folder_dir = _resolve_inside(acc.root, Path(entry.path))
-    if folder_dir is None:
+    if not entry.is_inside:
         acc.error(name, "unsafe_path: folder resolves outside the data root; skipped")
         return
-    files = _sorted_entries(folder_dir)
+    files = acc.tree.entries(entry.path)
     label_rel = f"{name}/{name}.txt"
     label_entry = files.get(f"{name}.txt")
-    if label_entry is None or not label_entry.is_file():
+    if label_entry is None or not label_entry.is_file:
         acc.error(label_rel, f"missing_label_file: {label_rel} not found; folder skipped")
         return
-    if not _is_entry_inside(acc.root, label_entry):
+    if not label_entry.is_inside:
         acc.error(label_rel, "unsafe_path: label file resolves outside the data root; never opened")
         return
-    text = _read_label_text(acc, Path(label_entry.path), label_rel)
+    text = _read_label_text(acc, label_entry.path, label_rel)
     if text is None:
         return
     lines, line_errors = parse_label_file(text, label_rel, folder=name)
     acc.lines_listed += len(lines) + len(line_errors)
     acc.errors.extend(line_errors)
-    xml_files = _xml_entries(acc, info, folder_dir) if info.part == WHOLE_BODY_PART else {}
-    for line in lines:
-        _index_image(acc, info, line, files, xml_files)
+    xml_files = _xml_entries(acc, info, files) if info.part == WHOLE_BODY_PART else {}
+    for start in range(0, len(lines), READ_CHUNK):
+        chunk = lines[start : start + READ_CHUNK]
+        loaded = _load_xml_inputs(acc, chunk, files, xml_files)
+        for line in chunk:
+            _index_image(acc, info, line, files, xml_files, loaded)
     _report_unlisted(acc, info, files, lines, line_errors)
 
 
-def _read_label_text(acc: _IndexAccumulator, path: Path, label_rel: str) -> str | None:
+def _read_label_text(acc: _IndexAccumulator, path: str, label_rel: str) -> str | None:
     """Returns the label file as text (invalid UTF-8 replaced and reported), or None if unreadable."""
     try:
-        data = path.read_bytes()
+        data = acc.tree.read_bytes(path)
     except OSError as exc:
-        acc.error(label_rel, f"unreadable_file: {exc.strerror}; folder skipped")
+        acc.error(label_rel, f"unreadable_file: {exc.strerror or exc}; folder skipped")
         return None
     try:
         return data.decode("utf-8")
@@ -143,35 +158,60 @@ def _read_label_text(acc: _IndexAccumulator, path: Path, label_rel: str) -> str 
         return data.decode("utf-8", errors="replace")
 
 
-def _xml_entries(acc: _IndexAccumulator, info: FolderInfo, folder_dir: Path) -> _Entries:
+def _xml_entries(acc: _IndexAccumulator, info: FolderInfo, files: _Entries) -> _Entries:
     """Returns the entries of `<folder>/<view lower>/`, the whole-body XML folder, if it is safe."""
     subfolder = info.view.lower()
-    xml_dir = folder_dir / subfolder
-    if not xml_dir.is_dir():
+    xml_dir = files.get(subfolder)
+    if xml_dir is None or not xml_dir.is_dir:
         return {}
-    resolved = _resolve_inside(acc.root, xml_dir)
-    if resolved is None:
+    if not xml_dir.is_inside:
         acc.error(f"{info.folder}/{subfolder}", "unsafe_path: XML folder resolves outside the data root; ignored")
         return {}
-    return _sorted_entries(resolved)
+    return acc.tree.entries(xml_dir.path)
+
+
+def _safe_file(entries: _Entries, name: str) -> TreeEntry | None:
+    """Returns the listed entry `name` when it is a file inside the root, else None."""
+    entry = entries.get(name)
+    return entry if entry is not None and entry.is_file and entry.is_inside else None
+
+
+def _load_xml_inputs(acc: _IndexAccumulator, lines: list[LabelLine], files: _Entries, xml_files: _Entries) -> _Loaded:
+    """Reads, concurrently, the XML bytes and image size of every line whose image and XML are safe files."""
+    pairs = {}
+    for line in lines:
+        image = _safe_file(files, line.filename)
+        xml = _safe_file(xml_files, f"{PurePosixPath(line.filename).stem}.xml")
+        if image is not None and xml is not None:
+            pairs[xml.path] = image.path
+    results = acc.pool.map(lambda pair: _read_xml_input(acc.tree, *pair), pairs.items())
+    return dict(zip(pairs, results, strict=True))
+
+
+def _read_xml_input(tree: DataTree, xml_path: str, image_path: str) -> tuple[bytes | OSError, tuple[int, int] | None]:
+    """Returns (XML bytes or the read error, image size or None); runs on the read pool."""
+    try:
+        return tree.read_bytes(xml_path), read_image_size(image_path, tree)
+    except OSError as exc:
+        return exc, None
 
 
 def _index_image(
-    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, files: _Entries, xml_files: _Entries
+    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, files: _Entries, xml_files: _Entries, loaded: _Loaded
 ) -> None:
     """Adds one listed image to the index (with its boxes), or a missing_file/unsafe_path error row."""
     image_id = f"{info.folder}/{line.filename}"
     label_rel = f"{info.folder}/{info.folder}.txt"
     entry = files.get(line.filename)
-    if entry is None or not entry.is_file():
+    if entry is None or not entry.is_file:
         acc.error(label_rel, f"missing_file: {image_id} is listed but not on disk; not indexed", image_id, line.line)
         return
-    if not _is_entry_inside(acc.root, entry):
+    if not entry.is_inside:
         acc.error(label_rel, f"unsafe_path: {image_id} resolves outside the data root", image_id, line.line)
         return
     patient_id = PurePosixPath(line.filename).stem
     is_whole_body = info.part == WHOLE_BODY_PART
-    xml_path = _index_gt_boxes(acc, info, line, entry, xml_files) if is_whole_body else None
+    xml_path = _index_gt_boxes(acc, info, line, xml_files, loaded) if is_whole_body else None
     # fmt: off
     acc.index_rows.append({
         "image_id": image_id, "folder": info.folder, "part": info.part, "side": info.side, "view": info.view,
@@ -182,24 +222,23 @@ def _index_image(
 
 
 def _index_gt_boxes(
-    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, image: os.DirEntry, xml_files: _Entries
+    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, xml_files: _Entries, loaded: _Loaded
 ) -> str | None:
     """Parses the image's VOC XML into gt box rows and error rows; returns its relative path or None."""
     image_id = f"{info.folder}/{line.filename}"
     xml_name = f"{PurePosixPath(line.filename).stem}.xml"
     xml_entry = xml_files.get(xml_name)
-    if xml_entry is None or not xml_entry.is_file():
+    if xml_entry is None or not xml_entry.is_file:
         return None
     xml_rel = f"{info.folder}/{info.view.lower()}/{xml_name}"
-    if not _is_entry_inside(acc.root, xml_entry):
+    if not xml_entry.is_inside:
         acc.error(xml_rel, "unsafe_path: XML resolves outside the data root; never opened", image_id)
         return None
-    try:
-        data = Path(xml_entry.path).read_bytes()
-    except OSError as exc:
-        acc.error(xml_rel, f"unreadable_file: {exc.strerror}", image_id)
+    data, size = loaded[xml_entry.path]
+    if isinstance(data, OSError):
+        acc.error(xml_rel, f"unreadable_file: {data.strerror or data}", image_id)
         return xml_rel
-    image_w, image_h = read_image_size(Path(image.path)) or (None, None)
+    image_w, image_h = size or (None, None)
     boxes, xml_errors, _ = parse_voc_xml(data, xml_rel, image_w, image_h)
     acc.errors.extend(replace(error, image_id=image_id) for error in xml_errors)
     acc.boxes_by_image[image_id] = [
@@ -227,26 +266,9 @@ def _report_unlisted(
     named = {line.filename for line in lines}
     named |= {error.image_id.split("/", 1)[1] for error in line_errors if error.image_id is not None}
     for name, entry in files.items():
-        if name.lower().endswith(IMAGE_EXTENSIONS) and name not in named and entry.is_file():
+        if name.lower().endswith(IMAGE_EXTENSIONS) and name not in named and entry.is_file:
             image_id = f"{info.folder}/{name}"
             acc.error(image_id, "unlisted_file: on disk but not in the label file; not indexed", image_id)
-
-
-def _sorted_entries(directory: Path) -> _Entries:
-    """Returns the directory's entries by name, in sorted order whatever the filesystem's order."""
-    with os.scandir(directory) as iterator:
-        return {entry.name: entry for entry in sorted(iterator, key=lambda entry: entry.name)}
-
-
-def _resolve_inside(root: Path, path: Path) -> Path | None:
-    """Returns the resolved path when it lies inside the resolved root, else None."""
-    resolved = path.resolve()
-    return resolved if resolved.is_relative_to(root) else None
-
-
-def _is_entry_inside(root: Path, entry: os.DirEntry) -> bool:
-    """Returns whether an entry of an already-checked directory stays inside root (symlinks resolved)."""
-    return not entry.is_symlink() or _resolve_inside(root, Path(entry.path)) is not None
 
 
 def _image_sort_key(row: dict) -> tuple:
@@ -261,10 +283,13 @@ def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series([row[name] for row in rows], dtype=dtype) for name, dtype in columns.items()})
 
 
-def read_image_size(path: Path) -> tuple[int, int] | None:
-    """Returns an image's (width, height) from its JPEG/PNG header, or None if unreadable."""
+def read_image_size(path: str | Path, tree: DataTree | None = None) -> tuple[int, int] | None:
+    """Returns an image's (width, height) from its JPEG/PNG header, or None if unreadable.
+
+    `path` is a local path, or a path of `tree` when given.
+    """
     try:
-        with open(path, "rb") as handle:
+        with tree.open(str(path)) if tree is not None else open(path, "rb") as handle:
             header = handle.read(HEADER_PROBE_BYTES)
             size = parse_image_size(header)
             if size is None and len(header) == HEADER_PROBE_BYTES:

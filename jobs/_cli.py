@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -17,7 +19,20 @@ def parse_config(argv: list[str] | None, description: str) -> Config:
     parser.add_argument("--config", default="conf/default.yaml", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. boxes.nms_iou=0.2")
     args = parser.parse_args(argv)
-    return load_config(args.config, args.overrides)
+    return absolute_paths(load_config(args.config, args.overrides))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Returns `cfg` with local `data.root` and `run.dir` made absolute (URIs unchanged).
+
+    Ray workers on a cluster run in their node's working directory, not the driver's (checked on Ray 2.60).
+    """
+    data = dataclasses.replace(cfg.data, root=_absolute(cfg.data.root))
+    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, dir=_absolute(cfg.run.dir)))
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
 
 def run_job(argv: list[str] | None, description: str, stage: Callable[[Config], StageSummary]) -> int:

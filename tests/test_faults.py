@@ -31,11 +31,15 @@ def untrained_run(data_root: Path, split_run: Path, tmp_path_factory: pytest.Tem
 
 
 def _model_actor_pids() -> list[int]:
+    """Returns the PIDs of this session's model actors (descendants of this process only)."""
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
         if cmdline.startswith("ray::MapWorker") and "ClassifyCamStage" in cmdline:
-            pids.append(proc.info["pid"])
+            pids.append(proc.pid)
     return pids
 
 
