@@ -18,10 +18,18 @@ from engine.tables import resolve_fs
 log = logging.getLogger(__name__)
 
 BOX_COLOUR = (0, 0, 255)  # BGR red: pseudo boxes
+GT_ABNORMAL_COLOUR = (0, 255, 0)  # BGR green: GT Abnormal boxes (report gallery)
+GT_NORMAL_COLOUR = (255, 255, 0)  # BGR cyan: GT Normal boxes (report gallery)
 HEAT_ALPHA = 0.45  # heat share of the blend (seed: rgb*0.55 + heat*0.45)
 
 
-def render_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: np.ndarray, caption: str) -> np.ndarray:
+def render_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    boxes: np.ndarray,
+    caption: str,
+    extra_boxes: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = (),
+) -> np.ndarray:
     """Returns a BGR uint8 overlay: `heatmap` (same size as `image`, [0, 1]) in JET, boxes in red.
 
     Args:
@@ -29,6 +37,7 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: np.ndarray, ca
         heatmap: (H, W) float map in the same frame.
         boxes: (K, 4+) boxes x1, y1, x2, y2 in the same frame (x2/y2 exclusive).
         caption: text drawn at the top left (e.g. the probability).
+        extra_boxes: (boxes (K, 4), BGR colour) pairs drawn 1 px wide on top, e.g. GT boxes in the same frame.
     """
     gray = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     heat = cv2.applyColorMap(np.clip(heatmap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
@@ -37,6 +46,10 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, boxes: np.ndarray, ca
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), BOX_COLOUR, 2)
         cv2.putText(out, str(rank), (x1 + 2, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    for extra, colour in extra_boxes:
+        for box in np.asarray(extra, dtype=np.float64).reshape(-1, 4):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
     cv2.putText(out, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
     return out
 

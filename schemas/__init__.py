@@ -2,7 +2,20 @@
 
 from types import ModuleType
 
-from schemas import boxes, epochs, errors, gt_boxes, heatmaps, index, meta, metrics, preds, splits, thresholds
+from schemas import (
+    boxes,
+    epochs,
+    errors,
+    gt_boxes,
+    heatmaps,
+    index,
+    loc_metrics,
+    meta,
+    metrics,
+    preds,
+    splits,
+    thresholds,
+)
 
 TABLES: dict[str, ModuleType] = {
     "index": index,
@@ -16,4 +29,5 @@ TABLES: dict[str, ModuleType] = {
     "epochs": epochs,
     "thresholds": thresholds,
     "metrics": metrics,
+    "loc_metrics": loc_metrics,
 }

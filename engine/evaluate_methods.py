@@ -1,0 +1,197 @@
+"""Box methods of `make evaluate` on stored heatmaps: recompute our boxes, the seed's rule, scoring, COCO export.
+
+Frames hold one row per scored image: `heatmaps` columns + letterbox meta (`meta`) + view, label, path (`index`).
+Our boxes are recomputed only through ``engine.stages.pseudo_boxes`` / ``explode_boxes`` (the one box path of
+`make cam` and `make boxes`); the seed's through ``engine.boxes.top_pixel_boxes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.boxes import BoxParams, top_pixel_boxes
+from engine.cam import upsample_heatmap
+from engine.letterbox import LetterboxMeta, canvas_to_original
+from engine.localization import ImageCase, LocalizationAccumulator, LocSettings, Ratio, brightest_pixel_original
+from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes
+
+ORIG_COLUMNS = ("x1_orig", "y1_orig", "x2_orig", "y2_orig")
+GroupKey = tuple[str, str]  # (view, folder); folder "*" = the whole view, view "all" = every view
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method scored on one split: box parameters, cutoff and metrics per (view, folder) group."""
+
+    method: str
+    split: str
+    params: BoxParams
+    cutoff: float
+    canvas: tuple[int, int]  # (canvas_h, canvas_w) of the heatmaps
+    source_run: str
+    groups: dict[GroupKey, dict[str, Ratio]]
+    tuned_on: str | None = None
+
+    def overall(self) -> dict[str, Ratio]:
+        """Returns the metrics over every image: group ("all", "*"), or the single view's."""
+        return self.groups.get(("all", "*")) or next(v for k, v in self.groups.items() if k[1] == "*")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-ready record: parameters and `view/folder -> metric -> value`."""
+        groups = {f"{view}/{folder}": {name: r.value for name, r in metrics.items()}
+                  for (view, folder), metrics in self.groups.items()}  # fmt: skip
+        return {"split": self.split, "params": asdict(self.params), "cutoff": self.cutoff, "canvas": list(self.canvas),
+                "source_run": self.source_run, "tuned_on": self.tuned_on, "groups": groups}  # fmt: skip
+
+
+def heatmap_of(row: Any) -> np.ndarray:
+    """Returns a frame row's stored heatmap as (heatmap_h, heatmap_w) float32."""
+    return np.asarray(row.heatmap, dtype=np.float32).reshape(int(row.heatmap_h), int(row.heatmap_w))
+
+
+def meta_of(row: Any) -> LetterboxMeta:
+    """Returns a frame row's letterbox meta."""
+    return LetterboxMeta(**{k: float(getattr(row, k)) if k == "scale" else int(getattr(row, k)) for k in META_COLUMNS})
+
+
+def _is_valid(row: Any) -> bool:
+    values = np.asarray(row.heatmap if row.heatmap is not None else [], dtype=np.float64)
+    sizes_ok = min(row.heatmap_h, row.heatmap_w, row.orig_h, row.orig_w, row.new_h, row.new_w, row.scale) > 0
+    return bool(sizes_ok and values.size == row.heatmap_h * row.heatmap_w and np.isfinite(values).all())
+
+
+def valid_heatmaps(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Returns (rows whose heatmap and meta are usable, how many were not): bad rows are counted, never crash."""
+    if frame.empty:
+        return frame, 0
+    keep = np.array([_is_valid(row) for row in frame.itertuples(index=False)], dtype=bool)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def gt_by_image(gt: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Returns image_id -> (Abnormal boxes (M, 4), Normal boxes (L, 4)), int64 original px (gt_boxes table)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for image_id, rows in gt.groupby("image_id", sort=False):
+        coords = rows[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.int64)
+        is_abnormal = (rows["cls"] == "Abnormal").to_numpy()
+        out[str(image_id)] = (coords[is_abnormal], coords[(rows["cls"] == "Normal").to_numpy()])
+    return out
+
+
+def recompute_boxes(frame: pd.DataFrame, params: BoxParams) -> pd.DataFrame:
+    """Returns `boxes`-table rows for every image of `frame` with `params` (NaN-probability images get none)."""
+    parts = [pd.DataFrame(columns=["image_id", "rank", *ORIG_COLUMNS])]
+    for _, chunk in frame.groupby(["heatmap_h", "heatmap_w", "canvas_h", "canvas_w"], sort=False):
+        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max",
+                                                                  "split", "folder", *META_COLUMNS)}  # fmt: skip
+        maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
+        boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
+        parts.append(pd.DataFrame(explode_boxes(batch, boxes, counts, params, float("-inf"))))
+    return pd.concat(parts, ignore_index=True)
+
+
+def boxes_by_image(boxes: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Returns image_id -> (N, 4) float64 original-px boxes in rank order."""
+    if boxes.empty:
+        return {}
+    ordered = boxes.sort_values(["image_id", "rank"], kind="stable")
+    coords = ordered[list(ORIG_COLUMNS)].to_numpy(dtype=np.float64)
+    ids, starts = np.unique(ordered["image_id"].to_numpy().astype(str), return_index=True)
+    ends = np.append(starts[1:], len(ordered))
+    return {str(i): coords[s:e] for i, s, e in zip(ids, starts, ends, strict=True)}
+
+
+def _label(value: Any) -> int:
+    return int(value) if value is not None and not pd.isna(value) else -1
+
+
+def _groups(fine: dict[GroupKey, LocalizationAccumulator]) -> dict[GroupKey, dict[str, Ratio]]:
+    """Returns metrics per view ("*"), per folder when a view has several, and over all views when several."""
+    views: dict[str, list[GroupKey]] = {}
+    for key in sorted(fine):
+        views.setdefault(key[0], []).append(key)
+    out: dict[GroupKey, LocalizationAccumulator] = {}
+    for view, keys in views.items():
+        out[(view, "*")] = _merge([fine[k] for k in keys])
+        out.update({k: fine[k] for k in keys} if len(keys) > 1 else {})
+    if len(views) > 1:
+        out[("all", "*")] = _merge([out[(v, "*")] for v in views])
+    return {key: acc.compute() for key, acc in out.items()}
+
+
+def _merge(accumulators: list[LocalizationAccumulator]) -> LocalizationAccumulator:
+    total = LocalizationAccumulator(accumulators[0].settings)
+    for acc in accumulators:
+        total = total.merge(acc)
+    return total
+
+
+def score_method(
+    method: str, frame: pd.DataFrame, boxes: pd.DataFrame, peaks: list[tuple[int, int] | None],
+    gt: dict[str, tuple[np.ndarray, np.ndarray]], params: BoxParams, cutoff: float, settings: LocSettings,
+    source_run: str,
+) -> MethodRun:  # fmt: skip
+    """Returns `method` scored on every image of `frame` (peaks[i] belongs to row i) against the GT boxes."""
+    by_image, empty = boxes_by_image(boxes), np.zeros((0, 4))
+    fine: dict[GroupKey, LocalizationAccumulator] = {}
+    for row, peak in zip(frame.itertuples(index=False), peaks, strict=True):
+        abnormal, normal = gt.get(row.image_id, (empty, empty))
+        prob = float(row.y_prob) if row.y_prob is not None else float("nan")
+        case = ImageCase(by_image.get(row.image_id, empty), abnormal, normal, peak, int(row.orig_h), int(row.orig_w),
+                         _label(row.label), prob, cutoff)  # fmt: skip
+        key = (str(row.view), str(row.folder))
+        fine.setdefault(key, LocalizationAccumulator(settings)).update([case])
+    canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
+    return MethodRun(method, str(frame["split"].iloc[0]), params, float(cutoff), canvas, source_run, _groups(fine))
+
+
+def seed_rule_boxes(
+    method: str, frame: pd.DataFrame, gt: dict[str, tuple[np.ndarray, np.ndarray]], settings: LocSettings,
+    params: BoxParams, cutoff: float, source_run: str,
+) -> MethodRun:  # fmt: skip
+    """Returns the seed's way scored: its top-pixel boxes and brightest pixel on canvas-resolution maps."""
+    rows, peaks = [], []
+    for row in frame.itertuples(index=False):
+        meta = meta_of(row)
+        heat = upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w)
+        peaks.append(brightest_pixel_original(heat, meta))
+        found = top_pixel_boxes(heat, params)
+        orig = canvas_to_original(found[:, :4].reshape(-1, 4), meta)
+        rows += [{"image_id": row.image_id, "rank": rank, **dict(zip(ORIG_COLUMNS, box, strict=True))}
+                 for rank, box in enumerate(orig)]  # fmt: skip
+    boxes = pd.DataFrame(rows, columns=["image_id", "rank", *ORIG_COLUMNS])
+    return score_method(method, frame, boxes, peaks, gt, params, cutoff, settings, source_run)
+
+
+def _number(value: Any, digits: int = 4) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), digits)
+
+
+def coco_document(images: pd.DataFrame, boxes: pd.DataFrame, run_dir: str) -> dict[str, Any]:
+    """Returns COCO detection JSON (images, annotations, one category) of pseudo boxes in original px.
+
+    Args:
+        images: image_id, path (relative to data.root), orig_w, orig_h.
+        boxes: `boxes` table rows (x1_orig..y2_orig, x2/y2 exclusive) of those images.
+        run_dir: recorded in `info`.
+    """
+    images = images.drop_duplicates("image_id").sort_values("image_id").reset_index(drop=True)
+    ids = {image_id: n + 1 for n, image_id in enumerate(images["image_id"])}
+    image_list = [{"id": ids[r.image_id], "file_name": r.path, "width": int(r.orig_w), "height": int(r.orig_h),
+                   "image_key": r.image_id} for r in images.itertuples(index=False)]  # fmt: skip
+    annotations = []
+    for n, r in enumerate(boxes.sort_values(["image_id", "rank"], kind="stable").itertuples(index=False)):
+        width, height = float(r.x2_orig - r.x1_orig), float(r.y2_orig - r.y1_orig)
+        annotations.append({"id": n + 1, "image_id": ids[r.image_id], "category_id": 1, "iscrowd": 0,
+                            "bbox": [_number(r.x1_orig, 2), _number(r.y1_orig, 2), _number(width, 2),
+                                     _number(height, 2)], "area": _number(width * height, 2),
+                            "score": _number(r.score), "score_raw": _number(r.score_raw), "rank": int(r.rank),
+                            "y_prob": _number(r.y_prob)})  # fmt: skip
+    info = {"description": "BS-80K CAM pseudo boxes (box prompts), original-image px, bbox = [x, y, w, h]",
+            "run_dir": run_dir}  # fmt: skip
+    category = {"id": 1, "name": "hot_spot", "supercategory": "uptake"}
+    return {"info": info, "images": image_list, "annotations": annotations, "categories": [category]}
