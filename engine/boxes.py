@@ -74,8 +74,8 @@ def find_peaks(heatmap: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Returns the (N, M) IoU of (N, 4) and (M, 4) boxes (x2/y2 exclusive; 0 where both areas are 0)."""
+def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (intersection (N, M), area_a (N,), area_b (M,)) of x2/y2-exclusive boxes, float64."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
@@ -83,6 +83,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(width, 0, None) * np.clip(height, 0, None)
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return inter, area_a, area_b
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Returns the (N, M) IoU of (N, 4) and (M, 4) boxes (x2/y2 exclusive; 0 where both areas are 0)."""
+    inter, area_a, area_b = box_overlaps(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 

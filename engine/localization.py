@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine.boxes import box_overlaps
 from engine.letterbox import LetterboxMeta, canvas_to_original
 
 
@@ -67,12 +68,8 @@ def overlap_areas(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Returns (intersection (N, M), area_pred (N,), area_gt (M,)) in pixels of integer boxes (x2/y2 exclusive)."""
     pred = np.asarray(pred, dtype=np.int64).reshape(-1, 4)
     gt = np.asarray(gt, dtype=np.int64).reshape(-1, 4)
-    width = np.minimum(pred[:, None, 2], gt[None, :, 2]) - np.maximum(pred[:, None, 0], gt[None, :, 0])
-    height = np.minimum(pred[:, None, 3], gt[None, :, 3]) - np.maximum(pred[:, None, 1], gt[None, :, 1])
-    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
-    area_pred = np.clip(pred[:, 2] - pred[:, 0], 0, None) * np.clip(pred[:, 3] - pred[:, 1], 0, None)
-    area_gt = np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None)
-    return inter, area_pred, area_gt
+    inter, area_pred, area_gt = box_overlaps(pred, gt)  # exact: integer pixel counts fit float64
+    return inter.astype(np.int64), area_pred.astype(np.int64), area_gt.astype(np.int64)
 
 
 def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -294,4 +291,3 @@ class LocalizationAccumulator:
         out["boxes_on_normal_gt"] = ratio(c["boxes_on_normal_gt"], c["boxes"])
         out.update({f"n_{name}": ratio(c[name], None) for name in COUNT_METRICS})
         return out
-
