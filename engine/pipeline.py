@@ -46,7 +46,7 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=address, runtime_env=code)
     else:
         kwargs = {"num_cpus": cfg.num_cpus} if cfg.num_cpus else {}
-        # "local": never attach to a `ray start` cluster that ray.init() would find in /tmp/ray/ray_current_cluster.
+        # "local": never attach to a `ray start` cluster that ray.init() would find in Ray's temp dir.
         ray.init(address="local", include_dashboard=False, configure_logging=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
