@@ -71,7 +71,7 @@ def run_train(cfg: Config) -> StageSummary:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": image_stream(train_rows, cfg), "val": image_stream(val_rows, cfg)},
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        dataset_config=ray.train.DataConfig(datasets_to_split="all", execution_options=_ordered()),
     )
     trainer.fit()
     save_config(cfg, "train")
@@ -90,6 +90,16 @@ def run_train(cfg: Config) -> StageSummary:
     )  # fmt: skip
     summary.save(cfg.run.dir)
     return summary.finish()
+
+
+def _ordered() -> object:
+    """Returns Ray Data execution options that keep block order: the same seed gives the same batches,
+    so a resumed run replays exactly what an uninterrupted one would have seen."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def _clear_training(cfg: Config) -> None:

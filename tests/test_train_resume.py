@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from engine.tables import read_table
 from tests.conftest import REPO
 
@@ -59,3 +61,11 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root: Path, split
     assert epochs["epoch"].tolist() == list(range(EPOCHS))
     assert first_epoch_file.stat().st_mtime_ns == first_mtime, "epoch 0 ran again: the run started over"
     assert (run_dir / "model" / "best.pt").exists()
+    reference_dir = tmp_path / "reference"
+    shutil.copytree(split_run, reference_dir)
+    reference = subprocess.run(_train_command(data_root, reference_dir), cwd=REPO, capture_output=True, text=True,
+                               timeout=600)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    uninterrupted = read_table(str(reference_dir), "epochs").sort_values("epoch")
+    for column in ("train_loss", "val_loss", "val_auc"):  # same seed, same batches: the resumed run ends the same
+        assert np.allclose(epochs[column], uninterrupted[column], atol=1e-5), (column, epochs, uninterrupted)
