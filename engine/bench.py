@@ -135,11 +135,13 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
             features = model.forward_features(x)
             probs = torch.sigmoid(model.forward_head(features)[:, 0]).cpu().numpy()
         with _timed(profile, "cam"), torch.inference_mode():
-            norm, raw_max = normalize_cams(fused_cam(features.float(), weight.float()))
+            cams = fused_cam(features.float(), weight.float())
+            norm, raw_max = normalize_cams(cams)
+            raw_min = cams.flatten(1).min(dim=1).values
             heat = norm.cpu().numpy().astype(np.float16)
         with _timed(profile, "boxes"):
             boxes, counts = pseudo_boxes(heat, batch, params)
-            batch.update(y_prob=probs, raw_min=np.zeros(len(probs)), raw_max=raw_max.cpu().numpy())
+            batch.update(y_prob=probs, raw_min=raw_min.cpu().numpy(), raw_max=raw_max.cpu().numpy())
             box_rows = explode_boxes(batch, boxes, counts, params, float("-inf"))
         with _timed(profile, "write"):
             n = len(probs)
