@@ -87,21 +87,23 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def _move_tree(fs: pafs.FileSystem, src: str, dst: str) -> None:
-    """Moves folder `src` to `dst`: one rename on a local disk, file by file elsewhere.
+def _move_tree(fs: pafs.FileSystem, src: str, dst: str, merge: bool = False) -> None:
+    """Moves folder `src` to `dst`: one rename on a local disk, file by file elsewhere or when merging.
 
     S3 and GCS cannot move folders (pyarrow's own tests: `allow_move_dir=False`); there a file move
-    is a copy + delete, so the commit is per file, not atomic.
+    is a copy + delete, so the commit is per file, not atomic. `merge=True` moves the files into an
+    existing `dst`, replacing files of the same name.
     """
-    if isinstance(fs, pafs.LocalFileSystem):
+    if isinstance(fs, pafs.LocalFileSystem) and not merge:
         fs.move(src, dst)
         return
-    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:
             target = dst + info.path[len(src) :]
             fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             fs.move(info.path, target)
-    fs.delete_dir(src)
+    if _exists(fs, src):
+        fs.delete_dir(src)
 
 
 def _write_dataset(fs: pafs.FileSystem, base: str, name: str, table: pa.Table, basename: str) -> None:
@@ -265,13 +267,7 @@ def write_part(run_dir: str, name: str, data: pd.DataFrame | Mapping[str, Any], 
     fs, root = resolve_fs(run_dir)
     tmp = _join(root, "_staging", f"part-{uuid.uuid4().hex[:12]}")
     _write_dataset(fs, tmp, name, table, f"{basename}-{{i}}.parquet")
-    for info in fs.get_file_info(pafs.FileSelector(tmp, recursive=True, allow_not_found=True)):
-        if info.type == pafs.FileType.File:
-            final = _join(root, "tables", name, info.path[len(tmp) + 1 :])
-            fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-            fs.move(info.path, final)
-    if _exists(fs, tmp):  # zero rows of a partitioned table write no file
-        fs.delete_dir(tmp)
+    _move_tree(fs, tmp, _join(root, "tables", name), merge=True)  # zero rows of a partitioned table: no file
     return table.num_rows
 
 
