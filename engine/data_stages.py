@@ -25,10 +25,20 @@ def save_config(cfg: Config, stage: str) -> None:
 def run_synth(cfg: Config) -> StageSummary:
     """Generates a synthetic BS-80K-shaped dataset at `synth.out`."""
     summary = StageSummary("synth")
-    result = generate_dataset(cfg.synth.out, patients=cfg.synth.patients, seed=cfg.synth.seed)
+    result = generate_dataset(
+        cfg.synth.out,
+        patients=cfg.synth.patients,
+        seed=cfg.synth.seed,
+        lesion_gain=cfg.synth.lesion_gain,
+        lesion_size=cfg.synth.lesion_size,
+    )
     summary.rows_in = summary.rows_ok = result.images
     summary.extra.update(
-        out=result.out, patients=result.patients, abnormal_patients=result.abnormal_patients, xml_files=result.xml_files
+        out=result.out,
+        patients=result.patients,
+        abnormal_patients=result.abnormal_patients,
+        xml_files=result.xml_files,
+        reused=result.reused,
     )
     return summary.finish()
 

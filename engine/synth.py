@@ -8,6 +8,7 @@ The patients themselves (anatomy, hot spots, rendering) live in `engine.synth_an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -33,10 +34,19 @@ logger = logging.getLogger(__name__)
 
 VIEWS = ("ANT", "POST")
 WHOLE_BODY_FOLDERS = ("wholeBodyANT", "wholeBodyPOST")
-REGION_FOLDERS: tuple[str, ...] = tuple(sorted(
-    [f"{part}{side}{view}" for part in ("ankle", "chest", "elbow", "knee", "sho") for side in "LR" for view in VIEWS]
-    + [f"{part}{view}" for part in ("head", "pelvis", "vertbra") for view in VIEWS]))
+REGION_FOLDERS: tuple[str, ...] = tuple(
+    sorted(
+        [
+            f"{part}{side}{view}"
+            for part in ("ankle", "chest", "elbow", "knee", "sho")
+            for side in "LR"
+            for view in VIEWS
+        ]
+        + [f"{part}{view}" for part in ("head", "pelvis", "vertbra") for view in VIEWS]
+    )
+)
 JPEG_QUALITY = 95  # fixed, so that encoding is byte-deterministic
+MANIFEST = "synth.json"  # written last at the root: the generator's parameters (a crashed run has none)
 
 VocObject = tuple[str, tuple[int, int, int, int]]  # (name, (xmin, ymin, xmax, ymax)), VOC 1-based inclusive px
 
@@ -51,6 +61,7 @@ class SynthSummary:
     abnormal_patients: int  # patients with an Abnormal box in at least one view
     xml_files: int
     seconds: float
+    reused: bool = False  # True: the folder already held a dataset generated with the same parameters
 
 
 def xml_subdir(folder: str) -> str:
@@ -119,10 +130,17 @@ def _write_crops(root: Path, patient: Patient, view: int, image: np.ndarray, lab
             x, y = patient.body.point(sign * u, t)
             x0 = int(np.clip(round(_view_x(x, view) - crop_w / 2), 0, IMAGE_W - crop_w))
             y0 = int(np.clip(round(y - crop_h / 2), 0, IMAGE_H - crop_h))
-            label = int(any(s.name == "Abnormal" and s.boxed[view] and x0 <= _view_x(s.x, view) < x0 + crop_w
-                            and y0 <= s.y < y0 + crop_h for s in patient.spots))
+            label = int(
+                any(
+                    s.name == "Abnormal"
+                    and s.boxed[view]
+                    and x0 <= _view_x(s.x, view) < x0 + crop_w
+                    and y0 <= s.y < y0 + crop_h
+                    for s in patient.spots
+                )
+            )
             folder = f"{part}{side}{VIEWS[view]}"
-            _write_jpeg(root / folder / f"{patient.pid}.jpg", image[y0:y0 + crop_h, x0:x0 + crop_w])
+            _write_jpeg(root / folder / f"{patient.pid}.jpg", image[y0 : y0 + crop_h, x0 : x0 + crop_w])
             labels[folder].append((patient.pid, label))
             written += 1
     return written
@@ -150,24 +168,49 @@ def _write_patient(root: Path, patient: Patient, rng: np.random.Generator, label
     return images, xml_files, is_abnormal
 
 
-def generate_dataset(out: str | Path, patients: int = 300, seed: int = 0, region_fraction: float = 0.9) -> SynthSummary:
+def generate_dataset(
+    out: str | Path,
+    patients: int = 300,
+    seed: int = 0,
+    region_fraction: float = 0.9,
+    lesion_gain: float = 1.0,
+    lesion_size: float = 1.0,
+) -> SynthSummary:
     """Returns a summary after writing a synthetic BS-80K-shaped dataset of patients 1..`patients` under `out`.
 
     Patient i's files depend only on (seed, i): never on `patients`, and its images not on `region_fraction`.
 
     Args:
-        out: dataset root; created. An existing non-empty `out` raises FileExistsError.
+        out: dataset root; created. An existing non-empty `out` raises FileExistsError, unless its `synth.json`
+            records the same parameters: then it is reused as it is (`SynthSummary.reused`).
         patients: number of patients (ids 1..patients), each with an ANT and a POST whole-body image.
         seed: base seed; patient i draws from `np.random.default_rng([seed, i])`.
         region_fraction: share of patients (drawn per patient) that get the 26 region crops.
+        lesion_gain: factor on every lesion's peak uptake (> 0; 1 = the realistic default, larger = easier).
+        lesion_size: factor on every lesion's radius (> 0; 1 = 3-10 px).
     """
     if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
         raise ValueError(f"patients={patients!r}: must be an int >= 1")
     if not 0.0 <= region_fraction <= 1.0:
         raise ValueError(f"region_fraction={region_fraction!r}: must lie in [0, 1]")
+    for name, value in (("lesion_gain", lesion_gain), ("lesion_size", lesion_size)):
+        if not value > 0:
+            raise ValueError(f"{name}={value!r}: must be > 0")
     root, start = Path(out), time.perf_counter()
+    params = {"patients": patients, "seed": seed, "region_fraction": region_fraction, "lesion_gain": lesion_gain,
+              "lesion_size": lesion_size}  # fmt: skip
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root}: exists and is not an empty folder; synthetic data never overwrites files")
+        manifest = root / MANIFEST
+        written = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+        if written.get("params") == params:
+            logger.info("synthetic BS-80K: %s already holds these parameters; reused", root)
+            return SynthSummary(str(root), patients, **written["counts"], seconds=time.perf_counter() - start,
+                                reused=True)  # fmt: skip
+        raise FileExistsError(
+            f"{root}: exists and is not an empty folder"
+            + (f" (generated with {written['params']}, not {params})" if written.get("params") else "")
+            + "; synthetic data never overwrites files: remove it or choose another synth.out"
+        )
     for folder in WHOLE_BODY_FOLDERS:
         (root / folder / xml_subdir(folder)).mkdir(parents=True, exist_ok=True)
     for folder in REGION_FOLDERS:
@@ -176,11 +219,14 @@ def generate_dataset(out: str | Path, patients: int = 300, seed: int = 0, region
     images = xml_files = abnormal = 0
     for pid in range(1, patients + 1):
         rng = np.random.default_rng([seed, pid])
-        counts = _write_patient(root, sample_patient(rng, pid, region_fraction), rng, labels)
+        patient = sample_patient(rng, pid, region_fraction, (lesion_gain, lesion_size))
+        counts = _write_patient(root, patient, rng, labels)
         images, xml_files, abnormal = images + counts[0], xml_files + counts[1], abnormal + counts[2]
     for folder, rows in labels.items():
         text = "".join(f"{pid}.jpg\t{label}\n" for pid, label in rows)
         (root / folder / f"{folder}.txt").write_text(text, encoding="utf-8", newline="\n")
+    counts = {"images": images, "abnormal_patients": abnormal, "xml_files": xml_files}
+    (root / MANIFEST).write_text(json.dumps({"params": params, "counts": counts}, indent=2), encoding="utf-8")
     summary = SynthSummary(str(root), patients, images, abnormal, xml_files, time.perf_counter() - start)
     logger.info("synthetic BS-80K: %s", summary)
     return summary

@@ -30,8 +30,10 @@ def read_boxes(root: Path, folder: str, pid: int) -> list[tuple[str, int, int, i
     annotation = ET.parse(path).getroot()
     assert annotation.findtext("filename") == f"{pid}.jpg"
     assert [annotation.findtext(f"size/{tag}") for tag in ("width", "height", "depth")] == ["256", "1024", "1"]
-    return [(obj.findtext("name"), *(int(obj.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")))
-            for obj in annotation.iter("object")]
+    return [
+        (obj.findtext("name"), *(int(obj.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")))
+        for obj in annotation.iter("object")
+    ]
 
 
 def read_gray(path: Path) -> np.ndarray:
@@ -57,8 +59,9 @@ def crop_positions(dataset) -> dict[tuple[str, int], tuple[int, int, int, int]]:
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid in read_labels(root, folder):
             crop = read_gray(root / folder / f"{pid}.jpg").astype(np.float32)
-            scores = cv2.matchTemplate(read_gray(root / whole_body / f"{pid}.jpg").astype(np.float32), crop,
-                                       cv2.TM_SQDIFF)
+            scores = cv2.matchTemplate(
+                read_gray(root / whole_body / f"{pid}.jpg").astype(np.float32), crop, cv2.TM_SQDIFF
+            )
             x0, y0 = cv2.minMaxLoc(scores)[2]
             positions[folder, pid] = (x0, y0, crop.shape[1], crop.shape[0])
     return positions
@@ -76,7 +79,8 @@ def test_region_folder_names_follow_bs80k():
 
 def test_dataset_has_28_folders_each_with_a_sorted_label_file(dataset):
     root, summary = dataset
-    assert sorted(p.name for p in root.iterdir()) == sorted(REGION_FOLDERS + WHOLE_BODY_FOLDERS)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(REGION_FOLDERS + WHOLE_BODY_FOLDERS)
+    assert (root / "synth.json").is_file()
     for folder in REGION_FOLDERS + WHOLE_BODY_FOLDERS:
         ids = list(read_labels(root, folder))
         assert ids == sorted(ids)
@@ -140,7 +144,7 @@ def test_region_crops_come_from_their_view_at_anatomical_places(dataset, crop_po
     root, _ = dataset
     for (folder, pid), (x0, y0, width, height) in crop_positions.items():
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
-        source = read_gray(root / whole_body / f"{pid}.jpg")[y0:y0 + height, x0:x0 + width].astype(float)
+        source = read_gray(root / whole_body / f"{pid}.jpg")[y0 : y0 + height, x0 : x0 + width].astype(float)
         crop = read_gray(root / folder / f"{pid}.jpg").astype(float)
         assert 48 <= min(width, height)
         assert max(width, height) <= 180
@@ -162,8 +166,11 @@ def test_region_labels_say_whether_a_lesion_centre_lies_in_the_crop(dataset, cro
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid, label in read_labels(root, folder).items():
             x0, y0, width, height = crop_positions[folder, pid]
-            centres = [((x1 + x2) / 2 - 1, (y1 + y2) / 2 - 1) for name, x1, y1, x2, y2
-                       in read_boxes(root, whole_body, pid) or [] if name == "Abnormal"]
+            centres = [
+                ((x1 + x2) / 2 - 1, (y1 + y2) / 2 - 1)
+                for name, x1, y1, x2, y2 in read_boxes(root, whole_body, pid) or []
+                if name == "Abnormal"
+            ]
             if any(min(abs(x - x0), abs(x - x0 - width), abs(y - y0), abs(y - y0 - height)) < 1 for x, y in centres):
                 continue  # box centres are rounded to half a pixel: skip lesions on the crop's edge
             inside = any(x0 <= x < x0 + width and y0 <= y < y0 + height for x, y in centres)
@@ -175,11 +182,11 @@ def test_region_labels_say_whether_a_lesion_centre_lies_in_the_crop(dataset, cro
 def box_contrast(image: np.ndarray, box: tuple[int, int, int, int], margin: int = 8) -> float:
     """Returns mean of the box's top 0.1% pixels (at least 3) minus the median of the ring around the box."""
     x1, y1, x2, y2 = (v - 1 for v in box)  # VOC 1-based inclusive -> 0-based inclusive
-    inside = np.sort(image[y1:y2 + 1, x1:x2 + 1].ravel())
-    top = inside[-max(3, int(np.ceil(inside.size * 0.001))):].mean()
+    inside = np.sort(image[y1 : y2 + 1, x1 : x2 + 1].ravel())
+    top = inside[-max(3, int(np.ceil(inside.size * 0.001))) :].mean()
     outer = np.zeros(image.shape, bool)
-    outer[max(0, y1 - margin):y2 + 1 + margin, max(0, x1 - margin):x2 + 1 + margin] = True
-    outer[y1:y2 + 1, x1:x2 + 1] = False
+    outer[max(0, y1 - margin) : y2 + 1 + margin, max(0, x1 - margin) : x2 + 1 + margin] = True
+    outer[y1 : y2 + 1, x1 : x2 + 1] = False
     return float(top - np.median(image[outer]))
 
 
@@ -205,8 +212,10 @@ def test_same_seed_gives_identical_bytes_whatever_the_patient_count(tmp_path):
     longer = file_bytes(Path(generate_dataset(tmp_path / "c", patients=4, seed=1, region_fraction=1.0).out))
     other = file_bytes(Path(generate_dataset(tmp_path / "d", patients=3, seed=2, region_fraction=1.0).out))
     assert first == second
-    assert {name: data for name, data in longer.items() if not name.endswith(".txt") and "/4." not in name} == {
-        name: data for name, data in first.items() if not name.endswith(".txt")}
+    images = (".jpg", ".xml")
+    assert {name: data for name, data in longer.items() if name.endswith(images) and "/4." not in name} == {
+        name: data for name, data in first.items() if name.endswith(images)
+    }
     assert first["wholeBodyPOST/1.jpg"] != other["wholeBodyPOST/1.jpg"]
 
 
@@ -227,8 +236,55 @@ def test_existing_non_empty_output_folder_is_refused(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.parametrize(("patients", "region_fraction", "message"),
-                         [(0, 0.5, "patients=0"), (2, 1.5, "region_fraction=1.5")])
+def test_a_dataset_with_the_same_parameters_is_reused_and_other_parameters_are_refused(tmp_path):
+    first = generate_dataset(tmp_path / "d", patients=2, seed=1, region_fraction=0.0)
+    before = file_bytes(tmp_path / "d")
+    again = generate_dataset(tmp_path / "d", patients=2, seed=1, region_fraction=0.0)
+    assert again.reused and not first.reused
+    assert (again.images, again.abnormal_patients, again.xml_files) == (
+        first.images,
+        first.abnormal_patients,
+        first.xml_files,
+    )
+    assert file_bytes(tmp_path / "d") == before
+    with pytest.raises(FileExistsError, match="lesion_gain"):
+        generate_dataset(tmp_path / "d", patients=2, seed=1, region_fraction=0.0, lesion_gain=2.0)
+    assert file_bytes(tmp_path / "d") == before
+
+
+@pytest.mark.parametrize(
+    ("patients", "region_fraction", "message"), [(0, 0.5, "patients=0"), (2, 1.5, "region_fraction=1.5")]
+)
 def test_invalid_arguments_raise_value_error(tmp_path, patients, region_fraction, message):
     with pytest.raises(ValueError, match=message):
         generate_dataset(tmp_path / "out", patients=patients, region_fraction=region_fraction)
+
+
+def test_lesion_knobs_change_only_the_lesions(tmp_path):
+    """lesion_gain / lesion_size scale the Abnormal spots after the draws: labels, normal images and the lesion
+    centres stay; abnormal boxes grow around the same centres and lesions get brighter."""
+    plain, easy = tmp_path / "plain", tmp_path / "easy"
+    generate_dataset(plain, patients=12, seed=4, region_fraction=0.0)
+    generate_dataset(easy, patients=12, seed=4, region_fraction=0.0, lesion_gain=2.0, lesion_size=1.5)
+    folder = "wholeBodyPOST"
+    labels = read_labels(plain, folder)
+    assert labels == read_labels(easy, folder) and 0 < sum(labels.values()) < len(labels)
+    for pid, label in labels.items():
+        image_plain, image_easy = read_gray(plain / folder / f"{pid}.jpg"), read_gray(easy / folder / f"{pid}.jpg")
+        if label == 0:
+            assert np.array_equal(image_plain, image_easy)
+            continue
+        boxes_plain = [b for b in read_boxes(plain, folder, pid) if b[0] == "Abnormal"]
+        boxes_easy = [b for b in read_boxes(easy, folder, pid) if b[0] == "Abnormal"]
+        assert len(boxes_plain) == len(boxes_easy)
+        for (_, *small), (_, *large) in zip(boxes_plain, boxes_easy, strict=True):
+            small, large = np.array(small), np.array(large)
+            assert np.all(large[:2] <= small[:2]) and np.all(large[2:] >= small[2:])  # same centre, grown
+            inside = (slice(small[1], small[3]), slice(small[0], small[2]))
+            assert image_easy[inside].mean() >= image_plain[inside].mean()
+
+
+@pytest.mark.parametrize("knob", ["lesion_gain", "lesion_size"])
+def test_lesion_knobs_must_be_positive(tmp_path, knob):
+    with pytest.raises(ValueError, match=knob):
+        generate_dataset(tmp_path / "out", patients=1, **{knob: 0.0})
