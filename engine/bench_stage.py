@@ -15,7 +15,7 @@ from engine.bench import engine_run, model_only, plain_loop
 from engine.classify_stages import select_rows
 from engine.config import Config
 from engine.data_stages import run_index, run_split
-from engine.model import build_classifier, save_model
+from engine.model import arch_info, build_classifier, save_model
 from engine.summary import StageSummary
 from engine.synth import generate_dataset
 
@@ -29,7 +29,7 @@ def _prepare(cfg: Config) -> Config:
     run_index(cfg)
     run_split(cfg)
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=False))
-    save_model(cfg.run.dir, model, {"model": cfg.model.name, "epoch": -1, "val_auc": None})
+    save_model(cfg.run.dir, model, {**arch_info(cfg.model), "epoch": -1, "val_auc": None})
     return cfg
 
 

@@ -31,8 +31,12 @@ def build_classifier(cfg: ModelConfig) -> nn.Module:
     """
     import timm
 
+    if cfg.output_stride not in (8, 16, 32):
+        raise ModelError(f"model.output_stride={cfg.output_stride}: must be 8, 16 or 32")
+    # Only a non-default stride is passed: architectures without dilation support accept the default call.
+    stride = {} if cfg.output_stride == 32 else {"output_stride": cfg.output_stride}
     try:
-        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=1)
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=1, **stride)
     except Exception as exc:  # hub and network errors come in many types
         if cfg.pretrained:
             raise ModelError(
@@ -80,6 +84,11 @@ def normalize_canvas(canvas: torch.Tensor) -> torch.Tensor:
     return imagenet_normalize(canvas_to_unit(canvas))
 
 
+def arch_info(cfg: ModelConfig) -> dict[str, Any]:
+    """Returns what a checkpoint records to rebuild its architecture: the timm name and the output stride."""
+    return {"model": cfg.name, "output_stride": cfg.output_stride}
+
+
 def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
     """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path."""
     fs, root = resolve_fs(run_dir)
@@ -109,7 +118,9 @@ def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: no trained model; run `make train` first") from exc
     info = json.loads(payload["info"])
-    arch = ModelConfig(name=info.get("model", cfg.name), pretrained=False)
+    arch = ModelConfig(
+        name=info.get("model", cfg.name), pretrained=False, output_stride=int(info.get("output_stride", 32))
+    )
     model = build_classifier(arch)
     try:
         model.load_state_dict(payload["model"])

@@ -20,7 +20,7 @@ from torch import nn
 from engine.augment import augment
 from engine.config import Config
 from engine.metrics import binary_metrics
-from engine.model import build_classifier, canvas_to_unit, imagenet_normalize, save_model
+from engine.model import arch_info, build_classifier, canvas_to_unit, imagenet_normalize, save_model
 from engine.tables import write_part
 
 
@@ -142,7 +142,7 @@ def record_epoch(parts: list[EpochOutputs], ctx: dict, state: dict, seconds: flo
         write_part(cfg.run.dir, "errors", pd.DataFrame(errors).drop_duplicates("image_id"), "train")
     if is_best:
         state.update(best_auc=auc, best_epoch=ctx["epoch"])
-        info = {"model": cfg.model.name, "epoch": ctx["epoch"], "val_auc": auc, "run_id": ctx["run_id"],
+        info = {**arch_info(cfg.model), "epoch": ctx["epoch"], "val_auc": auc, "run_id": ctx["run_id"],
                 "canvas_h": cfg.canvas.height, "canvas_w": cfg.canvas.width, "view": cfg.data.view}  # fmt: skip
         save_model(cfg.run.dir, _unwrap(ctx["model"]), info)
     return metrics
@@ -190,6 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(cfg.seed + rank)
     device = ray.train.torch.get_device()
+    if device.type == "cpu" and cfg.train.torch_threads > 0:  # Ray caps a 1-CPU worker at 1 thread
+        torch.set_num_threads(cfg.train.torch_threads)
     model = ray.train.torch.prepare_model(build_classifier(cfg.model))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     total = config["steps_per_epoch"] * cfg.train.epochs

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from engine.cam_stages import _settings, cam_rows, run_cam
-from engine.model import build_classifier, save_model
+from engine.model import arch_info, build_classifier, save_model
 from engine.pipeline import image_stream, iter_results, model_stream
 from engine.tables import OutputError, read_table
 from tests.conftest import REPO, test_config
@@ -26,7 +26,7 @@ def untrained_run(data_root: Path, split_run: Path, tmp_path_factory: pytest.Tem
     run_dir = tmp_path_factory.mktemp("faults") / "run"
     shutil.copytree(split_run, run_dir)
     cfg = test_config(data_root, run_dir)
-    save_model(str(run_dir), build_classifier(cfg.model), {"model": cfg.model.name, "epoch": 0, "val_auc": None})
+    save_model(str(run_dir), build_classifier(cfg.model), {**arch_info(cfg.model), "epoch": 0, "val_auc": None})
     return run_dir
 
 
