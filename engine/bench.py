@@ -18,12 +18,12 @@ import numpy as np
 import psutil
 import torch
 
-from engine.cam import fused_cam, gap_linear_weights, normalize_cams
+from engine.cam import fused_cam, fused_cam_with_evidence, gap_linear_weights, normalize_cams, refine_cell_centres
 from engine.config import Config
 from engine.decode import decode_gray8
 from engine.letterbox import letterbox
 from engine.model import load_model, normalize_canvas
-from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, safe_relative_path
+from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, refined_peak_columns, safe_relative_path
 from engine.tables import TableWriter, resolve_fs
 
 
@@ -72,30 +72,47 @@ def _device(cfg: Config) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu != "false" else "cpu")
 
 
+def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    """Returns the actor's autocast: bf16 on GPU when `train.amp`, off on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.amp)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def model_only(cfg: Config, compiled: bool = False) -> float:
-    """Returns img/s of forward + fused CAM on a preloaded device batch (no data loading)."""
+    """Returns img/s of the model's work on a preloaded device batch (no data loading).
+
+    The work of the engine's actor: forward + fused CAM, plus the evidence backward and the centre refinement
+    when ``cam.refine`` is on.
+    """
     device = _device(cfg)
-    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval()
+    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval().requires_grad_(False)
     weight = gap_linear_weights(model)
     forward = torch.compile(model.forward_features) if compiled else model.forward_features
     canvas = torch.randint(0, 255, (cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width), dtype=torch.uint8)
     x = normalize_canvas(canvas.to(device))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.amp)
-    with torch.inference_mode(), autocast:
-        for _ in range(2):  # warm-up (and compilation)
-            fused_cam(forward(x).float(), weight.float())
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(cfg.bench.model_batches):
+
+    def step() -> None:
+        if cfg.cam.refine:
+            with _autocast(cfg, device):
+                _, cams, evidence = fused_cam_with_evidence(model, x, weight, forward)
+            refine_cell_centres(evidence, cams.shape[1], cams.shape[2], cfg.cam.refine_reach, cfg.cam.refine_power)
+            return
+        with torch.inference_mode(), _autocast(cfg, device):
             features = forward(x)
             model.forward_head(features)
             fused_cam(features.float(), weight.float())
-        _sync(device)
+
+    for _ in range(2):  # warm-up (and compilation)
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(cfg.bench.model_batches):
+        step()
+    _sync(device)
     return cfg.bench.model_batches * cfg.infer.batch_size / (time.perf_counter() - start)
 
 
@@ -119,10 +136,10 @@ def _decode_rows(rows: Any, cfg: Config, profile: dict[str, float]) -> dict[str,
 
 def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, float]]:
     """Returns (img/s, seconds per step) of the same work in one process: no Ray, no actors."""
-    from engine.cam_stages import box_params, heatmap_column
+    from engine.cam_stages import box_params, heatmap_column, peak_list_columns
 
     device = _device(cfg)
-    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval()
+    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval().requires_grad_(False)
     weight, params = gap_linear_weights(model), box_params(cfg)
     writer = TableWriter(run_dir, "bench", overwrite=True)
     profile: dict[str, float] = defaultdict(float)
@@ -131,23 +148,37 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
         batch = _decode_rows(rows.iloc[first : first + cfg.infer.batch_size], cfg, profile)
         with _timed(profile, "transfer"):
             x = normalize_canvas(torch.from_numpy(batch["canvas"]).to(device))
-        with _timed(profile, "forward"), torch.inference_mode():
-            features = model.forward_features(x)
-            probs = torch.sigmoid(model.forward_head(features)[:, 0]).cpu().numpy()
-        with _timed(profile, "cam"), torch.inference_mode():
-            cams = fused_cam(features.float(), weight.float())
+        centres = None
+        if cfg.cam.refine:  # "forward" holds forward + CAM + the evidence backward: one autograd pass
+            with _timed(profile, "forward"), _autocast(cfg, device):
+                logits, cams, evidence = fused_cam_with_evidence(model, x, weight)
+                probs = torch.sigmoid(logits).cpu().numpy()
+            with _timed(profile, "refine"):
+                h, w = cams.shape[1:]
+                centres = refine_cell_centres(evidence, h, w, cfg.cam.refine_reach, cfg.cam.refine_power)
+                centres = centres.cpu().numpy()
+        else:
+            with _timed(profile, "forward"), torch.inference_mode(), _autocast(cfg, device):
+                features = model.forward_features(x)
+                probs = torch.sigmoid(model.forward_head(features)[:, 0].float()).cpu().numpy()
+            with _timed(profile, "cam"), torch.inference_mode():
+                cams = fused_cam(features.float(), weight.float())
+        with _timed(profile, "cam"):
             norm, raw_max = normalize_cams(cams)
             raw_min = cams.flatten(1).min(dim=1).values
             heat = norm.cpu().numpy().astype(np.float16)
         with _timed(profile, "boxes"):
+            if centres is not None:
+                batch.update(refined_peak_columns(heat, batch, centres, cfg.cam.refine_peaks))
             boxes, counts = pseudo_boxes(heat, batch, params)
             batch.update(y_prob=probs, raw_min=raw_min.cpu().numpy(), raw_max=raw_max.cpu().numpy())
             box_rows = explode_boxes(batch, boxes, counts, params, float("-inf"))
         with _timed(profile, "write"):
             n = len(probs)
-            writer.write("heatmaps", {**batch, "heatmap": heatmap_column(heat), "heatmap_h": [heat.shape[1]] * n,
-                                      "heatmap_w": [heat.shape[2]] * n, "overlay_canvas": [None] * n,
-                                      "overlay_orig": [None] * n, "cam_method": ["fused"] * n})  # fmt: skip
+            shape = {"heatmap_h": [heat.shape[1]] * n, "heatmap_w": [heat.shape[2]] * n}
+            writer.write("heatmaps", {**batch, **peak_list_columns(batch), **shape, "heatmap": heatmap_column(heat),
+                                      "overlay_canvas": [None] * n, "overlay_orig": [None] * n,
+                                      "cam_method": ["fused"] * n})  # fmt: skip
             writer.write("boxes", box_rows)
     with _timed(profile, "write"):
         writer.commit()

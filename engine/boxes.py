@@ -111,27 +111,14 @@ def _check_body_box(body_box: tuple[float, float, float, float], canvas_h: int, 
     return body
 
 
-def extract_pseudo_boxes(
-    heatmap: np.ndarray,
-    body_box: tuple[float, float, float, float],
-    canvas_h: int,
-    canvas_w: int,
-    params: BoxParams,
-) -> np.ndarray:
-    """Returns (K, 5) float32 pseudo boxes ``x1, y1, x2, y2, score`` (canvas px), K <= params.max_boxes.
+def body_peaks(
+    heatmap: np.ndarray, body_box: tuple[float, float, float, float], canvas_h: int, canvas_w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (rows, cols, centre_x, centre_y): the local maxima of the cells centred on the body, best first.
 
-    Peaks are local maxima of the heatmap at cells whose centre lies inside ``body_box``; each gets a box of
-    side min(size, body extent) centred on the cell centre and shifted (never truncated) onto the body.
-    Greedy NMS in score order keeps a box only if its IoU with every kept box is <= nms_iou (DESIGN.md §3).
-    An all-zero heatmap gives no box.
-
-    Args:
-        heatmap: (h, w) feature-resolution CAM in [0, 1] covering the whole canvas; cell (r, c) is centred at
-            canvas ((c + 0.5) canvas_w / w, (r + 0.5) canvas_h / h).
-        body_box: canvas box of the image region, ``LetterboxMeta.body_box()``.
-        canvas_h: canvas height, px.
-        canvas_w: canvas width, px.
-        params: box settings.
+    ``find_peaks`` restricted to the cells whose centre lies inside ``body_box``; centre_x (w,) / centre_y (h,)
+    are the canvas centres of every column / row: cell (r, c) is centred at ((c + 0.5) canvas_w / w,
+    (r + 0.5) canvas_h / h). The set of peaks depends on the map and the body only, never on ``BoxParams``.
     """
     heatmap = _check_heatmap(heatmap)
     body = _check_body_box(body_box, canvas_h, canvas_w)
@@ -140,19 +127,102 @@ def extract_pseudo_boxes(
     centre_y = (np.arange(h) + 0.5) * canvas_h / h
     valid = ((centre_y >= body[1]) & (centre_y < body[3]))[:, None] & ((centre_x >= body[0]) & (centre_x < body[2]))
     rows, cols = find_peaks(heatmap, valid)
-    scores = heatmap[rows, cols]
+    return rows, cols, centre_x, centre_y
+
+
+RefinedPeaks = tuple[np.ndarray, np.ndarray]  # (flat cell index (K,) int, refined canvas centre (K, 2) x, y)
+
+
+def refined_peaks(
+    heatmap: np.ndarray,
+    body_box: tuple[float, float, float, float],
+    canvas_h: int,
+    canvas_w: int,
+    centres: np.ndarray,
+    limit: int,
+) -> RefinedPeaks:
+    """Returns the refined canvas centres of the (at most `limit`) best body peaks of a heatmap.
+
+    Args:
+        heatmap: (h, w) CAM as stored (its peaks are the ones ``extract_pseudo_boxes`` will find).
+        body_box, canvas_h, canvas_w: as for ``extract_pseudo_boxes``.
+        centres: (h, w, 2) refined canvas (x, y) of every cell (``engine.cam.refine_cell_centres``); non-finite
+            entries keep the cell centre.
+        limit: most peaks kept, best first.
+    """
+    rows, cols, centre_x, centre_y = body_peaks(heatmap, body_box, canvas_h, canvas_w)
+    rows, cols = rows[:limit], cols[:limit]
+    centres = np.asarray(centres, dtype=np.float64)
+    if centres.shape != (*np.shape(heatmap), 2):
+        raise BoxError(f"centres must be (h, w, 2) = {(*np.shape(heatmap), 2)}, got {centres.shape}")
+    xy = centres[rows, cols].reshape(-1, 2)
+    xy = np.where(np.isfinite(xy), xy, np.stack([centre_x[cols], centre_y[rows]], axis=1))
+    body = np.asarray(body_box, dtype=np.float64)
+    xy[:, 0] = np.clip(xy[:, 0], body[0], body[2])
+    xy[:, 1] = np.clip(xy[:, 1], body[1], body[3])
+    return (rows * np.shape(heatmap)[1] + cols).astype(np.int32), xy.astype(np.float32)
+
+
+def peak_points(
+    rows: np.ndarray, cols: np.ndarray, centre_x: np.ndarray, centre_y: np.ndarray, refined: RefinedPeaks | None
+) -> np.ndarray:
+    """Returns (K, 2) canvas (x, y) of peaks: the refined centre where `refined` holds the cell, else its centre."""
+    points = np.stack([centre_x[cols], centre_y[rows]], axis=1).reshape(-1, 2).astype(np.float64)
+    if refined is not None and len(refined[0]) and len(rows):
+        index, xy = np.asarray(refined[0], dtype=np.int64), np.asarray(refined[1], dtype=np.float64).reshape(-1, 2)
+        flat = rows * len(centre_x) + cols
+        position = {int(cell): k for k, cell in enumerate(index)}
+        for k, cell in enumerate(flat):
+            if int(cell) in position and np.isfinite(xy[position[int(cell)]]).all():
+                points[k] = xy[position[int(cell)]]
+    return points
+
+
+def extract_pseudo_boxes(
+    heatmap: np.ndarray,
+    body_box: tuple[float, float, float, float],
+    canvas_h: int,
+    canvas_w: int,
+    params: BoxParams,
+    refined: RefinedPeaks | None = None,
+) -> np.ndarray:
+    """Returns (K, 5) float32 pseudo boxes ``x1, y1, x2, y2, score`` (canvas px), K <= params.max_boxes.
+
+    Peaks are local maxima of the heatmap at cells whose centre lies inside ``body_box``; each gets a box of
+    side min(size, body extent) centred on its point (the refined centre when `refined` holds the cell, else the
+    cell centre) and shifted (never truncated) onto the body. Greedy NMS in score order keeps a box only if its
+    IoU with every kept box is <= nms_iou (DESIGN.md §3). An all-zero heatmap gives no box.
+
+    Args:
+        heatmap: (h, w) feature-resolution CAM in [0, 1] covering the whole canvas; cell (r, c) is centred at
+            canvas ((c + 0.5) canvas_w / w, (r + 0.5) canvas_h / h).
+        body_box: canvas box of the image region, ``LetterboxMeta.body_box()``.
+        canvas_h: canvas height, px.
+        canvas_w: canvas width, px.
+        params: box settings.
+        refined: optional ``refined_peaks`` output: where inside the cell's neighbourhood the evidence lies.
+    """
+    rows, cols, centre_x, centre_y = body_peaks(heatmap, body_box, canvas_h, canvas_w)
+    body = np.asarray(body_box, dtype=np.float64)
+    scores = _check_heatmap(heatmap)[rows, cols]
     keep = scores > params.min_score
     rows, cols, scores = rows[keep], cols[keep], scores[keep]
+    points = peak_points(rows, cols, centre_x, centre_y, refined)
     side_w = min(float(params.size), body[2] - body[0])
     side_h = min(float(params.size), body[3] - body[1])
-    x1 = np.clip(centre_x[cols] - side_w / 2, body[0], body[2] - side_w)
-    y1 = np.clip(centre_y[rows] - side_h / 2, body[1], body[3] - side_h)
+    x1 = np.clip(points[:, 0] - side_w / 2, body[0], body[2] - side_w)
+    y1 = np.clip(points[:, 1] - side_h / 2, body[1], body[3] - side_h)
     boxes = np.stack([x1, y1, x1 + side_w, y1 + side_h, scores], axis=1).reshape(-1, 5)
     return boxes[_greedy_nms(boxes[:, :4], params)].astype(np.float32)
 
 
 def boxes_for_batch(
-    heatmaps: np.ndarray, body_boxes: np.ndarray, canvas_h: int, canvas_w: int, params: BoxParams
+    heatmaps: np.ndarray,
+    body_boxes: np.ndarray,
+    canvas_h: int,
+    canvas_w: int,
+    params: BoxParams,
+    refined: list[RefinedPeaks | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns pseudo boxes for a batch: (N, max_boxes, 5) float32 padded with NaN, and counts (N,) int32.
 
@@ -164,6 +234,7 @@ def boxes_for_batch(
         canvas_h: canvas height, px (the same canvas for the whole batch).
         canvas_w: canvas width, px.
         params: box settings.
+        refined: optional per-row ``refined_peaks`` (None entries: cell centres).
     """
     heatmaps = np.asarray(heatmaps)
     body_boxes = np.asarray(body_boxes, dtype=np.float64)
@@ -171,8 +242,11 @@ def boxes_for_batch(
         raise BoxError(f"need heatmaps (N, h, w) and body_boxes (N, 4), got {heatmaps.shape} and {body_boxes.shape}")
     out = np.full((len(heatmaps), params.max_boxes, 5), np.nan, dtype=np.float32)
     counts = np.zeros(len(heatmaps), dtype=np.int32)
+    if refined is not None and len(refined) != len(heatmaps):
+        raise BoxError(f"refined must hold one entry per heatmap, got {len(refined)} for {len(heatmaps)}")
     for index, (heatmap, body) in enumerate(zip(heatmaps, body_boxes, strict=True)):
-        boxes = extract_pseudo_boxes(heatmap, tuple(body), canvas_h, canvas_w, params)
+        peaks = refined[index] if refined is not None else None
+        boxes = extract_pseudo_boxes(heatmap, tuple(body), canvas_h, canvas_w, params, peaks)
         out[index, : len(boxes)] = boxes
         counts[index] = len(boxes)
     return out, counts

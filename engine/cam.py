@@ -10,6 +10,8 @@ device-agnostic and return float32; heatmap resizing works on numpy arrays.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
@@ -113,6 +115,81 @@ def gradcam_autograd(
     alpha = grads.float().mean(dim=(2, 3))
     cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
     return cam, logits.detach()
+
+
+def fused_cam_with_evidence(
+    model: nn.Module, images: torch.Tensor, class_weight: torch.Tensor, forward_features: Any = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (logits (B,), fused CAMs (B, h, w), evidence (B, H, W)), all detached float32.
+
+    The evidence map says which input pixels raise the CAM: the positive part of ``d(sum of the CAM)/d input``,
+    summed over the input channels. A CAM cell is a whole stride wide and its peak can sit a cell away from the hot
+    spot that drives it; the evidence is pixel-sharp (``refine_cell_centres``). One backward pass per batch,
+    w.r.t. the input only; samples are independent in eval mode. `forward_features` replaces
+    ``model.forward_features`` (e.g. its ``torch.compile`` form).
+    """
+    if torch.is_inference_mode_enabled():
+        raise CamError("fused_cam_with_evidence needs autograd: call it outside torch.inference_mode()")
+    with torch.enable_grad():
+        images = images.detach().requires_grad_(True)
+        features = (forward_features or model.forward_features)(images)
+        logits = model.forward_head(features)[:, 0]
+        cams = fused_cam(features, class_weight)
+        (grad,) = torch.autograd.grad(cams.sum(), images)
+    return logits.detach().float(), cams.detach(), grad.float().sum(dim=1).clamp_(min=0)
+
+
+def _integral(values: torch.Tensor) -> torch.Tensor:
+    """Returns the (B, H + 1, W + 1) float64 summed-area table of (B, H, W) values."""
+    table = values.double().cumsum(dim=1).cumsum(dim=2)
+    return torch.nn.functional.pad(table, (1, 0, 1, 0))
+
+
+def refine_cell_centres(
+    evidence: torch.Tensor, grid_h: int, grid_w: int, reach: float = 2.0, power: float = 4.0
+) -> torch.Tensor:
+    """Returns (B, grid_h, grid_w, 2) float32 canvas (x, y): per CAM cell, where its neighbourhood's evidence lies.
+
+    For cell (r, c), centred at ((c + 0.5) W / grid_w, (r + 0.5) H / grid_h), the window reaches `reach` cells
+    each way (clipped to the canvas); the result is the centroid of the pixel centres weighted by
+    ``(evidence / image max) ** power`` (a high power follows the strongest evidence, not the window's middle).
+    A window without evidence keeps the cell centre. Summed-area tables make it O(H W) per image on any device.
+
+    Args:
+        evidence: (B, H, W) non-negative canvas-resolution map (``fused_cam_with_evidence``).
+        grid_h, grid_w: the CAM's (h, w).
+        reach: window half-size in cells.
+        power: weighting exponent.
+    """
+    if evidence.ndim != 3:
+        raise CamError(f"evidence must be (B, H, W), got shape {tuple(evidence.shape)}")
+    if grid_h < 1 or grid_w < 1 or reach <= 0 or power <= 0:
+        raise CamError(f"need a positive grid, reach and power, got {grid_h}x{grid_w}, {reach}, {power}")
+    batch, height, width = evidence.shape
+    device = evidence.device
+    weight = evidence.double().clamp(min=0)
+    weight = (weight / weight.flatten(1).amax(dim=1).clamp(min=1e-30).view(batch, 1, 1)) ** power
+    xs = torch.arange(width, device=device, dtype=torch.float64) + 0.5
+    ys = torch.arange(height, device=device, dtype=torch.float64) + 0.5
+    tables = [_integral(weight), _integral(weight * xs), _integral(weight * ys[:, None])]
+    cell_w, cell_h = width / grid_w, height / grid_h
+    centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + 0.5) * cell_w
+    centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + 0.5) * cell_h
+    x0 = (centre_x - reach * cell_w).floor().clamp(0, width).long()
+    x1 = (centre_x + reach * cell_w).ceil().clamp(0, width).long()
+    y0 = (centre_y - reach * cell_h).floor().clamp(0, height).long()
+    y1 = (centre_y + reach * cell_h).ceil().clamp(0, height).long()
+
+    def window_sum(table: torch.Tensor) -> torch.Tensor:  # (B, grid_h, grid_w)
+        rows_lo, rows_hi = table[:, y0, :], table[:, y1, :]
+        return rows_hi[:, :, x1] - rows_hi[:, :, x0] - rows_lo[:, :, x1] + rows_lo[:, :, x0]
+
+    total, sum_x, sum_y = (window_sum(t) for t in tables)
+    has = total > 1e-12
+    safe = torch.where(has, total, torch.ones_like(total))
+    out_x = torch.where(has, sum_x / safe, centre_x.view(1, 1, grid_w).expand_as(total))
+    out_y = torch.where(has, sum_y / safe, centre_y.view(1, grid_h, 1).expand_as(total))
+    return torch.stack([out_x, out_y], dim=-1).float()
 
 
 def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from engine.config import Config
 from engine.data_stages import save_config
 from engine.inference import CamSettings
 from engine.overlays import OverlayCollector
-from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes
+from engine.stages import META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
 from engine.summary import StageSummary
 from engine.tables import TableWriter, read_table, write_part
 
@@ -36,6 +36,25 @@ def heatmap_column(heat: np.ndarray) -> pa.Array:
     size = int(np.prod(heat.shape[1:])) if n else 0
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * size)
     return pa.ListArray.from_arrays(offsets, pa.array(heat.reshape(-1).astype(np.float16), type=pa.float16()))
+
+
+def padded_list_column(values: np.ndarray, valid: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """Returns (N, K) padded rows as an Arrow list column holding each row's `valid` entries (plain Arrow)."""
+    lengths = valid.sum(axis=1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values[valid], type=arrow_type))
+
+
+def peak_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Returns the refined peak columns as Arrow lists (nulls when the pass did not refine)."""
+    if "peak_index" not in ok:
+        n = len(ok["image_id"])
+        return {"peak_index": pa.nulls(n, pa.list_(pa.int32())), "peak_x": pa.nulls(n, pa.list_(pa.float32())),
+                "peak_y": pa.nulls(n, pa.list_(pa.float32()))}  # fmt: skip
+    valid = ok["peak_index"] >= 0
+    return {"peak_index": padded_list_column(ok["peak_index"], valid, pa.int32()),
+            "peak_x": padded_list_column(ok["peak_x"], valid, pa.float32()),
+            "peak_y": padded_list_column(ok["peak_y"], valid, pa.float32())}  # fmt: skip
 
 
 def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -60,7 +79,7 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     overlays: OverlayCollector | None = ctx.get("overlays")
     refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
     shape = {"heatmap_h": [ok["heatmap"].shape[1]] * n, "heatmap_w": [ok["heatmap"].shape[2]] * n}
-    writer.write("heatmaps", {**ok, **refs, **shape, "heatmap": heatmap_column(ok["heatmap"])})
+    writer.write("heatmaps", {**ok, **refs, **shape, **peak_list_columns(ok), "heatmap": heatmap_column(ok["heatmap"])})
     writer.write("meta", ok)
     writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
 
@@ -98,7 +117,8 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
         run_dir=cfg.run.dir, model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
         with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
-        cpu_threads=max(1, int(cfg.infer.num_cpus)),
+        cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
+        refine_power=cfg.cam.refine_power, refine_peaks=cfg.cam.refine_peaks,
     )  # fmt: skip
 
 
@@ -159,7 +179,9 @@ def run_boxes(cfg: Config) -> StageSummary:
     for start in range(0, len(frame), 4096):
         chunk = frame.iloc[start : start + 4096]
         batch: dict[str, Any] = {
-            c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder")
+            c: chunk[c].to_numpy()
+            for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *PEAK_COLUMNS)
+            if c in chunk
         }
         batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)

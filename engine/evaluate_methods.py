@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.boxes import BoxParams, top_pixel_boxes
+from engine.boxes import BoxParams, RefinedPeaks, top_pixel_boxes
 from engine.cam import upsample_heatmap
 from engine.letterbox import LetterboxMeta, canvas_to_original
 from engine.localization import ImageCase, LocalizationAccumulator, LocSettings, Ratio, brightest_pixel_original
-from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes
+from engine.stages import META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes, refined_of
 
 ORIG_COLUMNS = ("x1_orig", "y1_orig", "x2_orig", "y2_orig")
 GroupKey = tuple[str, str]  # (view, folder); folder "*" = the whole view, view "all" = every view
@@ -51,6 +51,11 @@ class MethodRun:
 def heatmap_of(row: Any) -> np.ndarray:
     """Returns a frame row's stored heatmap as (heatmap_h, heatmap_w) float32."""
     return np.asarray(row.heatmap, dtype=np.float32).reshape(int(row.heatmap_h), int(row.heatmap_w))
+
+
+def refined_peaks_of(row: Any) -> RefinedPeaks | None:
+    """Returns a frame row's stored refined peak centres, or None (no `cam.refine`, or an older table)."""
+    return refined_of(*(getattr(row, k, None) for k in PEAK_COLUMNS))
 
 
 def meta_of(row: Any) -> LetterboxMeta:
@@ -87,7 +92,8 @@ def recompute_boxes(frame: pd.DataFrame, params: BoxParams) -> pd.DataFrame:
     parts = [pd.DataFrame(columns=["image_id", "rank", *ORIG_COLUMNS])]
     for _, chunk in frame.groupby(["heatmap_h", "heatmap_w", "canvas_h", "canvas_w"], sort=False):
         batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max",
-                                                                  "split", "folder", *META_COLUMNS)}  # fmt: skip
+                                                                  "split", "folder", *META_COLUMNS, *PEAK_COLUMNS)
+                                 if c in chunk}  # fmt: skip
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
         boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
         parts.append(pd.DataFrame(explode_boxes(batch, boxes, counts, params, float("-inf"))))

@@ -9,8 +9,9 @@ Methods (the `method` column of `loc_metrics`):
 * ``seed_rule``: the seed's top-N-pixel rule (``engine.boxes.top_pixel_boxes``) on this run's heatmaps.
 * ``seed``: the seed's rule on ``evaluate.baseline_run``'s heatmaps (trained on the seed's landscape canvas).
 
-The CAM peak of the pointing game is the best body cell's centre (``engine.localization.cam_peak_original``) for
-our methods and the brightest canvas pixel for the seed's (its first box). Tuning needs heatmaps of the tune split:
+The CAM peak of the pointing game is the best body peak (``engine.localization.cam_peak_original``: its refined
+centre when `make cam` ran with ``cam.refine``, else the cell centre) for our methods and the brightest canvas
+pixel for the seed's (its first box). Tuning needs heatmaps of the tune split:
 run ``make cam ARGS="cam.split=val"`` (it writes split=val partitions beside split=test); without them tuning is
 skipped and the reason recorded.
 """
@@ -38,6 +39,7 @@ from engine.evaluate_methods import (
     heatmap_of,
     meta_of,
     recompute_boxes,
+    refined_peaks_of,
     score_method,
     seed_rule_boxes,
     valid_heatmaps,
@@ -98,7 +100,9 @@ def seed_params(cfg: Config) -> BoxParams:
 
 
 def _peaks(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
-    return [cam_peak_original(heatmap_of(row), meta_of(row)) for row in frame.itertuples(index=False)]
+    return [
+        cam_peak_original(heatmap_of(row), meta_of(row), refined_peaks_of(row)) for row in frame.itertuples(index=False)
+    ]
 
 
 def _method_peaks(ctx: EvalContext, frame: pd.DataFrame, peaks: list) -> MethodRun:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from engine.boxes import BoxParams
-from engine.stages import pseudo_boxes
+from engine.stages import pseudo_boxes, refined_peak_columns
 
 PASS_THROUGH = (
     "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
@@ -31,6 +33,10 @@ class CamSettings:
     compile: bool = False
     cpu_threads: int = 1  # torch intra-op threads of a CPU actor (its `infer.num_cpus`), no oversubscription
     boxes: BoxParams = BoxParams()
+    refine: bool = False  # refined peak centres from the input evidence (fused CAM only)
+    refine_reach: float = 2.0
+    refine_power: float = 4.0
+    refine_peaks: int = 32
 
 
 class ClassifyCamStage:
@@ -49,12 +55,24 @@ class ClassifyCamStage:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, settings.cpu_threads))
         model, self.info = load_model(settings.run_dir, ModelConfig(name=settings.model_name, pretrained=False))
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval().requires_grad_(False)  # gradients only w.r.t. inputs/activations
         if self.device.type == "cuda" and settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_weight = gap_linear_weights(self.model)
         self.method = self._choose_method(settings.method)
-        self.forward = torch.compile(self.model) if settings.compile and self.device.type == "cuda" else self.model
+        compiled = settings.compile and self.device.type == "cuda"
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.features = torch.compile(self.model.forward_features) if compiled else self.model.forward_features
+        self.refine = settings.with_cam and settings.refine and self.method == "fused"
+        self.local = threading.local()  # per calling thread: its CUDA stream (infer.calls_per_actor > 1)
+
+    def _stream(self) -> Any:
+        """Returns this thread's CUDA stream context (a no-op on CPU): concurrent calls overlap copy and compute."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if not hasattr(self.local, "stream"):
+            self.local.stream = self.torch.cuda.Stream(device=self.device)
+        return self.torch.cuda.stream(self.local.stream)
 
     def _choose_method(self, method: str) -> str:
         if method == "fused" and self.class_weight is None:
@@ -67,9 +85,9 @@ class ClassifyCamStage:
         name = self.settings.target_layer or self.model.feature_info[-1]["module"]
         return dict(self.model.named_modules())[name]
 
-    def _run_model(self, x: Any) -> tuple[Any, Any]:
-        """Returns (logits (B,), cams (B, h, w) float32 or None) for a normalised batch."""
-        from engine.cam import fused_cam, gradcam_autograd
+    def _run_model(self, x: Any) -> tuple[Any, Any, Any]:
+        """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None)."""
+        from engine.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
 
         torch = self.torch
         autocast = torch.autocast(
@@ -77,17 +95,27 @@ class ClassifyCamStage:
         )
         if not self.settings.with_cam:
             with torch.inference_mode(), autocast:
-                return self.forward(x)[:, 0].float(), None
+                return self.forward(x)[:, 0].float(), None, None
+        if self.refine:
+            with autocast:
+                logits, cams, evidence = fused_cam_with_evidence(self.model, x, self.class_weight, self.features)
+            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], self.settings.refine_reach,
+                                          self.settings.refine_power)  # fmt: skip
+            return logits, cams.float(), centres
         if self.method == "fused":
             with torch.inference_mode(), autocast:
-                features = self.model.forward_features(x)
+                features = self.features(x)
                 logits = self.model.forward_head(features)[:, 0].float()
-                return logits, fused_cam(features.float(), self.class_weight.float())
+                return logits, fused_cam(features.float(), self.class_weight.float()), None
         with autocast:
             cams, logits = gradcam_autograd(self.model, x, self._target_layer())
-        return logits.detach().float(), cams.detach().float()
+        return logits.detach().float(), cams.detach().float(), None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._stream():
+            return self._process(batch)
+
+    def _process(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from engine.cam import normalize_cams
         from engine.model import normalize_canvas
 
@@ -105,15 +133,18 @@ class ClassifyCamStage:
             x = normalize_canvas(canvas)
             if self.device.type == "cuda" and self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits, cams = self._run_model(x)
+            logits, cams, centres = self._run_model(x)
             logit[ok] = logits.cpu().numpy()
             y_prob[ok] = torch.sigmoid(logits).cpu().numpy()
         out["y_prob"], out["logit"] = y_prob, logit
         if self.settings.with_cam:
-            out.update(self._cam_columns(batch, ok, cams if ok.any() else None, normalize_cams))
+            found = (cams, None if centres is None else centres.cpu().numpy()) if ok.any() else (None, None)
+            out.update(self._cam_columns(batch, ok, *found, normalize_cams))
         return out
 
-    def _cam_columns(self, batch: dict[str, np.ndarray], ok: np.ndarray, cams: Any, normalize: Any) -> dict:
+    def _cam_columns(
+        self, batch: dict[str, np.ndarray], ok: np.ndarray, cams: Any, centres: np.ndarray | None, normalize: Any
+    ) -> dict:
         n = len(ok)
         if cams is None:
             h, w = self._feature_shape(batch)
@@ -129,12 +160,21 @@ class ClassifyCamStage:
         params = self.settings.boxes
         boxes = np.full((n, params.max_boxes, 5), np.nan, dtype=np.float32)
         counts = np.zeros(n, dtype=np.int32)
+        columns: dict[str, np.ndarray] = {}
         if ok.any():  # undecodable rows have no letterbox meta and get no boxes
             ok_meta = {
                 k: np.asarray(batch[k])[ok] for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h")
             }
+            if centres is not None:
+                peaks = refined_peak_columns(heat[ok], ok_meta, centres, self.settings.refine_peaks)
+                ok_meta.update(peaks)
+                columns = {k: np.full((n, *v.shape[1:]), -1 if k == "peak_index" else np.nan, dtype=v.dtype)
+                           for k, v in peaks.items()}  # fmt: skip
+                for k, v in peaks.items():
+                    columns[k][ok] = v
             boxes[ok], counts[ok] = pseudo_boxes(heat[ok], ok_meta, params)
-        return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts}
+        return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts,
+                **columns}  # fmt: skip
 
     def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
         h, w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])

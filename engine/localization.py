@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.boxes import box_overlaps
+from engine.boxes import RefinedPeaks, body_peaks, box_overlaps, peak_points
 from engine.letterbox import LetterboxMeta, canvas_to_original
 
 
@@ -135,30 +135,27 @@ def pointing_chance_pixels(boxes: np.ndarray, orig_h: int, orig_w: int, toleranc
     return int(covered.sum())
 
 
-def cam_peak_original(heatmap: np.ndarray, meta: LetterboxMeta) -> tuple[int, int] | None:
+def cam_peak_original(
+    heatmap: np.ndarray, meta: LetterboxMeta, refined: RefinedPeaks | None = None
+) -> tuple[int, int] | None:
     """Returns the original pixel (x, y) of the CAM peak, or None when no body cell is positive.
 
-    The largest cell whose centre lies on the body (ties: first in row-major order): the cells and geometry of
-    ``engine.boxes.extract_pseudo_boxes``, so the rank-0 box sits on it. Cell (r, c) is centred at canvas
-    ((c + 0.5) canvas_w / w, (r + 0.5) canvas_h / h); the letterbox inverse maps it to the original and the pixel
-    containing it is taken. A map without a positive body cell (a confident negative) has no peak.
+    The best body peak of ``engine.boxes.body_peaks`` (the largest cell centred on the body, ties: first in
+    row-major order), so the rank-0 box sits on it. Its point is the refined centre when `refined` holds the cell
+    (``make cam`` with ``cam.refine``), else the cell centre; the letterbox inverse maps it to the original and the
+    pixel containing it is taken. A map without a positive body cell (a confident negative) has no peak.
 
     Args:
         heatmap: (h, w) feature-resolution CAM covering the whole canvas.
         meta: letterbox meta of the image.
+        refined: optional refined peak centres stored with the heatmap.
     """
-    heatmap = np.asarray(heatmap, dtype=np.float64)
-    h, w = heatmap.shape
-    centre_x = (np.arange(w) + 0.5) * meta.canvas_w / w
-    centre_y = (np.arange(h) + 0.5) * meta.canvas_h / h
-    x1, y1, x2, y2 = meta.body_box()
-    valid = ((centre_y >= y1) & (centre_y < y2))[:, None] & ((centre_x >= x1) & (centre_x < x2))[None, :]
-    masked = np.where(valid & np.isfinite(heatmap), heatmap, -np.inf)
-    best = int(np.argmax(masked))
-    if not masked.flat[best] > 0:
+    heatmap = np.where(np.isfinite(heatmap), np.asarray(heatmap, dtype=np.float64), 0.0)
+    rows, cols, centre_x, centre_y = body_peaks(heatmap, meta.body_box(), meta.canvas_h, meta.canvas_w)
+    if not len(rows):
         return None
-    row, col = divmod(best, w)
-    return canvas_point_to_pixel(float(centre_x[col]), float(centre_y[row]), meta)
+    x, y = peak_points(rows[:1], cols[:1], centre_x, centre_y, refined)[0]
+    return canvas_point_to_pixel(float(x), float(y), meta)
 
 
 def canvas_point_to_pixel(x: float, y: float, meta: LetterboxMeta) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.boxes import BoxParams, boxes_for_batch
+from engine.boxes import BoxParams, RefinedPeaks, boxes_for_batch, refined_peaks
 from engine.decode import DecodeError, decode_gray8
 from engine.letterbox import canvas_to_original_batch, letterbox
 from engine.tables import resolve_fs
@@ -109,7 +109,47 @@ def explode_boxes(
     return columns
 
 
-def pseudo_boxes(heatmaps: np.ndarray, batch: dict[str, Any], params: BoxParams) -> tuple[np.ndarray, np.ndarray]:
-    """Returns boxes_for_batch over stored float16 heatmaps: the one path of `make cam` and `make boxes`."""
+PEAK_COLUMNS = ("peak_index", "peak_x", "peak_y")  # refined peak centres stored with a heatmap (cam.refine)
+
+
+def refined_peak_columns(
+    heatmaps: np.ndarray, batch: dict[str, Any], centres: np.ndarray, limit: int
+) -> dict[str, np.ndarray]:
+    """Returns PEAK_COLUMNS as (N, limit) arrays padded with -1 / NaN: each row's best body peaks, refined.
+
+    Args:
+        heatmaps: (N, h, w) maps as stored (float16), so that `make boxes` finds the same peaks.
+        batch: letterbox meta columns of the N rows.
+        centres: (N, h, w, 2) refined cell centres (``engine.cam.refine_cell_centres``).
+        limit: peaks kept per row.
+    """
     canvas_h, canvas_w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
-    return boxes_for_batch(heatmaps.astype(np.float32), body_boxes(batch), canvas_h, canvas_w, params)
+    n = len(heatmaps)
+    index = np.full((n, limit), -1, dtype=np.int32)
+    xs, ys = np.full((n, limit), np.nan, dtype=np.float32), np.full((n, limit), np.nan, dtype=np.float32)
+    for row, (heat, body) in enumerate(zip(heatmaps.astype(np.float32), body_boxes(batch), strict=True)):
+        cells, xy = refined_peaks(heat, tuple(body), canvas_h, canvas_w, centres[row], limit)
+        index[row, : len(cells)], xs[row, : len(cells)], ys[row, : len(cells)] = cells, xy[:, 0], xy[:, 1]
+    return {"peak_index": index, "peak_x": xs, "peak_y": ys}
+
+
+def refined_of(index: Any, xs: Any, ys: Any) -> RefinedPeaks | None:
+    """Returns one row's stored refined peaks (padded arrays or Parquet lists), or None when it has none."""
+    if index is None or isinstance(index, float):  # a null list cell reads back as None or NaN
+        return None
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    keep = index >= 0
+    xy = np.stack([np.asarray(xs, dtype=np.float32)[keep], np.asarray(ys, dtype=np.float32)[keep]], axis=1)
+    return (index[keep], xy) if keep.any() else None
+
+
+def pseudo_boxes(heatmaps: np.ndarray, batch: dict[str, Any], params: BoxParams) -> tuple[np.ndarray, np.ndarray]:
+    """Returns boxes_for_batch over stored float16 heatmaps: the one path of `make cam` and `make boxes`.
+
+    Rows whose batch carries PEAK_COLUMNS get their boxes on the refined peak centres.
+    """
+    canvas_h, canvas_w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
+    refined = None
+    if all(k in batch for k in PEAK_COLUMNS):
+        refined = [refined_of(*row) for row in zip(*(batch[k] for k in PEAK_COLUMNS), strict=True)]
+    return boxes_for_batch(heatmaps.astype(np.float32), body_boxes(batch), canvas_h, canvas_w, params, refined)

@@ -13,6 +13,7 @@ from engine.boxes import (
     boxes_for_batch,
     extract_pseudo_boxes,
     find_peaks,
+    refined_peaks,
     top_pixel_boxes,
 )
 from engine.cam import upsample_heatmap
@@ -184,3 +185,35 @@ def test_single_hot_cell_gives_one_box_centred_on_it_or_shifted_onto_the_body(sc
     x1 = np.clip(centre_x[col] - side_w / 2, body[0], body[2] - side_w)
     y1 = np.clip(centre_y[row] - side_h / 2, body[1], body[3] - side_h)
     np.testing.assert_allclose(boxes, [[x1, y1, x1 + side_w, y1 + side_h, 0.8]], rtol=1e-6, atol=1e-4)
+
+
+def test_refined_peaks_hold_the_best_body_peaks_moved_onto_their_evidence_and_clipped_to_the_body():
+    heatmap = np.zeros((32, 16), dtype=np.float32)
+    heatmap[5, 6], heatmap[20, 9], heatmap[12, 1] = 1.0, 0.5, 0.9  # (12, 1) lies in the padding: no peak
+    centres = np.full((32, 16, 2), np.nan)
+    centres[5, 6] = (190.0, 150.0)  # evidence 14 px right of / 26 px below the cell centre (208, 176)
+    centres[20, 9] = (100.0, 650.0)  # left of the body (x1 = 128): clipped onto it
+    index, xy = refined_peaks(heatmap, DEFAULT_BODY, 1024, 512, centres, limit=8)
+    assert index.tolist() == [5 * 16 + 6, 20 * 16 + 9]
+    np.testing.assert_allclose(xy, [[190.0, 150.0], [128.0, 650.0]])
+    assert refined_peaks(heatmap, DEFAULT_BODY, 1024, 512, centres, limit=1)[0].tolist() == [86]
+    centres[5, 6] = np.nan  # no refined value: the cell centre
+    np.testing.assert_allclose(refined_peaks(heatmap, DEFAULT_BODY, 1024, 512, centres, 1)[1], [[208.0, 176.0]])
+    with pytest.raises(BoxError):
+        refined_peaks(heatmap, DEFAULT_BODY, 1024, 512, centres[:, :8], 1)
+
+
+def test_boxes_sit_on_refined_centres_and_unrefined_peaks_keep_their_cell_centre():
+    heatmap = np.zeros((32, 16), dtype=np.float32)
+    heatmap[5, 6], heatmap[20, 9] = 1.0, 0.5
+    params = BoxParams(size=40)
+    plain = extract_pseudo_boxes(heatmap, DEFAULT_BODY, 1024, 512, params)
+    refined = (np.array([5 * 16 + 6, 3]), np.array([[190.0, 150.0], [0.0, 0.0]]))  # cell 3 is no peak: unused
+    moved = extract_pseudo_boxes(heatmap, DEFAULT_BODY, 1024, 512, params, refined)
+    np.testing.assert_allclose(moved[0], [170, 130, 210, 170, 1.0])
+    np.testing.assert_allclose(moved[1], plain[1])  # (20, 9) has no refined centre
+    batch, counts = boxes_for_batch(np.stack([heatmap, heatmap]), np.array([DEFAULT_BODY] * 2), 1024, 512, params,
+                                    [refined, None])  # fmt: skip
+    np.testing.assert_allclose(batch[0, :2], moved) and np.testing.assert_allclose(batch[1, :2], plain)
+    with pytest.raises(BoxError):
+        boxes_for_batch(heatmap[None], np.array([DEFAULT_BODY]), 1024, 512, params, [refined, None])

@@ -9,10 +9,12 @@ from torch import nn
 from engine.cam import (
     CamError,
     fused_cam,
+    fused_cam_with_evidence,
     gap_linear_weights,
     gradcam_autograd,
     heatmap_to_original,
     normalize_cams,
+    refine_cell_centres,
     upsample_heatmap,
 )
 from engine.letterbox import letterbox, letterbox_meta
@@ -140,3 +142,64 @@ def test_heatmap_to_original_is_identity_on_the_body_at_scale_one():
     np.testing.assert_array_equal(heatmap_to_original(heatmap, meta), heatmap[:, 1:3])
     with pytest.raises(CamError, match="canvas shape"):
         heatmap_to_original(heatmap[:, :3], meta)
+
+
+def brute_force_centres(evidence: np.ndarray, grid_h: int, grid_w: int, reach: float, power: float) -> np.ndarray:
+    """Per cell: the weighted centroid of pixel centres inside the clipped window, by explicit loops."""
+    height, width = evidence.shape
+    weight = (np.clip(evidence, 0, None) / max(evidence.max(), 1e-30)) ** power
+    cell_h, cell_w = height / grid_h, width / grid_w
+    out = np.zeros((grid_h, grid_w, 2))
+    for r in range(grid_h):
+        for c in range(grid_w):
+            cx, cy = (c + 0.5) * cell_w, (r + 0.5) * cell_h
+            x0, x1 = max(0, int(np.floor(cx - reach * cell_w))), min(width, int(np.ceil(cx + reach * cell_w)))
+            y0, y1 = max(0, int(np.floor(cy - reach * cell_h))), min(height, int(np.ceil(cy + reach * cell_h)))
+            window = weight[y0:y1, x0:x1]
+            if window.sum() <= 1e-12:
+                out[r, c] = cx, cy
+                continue
+            ys, xs = np.mgrid[y0:y1, x0:x1] + 0.5
+            out[r, c] = (window * xs).sum() / window.sum(), (window * ys).sum() / window.sum()
+    return out
+
+
+@pytest.mark.parametrize(("reach", "power"), [(2.0, 4.0), (1.0, 1.0), (1.5, 2.0)])
+def test_refine_cell_centres_equals_a_brute_force_window_centroid(reach, power):
+    rng = np.random.default_rng(3)
+    evidence = rng.random((2, 40, 24)) ** 6  # sparse-ish, with some all-but-empty windows
+    evidence[1, :20] = 0.0  # windows without evidence keep their cell centre
+    got = refine_cell_centres(torch.from_numpy(evidence).float(), 5, 3, reach, power).numpy()
+    assert got.shape == (2, 5, 3, 2)
+    for b in range(2):
+        expected = brute_force_centres(evidence[b].astype(np.float32).astype(np.float64), 5, 3, reach, power)
+        np.testing.assert_allclose(got[b], expected, atol=1e-3)
+    assert np.allclose(got[1, 0, :, 0], (np.arange(3) + 0.5) * 8) and np.allclose(got[1, 0, :, 1], 4.0)
+
+
+def test_refine_moves_a_cell_onto_a_single_evidence_pixel_within_reach_only():
+    evidence = torch.zeros(1, 64, 64)
+    evidence[0, 21, 30] = 1.0  # pixel centre (30.5, 21.5): cell (2, 3) of an 8 x 8 grid is centred at (28, 20)
+    got = refine_cell_centres(evidence, 8, 8, reach=1.0, power=4.0)[0]
+    assert got[2, 3].tolist() == pytest.approx([30.5, 21.5])
+    assert got[2, 6].tolist() == pytest.approx([52.0, 20.0])  # 3 cells away: out of reach, centre kept
+    with pytest.raises(CamError):
+        refine_cell_centres(evidence[0], 8, 8)
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_LAYERS))
+def test_fused_cam_with_evidence_matches_the_forward_only_path(name):
+    model = make_model(name).requires_grad_(False)
+    images = make_images()
+    weight = gap_linear_weights(model)
+    logits, cams, evidence = fused_cam_with_evidence(model, images, weight)
+    with torch.no_grad():
+        features = model.forward_features(images)
+        np.testing.assert_allclose(logits.numpy(), model.forward_head(features)[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cams.numpy(), fused_cam(features, weight).numpy(), rtol=1e-5, atol=1e-7)
+    assert evidence.shape == (2, 128, 64) and float(evidence.min()) >= 0.0 and float(evidence.max()) > 0.0
+    x = images.clone().requires_grad_(True)  # evidence = positive part of d(sum CAM)/d input, channels summed
+    fused_cam(model.forward_features(x), weight).sum().backward()
+    np.testing.assert_allclose(evidence.numpy(), x.grad.sum(1).clamp(min=0).numpy(), rtol=1e-4, atol=1e-7)
+    with torch.inference_mode(), pytest.raises(CamError):
+        fused_cam_with_evidence(model, images, weight)

@@ -111,6 +111,9 @@ def test_cam_peak_is_the_best_body_cell_centre_mapped_to_original_pixels():
     heatmap[2, 0] = 0.5  # centre (1, 5) -> original (0, 5)
     assert cam_peak_original(heatmap, meta) == (0, 5)
     assert cam_peak_original(np.zeros((4, 2)), meta) is None
+    # a refined centre of the peak cell (flat index 2 * 2 + 0) moves the point; one of another cell does not
+    assert cam_peak_original(heatmap, meta, (np.array([4]), np.array([[2.5, 6.5]]))) == (1, 6)
+    assert cam_peak_original(heatmap, meta, (np.array([1]), np.array([[2.5, 6.5]]))) == (0, 5)
 
 
 def test_seed_peak_is_the_brightest_canvas_pixel_even_in_padding_clipped_into_the_image():

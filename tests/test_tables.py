@@ -37,6 +37,8 @@ def two_rows(name: str) -> dict[str, list]:
             columns[field.name] = [1, 2]
         elif pa.types.is_floating(field.type):
             columns[field.name] = [0.5, 0.25]
+        elif pa.types.is_list(field.type) and pa.types.is_integer(field.type.value_type):
+            columns[field.name] = [[int(v * 8) for v in row] for row in HEATMAPS]
         elif pa.types.is_list(field.type):
             columns[field.name] = HEATMAPS
         else:
