@@ -45,6 +45,8 @@ class SynthConfig:
     out: str = "data/synth"  # where `make synth` writes the generated dataset
     patients: int = 300  # number of synthetic patients
     seed: int = 0  # generator seed (same seed: byte-identical dataset)
+    lesion_gain: float = 1.0  # factor on lesion peak uptake (1 = realistic; >1 = easier, e.g. for a CPU demo)
+    lesion_size: float = 1.0  # factor on lesion radius (1 = 3-10 px)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ModelConfig:
     name: str = "hf_hub:timm/resnetrs50.tf_in1k"  # timm model name or hf_hub id (DESIGN.md §3)
     pretrained: bool = True  # load the hub weights; false for offline runs and tests
     weights: str = ""  # optional local .pt/.pth/.safetensors state dict to start from
+    output_stride: int = 32  # 32 = the architecture as published; 16 or 8 dilate the last stages (finer CAM)
     channels_last: bool = True  # channels_last memory format on GPU
     compile: bool = False  # torch.compile the model for inference on GPU
 
@@ -82,6 +85,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay; seed recipe
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     num_workers: int = 1  # Ray Train workers
+    torch_threads: int = 0  # intra-op threads of a CPU worker; 0 = Ray's default (the worker's 1 CPU)
     use_gpu: str = "auto"  # auto (when CUDA exists), true or false
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     affine_p: float = 0.7  # probability of the random affine (seed: ±5°, 2% translate, 0.98-1.02 scale)
@@ -106,6 +110,7 @@ class InferConfig:
     actors: int = 1  # model actors in the pool
     num_gpus: float = 1.0  # GPUs per model actor when CUDA exists (0 on CPU)
     num_cpus: float = 1.0  # CPUs per model actor
+    calls_per_actor: int = 1  # batches one actor works on at once (threads; on GPU each has its own CUDA stream)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class CamConfig:
     min_prob: str = "all"  # all: boxes for every image; threshold: only images with y_prob >= selected thr
     overlays: int = 8  # PNG overlays rendered for this many sampled images
     limit: int = 0  # score only the first N selected rows (0: all); for quick looks
+    refine: bool = True  # move each CAM peak to where the input evidence lies (one backward pass; fused CAM only)
+    refine_reach: float = 2.0  # refinement window half-size, in CAM cells
+    refine_power: float = 4.0  # evidence weighting exponent of the refinement centroid
+    refine_peaks: int = 32  # refined centres stored per image (best peaks first; `make boxes` reuses them)
 
 
 @dataclass(frozen=True)

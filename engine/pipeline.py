@@ -85,14 +85,24 @@ def image_stream(rows: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
 
 
 def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ray.data.Dataset:
-    """Returns `ds` mapped through an actor pool of ClassifyCamStage (one GPU each when used)."""
+    """Returns `ds` mapped through an actor pool of ClassifyCamStage (one GPU each when used).
+
+    With `infer.calls_per_actor` > 1 an actor runs that many batches at once on threads, so that one batch's
+    host-to-device copy and box extraction overlap another's forward pass (ClassifyCamStage gives each thread
+    its own CUDA stream).
+    """
     return ds.map_batches(
         ClassifyCamStage,
         fn_constructor_args=(settings,),
         batch_size=cfg.infer.batch_size,
         num_gpus=cfg.infer.num_gpus if settings.use_gpu else 0,
         num_cpus=cfg.infer.num_cpus,
-        compute=ray.data.ActorPoolStrategy(size=cfg.infer.actors),
+        compute=ray.data.ActorPoolStrategy(
+            size=cfg.infer.actors,
+            max_concurrent_calls_per_actor=cfg.infer.calls_per_actor,
+            enable_true_multi_threading=cfg.infer.calls_per_actor > 1,
+            max_tasks_in_flight_per_actor=max(4, 2 * cfg.infer.calls_per_actor),
+        ),
         batch_format="numpy",
     )
 

@@ -13,23 +13,24 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+# The demo config scaled down for tests: tiny canvas, stride 32, tiny timm model, CPU (also passed to job CLIs).
+TEST_OVERRIDES = (
+    "canvas.height=256",
+    "canvas.width=128",
+    "boxes.size=12",
+    "model.output_stride=32",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "ray.decode_batch_size=8",
+    "infer.batch_size=8",
+    "cam.overlays=2",
+)
+
+
 def test_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
-    """Returns the demo config scaled down for tests: tiny canvas, tiny timm model, CPU."""
+    """Returns the demo config scaled down for tests (TEST_OVERRIDES), then `overrides`."""
     return load_config(
-        REPO / "conf" / "demo.yaml",
-        [
-            f"data.root={data_root}",
-            f"run.dir={run_dir}",
-            "canvas.height=256",
-            "canvas.width=128",
-            "boxes.size=12",
-            "train.epochs=2",
-            "train.batch_size=8",
-            "ray.decode_batch_size=8",
-            "infer.batch_size=8",
-            "cam.overlays=2",
-            *overrides,
-        ],
+        REPO / "conf" / "demo.yaml", [f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *overrides]
     )
 
 

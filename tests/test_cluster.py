@@ -29,7 +29,7 @@ import pytest
 from engine.classify_stages import select_rows
 from engine.config import load_config
 from engine.tables import read_table
-from tests.conftest import REPO, test_config
+from tests.conftest import REPO, TEST_OVERRIDES, test_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,9 +38,6 @@ EMBEDDED_CPUS = 3  # the embedded reference gets as many logical CPUs as the clu
 START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 45
-# The overrides of tests/conftest.py:test_config, as job arguments (checked equal below).
-TEST_OVERRIDES = ("canvas.height=256", "canvas.width=128", "boxes.size=12", "train.epochs=2", "train.batch_size=8",
-                  "ray.decode_batch_size=8", "infer.batch_size=8", "cam.overlays=2")  # fmt: skip
 JOB_OVERRIDES = ("train.epochs=1", "train.num_workers=2", "cam.split=train")  # cam: 48 whole-body POST images
 # Exec'd with prctl(PR_SET_PDEATHSIG=1, SIGTERM=15): a node goes down with the test process whatever kills it.
 FATE_SHARED = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 15); os.execv(sys.argv[1], sys.argv[1:])"

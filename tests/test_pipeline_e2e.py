@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import schemas
-from engine.cam_stages import run_boxes, run_cam, run_infer
+from engine.cam_stages import CAM_TABLES, run_boxes, run_cam, run_infer
 from engine.classify_stages import run_threshold, run_train, select_rows
 from engine.model import load_model
 from engine.tables import read_table
@@ -97,6 +97,39 @@ def test_cam_writes_one_pred_or_error_per_selected_image(cam_run, data_root: Pat
     assert np.allclose(meta["scale"], 0.25) and (meta["pad_left"] == 32).all()
 
 
+def test_cam_stores_refined_peaks_near_their_cells_and_on_the_body(cam_run) -> None:
+    run_dir, _ = cam_run
+    heatmaps = read_table(str(run_dir), "heatmaps")
+    refined = 0
+    for row in heatmaps.itertuples(index=False):
+        grid = np.asarray(row.heatmap, dtype=np.float32).reshape(row.heatmap_h, row.heatmap_w)
+        body = grid[:, 1:3]  # cell centres x = 16 + 32 c: columns 1 and 2 lie on the body strip [32, 96)
+        index, xs, ys = (np.asarray(getattr(row, k)) for k in ("peak_index", "peak_x", "peak_y"))
+        assert len(index) == len(xs) == len(ys) <= 32
+        if body.max() <= 0:
+            assert len(index) == 0
+            continue
+        refined += 1
+        rows, cols = np.divmod(index, row.heatmap_w)
+        assert grid[rows[0], cols[0]] == body.max() and (np.diff(grid[rows, cols]) <= 0).all()  # best first
+        assert ((xs >= 32) & (xs <= 96) & (ys >= 0) & (ys <= 256)).all()
+        # within the refinement window: 2 cells (64 canvas px) from the cell centre
+        assert (np.abs(xs - (cols + 0.5) * 32) <= 64).all() and (np.abs(ys - (rows + 0.5) * 32) <= 64).all()
+    assert refined > 0
+
+
+def test_cam_without_refinement_stores_no_peaks_and_centres_boxes_on_cells(trained_run, data_root, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns(*CAM_TABLES))
+    run_cam(test_config(data_root, run_dir, "cam.refine=false", "cam.overlays=0"))
+    heatmaps = read_table(str(run_dir), "heatmaps")
+    assert heatmaps["peak_index"].isna().all()
+    boxes = read_table(str(run_dir), "boxes")
+    centre_y = (boxes["y1"] + boxes["y2"]) / 2
+    inside = (boxes["y1"] > 0) & (boxes["y2"] < 256)  # not shifted at the top/bottom edge
+    assert len(boxes) and np.allclose((centre_y[inside] - 16) % 32, 0)
+
+
 def test_cam_boxes_lie_on_the_body_and_map_back_to_original_pixels(cam_run) -> None:
     run_dir, _ = cam_run
     boxes = read_table(str(run_dir), "boxes")
@@ -142,3 +175,26 @@ def test_cam_renders_the_overlays_it_references(cam_run) -> None:
     assert len(refs) == 4 and summary.extra["overlays_rendered"] == 2
     for ref in refs:
         assert (run_dir / ref).stat().st_size > 0
+
+
+def test_two_calls_per_actor_give_the_same_tables(cam_run, data_root: Path, tmp_path: Path) -> None:
+    """infer.calls_per_actor=2 runs two batches at once on threads of one actor: same rows, same values."""
+    run_dir, _ = cam_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(*CAM_TABLES))
+    args = ("infer.calls_per_actor=2", "infer.batch_size=4", "cam.overlays=0")
+    summary = run_cam(test_config(data_root, copy, *args))
+    assert summary.balanced
+    for name, key in (("heatmaps", ["image_id"]), ("boxes", ["image_id", "rank"]), ("preds", ["image_id"])):
+        before = read_table(str(run_dir), name).query("split == 'test'")
+        after = read_table(str(copy), name)
+        if name == "preds":
+            before, after = before[before["stage"] == "cam"], after[after["stage"] == "cam"]
+        before = before.sort_values(key).reset_index(drop=True)
+        after = after.sort_values(key).reset_index(drop=True)
+        assert before["image_id"].tolist() == after["image_id"].tolist()
+        numeric = [c for c in ("y_prob", "x1", "y1", "x2", "y2", "raw_max") if c in before]
+        np.testing.assert_allclose(after[numeric].to_numpy(float), before[numeric].to_numpy(float), atol=1e-4)
+    maps_before = np.stack(read_table(str(run_dir), "heatmaps").sort_values("image_id")["heatmap"])
+    maps_after = np.stack(read_table(str(copy), "heatmaps").sort_values("image_id")["heatmap"])
+    np.testing.assert_allclose(maps_after.astype(float), maps_before.astype(float), atol=2e-3)
