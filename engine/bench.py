@@ -8,6 +8,8 @@ driver and every process under it (Ray's raylet, object store and workers when R
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -27,12 +29,29 @@ from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, refined_pea
 from engine.tables import TableWriter, resolve_fs
 
 
-class MemorySampler:
-    """Samples the summed PSS of this process and all its descendants in a thread; keeps the peak."""
+def gpu_utilization() -> float | None:
+    """Returns GPU 0's utilisation in [0, 1] from nvidia-smi (share of the last sample period a kernel ran)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+    try:
+        output = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True).stdout
+        return float(output.split()[0]) / 100
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+
+class MemorySampler:
+    """Samples the summed PSS of this process and all its descendants in a thread; keeps the peak.
+
+    With `gpu`, it also samples GPU 0's utilisation; `gpu_busy` is their mean (None without samples).
+    """
+
+    def __init__(self, interval_s: float = 0.25, gpu: bool = False) -> None:
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.gpu = gpu
+        self.gpu_samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -49,7 +68,15 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_bytes = max(self.peak_bytes, self._sample())
+            busy = gpu_utilization() if self.gpu else None
+            if busy is not None:
+                self.gpu_samples.append(busy)
             self._stop.wait(self.interval_s)
+
+    @property
+    def gpu_busy(self) -> float | None:
+        """Returns the mean sampled GPU utilisation, or None."""
+        return sum(self.gpu_samples) / len(self.gpu_samples) if self.gpu_samples else None
 
     def __enter__(self) -> MemorySampler:
         self._thread.start()
@@ -192,7 +219,8 @@ def engine_run(cfg: Config, limit: int) -> dict[str, float]:
 
     run_cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, scope="all", limit=limit, overlays=0),
                                   run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
-    with MemorySampler() as memory:
+    with MemorySampler(gpu=torch.cuda.is_available()) as memory:
         summary = run_cam(run_cfg)
     return {"images": summary.rows_in, "seconds": summary.seconds, "img_per_s": summary.rows_in / summary.seconds,
-            "peak_mem_mb": memory.peak_bytes / 2**20, "errors": sum(summary.errors.values())}  # fmt: skip
+            "peak_mem_mb": memory.peak_bytes / 2**20, "errors": sum(summary.errors.values()),
+            "gpu_busy": memory.gpu_busy}  # fmt: skip

@@ -21,14 +21,17 @@ from engine.synth import generate_dataset
 
 
 def _prepare(cfg: Config) -> Config:
-    """Generates the bench dataset when missing, indexes and splits it, stores an (untrained) model."""
+    """Generates the bench dataset when missing, indexes and splits it, stores an (untrained, seeded) model."""
     if not os.path.isdir(cfg.bench.data_root):
         generate_dataset(cfg.bench.data_root, patients=cfg.bench.patients, seed=cfg.seed)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.bench.data_root),
                               run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
     run_index(cfg)
     run_split(cfg)
+    torch.manual_seed(cfg.seed)
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=False))
+    with torch.no_grad():  # a random head can make every CAM cell negative (no peaks, no boxes): keep the
+        model.get_classifier().weight.abs_()  # work of a trained model's maps by making the weights non-negative
     save_model(cfg.run.dir, model, {**arch_info(cfg.model), "epoch": -1, "val_auc": None})
     return cfg
 
@@ -73,6 +76,8 @@ def run_bench(cfg: Config) -> StageSummary:
         engine_over_model_only=round(small["img_per_s"] / model_best, 3),
         engine_over_plain_loop=round(small["img_per_s"] / plain_rate, 3),
         engine_large_img_per_s=round(large["img_per_s"], 1), large_images=large["images"],
+        gpu_busy_large=None if large["gpu_busy"] is None else round(large["gpu_busy"], 3),
+        cam_refine=cfg.cam.refine, calls_per_actor=cfg.infer.calls_per_actor,
         peak_mem_mb_small=round(small["peak_mem_mb"], 1), peak_mem_mb_large=round(large["peak_mem_mb"], 1),
         mem_large_over_small=round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
         table_bytes_per_image=bytes_per_image(cfg.run.dir, large["images"]),

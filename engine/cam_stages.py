@@ -119,6 +119,7 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
         cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
         refine_power=cfg.cam.refine_power, refine_peaks=cfg.cam.refine_peaks,
+        warmup=(cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width),
     )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ class CamSettings:
     refine_reach: float = 2.0
     refine_power: float = 4.0
     refine_peaks: int = 32
+    warmup: tuple[int, int, int] = (0, 0, 0)  # (batch, canvas_h, canvas_w): compile before the first real batch
 
 
 class ClassifyCamStage:
@@ -65,6 +66,8 @@ class ClassifyCamStage:
         self.features = torch.compile(self.model.forward_features) if compiled else self.model.forward_features
         self.refine = settings.with_cam and settings.refine and self.method == "fused"
         self.local = threading.local()  # per calling thread: its CUDA stream (infer.calls_per_actor > 1)
+        if compiled and min(settings.warmup) > 0:  # compile once here, not in concurrent first calls
+            self._run_model(self._model_input(torch.zeros(settings.warmup, dtype=torch.uint8, device=self.device)))
 
     def _stream(self) -> Any:
         """Returns this thread's CUDA stream context (a no-op on CPU): concurrent calls overlap copy and compute."""
@@ -115,10 +118,16 @@ class ClassifyCamStage:
         with self._stream():
             return self._process(batch)
 
-    def _process(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from engine.cam import normalize_cams
+    def _model_input(self, canvas: Any) -> Any:
+        """Returns the normalised model input of uint8 (B, H, W) canvases on the device (channels_last on GPU)."""
         from engine.model import normalize_canvas
 
+        x = normalize_canvas(canvas)
+        if self.device.type == "cuda" and self.settings.channels_last:
+            x = x.contiguous(memory_format=self.torch.channels_last)
+        return x
+
+    def _process(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
         out = {k: batch[k] for k in PASS_THROUGH if k in batch}
         n = len(batch["image_id"])
@@ -126,37 +135,52 @@ class ClassifyCamStage:
         y_prob = np.full(n, np.nan, dtype=np.float32)
         logit = np.full(n, np.nan, dtype=np.float32)
         out["cam_method"] = np.full(n, self.method if self.settings.with_cam else "", dtype=object)
+        host: dict[str, np.ndarray] = {}
         if ok.any():
             canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"][ok]))
             if self.device.type == "cuda":
                 canvas = canvas.pin_memory().to(self.device, non_blocking=True)
-            x = normalize_canvas(canvas)
-            if self.device.type == "cuda" and self.settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits, cams, centres = self._run_model(x)
-            logit[ok] = logits.cpu().numpy()
-            y_prob[ok] = torch.sigmoid(logits).cpu().numpy()
+            host = self._to_host(*self._run_model(self._model_input(canvas)))
+            logit[ok], y_prob[ok] = host["logit"], host["y_prob"]
         out["y_prob"], out["logit"] = y_prob, logit
         if self.settings.with_cam:
-            found = (cams, None if centres is None else centres.cpu().numpy()) if ok.any() else (None, None)
-            out.update(self._cam_columns(batch, ok, *found, normalize_cams))
+            out.update(self._cam_columns(batch, ok, host))
         return out
 
-    def _cam_columns(
-        self, batch: dict[str, np.ndarray], ok: np.ndarray, cams: Any, centres: np.ndarray | None, normalize: Any
-    ) -> dict:
+    def _to_host(self, logits: Any, cams: Any, centres: Any) -> dict[str, np.ndarray]:
+        """Returns the batch's results as numpy arrays after ONE device-to-host copy (a packed float32 tensor).
+
+        logit, y_prob (B,); with a CAM also raw_min, raw_max (B,), the min-max normalised map (B, h, w) and, when
+        refined, the cell centres (B, h, w, 2).
+        """
+        from engine.cam import normalize_cams
+
+        torch = self.torch
+        logits = logits.float()
+        parts = [logits[:, None], torch.sigmoid(logits)[:, None]]
+        if cams is not None:
+            norm, raw_max = normalize_cams(cams)
+            parts += [cams.flatten(1).min(dim=1).values[:, None], raw_max[:, None], norm.flatten(1)]
+            if centres is not None:
+                parts.append(centres.flatten(1))
+        packed = torch.cat([p.float() for p in parts], dim=1).cpu().numpy()
+        host = {"logit": packed[:, 0], "y_prob": packed[:, 1]}
+        if cams is not None:
+            batch, h, w = cams.shape
+            host.update(raw_min=packed[:, 2], raw_max=packed[:, 3], heat=packed[:, 4 : 4 + h * w].reshape(batch, h, w))
+            if centres is not None:
+                host["centres"] = packed[:, 4 + h * w :].reshape(batch, h, w, 2)
+        return host
+
+    def _cam_columns(self, batch: dict[str, np.ndarray], ok: np.ndarray, host: dict[str, np.ndarray]) -> dict:
         n = len(ok)
-        if cams is None:
-            h, w = self._feature_shape(batch)
-            heat = np.zeros((n, h, w), np.float16)
-            raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        if "heat" not in host:
+            heat = np.zeros((n, *self._feature_shape(batch)), np.float16)
         else:
-            norm, raw = normalize(cams)
-            heat = np.zeros((n, *norm.shape[1:]), np.float16)
-            heat[ok] = norm.cpu().numpy().astype(np.float16)
-            raw_min, raw_max = np.zeros(n, np.float32), np.zeros(n, np.float32)
-            raw_min[ok] = cams.flatten(1).min(dim=1).values.cpu().numpy()
-            raw_max[ok] = raw.cpu().numpy()
+            heat = np.zeros((n, *host["heat"].shape[1:]), np.float16)
+            heat[ok] = host["heat"].astype(np.float16)
+            raw_min[ok], raw_max[ok] = host["raw_min"], host["raw_max"]
         params = self.settings.boxes
         boxes = np.full((n, params.max_boxes, 5), np.nan, dtype=np.float32)
         counts = np.zeros(n, dtype=np.int32)
@@ -165,8 +189,8 @@ class ClassifyCamStage:
             ok_meta = {
                 k: np.asarray(batch[k])[ok] for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h")
             }
-            if centres is not None:
-                peaks = refined_peak_columns(heat[ok], ok_meta, centres, self.settings.refine_peaks)
+            if "centres" in host:
+                peaks = refined_peak_columns(heat[ok], ok_meta, host["centres"], self.settings.refine_peaks)
                 ok_meta.update(peaks)
                 columns = {k: np.full((n, *v.shape[1:]), -1 if k == "peak_index" else np.nan, dtype=v.dtype)
                            for k, v in peaks.items()}  # fmt: skip

@@ -37,3 +37,8 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
     pd.testing.assert_frame_equal(
         plain_boxes[key + ["x1", "y1", "x2", "y2"]], engine_boxes[key + ["x1", "y1", "x2", "y2"]]
     )
+    assert len(engine_boxes) >= len(plain)  # real work: every image has peaks and boxes
+    assert engine["peak_index"].map(len).min() > 0  # and refined peak centres (cam.refine)
+    np.testing.assert_allclose(
+        np.concatenate(plain["peak_x"].to_list()), np.concatenate(engine["peak_x"].to_list()), atol=1e-2
+    )
