@@ -62,6 +62,8 @@ def run_bench(cfg: Config) -> StageSummary:
     figures = {"model_only_eager": model_only(cfg)}
     if cfg.model.compile and torch.cuda.is_available():
         figures["model_only_compiled"] = model_only(cfg, compiled=True)
+    if cfg.cam.refine:  # what the refinement's backward pass costs: the forward-only CAM beside it
+        forward_only = model_only(dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, refine=False)))
     plain_rate, profile = plain_loop(cfg, rows, os.path.join(cfg.run.dir, "bench_plain"))
     figures["plain_loop"] = plain_rate
     small = engine_run(cfg, n)
@@ -74,6 +76,7 @@ def run_bench(cfg: Config) -> StageSummary:
         batch_size=cfg.infer.batch_size, actors=cfg.infer.actors, images=n,
         **{f"{k}_img_per_s": round(v, 1) for k, v in figures.items()},
         engine_over_model_only=round(small["img_per_s"] / model_best, 3),
+        model_only_without_refine_img_per_s=round(forward_only, 1) if cfg.cam.refine else None,
         engine_over_plain_loop=round(small["img_per_s"] / plain_rate, 3),
         engine_large_img_per_s=round(large["img_per_s"], 1), large_images=large["images"],
         gpu_busy_large=None if large["gpu_busy"] is None else round(large["gpu_busy"], 3),

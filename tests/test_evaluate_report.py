@@ -176,6 +176,8 @@ def test_a_trained_tiny_model_points_at_the_lesions_far_above_chance(learned_run
     auc = roc_auc_score(preds["y_true"], preds["y_prob"])
     loc = read_table(str(run_dir), "loc_metrics")
     pointing, chance = metric(loc, "peaks", "pointing_game"), metric(loc, "peaks", "pointing_chance")["value"]
+    print(f"\n[learned run] test AUC {auc:.3f}, pointing game {pointing['value']:.3f} "
+          f"({pointing['numerator']}/{pointing['denominator']}), chance {chance:.3f}")  # fmt: skip
     assert pointing["denominator"] >= 12
     assert auc >= 0.75, auc
     assert pointing["value"] >= max(0.4, 10 * chance), (pointing.to_dict(), chance, auc)
