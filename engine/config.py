@@ -74,7 +74,7 @@ class ModelConfig:
     weights: str = ""  # optional local .pt/.pth/.safetensors state dict to start from
     output_stride: int = 32  # 32 = the architecture as published; 16 or 8 dilate the last stages (finer CAM)
     channels_last: bool = True  # channels_last memory format on GPU
-    compile: bool = False  # torch.compile the model for inference on GPU
+    compile: bool = True  # torch.compile the model actors on GPU (ignored on CPU; eager when compiling fails)
 
 
 @dataclass(frozen=True)

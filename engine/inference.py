@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 
 from engine.boxes import BoxParams
 from engine.stages import pseudo_boxes, refined_peak_columns
+
+log = logging.getLogger(__name__)
 
 PASS_THROUGH = (
     "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
@@ -67,7 +70,11 @@ class ClassifyCamStage:
         self.refine = settings.with_cam and settings.refine and self.method == "fused"
         self.local = threading.local()  # per calling thread: its CUDA stream (infer.calls_per_actor > 1)
         if compiled and min(settings.warmup) > 0:  # compile once here, not in concurrent first calls
-            self._run_model(self._model_input(torch.zeros(settings.warmup, dtype=torch.uint8, device=self.device)))
+            try:
+                self._run_model(self._model_input(torch.zeros(settings.warmup, dtype=torch.uint8, device=self.device)))
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager model does the same work
+                log.warning("torch.compile failed (%s: %s); running the eager model", type(exc).__name__, exc)
+                self.forward, self.features = self.model, self.model.forward_features
 
     def _stream(self) -> Any:
         """Returns this thread's CUDA stream context (a no-op on CPU): concurrent calls overlap copy and compute."""
