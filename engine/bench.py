@@ -24,7 +24,7 @@ from engine.cam import fused_cam, fused_cam_with_evidence, gap_linear_weights, n
 from engine.config import Config
 from engine.decode import decode_gray8
 from engine.letterbox import letterbox
-from engine.model import load_model, normalize_canvas
+from engine.model import bf16_autocast, load_model, normalize_canvas
 from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, refined_peak_columns, safe_relative_path
 from engine.tables import TableWriter, resolve_fs
 
@@ -99,11 +99,6 @@ def _device(cfg: Config) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu != "false" else "cpu")
 
 
-def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
-    """Returns the actor's autocast: bf16 on GPU when `train.amp`, off on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.amp)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -117,6 +112,7 @@ def model_only(cfg: Config, compiled: bool = False) -> float:
     """
     device = _device(cfg)
     model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval().requires_grad_(False)
+    amp = device.type == "cuda" and cfg.train.amp  # the actor's bf16 autocast
     weight = gap_linear_weights(model)
     forward = torch.compile(model.forward_features) if compiled else model.forward_features
     canvas = torch.randint(0, 255, (cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width), dtype=torch.uint8)
@@ -124,11 +120,11 @@ def model_only(cfg: Config, compiled: bool = False) -> float:
 
     def step() -> None:
         if cfg.cam.refine:
-            with _autocast(cfg, device):
+            with bf16_autocast(amp):
                 _, cams, evidence = fused_cam_with_evidence(model, x, weight, forward)
             refine_cell_centres(evidence, cams.shape[1], cams.shape[2], cfg.cam.refine_reach, cfg.cam.refine_power)
             return
-        with torch.inference_mode(), _autocast(cfg, device):
+        with torch.inference_mode(), bf16_autocast(amp):
             features = forward(x)
             model.forward_head(features)
             fused_cam(features.float(), weight.float())
@@ -167,6 +163,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
 
     device = _device(cfg)
     model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval().requires_grad_(False)
+    amp = device.type == "cuda" and cfg.train.amp  # the actor's bf16 autocast
     weight, params = gap_linear_weights(model), box_params(cfg)
     writer = TableWriter(run_dir, "bench", overwrite=True)
     profile: dict[str, float] = defaultdict(float)
@@ -177,7 +174,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
             x = normalize_canvas(torch.from_numpy(batch["canvas"]).to(device))
         centres = None
         if cfg.cam.refine:  # "forward" holds forward + CAM + the evidence backward: one autograd pass
-            with _timed(profile, "forward"), _autocast(cfg, device):
+            with _timed(profile, "forward"), bf16_autocast(amp):
                 logits, cams, evidence = fused_cam_with_evidence(model, x, weight)
                 probs = torch.sigmoid(logits).cpu().numpy()
             with _timed(profile, "refine"):
@@ -185,7 +182,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
                 centres = refine_cell_centres(evidence, h, w, cfg.cam.refine_reach, cfg.cam.refine_power)
                 centres = centres.cpu().numpy()
         else:
-            with _timed(profile, "forward"), torch.inference_mode(), _autocast(cfg, device):
+            with _timed(profile, "forward"), torch.inference_mode(), bf16_autocast(amp):
                 features = model.forward_features(x)
                 probs = torch.sigmoid(model.forward_head(features)[:, 0].float()).cpu().numpy()
             with _timed(profile, "cam"), torch.inference_mode():

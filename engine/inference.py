@@ -98,11 +98,10 @@ class ClassifyCamStage:
     def _run_model(self, x: Any) -> tuple[Any, Any, Any]:
         """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None)."""
         from engine.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
+        from engine.model import bf16_autocast
 
         torch = self.torch
-        autocast = torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.settings.amp
-        )
+        autocast = bf16_autocast(self.device.type == "cuda" and self.settings.amp)
         if not self.settings.with_cam:
             with torch.inference_mode(), autocast:
                 return self.forward(x)[:, 0].float(), None, None

@@ -64,6 +64,11 @@ def _load_start_weights(model: nn.Module, path: str) -> None:
     log.info("loaded %d tensors from %s (skipped %d: %s)", len(kept), path, len(skipped), skipped[:5])
 
 
+def bf16_autocast(enabled: bool) -> torch.autocast:
+    """Returns the CUDA bf16 autocast context of training, the model actors and the bench (off when not enabled)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
 def canvas_to_unit(canvas: torch.Tensor) -> torch.Tensor:
     """Returns float (B, 1, H, W) in [0, 1] from uint8 (B, H, W) canvases, on their device."""
     return canvas.to(torch.float32).div_(255.0).unsqueeze(1)

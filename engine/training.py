@@ -20,7 +20,7 @@ from torch import nn
 from engine.augment import augment
 from engine.config import Config
 from engine.metrics import binary_metrics
-from engine.model import arch_info, build_classifier, canvas_to_unit, imagenet_normalize, save_model
+from engine.model import arch_info, bf16_autocast, build_classifier, canvas_to_unit, imagenet_normalize, save_model
 from engine.tables import write_part
 
 
@@ -72,7 +72,7 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
             continue
         x = augment(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])), cfg.train, ctx["gen"])
         y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+        with bf16_autocast(ctx["amp"]):
             logits = model(imagenet_normalize(x))[:, 0].float()
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -95,7 +95,7 @@ def validate(model: nn.Module, shard: Any, loss_fn: nn.Module, ctx: dict, out: E
         if not ok.any():
             continue
         x = imagenet_normalize(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+        with bf16_autocast(ctx["amp"]):
             logits = model(x)[:, 0].float()
         y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
         out.val_loss_sum += float(loss_fn(logits, y)) * int(ok.sum())
