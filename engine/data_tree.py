@@ -17,7 +17,10 @@ from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
+from engine.parsing import parse_image_size
 from engine.tables import resolve_fs
+
+HEADER_PROBE_BYTES = 65536  # a JPEG SOF marker sits in the first few KB unless EXIF/ICC data precede it
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,19 @@ def open_data_tree(data_root: str | Path, filesystem: pafs.FileSystem | None = N
     root = str(data_root)
     on_disk = local_path(filesystem, root)
     return LocalTree(on_disk) if on_disk is not None else ArrowTree(filesystem, root)
+
+
+def read_image_size(path: str | Path, tree: DataTree | None = None) -> tuple[int, int] | None:
+    """Returns an image's (width, height) from its JPEG/PNG header, or None if unreadable.
+
+    `path` is a local path, or a path of `tree` when given.
+    """
+    try:
+        with tree.open(str(path)) if tree is not None else open(path, "rb") as handle:
+            header = handle.read(HEADER_PROBE_BYTES)
+            size = parse_image_size(header)
+            if size is None and len(header) == HEADER_PROBE_BYTES:
+                size = parse_image_size(header + handle.read())
+    except OSError:
+        return None
+    return size

@@ -1,116 +1,89 @@
-"""Walks a BS-80K-shaped data root into the index, gt_boxes and errors DataFrames (DESIGN.md §2, §6).
+"""Walks a data root into the index, gt_boxes and errors DataFrames: BS-80K here, other layouts in engine/layouts.py.
 
 The root is a local path, a storage URI (`file://`, `s3://`, …) or a path in a given pyarrow filesystem
 (engine/data_tree.py). Every folder, label file, image and XML must resolve inside the data root; nothing
 outside is opened. Images are never decoded, only their JPEG/PNG headers read; XMLs and headers are read
 by a thread pool (one request each on object stores). Accounting: `lines_listed == len(index) +
-errors["line"].notna().sum()`: exactly the label-line errors carry a line (others have NA).
+len(listing_errors())`; in BS-80K roots exactly the label-line errors carry a line (others have NA).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
 import pyarrow.fs as pafs
 
-from engine.data_tree import DataTree, TreeEntry, open_data_tree
+from engine.data_tree import DataTree, TreeEntry, open_data_tree, read_image_size
+from engine.index_tables import (
+    BS80K_LAYOUT,
+    ERROR_COLUMNS,
+    GT_BOX_COLUMNS,
+    INDEX_COLUMNS,
+    IndexAccumulator,
+    IndexResult,
+)
+from engine.layouts import LayoutSettings, check_layout, index_layout
 from engine.parsing import (
     IMAGE_EXTENSIONS,
-    STAGE,
     DataError,
     FolderInfo,
     LabelLine,
     ParseError,
     VocBox,
     parse_folder_name,
-    parse_image_size,
     parse_label_file,
     parse_voc_xml,
 )
 
-# Column name -> pandas dtype. "str" is pandas' string dtype (missing values read as NA, not None).
-INDEX_COLUMNS = {
-    "image_id": "str", "folder": "str", "part": "str", "side": "str", "view": "str", "patient_id": "str",
-    "path": "str", "label": "int8", "is_whole_body": "bool", "has_xml": "bool", "xml_path": "str", "line": "int32",
-}  # fmt: skip
-GT_BOX_COLUMNS = {
-    "image_id": "str", "view": "str", "patient_id": "str", "cls": "str",
-    "x1": "int32", "y1": "int32", "x2": "int32", "y2": "int32", "repaired": "str",
-}  # fmt: skip
-ERROR_COLUMNS = {"file": "str", "line": "Int32", "image_id": "str", "stage": "str", "reason": "str"}
+__all__ = ["ERROR_COLUMNS", "GT_BOX_COLUMNS", "INDEX_COLUMNS", "IndexResult", "LayoutSettings", "build_index",
+           "build_layout_index", "read_image_size"]  # fmt: skip
 WHOLE_BODY_PART = "wholeBody"  # DESIGN.md §2: only whole-body folders have VOC XML in <folder>/<view lower>/
-HEADER_PROBE_BYTES = 65536  # a JPEG SOF marker sits in the first few KB unless EXIF/ICC data precede it
 READ_THREADS = 16  # concurrent XML/header reads: latency-bound on object stores and network disks
 READ_CHUNK = 1024  # label lines whose reads are in flight at once (bounds memory at 100x BS-80K)
 _Entries = dict[str, TreeEntry]  # a directory listing by name
 _Loaded = dict[str, tuple[bytes | OSError, tuple[int, int] | None]]  # xml path -> (bytes or error, image size)
 
 
-@dataclass(frozen=True)
-class IndexResult:
-    """The three index tables plus the count of non-blank label lines read (each names one image)."""
-
-    index: pd.DataFrame  # INDEX_COLUMNS, one row per indexed image
-    gt_boxes: pd.DataFrame  # GT_BOX_COLUMNS, original-image px, 0-based, x2/y2 exclusive
-    errors: pd.DataFrame  # ERROR_COLUMNS
-    lines_listed: int
-
-
-@dataclass
-class _IndexAccumulator:
-    """Rows gathered while walking; `result()` sorts them into deterministic frames."""
-
-    tree: DataTree
-    pool: Executor
-    index_rows: list[dict] = field(default_factory=list)
-    boxes_by_image: dict[str, list[dict]] = field(default_factory=dict)
-    errors: list[ParseError] = field(default_factory=list)
-    lines_listed: int = 0
-
-    def error(self, file: str, reason: str, image_id: str | None = None, line: int | None = None) -> None:
-        """Records one error row of the index stage."""
-        self.errors.append(ParseError(file=file, line=line, stage=STAGE, reason=reason, image_id=image_id))
-
-    def result(self) -> IndexResult:
-        """Returns the frames, sorted so that the output does not depend on listing order."""
-        rows = sorted(self.index_rows, key=_image_sort_key)
-        boxes = [box for row in rows for box in self.boxes_by_image.get(row["image_id"], [])]
-        errors = sorted(self.errors, key=lambda e: (e.file, e.line or 0, e.image_id or "", e.reason))
-        error_rows = [{name: getattr(error, name) for name in ERROR_COLUMNS} for error in errors]
-        return IndexResult(
-            index=_frame(rows, INDEX_COLUMNS),
-            gt_boxes=_frame(boxes, GT_BOX_COLUMNS),
-            errors=_frame(error_rows, ERROR_COLUMNS),
-            lines_listed=self.lines_listed,
-        )
-
-
 def build_index(
-    data_root: str | Path, filesystem: pafs.FileSystem | None = None, read_threads: int = READ_THREADS
+    data_root: str | Path,
+    filesystem: pafs.FileSystem | None = None,
+    read_threads: int = READ_THREADS,
+    layout: LayoutSettings | None = None,
 ) -> IndexResult:
-    """Returns the index, gt_boxes and errors frames of a BS-80K-shaped data root.
+    """Returns the index, gt_boxes and errors frames of a data root laid out as `layout` (default: BS-80K).
 
     `data_root` is a local path, a storage URI, or a path inside `filesystem` (e.g. a SubTreeFileSystem).
-    Bad folders, lines, files and XMLs become error rows (accounting: see the module docstring).
+    Bad folders, lines, files and XMLs become error rows (accounting: see the module docstring). The
+    `images` and `dicom` layouts are engine/layouts.py's.
 
     Raises:
         DataError: `data_root` is not a directory.
+        ValueError: `layout` is invalid (engine.layouts.check_layout).
     """
+    settings = layout or LayoutSettings()
+    check_layout(settings)
     tree = open_data_tree(data_root, filesystem)
     if not tree.is_root_dir():
         raise DataError(f"{data_root}: data root is not a directory")
     with ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="index-read") as pool:
-        accumulator = _IndexAccumulator(tree=tree, pool=pool)
+        accumulator = IndexAccumulator(tree=tree, pool=pool)
+        if settings.layout != BS80K_LAYOUT:
+            index_layout(accumulator, settings)
+            return accumulator.result(settings.layout)
         for entry in tree.entries(tree.top).values():
             if entry.is_dir:
                 _index_folder(accumulator, entry)
     return accumulator.result()
 
 
-def _index_folder(acc: _IndexAccumulator, entry: TreeEntry) -> None:
+def build_layout_index(data_root: str, layout: LayoutSettings) -> IndexResult:
+    """Returns build_index(data_root, layout=layout): positional, for engine.pipeline.run_on_worker."""
+    return build_index(data_root, layout=layout)
+
+
+def _index_folder(acc: IndexAccumulator, entry: TreeEntry) -> None:
     """Indexes one top-level folder through its `F/F.txt`, or records why it was skipped."""
     name = entry.name
     info = parse_folder_name(name)
@@ -144,7 +117,7 @@ def _index_folder(acc: _IndexAccumulator, entry: TreeEntry) -> None:
     _report_unlisted(acc, info, files, lines, line_errors)
 
 
-def _read_label_text(acc: _IndexAccumulator, path: str, label_rel: str) -> str | None:
+def _read_label_text(acc: IndexAccumulator, path: str, label_rel: str) -> str | None:
     """Returns the label file as text (invalid UTF-8 replaced and reported), or None if unreadable."""
     try:
         data = acc.tree.read_bytes(path)
@@ -158,7 +131,7 @@ def _read_label_text(acc: _IndexAccumulator, path: str, label_rel: str) -> str |
         return data.decode("utf-8", errors="replace")
 
 
-def _xml_entries(acc: _IndexAccumulator, info: FolderInfo, files: _Entries) -> _Entries:
+def _xml_entries(acc: IndexAccumulator, info: FolderInfo, files: _Entries) -> _Entries:
     """Returns the entries of `<folder>/<view lower>/`, the whole-body XML folder, if it is safe."""
     subfolder = info.view.lower()
     xml_dir = files.get(subfolder)
@@ -176,7 +149,7 @@ def _safe_file(entries: _Entries, name: str) -> TreeEntry | None:
     return entry if entry is not None and entry.is_file and entry.is_inside else None
 
 
-def _load_xml_inputs(acc: _IndexAccumulator, lines: list[LabelLine], files: _Entries, xml_files: _Entries) -> _Loaded:
+def _load_xml_inputs(acc: IndexAccumulator, lines: list[LabelLine], files: _Entries, xml_files: _Entries) -> _Loaded:
     """Reads, concurrently, the XML bytes and image size of every line whose image and XML are safe files."""
     pairs = {}
     for line in lines:
@@ -197,7 +170,7 @@ def _read_xml_input(tree: DataTree, xml_path: str, image_path: str) -> tuple[byt
 
 
 def _index_image(
-    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, files: _Entries, xml_files: _Entries, loaded: _Loaded
+    acc: IndexAccumulator, info: FolderInfo, line: LabelLine, files: _Entries, xml_files: _Entries, loaded: _Loaded
 ) -> None:
     """Adds one listed image to the index (with its boxes), or a missing_file/unsafe_path error row."""
     image_id = f"{info.folder}/{line.filename}"
@@ -213,7 +186,7 @@ def _index_image(
     is_whole_body = info.part == WHOLE_BODY_PART
     xml_path = _index_gt_boxes(acc, info, line, xml_files, loaded) if is_whole_body else None
     # fmt: off
-    acc.index_rows.append({
+    acc.add_row(**{
         "image_id": image_id, "folder": info.folder, "part": info.part, "side": info.side, "view": info.view,
         "patient_id": patient_id, "path": image_id, "label": line.label, "is_whole_body": is_whole_body,
         "has_xml": xml_path is not None, "xml_path": xml_path, "line": line.line,
@@ -222,7 +195,7 @@ def _index_image(
 
 
 def _index_gt_boxes(
-    acc: _IndexAccumulator, info: FolderInfo, line: LabelLine, xml_files: _Entries, loaded: _Loaded
+    acc: IndexAccumulator, info: FolderInfo, line: LabelLine, xml_files: _Entries, loaded: _Loaded
 ) -> str | None:
     """Parses the image's VOC XML into gt box rows and error rows; returns its relative path or None."""
     image_id = f"{info.folder}/{line.filename}"
@@ -251,7 +224,7 @@ def _index_gt_boxes(
 
 
 def _check_label_matches_boxes(
-    acc: _IndexAccumulator, xml_rel: str, image_id: str, label: int, boxes: list[VocBox]
+    acc: IndexAccumulator, xml_rel: str, image_id: str, label: int, boxes: list[VocBox]
 ) -> None:
     """Records label_box_mismatch: abnormal exactly when an Abnormal box exists (DESIGN.md §2)."""
     abnormal = sum(box.cls == "Abnormal" for box in boxes)
@@ -260,7 +233,7 @@ def _check_label_matches_boxes(
 
 
 def _report_unlisted(
-    acc: _IndexAccumulator, info: FolderInfo, files: _Entries, lines: list[LabelLine], line_errors: list[ParseError]
+    acc: IndexAccumulator, info: FolderInfo, files: _Entries, lines: list[LabelLine], line_errors: list[ParseError]
 ) -> None:
     """Records unlisted_file for images in the folder that no label line names (even a bad line)."""
     named = {line.filename for line in lines}
@@ -269,31 +242,3 @@ def _report_unlisted(
         if name.lower().endswith(IMAGE_EXTENSIONS) and name not in named and entry.is_file:
             image_id = f"{info.folder}/{name}"
             acc.error(image_id, "unlisted_file: on disk but not in the label file; not indexed", image_id)
-
-
-def _image_sort_key(row: dict) -> tuple:
-    """Returns the (folder, numeric patient_id, patient_id, filename) key; numeric ids sort first."""
-    patient_id = row["patient_id"]
-    is_numeric = patient_id.isascii() and patient_id.isdigit()
-    return (row["folder"], not is_numeric, int(patient_id) if is_numeric else 0, patient_id, row["path"])
-
-
-def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
-    """Returns a frame with exactly `columns` (name -> dtype), also when `rows` is empty."""
-    return pd.DataFrame({name: pd.Series([row[name] for row in rows], dtype=dtype) for name, dtype in columns.items()})
-
-
-def read_image_size(path: str | Path, tree: DataTree | None = None) -> tuple[int, int] | None:
-    """Returns an image's (width, height) from its JPEG/PNG header, or None if unreadable.
-
-    `path` is a local path, or a path of `tree` when given.
-    """
-    try:
-        with tree.open(str(path)) if tree is not None else open(path, "rb") as handle:
-            header = handle.read(HEADER_PROBE_BYTES)
-            size = parse_image_size(header)
-            if size is None and len(header) == HEADER_PROBE_BYTES:
-                size = parse_image_size(header + handle.read())
-    except OSError:
-        return None
-    return size

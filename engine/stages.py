@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from engine.boxes import BoxParams, RefinedPeaks, boxes_for_batch, refined_peaks
-from engine.decode import DecodeError, decode_gray8
+from engine.counts import CountScale, parse_count_scale
+from engine.decode import DecodeError, decode_scan
+from engine.dicom import split_frame_path
 from engine.letterbox import canvas_to_original_batch, letterbox
 from engine.tables import resolve_fs
 
@@ -36,21 +38,30 @@ def safe_relative_path(root: str, relative: str) -> str:
     return full
 
 
-def decode_batch(batch: dict[str, np.ndarray], data_root: str, canvas_h: int, canvas_w: int) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], data_root: str, canvas_h: int, canvas_w: int, count_scale: str | CountScale = "max"
+) -> dict[str, np.ndarray]:
     """Reads, decodes and letterboxes every row's `path`; a failure fills `error` and a zero canvas.
 
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/dicom.py); image files and DICOM frames
+    become grey levels through the same `count_scale` rule (engine/counts.py).
+
     Returns the input columns plus `canvas` (B, canvas_h, canvas_w) uint8, the letterbox meta
-    columns (META_COLUMNS) and `error` ("" when the row is fine, else `reason: detail`).
+    columns (META_COLUMNS), `count_rule` (the rule string), `counts_per_grey` (float32 divisor used,
+    NaN on failed rows) and `error` ("" when the row is fine, else `reason: detail`).
     """
+    scale = parse_count_scale(count_scale) if isinstance(count_scale, str) else count_scale
     fs, root = resolve_fs(data_root)
     n = len(batch["path"])
     canvas = np.zeros((n, canvas_h, canvas_w), dtype=np.uint8)
     meta = {name: np.zeros(n, dtype=np.float32 if name == "scale" else np.int32) for name in META_COLUMNS}
+    factors = np.full(n, np.nan, dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     for i, relative in enumerate(batch["path"]):
+        file, frame = split_frame_path(str(relative))
         try:
-            with fs.open_input_file(safe_relative_path(root, str(relative))) as handle:
-                image = decode_gray8(handle.read())
+            with fs.open_input_file(safe_relative_path(root, file)) as handle:
+                image, factors[i] = decode_scan(handle.read(), frame, scale)
             canvas[i], lb = letterbox(image, canvas_h, canvas_w)
             for name in META_COLUMNS:
                 meta[name][i] = getattr(lb, name)
@@ -62,7 +73,8 @@ def decode_batch(batch: dict[str, np.ndarray], data_root: str, canvas_h: int, ca
             errors[i] = f"read_error: {type(exc).__name__}: {exc}"
     meta["canvas_h"][:] = canvas_h
     meta["canvas_w"][:] = canvas_w
-    return {**batch, "canvas": canvas, **meta, "error": errors}
+    rules = np.full(n, scale.rule, dtype=object)
+    return {**batch, "canvas": canvas, **meta, "count_rule": rules, "counts_per_grey": factors, "error": errors}
 
 
 def body_boxes(batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -182,7 +182,8 @@ def test_frames_have_exactly_the_documented_columns_and_dtypes_even_when_empty(m
             assert list(frame.columns) == list(columns)
             assert [str(dtype) for dtype in frame.dtypes] == list(columns.values())
     assert list(INDEX_COLUMNS.values()) == [
-        "str", "str", "str", "str", "str", "str", "str", "int8", "bool", "bool", "str", "int32"]  # fmt: skip
+        "str", "str", "str", "str", "str", "str", "str", "Int8", "bool", "bool", "str", "Int32",
+        "Float32", "Float32", "str"]  # fmt: skip
     assert list(ERROR_COLUMNS.values()) == ["str", "Int32", "str", "str", "str"]
 
 
