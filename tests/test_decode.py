@@ -1,4 +1,4 @@
-"""decode_gray8: any common image bytes -> uint8 (H, W), or a DecodeError whose message starts with its code."""
+"""decode_gray8 and the count rules: image bytes -> uint8 (H, W), or a DecodeError that starts with its code."""
 
 import struct
 import zlib
@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
-from engine.decode import MAX_SIDE_PX, DecodeError, decode_gray8
+from engine.counts import MAX_SCALE, CountScale, counts_to_gray8, parse_count_scale
+from engine.decode import MAX_SIDE_PX, DecodeError, decode_gray8, decode_scan
+
+COUNTS = np.array([[0, 50], [100, 200]], np.uint16)  # hand-worked below
 
 
 def encode(ext: str, image: np.ndarray, *params: int) -> bytes:
@@ -162,3 +165,61 @@ def test_16_bit_scaling_keeps_pixel_order_and_maps_the_maximum_to_255(image):
     if flat.max() > 0:
         assert (decoded[flat == flat.max()] == 255).all()
     assert (decoded[flat == 0] == 0).all()
+
+
+def test_count_rules_parse_and_print_back():
+    assert parse_count_scale(" MAX ") == MAX_SCALE
+    assert parse_count_scale("p99.5") == CountScale("percentile", 99.5)
+    assert parse_count_scale("fixed:0.5") == CountScale("fixed", 0.5)
+    assert [parse_count_scale(rule).rule for rule in ("max", "p99.5", "p100", "fixed:2")] == [
+        "max", "p99.5", "p100", "fixed:2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("rule", ["mean", "p0", "p101", "fixed:0", "fixed:-1", "fixed:", "p"])
+def test_an_unknown_count_rule_names_the_choices(rule):
+    with pytest.raises(ValueError, match=r"count_scale .*: unknown rule \(choices: max, p<q>"):
+        parse_count_scale(rule)
+
+
+def test_max_rule_maps_the_peak_to_255():
+    grey, factor = counts_to_gray8(COUNTS, MAX_SCALE)
+    np.testing.assert_array_equal(grey, [[0, 64], [128, 255]])  # 50 * 255 / 200 = 63.75; 127.5 rounds to even
+    assert factor == pytest.approx(200 / 255)
+
+
+def test_percentile_rule_saturates_the_hot_pixels_above_the_percentile():
+    grey, factor = counts_to_gray8(COUNTS, parse_count_scale("p50"))  # median of 0, 50, 100, 200 = 75
+    np.testing.assert_array_equal(grey, [[0, 170], [255, 255]])  # 50 * 255 / 75 = 170; 100 and 200 clip
+    assert factor == pytest.approx(75 / 255)
+
+
+def test_fixed_rule_uses_the_same_counts_per_grey_level_for_every_image():
+    grey, factor = counts_to_gray8(COUNTS, parse_count_scale("fixed:0.5"))
+    np.testing.assert_array_equal(grey, [[0, 100], [200, 255]])
+    assert factor == 0.5
+    np.testing.assert_array_equal(counts_to_gray8(COUNTS * 0 + 3, parse_count_scale("fixed:0.5"))[0], 6)
+
+
+def test_an_empty_scan_under_a_percentile_rule_stays_black_without_dividing_by_zero():
+    zeros = np.zeros((4, 4), np.uint16)
+    for rule in ("max", "p99.5", "fixed:1"):
+        grey, factor = counts_to_gray8(zeros, parse_count_scale(rule))
+        assert not grey.any() and factor > 0
+
+
+def test_8_bit_images_are_grey_levels_already_and_pass_every_rule_unchanged():
+    image = np.array([[0, 7], [90, 255]], np.uint8)
+    for rule in ("max", "p50", "fixed:0.25"):
+        grey, factor = decode_scan(encode(".png", image), scale=parse_count_scale(rule))
+        np.testing.assert_array_equal(grey, image)
+        assert factor == 1.0
+
+
+def test_decode_gray8_applies_the_given_rule_to_a_16_bit_png():
+    decoded = decode_gray8(encode(".png", COUNTS), parse_count_scale("fixed:0.5"))
+    np.testing.assert_array_equal(decoded, [[0, 100], [200, 255]])
+
+
+def test_bytes_asked_for_a_dicom_frame_that_are_not_dicom_are_refused_with_a_code():
+    with pytest.raises(DecodeError, match=r"^unreadable_dicom: "):
+        decode_scan(encode(".png", COUNTS), frame=0)
