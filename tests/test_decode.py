@@ -1,7 +1,10 @@
 """decode_gray8 and the count rules: image bytes -> uint8 (H, W), or a DecodeError that starts with its code."""
 
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -223,3 +226,10 @@ def test_decode_gray8_applies_the_given_rule_to_a_16_bit_png():
 def test_bytes_asked_for_a_dicom_frame_that_are_not_dicom_are_refused_with_a_code():
     with pytest.raises(DecodeError, match=r"^unreadable_dicom: "):
         decode_scan(encode(".png", COUNTS), frame=0)
+
+
+def test_decode_counts_and_dicom_modules_import_neither_ray_nor_pyarrow():
+    code = "import sys, engine.decode, engine.dicom; print('ray' in sys.modules, 'pyarrow' in sys.modules)"  # + counts
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
