@@ -66,17 +66,27 @@ def parse_count_scale(rule: str) -> CountScale:
     raise ValueError(f"count_scale {rule!r}: unknown rule (choices: {RULE_CHOICES})")
 
 
-def counts_per_grey(counts: np.ndarray, scale: CountScale) -> float:
-    """Returns the counts that make one grey level for this image under `scale` (always > 0)."""
+def percentile_counts(counts: np.ndarray, q: float) -> float:
+    """Returns np.percentile(counts, q) (linear interpolation), from a histogram for uint16 counts (~3x faster)."""
+    if counts.dtype != np.uint16:
+        return float(np.percentile(counts, q))
+    cumulative = np.cumsum(np.bincount(counts.ravel()))
+    position = q / 100 * (counts.size - 1)
+    below, above = int(np.floor(position)), int(np.ceil(position))
+    low, high = (int(np.searchsorted(cumulative, k, side="right")) for k in (below, above))  # k-th smallest
+    return low + (high - low) * (position - below)
+
+
+def grey_gain(counts: np.ndarray, scale: CountScale) -> float:
+    """Returns the grey levels per count of this image under `scale` (always > 0)."""
     if scale.kind == "fixed":
-        return float(scale.value)
-    if scale.kind == "percentile":
-        reference = float(np.percentile(counts, scale.value)) if counts.size else 0.0
-        if reference <= 0:  # a mostly empty image: fall back to its peak, never divide by zero
-            reference = float(counts.max()) if counts.size else 0.0
-    else:
-        reference = float(counts.max()) if counts.size else 0.0
-    return max(reference, 1.0) / MAX_GREY
+        return 1.0 / scale.value
+    reference = 0.0
+    if counts.size and scale.kind == "percentile":
+        reference = percentile_counts(counts, scale.value)
+    if reference <= 0 and counts.size:  # `max`, or a mostly empty image: its peak, never divide by zero
+        reference = float(counts.max())
+    return MAX_GREY / max(reference, 1.0)
 
 
 def counts_to_gray8(counts: np.ndarray, scale: CountScale = MAX_SCALE) -> tuple[np.ndarray, float]:
@@ -88,10 +98,6 @@ def counts_to_gray8(counts: np.ndarray, scale: CountScale = MAX_SCALE) -> tuple[
     """
     if counts.dtype == np.uint8:
         return counts, 1.0
-    factor = counts_per_grey(counts, scale)
-    if scale.kind == "max":
-        peak = max(int(counts.max()) if counts.size else 0, 1)
-        grey = (counts.astype(np.float32) * (255.0 / peak)).round()
-    else:
-        grey = np.minimum((counts.astype(np.float64) / factor).round(), MAX_GREY)
-    return grey.astype(np.uint8), factor
+    gain = grey_gain(counts, scale)
+    grey = np.minimum((counts.astype(np.float32) * gain).round(), MAX_GREY)
+    return grey.astype(np.uint8), 1.0 / gain

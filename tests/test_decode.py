@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.counts import MAX_SCALE, CountScale, counts_to_gray8, parse_count_scale
+from engine.counts import MAX_SCALE, CountScale, counts_to_gray8, parse_count_scale, percentile_counts
 from engine.decode import MAX_SIDE_PX, DecodeError, decode_gray8, decode_scan
 
 COUNTS = np.array([[0, 50], [100, 200]], np.uint16)  # hand-worked below
@@ -194,6 +195,12 @@ def test_percentile_rule_saturates_the_hot_pixels_above_the_percentile():
     grey, factor = counts_to_gray8(COUNTS, parse_count_scale("p50"))  # median of 0, 50, 100, 200 = 75
     np.testing.assert_array_equal(grey, [[0, 170], [255, 255]])  # 50 * 255 / 75 = 170; 100 and 200 clip
     assert factor == pytest.approx(75 / 255)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.uint16, hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=12)), st.floats(0, 100))
+def test_histogram_percentile_equals_numpy_linear_percentile(counts, q):
+    assert percentile_counts(counts, q) == pytest.approx(float(np.percentile(counts, q)), abs=1e-6)
 
 
 def test_fixed_rule_uses_the_same_counts_per_grey_level_for_every_image():
