@@ -16,7 +16,6 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
-import pydicom.errors
 import pydicom.pixels
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -63,13 +62,19 @@ def read_nm_frames(source: BinaryIO) -> list[DicomFrame]:
     """Returns the frames of an NM DICOM file, reading its header only (never the pixel data).
 
     Raises:
-        DicomError: `unreadable_dicom` (not DICOM, truncated header), `not_nm`, `bad_frames`.
+        DicomError: `unreadable_dicom` (not DICOM, truncated or malformed header), `not_nm`, `bad_frames`.
     """
     try:
-        header = pydicom.dcmread(source, stop_before_pixels=True)
-        modality = str(header.get("Modality", "") or "")
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return _nm_frames(pydicom.dcmread(source, stop_before_pixels=True))
+    except DicomError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom parses lazily and raises many types on broken files
         raise DicomError(f"unreadable_dicom: {type(exc).__name__}: {exc}") from exc
+
+
+def _nm_frames(header: pydicom.Dataset) -> list[DicomFrame]:
+    """Returns the frame records of a parsed header (read_nm_frames)."""
+    modality = str(header.get("Modality", "") or "")
     if modality != NM_MODALITY:
         raise DicomError(f"not_nm: Modality {modality!r}, only {NM_MODALITY!r} (nuclear medicine) is scored")
     frames = _frame_count(header)
@@ -140,9 +145,10 @@ def read_frame_counts(source: BinaryIO, frame: int) -> np.ndarray:
             cannot decode, e.g. a compressed transfer syntax without its plugin).
     """
     try:
-        header = pydicom.dcmread(source, stop_before_pixels=True)
-        frames = _frame_count(header)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        frames = _frame_count(pydicom.dcmread(source, stop_before_pixels=True))
+    except DicomError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in read_nm_frames
         raise DicomError(f"unreadable_dicom: {type(exc).__name__}: {exc}") from exc
     if not 0 <= frame < frames:
         raise DicomError(f"bad_frames: frame {frame} requested, the file holds {frames} (0..{frames - 1})")

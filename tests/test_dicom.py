@@ -1,5 +1,6 @@
 """NM DICOM studies written with pydicom: header records, frame counts, the `dicom` layout and its decode."""
 
+import io
 from pathlib import Path
 
 import cv2
@@ -182,3 +183,23 @@ def test_decode_batch_reports_a_missing_frame_a_corrupt_file_and_a_non_dicom_fra
     assert [error.split(":")[0] for error in out["error"]] == ["bad_frames", "unreadable_dicom", "unreadable_dicom", ""]
     assert np.isnan(out["counts_per_grey"][:3]).all() and out["counts_per_grey"][3] > 0
     assert not out["canvas"][:3].any() and out["canvas"][3].any()
+
+
+def test_a_dicom_header_cut_anywhere_or_with_a_flipped_byte_is_unreadable_dicom_not_a_crash(study):
+    path, _ = study
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    cases = [data[:cut] for cut in range(0, 1200, 23)]
+    for _ in range(40):
+        flipped = bytearray(data)
+        flipped[int(rng.integers(128, 1200))] ^= int(rng.integers(1, 256))
+        cases.append(bytes(flipped))
+    reasons = set()
+    for case in cases:
+        for read in (read_nm_frames, lambda source: read_frame_counts(source, 1)):
+            try:
+                read(io.BytesIO(case))
+            except DicomError as exc:
+                reasons.add(str(exc).split(":")[0])
+    assert reasons <= {"unreadable_dicom", "not_nm", "bad_frames", "undecodable"}
+    assert "unreadable_dicom" in reasons
