@@ -42,28 +42,36 @@ def select_rows(cfg: Config, splits: tuple[str, ...] | None, whole_body_view_onl
 
 
 def run_train(cfg: Config) -> StageSummary:
-    """Trains the classifier with Ray Train on the train split; re-running resumes the same run."""
+    """Trains the classifier with Ray Train on the train split; re-running resumes the same run.
+
+    Only `train` is split among the workers (Ray's `streaming_split(equal=True)` drops up to
+    num_workers - 1 rows per epoch to equalise the shards); rank 0 scores the whole val set.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from engine.pipeline import image_stream, init_ray, use_gpu
+    from engine.pipeline import check_train_fits, image_stream, init_ray, use_gpu
     from engine.training import train_loop_per_worker
 
     summary = StageSummary("train")
     if cfg.run.overwrite:
         _clear_training(cfg)
     init_ray(cfg.ray)
+    gpu = use_gpu(cfg.train.use_gpu)
+    check_train_fits(cfg, gpu)
     rows = select_rows(cfg, ("train", "val"))
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     n_pos = int(train_rows["label"].sum())
-    pos_weight = (len(train_rows) - n_pos) / max(1, n_pos)  # BCE pos_weight = N_neg / N_pos (DESIGN.md §3)
+    pos_weight = (len(train_rows) - n_pos) / max(1, n_pos)  # BCE pos_weight = N_neg / N_pos, the seed's weighting
     workers = cfg.train.num_workers
     steps = math.ceil(len(train_rows) / (cfg.train.batch_size * workers))
     storage = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "steps_per_epoch": steps, "pos_weight": pos_weight, "run_id": _run_id(cfg)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu(cfg.train.use_gpu)),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": cfg.train.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
             name="train_state",
             storage_path=storage,
@@ -71,25 +79,39 @@ def run_train(cfg: Config) -> StageSummary:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": image_stream(train_rows, cfg), "val": image_stream(val_rows, cfg)},
-        dataset_config=ray.train.DataConfig(datasets_to_split="all", execution_options=_ordered()),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
     )
     trainer.fit()
     save_config(cfg, "train")
+    _count_rows(cfg, summary, len(train_rows), len(val_rows))
+    summary.extra["pos_weight"] = round(pos_weight, 4)
+    summary.save(cfg.run.dir)
+    return summary.finish()
+
+
+def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) -> None:
+    """Fills the train summary: rows in = train + val rows selected; ok = rows the last epoch trained on or scored."""
+    import pyarrow.dataset as pads
+
     epochs = read_table(cfg.run.dir, "epochs").sort_values("epoch")
-    summary.rows_in = len(train_rows) + len(val_rows)
     errors = read_table(cfg.run.dir, "errors")
-    summary.add_errors(errors.loc[errors["stage"] == "train", "reason"])
-    summary.rows_ok = summary.rows_in - sum(summary.errors.values())
-    summary.tables = {"epochs": len(epochs), "preds (stage=train)": int(len(val_rows) * len(epochs))}
+    errors = errors[errors["stage"] == "train"]
+    summary.add_errors(errors["reason"])
+    last = int(epochs["epoch"].iloc[-1]) if len(epochs) else -1
+    preds = read_table(cfg.run.dir, "preds", (pads.field("stage") == "train") & (pads.field("epoch") == last))
+    trained = int(epochs["images"].iloc[-1]) if len(epochs) else 0
+    summary.rows_in = n_train + n_val
+    summary.rows_ok = trained + len(preds)
+    summary.tables = {"epochs": len(epochs), "preds (stage=train)": int(n_val * len(epochs))}
     best = epochs.loc[epochs["val_auc"].idxmax()] if epochs["val_auc"].notna().any() else None
     summary.extra.update(
-        epochs=len(epochs), pos_weight=round(pos_weight, 4),
+        epochs=len(epochs), train_rows_seen=trained, val_rows_scored=len(preds),
+        # Ray's equal split drops up to num_workers - 1 train rows per epoch so that every worker steps alike.
+        train_rows_unseen=n_train - trained - int((errors["split"] == "train").sum()),
         best_epoch=None if best is None else int(best["epoch"]),
         best_val_auc=None if best is None else float(best["val_auc"]),
         train_img_per_s=float(epochs["img_per_s"].mean()) if len(epochs) else 0.0,
     )  # fmt: skip
-    summary.save(cfg.run.dir)
-    return summary.finish()
 
 
 def _ordered() -> object:

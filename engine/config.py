@@ -1,7 +1,11 @@
 """Typed run configuration: frozen dataclasses loaded from YAML with dotted `key=value` overrides.
 
 `load_config("conf/default.yaml", ["boxes.nms_iou=0.2"])` reads the YAML, applies the overrides and
-builds the dataclass tree. Unknown keys and wrong types raise `ConfigError` naming file, line and key.
+builds the dataclass tree. Unknown keys, wrong types, values outside a field's `Literal` choices or its
+`Range` raise `ConfigError` naming file, line, key and what is allowed.
+
+The dataclass field defaults below are the only defaults: a YAML file under conf/ sets just what differs
+from them (tests/test_config.py refuses a conf file that restates a default).
 """
 
 from __future__ import annotations
@@ -9,19 +13,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from engine.config_yaml import ConfigError, apply_override, build_dataclass, load_yaml_with_lines
+from engine.config_yaml import ConfigError, Range, apply_override, build_dataclass, load_yaml_with_lines
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config"]
+
+Fraction = Annotated[float, Range(0.0, 1.0)]  # a probability, share or IoU
+Positive = Annotated[int, Range(1)]  # a count or size that must be at least 1
+Count = Annotated[int, Range(0)]  # a count where 0 means none (or: automatic, where the field says so)
+NonNegative = Annotated[float, Range(0.0)]
+PositiveFloat = Annotated[float, Range(0.0, low_open=True)]
+SplitName = Literal["train", "val", "test"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data/synth"  # dataset root: a BS-80K-shaped folder, local path or storage URI
-    view: str = "POST"  # whole-body view trained and scored: ANT, POST or BOTH (DESIGN.md §3: POST)
+    view: Literal["ANT", "POST", "BOTH"] = "POST"  # whole-body view trained and scored (the seed trained POST)
 
 
 @dataclass(frozen=True)
@@ -33,27 +44,27 @@ class RunConfig:
 @dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # Ray cluster to attach to; empty: RAY_ADDRESS or an embedded local Ray
-    num_cpus: int = 0  # CPUs for an embedded Ray (0: all of this machine's)
-    decode_batch_size: int = 16  # images per decode + letterbox task
-    decode_num_cpus: float = 1.0  # CPUs reserved per decode task
+    num_cpus: Count = 0  # CPUs for an embedded Ray (0: all of this machine's)
+    decode_batch_size: Positive = 16  # images per decode + letterbox task
+    decode_num_cpus: NonNegative = 1.0  # CPUs reserved per decode task (fractions allowed, e.g. 0.5)
     ship_code: bool = True  # attached to a cluster: upload engine/ and schemas/ (runtime_env py_modules)
-    max_input_blocks: int = 1000  # index rows enter the stream in at most this many blocks (~5 ms driver time each)
+    max_input_blocks: Positive = 1000  # index rows enter the stream in at most this many blocks (~5 ms each)
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     out: str = "data/synth"  # where `make synth` writes the generated dataset
-    patients: int = 300  # number of synthetic patients
+    patients: Positive = 300  # number of synthetic patients
     seed: int = 0  # generator seed (same seed: byte-identical dataset)
-    lesion_gain: float = 1.0  # factor on lesion peak uptake (1 = realistic; >1 = easier, e.g. for a CPU demo)
-    lesion_size: float = 1.0  # factor on lesion radius (1 = 3-10 px)
+    lesion_gain: PositiveFloat = 1.0  # factor on lesion peak uptake (1 = realistic; >1 = easier, e.g. for a CPU demo)
+    lesion_size: PositiveFloat = 1.0  # factor on lesion radius (1 = 3-10 px)
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    train: float = 0.8  # share of patients in train (seed: 0.8/0.1/0.1)
-    val: float = 0.1  # share of patients in val; test takes the rest
-    duplicate_groups: tuple[tuple[str, ...], ...] = (  # byte-identical patients kept together, DESIGN.md §2
+    train: Fraction = 0.8  # share of patients in train (seed: 0.8/0.1/0.1)
+    val: Fraction = 0.1  # share of patients in val; test takes the rest
+    duplicate_groups: tuple[tuple[str, ...], ...] = (  # BS-80K patient ids with byte-identical images: one split
         ("828", "2244"),
         ("312", "570"),
         ("831", "3216"),
@@ -63,114 +74,115 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class CanvasConfig:
-    height: int = 1024  # letterbox canvas height, px (DESIGN.md §4.1: portrait 1024 tall)
-    width: int = 512  # letterbox canvas width, px (the seed's landscape canvas was 512 tall x 1024 wide)
+    height: Positive = 1024  # letterbox canvas height, px (portrait: a 256 x 1024 scan at scale 1, 8 x 32 CAM cells)
+    width: Positive = 512  # letterbox canvas width, px (the seed's landscape canvas was 512 tall x 1024 wide)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "hf_hub:timm/resnetrs50.tf_in1k"  # timm model name or hf_hub id (DESIGN.md §3)
+    name: str = "hf_hub:timm/resnetrs50.tf_in1k"  # timm model name or hf_hub id (the seed's model)
     pretrained: bool = True  # load the hub weights; false for offline runs and tests
     weights: str = ""  # optional local .pt/.pth/.safetensors state dict to start from
-    output_stride: int = 32  # 32 = the architecture as published; 16 or 8 dilate the last stages (finer CAM)
+    output_stride: Literal[8, 16, 32] = 32  # 32: the architecture as published; 16 or 8 dilate the last stages
     channels_last: bool = True  # channels_last memory format on GPU
     compile: bool = True  # torch.compile the model actors on GPU (ignored on CPU; eager when compiling fails)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # seed recipe
-    batch_size: int = 16  # per worker; seed recipe
-    lr: float = 1e-4  # AdamW learning rate; seed recipe
-    weight_decay: float = 1e-4  # AdamW weight decay; seed recipe
-    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
-    num_workers: int = 1  # Ray Train workers
-    torch_threads: int = 0  # intra-op threads of a CPU worker; 0 = Ray's default (the worker's 1 CPU)
-    use_gpu: str = "auto"  # auto (when CUDA exists), true or false
+    epochs: Positive = 20  # seed recipe
+    batch_size: Positive = 16  # per worker; seed recipe
+    lr: PositiveFloat = 1e-4  # AdamW learning rate; seed recipe
+    weight_decay: NonNegative = 1e-4  # AdamW weight decay; seed recipe
+    warmup_epochs: NonNegative = 1.0  # linear warm-up before the cosine decay
+    num_workers: Positive = 1  # Ray Train workers
+    cpus_per_worker: NonNegative = 1.0  # CPUs reserved per CPU Train worker (a GPU worker reserves 1 GPU, 0 CPUs)
+    torch_threads: Count = 0  # intra-op threads of a CPU worker; 0 = Ray's default (the worker's CPUs, at least 1)
+    use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: when the Ray cluster has GPUs
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    affine_p: float = 0.7  # probability of the random affine (seed: ±5°, 2% translate, 0.98-1.02 scale)
-    rotate_deg: float = 5.0  # max rotation, degrees
-    translate: float = 0.02  # max translation, fraction of the canvas
-    scale_range: float = 0.02  # max |scale - 1|
-    jitter_p: float = 0.5  # probability of brightness/contrast jitter
-    jitter: float = 0.1  # max relative brightness/contrast change (seed: ±10%)
+    affine_p: Fraction = 0.7  # probability of the random affine (seed: ±5°, 2% translate, 0.98-1.02 scale)
+    rotate_deg: NonNegative = 5.0  # max rotation, degrees
+    translate: Fraction = 0.02  # max translation, fraction of the canvas
+    scale_range: Fraction = 0.02  # max |scale - 1|
+    jitter_p: Fraction = 0.5  # probability of brightness/contrast jitter
+    jitter: Fraction = 0.1  # max relative brightness/contrast change (seed: ±10%)
     max_failures: int = 0  # Ray Train worker-group restarts before the run fails
 
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    mode: str = "youden"  # youden, f1 or sens_atleast (DESIGN.md §3)
-    sens_min: float = 0.85  # minimum sensitivity for sens_atleast
+    mode: Literal["youden", "f1", "sens_atleast"] = "youden"  # youden: max sens + spec - 1 (the seed's modes)
+    sens_min: Fraction = 0.85  # minimum sensitivity for sens_atleast
 
 
 @dataclass(frozen=True)
 class InferConfig:
-    split: str = "test"  # split scored by `make infer`: train, val, test
-    batch_size: int = 32  # images per model call
-    actors: int = 1  # model actors in the pool
-    num_gpus: float = 1.0  # GPUs per model actor when CUDA exists (0 on CPU)
-    num_cpus: float = 1.0  # CPUs per model actor
-    calls_per_actor: int = 1  # batches one actor works on at once (threads; on GPU each has its own CUDA stream)
+    split: SplitName = "test"  # split scored by `make infer`
+    batch_size: Positive = 64  # images per model call
+    actors: Positive = 1  # model actors in the pool
+    num_gpus: NonNegative = 1.0  # GPUs per model actor when CUDA exists (0 on CPU)
+    num_cpus: NonNegative = 1.0  # CPUs per model actor
+    calls_per_actor: Positive = 1  # batches one actor works on at once (threads; on GPU each has its own CUDA stream)
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    scope: str = "split"  # split: the configured split of the trained view; all: the whole index
-    split: str = "test"  # split used when scope=split
-    method: str = "auto"  # auto (fused when the head is GAP+linear), fused, gradcam
+    scope: Literal["split", "all"] = "split"  # split: the configured split of the trained view; all: the whole index
+    split: SplitName = "test"  # split used when scope=split
+    method: Literal["auto", "fused", "gradcam"] = "auto"  # auto: fused when the head is GAP+linear, else gradcam
     target_layer: str = ""  # module name for autograd Grad-CAM; empty: the last feature block
-    min_prob: str = "all"  # all: boxes for every image; threshold: only images with y_prob >= selected thr
-    overlays: int = 8  # PNG overlays rendered for this many sampled images
-    limit: int = 0  # score only the first N selected rows (0: all); for quick looks
+    min_prob: Literal["all", "threshold"] = "all"  # all: every image; threshold: y_prob >= the selected thr
+    overlays: Count = 16  # PNG overlays rendered for this many sampled images
+    limit: Count = 0  # score only the first N selected rows (0: all); for quick looks
     refine: bool = True  # move each CAM peak to where the input evidence lies (one backward pass; fused CAM only)
-    refine_reach: float = 2.0  # refinement window half-size, in CAM cells
-    refine_power: float = 4.0  # evidence weighting exponent of the refinement centroid
-    refine_peaks: int = 32  # refined centres stored per image (best peaks first; `make boxes` reuses them)
+    refine_reach: PositiveFloat = 2.0  # refinement window half-size, in CAM cells
+    refine_power: PositiveFloat = 4.0  # evidence weighting exponent of the refinement centroid
+    refine_peaks: Positive = 32  # refined centres stored per image (best peaks first; `make boxes` reuses them)
 
 
 @dataclass(frozen=True)
 class BoxesConfig:
-    size: int = 48  # box side, canvas px (seed recipe)
-    max: int = 5  # boxes per image at most (seed recipe)
-    nms_iou: float = 0.15  # greedy NMS IoU (seed recipe)
-    min_score: float = 0.0  # drop peaks whose normalised CAM value is <= this
+    size: Positive = 48  # box side, canvas px (seed recipe)
+    max: Positive = 5  # boxes per image at most (seed recipe)
+    nms_iou: Fraction = 0.15  # greedy NMS IoU (seed recipe)
+    min_score: Fraction = 0.0  # drop peaks whose normalised CAM value is <= this
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     data_root: str = "data/bench"  # generated dataset for `make bench` (created when missing)
-    patients: int = 800  # synthetic patients generated (~25 images each: whole-body + region crops)
-    images: int = 2000  # N: images of the small runs; the memory check also runs 10 x N
-    scale: int = 10  # the large run scores scale x N images (memory flat in N)
-    model_batches: int = 10  # batches timed for the model-only figure
+    patients: Positive = 800  # synthetic patients generated (~25 images each: whole-body + region crops)
+    images: Positive = 2000  # N: images of the small runs; the memory check also runs 10 x N
+    scale: Positive = 10  # the large run scores scale x N images (memory flat in N)
+    model_batches: Positive = 10  # batches timed for the model-only figure
     out: str = "BENCHMARKS.md"  # results file appended to (kept in the repo)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    split: str = "test"  # split scored against the Abnormal GT boxes, once (research/anchors.md §3)
-    tolerance_px: float = 15.0  # pointing-game tolerance, original px (Zhang et al., ECCV 2016)
-    ks: tuple[int, ...] = (1, 3, 5)  # hit@k: one of the top-k boxes shares a pixel with an Abnormal box
-    iou: tuple[float, ...] = (0.3, 0.5)  # box precision/recall at IoU >= each (issue 5)
-    iogt: tuple[float, ...] = (0.5,)  # box precision/recall at intersection-over-GT >= each
+    split: SplitName = "test"  # split scored against the Abnormal GT boxes, once (no tuning on it)
+    tolerance_px: NonNegative = 15.0  # pointing-game tolerance, original px (Zhang et al., ECCV 2016)
+    ks: tuple[Positive, ...] = (1, 3, 5)  # hit@k: one of the top-k boxes shares a pixel with an Abnormal box
+    iou: tuple[Fraction, ...] = (0.3, 0.5)  # box precision/recall at IoU >= each (issue 5)
+    iogt: tuple[Fraction, ...] = (0.5,)  # box precision/recall at intersection-over-GT >= each
     tune: bool = True  # pick box size, NMS IoU, min score and cutoff on tune_split, then score split once
-    tune_split: str = "val"  # split the tuning sees; its heatmaps come from `make cam cam.split=val`
-    tune_iou: float = 0.3  # tuning objective: F1 of box precision/recall at this IoU, at the cutoff
-    tune_sizes: tuple[int, ...] = (24, 32, 48, 64, 96)  # box sides tried, canvas px
-    tune_nms_iou: tuple[float, ...] = (0.0, 0.15, 0.3)  # NMS IoUs tried
-    tune_min_scores: tuple[float, ...] = (0.0, 0.3, 0.6)  # minimum normalised peak values tried
-    tune_cutoffs: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # probability cutoffs tried, plus the selected thr
-    seed_size: int = 48  # the seed's box side, canvas px (DESIGN.md §3; 24 on the demo's half-size canvas)
-    seed_max: int = 5  # the seed's boxes per image (DESIGN.md §3)
-    seed_nms_iou: float = 0.15  # the seed's NMS IoU (DESIGN.md §3)
+    tune_split: SplitName = "val"  # split the tuning sees; its heatmaps come from `make cam cam.split=val`
+    tune_iou: Fraction = 0.3  # tuning objective: F1 of box precision/recall at this IoU, at the cutoff
+    tune_sizes: tuple[Positive, ...] = (24, 32, 48, 64, 96)  # box sides tried, canvas px
+    tune_nms_iou: tuple[Fraction, ...] = (0.0, 0.15, 0.3)  # NMS IoUs tried
+    tune_min_scores: tuple[Fraction, ...] = (0.0, 0.3, 0.6)  # minimum normalised peak values tried
+    tune_cutoffs: tuple[Fraction, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # probability cutoffs tried, plus the selected thr
+    seed_size: Positive = 48  # the seed's box side, canvas px (24 on the demo's half-size canvas)
+    seed_max: Positive = 5  # the seed's boxes per image
+    seed_nms_iou: Fraction = 0.15  # the seed's NMS IoU
     baseline_run: str = ""  # run dir trained on the seed's landscape canvas, scored with the seed's rule
     coco: bool = True  # write the run's pseudo boxes as COCO JSON to <run.dir>/prompts/coco_boxes.json
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    gallery: int = 4  # overlays per group (true positives, false positives, false negatives)
-    dpi: int = 100  # resolution of the plot PNGs
+    gallery: Count = 4  # overlays per group (true positives, false positives, false negatives)
+    dpi: Positive = 100  # resolution of the plot PNGs
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""YAML -> typed dataclasses: line-tracking loader, type checks and dotted overrides (generic)."""
+"""YAML -> typed dataclasses: line-tracking loader, type, choice and range checks, dotted overrides (generic).
+
+Field annotations drive the checks: `Literal["a", "b"]` lists the allowed choices and
+`Annotated[float, Range(0, 1)]` the allowed range; a value outside them is a `ConfigError` naming
+`file:line`, the key, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,30 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 class ConfigError(ValueError):
     """An unknown key, a wrong type or an unreadable config file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric field (`None`: unbounded); `low_open` excludes the lower bound."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def check(self, value: float, where: str, key: str) -> None:
+        """Raises ConfigError when `value` lies outside the bounds."""
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            raise ConfigError(f"{where}: key '{key}' must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        """Returns the bounds as text: `in [0, 1]`, `>= 1` or `> 0`."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"<= {self.high:g}"
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -42,13 +71,42 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[s
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_text(hint: Any) -> bool:
+    """True for `str` and for a `Literal` of strings (maybe inside `Annotated`): overrides keep their raw text."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return all(isinstance(choice, str) for choice in typing.get_args(hint))
+    return hint is str
+
+
+def _choice(value: Any, choices: tuple[Any, ...], where: str, key: str) -> Any:
+    """Returns `value` when it is one of `choices` (YAML `true`/`false` match the texts "true"/"false")."""
+    if isinstance(value, bool) and all(isinstance(c, str) for c in choices):
+        value = str(value).lower()
+    for choice in choices:
+        if type(value) is type(choice) and value == choice:
+            return value
+    allowed = ", ".join(str(c) for c in choices)
+    raise ConfigError(f"{where}: key '{key}' must be one of {allowed}; got {value!r}")
 
 
 def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     """Checks `value` against the annotation `hint`; returns it converted (lists -> tuples)."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        value = _coerce(value, base, where, key)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, where, key)
+        return value
+    if origin is typing.Literal:
+        return _choice(value, typing.get_args(hint), where, key)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -103,10 +161,10 @@ def _override_value(root: type, override: str, key: str, raw: str) -> Any:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        if hint is str:
+        if _is_text(hint):
             return raw.strip()
         raise ConfigError(f"override '{override}': invalid YAML value: {exc}") from exc
-    return raw.strip() if hint is str and not isinstance(value, str) else value
+    return raw.strip() if _is_text(hint) and not isinstance(value, str) else value
 
 
 def apply_override(root: type, data: dict[str, Any], override: str, lines: dict[str, str]) -> None:
@@ -118,8 +176,10 @@ def apply_override(root: type, data: dict[str, Any], override: str, lines: dict[
     value = _override_value(root, override, key, raw)
     node = data
     parts = key.split(".")
+    hint: Any = root
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        hint = _field_types(hint).get(part) if dataclasses.is_dataclass(hint) else None
+        child = node.setdefault(part, {}) if hint is None or dataclasses.is_dataclass(hint) else None
         if not isinstance(child, dict):
             raise ConfigError(f"override '{override}': '{part}' is not a section")
         node = child

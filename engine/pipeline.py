@@ -20,7 +20,7 @@ import ray.data
 
 import engine
 import schemas
-from engine.config import Config, RayConfig
+from engine.config import Config, ConfigError, RayConfig
 from engine.inference import CamSettings, ClassifyCamStage
 from engine.stages import decode_batch
 
@@ -65,6 +65,43 @@ def use_gpu(setting: str) -> bool:
     if setting in ("false", "False", "0"):
         return False
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def train_fit_problem(cluster: dict[str, float], workers: int, cpus_per_worker: float, decode_cpus: float,
+                      gpu: bool) -> str | None:
+    """Returns why `make train` cannot run on a cluster of these resources, or None when it fits.
+
+    The Train workers hold their resources for the whole run and Ray Data schedules the decode tasks
+    only on what is left: when nothing is left the stream never starts and training waits forever.
+    """
+    worker_cpus = 0.0 if gpu else workers * cpus_per_worker
+    need_cpus, have_cpus = worker_cpus + decode_cpus, cluster.get("CPU", 0.0)
+    if need_cpus > have_cpus:
+        return (
+            f"train needs {workers} x {0 if gpu else cpus_per_worker:g} CPUs (train.num_workers x "
+            f"train.cpus_per_worker) + {decode_cpus:g} for a decode task (ray.decode_num_cpus) = {need_cpus:g} "
+            f"CPUs, but the Ray cluster has {have_cpus:g}: lower train.num_workers, train.cpus_per_worker or "
+            f"ray.decode_num_cpus (fractions work, e.g. train.cpus_per_worker=0.5 ray.decode_num_cpus=0.5)"
+        )
+    if gpu and workers > cluster.get("GPU", 0.0):
+        return (f"train needs {workers} GPUs (train.num_workers, 1 GPU each), but the Ray cluster has "
+                f"{cluster.get('GPU', 0.0):g}: lower train.num_workers or set train.use_gpu=false")  # fmt: skip
+    return None
+
+
+def check_train_fits(cfg: Config, gpu: bool) -> None:
+    """Raises ConfigError when an embedded Ray cannot hold the Train workers and a decode task at once.
+
+    An attached cluster may still grow (autoscaling), so there the same finding is only a warning.
+    """
+    problem = train_fit_problem(ray.cluster_resources(), cfg.train.num_workers, cfg.train.cpus_per_worker,
+                                cfg.ray.decode_num_cpus, gpu)  # fmt: skip
+    if problem is None:
+        return
+    if cluster_address(cfg.ray):
+        log.warning("%s (the cluster may still add nodes; otherwise training waits forever)", problem)
+        return
+    raise ConfigError(problem)
 
 
 def image_stream(rows: pd.DataFrame, cfg: Config) -> ray.data.Dataset:

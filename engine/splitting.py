@@ -1,4 +1,8 @@
-"""Patient-level, stratified, seeded, order-independent train/val/test split (DESIGN.md §4.2)."""
+"""Patient-level, stratified, seeded, order-independent train/val/test split.
+
+Splitting per patient keeps a patient's ANT and POST images (same file name in both folders) in one split;
+splitting per image would put about a third of the patients in two splits at once.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ SPLITS = ("train", "val", "test")
 
 
 def _id_key(patient_id: str) -> tuple[int, int | str]:
-    """Sorts numeric ids numerically, then other ids as text."""
-    return (0, int(patient_id)) if patient_id.isdigit() else (1, patient_id)
+    """Sorts ASCII-digit ids numerically, then other ids as text.
+
+    `str.isdigit` is also true for superscripts and other Unicode digits ("²"), which `int` refuses.
+    """
+    return (0, int(patient_id)) if patient_id.isascii() and patient_id.isdigit() else (1, patient_id)
 
 
 def patient_groups(patient_ids: list[str], duplicate_groups: tuple[tuple[str, ...], ...]) -> dict[str, str]:

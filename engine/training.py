@@ -1,6 +1,8 @@
 """The Ray Train loop: per-worker training on the image stream, per-epoch val, checkpoints, resume.
 
-Runs inside Ray Train workers (`TorchTrainer`); `engine.train_stage.run_train` builds and starts it.
+Runs inside Ray Train workers (`TorchTrainer`); `engine.classify_stages.run_train` builds and starts it.
+Each worker trains on its shard of the train stream; rank 0 alone scores the whole val set, so every val
+image gets exactly one prediction per epoch whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class EpochOutputs:
     """What one worker saw in one epoch."""
 
     loss_sum: float = 0.0
-    images: int = 0
+    images: int = 0  # train images trained on (decoded fine)
+    rows_seen: int = 0  # train rows this worker's shard yielded (images + error rows)
     val_loss_sum: float = 0.0
     val_rows: list[dict[str, Any]] | None = None
     errors: list[dict[str, Any]] | None = None
@@ -67,6 +70,7 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
         local_shuffle_buffer_size=cfg.train.batch_size * 8, local_shuffle_seed=cfg.seed + ctx["epoch"],
     )  # fmt: skip
     for batch in batches:
+        out.rows_seen += len(batch["image_id"])
         ok = _split_ok(batch, out, "train")
         if not ok.any():
             continue
@@ -86,7 +90,10 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
 
 @torch.no_grad()
 def validate(model: nn.Module, shard: Any, loss_fn: nn.Module, ctx: dict, out: EpochOutputs) -> None:
-    """Predicts this worker's val shard into `out.val_rows`; counts undecodable rows as errors."""
+    """Predicts the whole val stream into `out.val_rows`; counts undecodable rows as errors.
+
+    Called on rank 0 only, with the unwrapped model: a DDP forward would wait for the other workers.
+    """
     cfg: Config = ctx["cfg"]
     model.eval()
     out.val_rows = []
@@ -125,7 +132,8 @@ def record_epoch(parts: list[EpochOutputs], ctx: dict, state: dict, seconds: flo
         "epoch": ctx["epoch"], "train_loss": sum(p.loss_sum for p in parts) / max(images, 1),
         "val_loss": sum(p.val_loss_sum for p in parts) / max(len(rows), 1),
         "val_auc": float("nan") if auc is None else auc, "lr": ctx["lr"], "images": images,
-        "train_errors": sum(len(p.errors) for p in parts),
+        "train_errors": sum(len(p.errors) for p in parts), "train_rows_seen": sum(p.rows_seen for p in parts),
+        "val_images": len(rows),
         "seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
     }  # fmt: skip
     is_best = auc is not None and auc > state["best_auc"]
@@ -207,7 +215,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ctx = {"cfg": cfg, "epoch": epoch, "device": device, "gen": gen, "amp": amp, "model": model,
                "run_id": config["run_id"], "lr": sched.get_last_lr()[0]}  # fmt: skip
         out = train_epoch(model, ray.train.get_dataset_shard("train"), opt, sched, loss_fn, ctx)
-        validate(model, ray.train.get_dataset_shard("val"), loss_fn, ctx, out)
+        if rank == 0:
+            validate(_unwrap(model), ray.train.get_dataset_shard("val"), loss_fn, ctx, out)
+        else:
+            out.val_rows = []
         parts = _gather(out, world)
         metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": epoch}
         if rank == 0:

@@ -192,3 +192,11 @@ def test_a_generated_dataset_keeps_each_patients_views_and_crops_in_one_split(ge
     assert set(split_of) == set(SPLITS)
     whole_body = splits[splits["folder"].isin(["wholeBodyANT", "wholeBodyPOST"])]
     assert (whole_body.groupby("patient_id")["view"].nunique() == 2).all()
+
+
+@pytest.mark.parametrize("odd_id", ["²", "١٢", "12³", "⑦"])
+def test_ids_with_unicode_digits_sort_as_text_without_crashing(odd_id):
+    groups = patient_groups(["10", odd_id, "9"], (("10", odd_id),))
+    assert groups == {"10": "10", odd_id: "10", "9": "9"}  # numeric ids first, so 10 names the group
+    splits = assign_splits(index_frame([(odd_id, 1, 1, False), ("3", 0, 0, False)]), 0.5, 0.0, 0, ())
+    assert set(splits["patient_id"]) == {odd_id, "3"}

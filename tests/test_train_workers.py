@@ -1,0 +1,77 @@
+"""Ray Train with several workers: every val image scored once per epoch, train rows counted, no silent hang."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.classify_stages import run_train, select_rows
+from engine.config import ConfigError
+from engine.data_stages import run_split
+from engine.pipeline import train_fit_problem
+from engine.tables import read_table
+from tests.conftest import test_config
+
+# 45 train and 9 val whole-body POST images of the session's generated data: both odd, so that an equal
+# split over 2 workers would have to drop a row of each.
+ODD_SPLIT = ("split.train=0.75", "split.val=0.15")
+# Two workers on the session's 2 CPUs: half a CPU each, and half a CPU per decode task.
+TWO_WORKERS = ("train.num_workers=2", "train.cpus_per_worker=0.5", "ray.decode_num_cpus=0.5", "train.torch_threads=1")
+
+
+@pytest.fixture(scope="module")
+def odd_split_run(data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose train and val splits both hold an odd number of whole-body POST images."""
+    run_dir = tmp_path_factory.mktemp("odd") / "run"
+    shutil.copytree(split_run, run_dir)
+    run_split(test_config(data_root, run_dir, *ODD_SPLIT, "run.overwrite=true"))
+    return run_dir
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_score_every_val_image_exactly_once_per_epoch(ray_session, data_root, odd_split_run):
+    cfg = test_config(data_root, odd_split_run, *ODD_SPLIT, *TWO_WORKERS)
+    rows = select_rows(cfg, ("train", "val"))
+    val_ids = sorted(rows.loc[rows["split"] == "val", "image_id"])
+    n_train = int((rows["split"] == "train").sum())
+    assert len(val_ids) % 2 == 1 and n_train % 2 == 1
+    summary = run_train(cfg)
+    preds = read_table(cfg.run.dir, "preds")
+    preds = preds[preds["stage"] == "train"]
+    for epoch in range(cfg.train.epochs):
+        assert sorted(preds.loc[preds["epoch"] == epoch, "image_id"]) == val_ids, f"epoch {epoch}"
+    epochs = read_table(cfg.run.dir, "epochs").sort_values("epoch")
+    trained = int(epochs["images"].iloc[-1])
+    assert n_train - 1 <= trained <= n_train  # an equal split of 45 rows over 2 workers trains on 44
+    assert summary.rows_in == n_train + len(val_ids)
+    assert summary.rows_ok == trained + len(val_ids)
+    assert summary.extra["train_rows_unseen"] == n_train - trained
+
+
+@pytest.mark.timeout(120)
+def test_train_workers_that_take_every_cpu_fail_at_once_naming_the_keys(ray_session, data_root, split_run):
+    cfg = test_config(data_root, split_run, "train.num_workers=2")  # 2 x 1 CPU + a 1-CPU decode task on 2 CPUs
+    with pytest.raises(ConfigError, match=r"train\.num_workers.*train\.cpus_per_worker.*ray\.decode_num_cpus") as err:
+        run_train(cfg)
+    assert "= 3 CPUs, but the Ray cluster has 2" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "workers", "cpus_per_worker", "decode_cpus", "gpu", "fits"),
+    [
+        ({"CPU": 2.0}, 1, 1.0, 1.0, False, True),
+        ({"CPU": 2.0}, 2, 1.0, 1.0, False, False),
+        ({"CPU": 2.0}, 2, 0.5, 0.5, False, True),
+        ({"CPU": 2.0}, 2, 1.0, 0.0, False, True),
+        ({"CPU": 3.0}, 2, 1.0, 1.0, False, True),
+        ({"CPU": 1.0, "GPU": 1.0}, 1, 1.0, 1.0, True, True),
+        ({"CPU": 4.0, "GPU": 1.0}, 2, 1.0, 1.0, True, False),
+        ({"CPU": 0.0}, 1, 0.0, 1.0, False, False),
+    ],
+)
+def test_train_fit_problem_compares_workers_and_a_decode_task_with_the_cluster(
+    cluster, workers, cpus_per_worker, decode_cpus, gpu, fits
+):
+    assert (train_fit_problem(cluster, workers, cpus_per_worker, decode_cpus, gpu) is None) == fits
