@@ -52,18 +52,25 @@ def dataset(tmp_path_factory) -> tuple[Path, object]:
 
 @pytest.fixture(scope="module")
 def crop_positions(dataset) -> dict[tuple[str, int], tuple[int, int, int, int]]:
-    """(folder, pid) -> (x0, y0, width, height) of each region crop, found in its whole-body view by matching."""
+    """(folder, pid) -> (x0, y0, width, height) of each region crop, found in its whole-body view by matching.
+
+    Crops with fewer than 20 % non-zero pixels (sparse counts: feet, noise frames) match in many places; skipped.
+    """
     root, _ = dataset
-    positions = {}
+    positions, crops = {}, 0
     for folder in REGION_FOLDERS:
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid in read_labels(root, folder):
             crop = read_gray(root / folder / f"{pid}.jpg").astype(np.float32)
+            crops += 1
+            if np.count_nonzero(crop) < 0.2 * crop.size:
+                continue
             scores = cv2.matchTemplate(
                 read_gray(root / whole_body / f"{pid}.jpg").astype(np.float32), crop, cv2.TM_SQDIFF
             )
             x0, y0 = cv2.minMaxLoc(scores)[2]
             positions[folder, pid] = (x0, y0, crop.shape[1], crop.shape[0])
+    assert len(positions) > 0.8 * crops
     return positions
 
 
@@ -154,7 +161,8 @@ def test_region_crops_come_from_their_view_at_anatomical_places(dataset, crop_po
             assert (x0 + width / 2 > 128) == ((sided.group(1) == "L") == (sided.group(2) == "ANT")), folder
     for pid in {pid for folder, pid in crop_positions if folder == "headANT"}:
         parts = ("head", "shoL", "chestL", "pelvis", "kneeL", "ankleL")
-        boxes = [crop_positions[f"{part}ANT", pid] for part in parts]
+        boxes = [crop_positions.get((f"{part}ANT", pid)) for part in parts]
+        boxes = [box for box in boxes if box is not None]
         centre_rows = [y0 + height / 2 for _, y0, _, height in boxes]
         assert centre_rows == sorted(centre_rows)
 
@@ -165,6 +173,8 @@ def test_region_labels_say_whether_a_lesion_centre_lies_in_the_crop(dataset, cro
     for folder in REGION_FOLDERS:
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid, label in read_labels(root, folder).items():
+            if (folder, pid) not in crop_positions:
+                continue
             x0, y0, width, height = crop_positions[folder, pid]
             centres = [
                 ((x1 + x2) / 2 - 1, (y1 + y2) / 2 - 1)
