@@ -1,5 +1,6 @@
-"""Synthetic BS-80K generator: layout, labels vs. boxes, crops, determinism and visible lesions."""
+"""Synthetic BS-80K generator: layout, labels vs. boxes, crops, determinism, visible lesions and their masks."""
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -8,7 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.synth import REGION_FOLDERS, WHOLE_BODY_FOLDERS, generate_dataset, xml_subdir
+from engine.synth import (
+    REGION_FOLDERS,
+    WHOLE_BODY_FOLDERS,
+    generate_dataset,
+    lesion_mask_path,
+    read_lesion_masks,
+    xml_subdir,
+)
 
 PATIENTS = 40
 LINE = re.compile(r"^(\d+)\.jpg\t([01])$")
@@ -298,3 +306,35 @@ def test_lesion_knobs_change_only_the_lesions(tmp_path):
 def test_lesion_knobs_must_be_positive(tmp_path, knob):
     with pytest.raises(ValueError, match=knob):
         generate_dataset(tmp_path / "out", patients=1, **{knob: 0.0})
+
+
+def test_lesion_masks_hold_one_mask_per_abnormal_box_inside_it(dataset):
+    root, _ = dataset
+    masks_checked = 0
+    for folder in WHOLE_BODY_FOLDERS:
+        for pid, label in read_labels(root, folder).items():
+            path = root / lesion_mask_path(f"{folder}/{pid}.jpg")
+            assert path.is_file() == bool(label)
+            if not label:
+                continue
+            masks = read_lesion_masks(path.read_bytes())
+            boxes = [box for name, *box in read_boxes(root, folder, pid) if name == "Abnormal"]
+            assert masks.shape == (len(boxes), 1024, 256) and masks.dtype == bool
+            for mask, (x1, y1, x2, y2) in zip(masks, boxes, strict=True):
+                rows, cols = np.nonzero(mask)
+                if rows.size:  # an overlapped lesion may be fully covered by a later one
+                    assert (
+                        x1 - 1 <= cols.min() and cols.max() <= x2 - 1 and y1 - 1 <= rows.min() and rows.max() <= y2 - 1
+                    )
+                    masks_checked += 1
+    assert masks_checked > 0
+
+
+def test_truth_file_lists_every_whole_body_image_once(dataset):
+    root, _ = dataset
+    lines = [json.loads(line) for line in (root / "synth_truth.jsonl").read_text().splitlines()]
+    assert sorted(line["image_id"] for line in lines) == sorted(
+        f"{folder}/{pid}.jpg" for folder in WHOLE_BODY_FOLDERS for pid in range(1, PATIENTS + 1)
+    )
+    for line in lines:
+        assert (line["lesion_mask"] is not None) == (line["lesions"] > 0)
