@@ -1,4 +1,4 @@
-"""Owns the synthetic patients of `engine.synth`: body geometry, hot spots and the rendering of one view."""
+"""Owns the anatomy of the synthetic patients of `engine.synth`: body geometry, spots and the rendering of a view."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import cv2
 import numpy as np
 
 IMAGE_H, IMAGE_W = 1024, 256  # whole-body image size in px, rows x columns (DESIGN.md §2)
-ABNORMAL_PATIENT_RATE = 0.35  # BS-80K: ANT 1183 / 3247 abnormal (DESIGN.md §2)
-NORMAL_XML_RATE = 0.75  # share of normal images that still get an XML (Normal boxes only)
-OCCULT_LESION_RATE = 0.1  # a lesion invisible in one view, so ANT and POST labels sometimes differ, as in BS-80K
 REF_HEIGHT = 950.0  # body height (px) for which the vertical px sizes below are given
+SCATTER = 0.05  # soft-tissue scatter halo: share of the tissue level
 
 # Geometry is in the ANT frame: u = lateral px (+ = patient's left = viewer's right in ANT), t = fraction of
 # body height below the vertex. POST images are the mirror image (patient's left on the viewer's left).
@@ -54,19 +52,19 @@ SILHOUETTE = (
     ("line", "body", True, (26, 0.97, 30, 1.0), 20),
 )
 GROUP_WEIGHTS = {  # relative uptake (ANT, POST): spine/scapulae/sacrum are nearer the back, sternum the front
-    "skull_fill": (0.55, 0.5),
+    "skull_fill": (0.35, 0.3),
     "skull": (0.95, 0.9),
     "sternum": (0.9, 0.35),
     "clavicle": (0.8, 0.5),
     "scapula": (0.2, 0.5),
     "joint": (1.0, 0.9),
-    "limb": (0.6, 0.6),
-    "hand": (0.5, 0.45),
+    "limb": (0.3, 0.3),
+    "hand": (0.4, 0.35),
     "pelvis": (0.85, 0.95),
-    "pelvis_fill": (0.35, 0.4),
+    "pelvis_fill": (0.25, 0.3),
     "sacrum": (0.55, 1.0),
     "spine": (0.75, 1.1),
-    "rib": (0.5, 0.65),
+    "rib": (0.35, 0.45),
     "body": (1.0, 1.0),
 }
 RIB_HALF_WIDTHS = (30, 40, 47, 52, 55, 56, 56, 54, 50, 45)  # px, ribs 1..10 from the top
@@ -114,24 +112,30 @@ class Spot:
     boxed: tuple[bool, bool]  # whether the view's XML lists it
 
 
+Tube = tuple[tuple[int, int], tuple[int, int], int, float]  # catheter segment: (x, y) ends ANT px, width px, uptake
+
+
 @dataclass(frozen=True)
 class Patient:
-    """Everything random about one synthetic patient except the image noise."""
+    """Everything random about one synthetic patient except the Poisson counts."""
 
     pid: int
     body: Body
-    bone_level: float  # grey value of uptake weight 1.0
+    bone_level: float  # expected counts per px of uptake weight 1.0 (grey level = counts)
     gain: tuple[float, float]  # per-view intensity factor
-    tissue_level: float  # soft-tissue grey value
-    counts: float  # Poisson counts per grey level (lower = noisier)
+    tissue_level: float  # soft-tissue counts per px
+    background: float  # counts per px off the body (scatter and detector background)
+    count_factor: float  # 1, or below 1 for a low-count scan
     blur: float  # Gaussian sigma px of the camera's resolution
     spots: tuple[Spot, ...]
+    tubes: tuple[Tube, ...]  # a catheter, drawn at bone units like the skeleton
+    is_noise: tuple[bool, bool]  # the view is a detector-noise frame: no body, no boxes
     has_regions: bool
     has_normal_xml: tuple[bool, bool]
     crop_scale: tuple[float, ...]  # one size jitter factor per REGIONS part
 
 
-def _rib_point(k: int, s: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
+def rib_point(k: int, s: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
     """Returns (u, t) along rib k at s in [0, 1] (spine to lateral end)."""
     u = 5 + RIB_HALF_WIDTHS[k] * np.sin(np.multiply(s, math.pi / 2)) ** 0.8
     t = 0.198 + 0.0185 * k - 0.008 * np.sin(np.multiply(s, math.pi)) + 0.03 * np.square(s)
@@ -144,7 +148,7 @@ def _bone_primitives() -> tuple:
     for i in range(24):  # 7 cervical, 12 thoracic, 5 lumbar
         half_width = 6 if i < 7 else (8 if i < 19 else 11)
         vertebrae.append(("ellipse", "spine", False, (0, 0.125 + 0.0175 * (i + 0.5), half_width, 6.5, 0), -1))
-    ribs = [("poly", "rib", True, np.stack(_rib_point(k, np.linspace(0, 1, 12)), axis=1), 4) for k in range(10)]
+    ribs = [("poly", "rib", True, np.stack(rib_point(k, np.linspace(0, 1, 12)), axis=1), 4) for k in range(10)]
     return SKELETON + tuple(vertebrae) + tuple(ribs)
 
 
@@ -178,106 +182,68 @@ def _add_spots(canvas: np.ndarray, spots: tuple[Spot, ...], view: int) -> None:
         sx, sy = 0.55 * spot.rx, 0.55 * spot.ry
         x0, x1 = max(0, math.floor(spot.x - 3 * sx)), min(IMAGE_W, math.ceil(spot.x + 3 * sx) + 1)
         y0, y1 = max(0, math.floor(spot.y - 3 * sy)), min(IMAGE_H, math.ceil(spot.y + 3 * sy) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
         gx = np.exp(-np.square(np.arange(x0, x1) - spot.x) / (2 * sx * sx))
         gy = np.exp(-np.square(np.arange(y0, y1) - spot.y) / (2 * sy * sy))
         canvas[y0:y1, x0:x1] += (spot.amp[view] * np.outer(gy, gx)).astype(np.float32)
 
 
+def view_x(x: float, view: int) -> float:
+    """Returns the x of an ANT-frame x in view 0 (ANT) or 1 (POST, mirrored)."""
+    return x if view == 0 else IMAGE_W - 1 - x
+
+
+def lesion_mask(patient: Patient, view: int) -> np.ndarray:
+    """Returns the uint8 (IMAGE_H, IMAGE_W) lesion label map of a view, in that view's frame.
+
+    Pixel value k > 0: inside the k-th `Abnormal` object of the view's VOC XML (document order), i.e. within the
+    lesion's radius (rx, ry) of its centre, where its uptake is above exp(-1 / (2 * 0.55^2)) = 19 % of its peak;
+    0: no lesion. Where two lesions overlap the later one wins.
+    """
+    mask = np.zeros((IMAGE_H, IMAGE_W), np.uint8)
+    rows, cols = np.ogrid[:IMAGE_H, :IMAGE_W]
+    lesions = [s for s in patient.spots if s.name == "Abnormal" and s.boxed[view]]
+    for k, spot in enumerate(lesions, start=1):
+        mask[np.square((cols - view_x(spot.x, view)) / spot.rx) + np.square((rows - spot.y) / spot.ry) <= 1] = k
+    return mask
+
+
 def render_tissue(patient: Patient) -> np.ndarray:
-    """Returns the float32 soft-tissue glow (grey values) shared by both views, ANT frame."""
-    return cv2.GaussianBlur(draw(patient.body, SILHOUETTE, 0), (0, 0), 7) * np.float32(patient.tissue_level)
+    """Returns the float32 expected counts shared by both views, ANT frame: soft tissue, its scatter, background.
+
+    The soft tissue is the silhouette blurred by sigma 7 px plus a wide (sigma 24 px) scatter halo, both
+    computed at quarter resolution: they are smooth, and this keeps the generator fast.
+    """
+    small = cv2.resize(draw(patient.body, SILHOUETTE, 0), (IMAGE_W // 4, IMAGE_H // 4), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 7 / 4) + np.float32(SCATTER) * cv2.GaussianBlur(small, (0, 0), 6)
+    tissue = cv2.resize(small, (IMAGE_W, IMAGE_H), interpolation=cv2.INTER_LINEAR)
+    return tissue * np.float32(patient.tissue_level) + np.float32(patient.background)
+
+
+def render_noise_frame(rng: np.random.Generator) -> np.ndarray:
+    """Returns a uint8 detector-noise frame: a faint Poisson floor and 40-600 sparse bright single-pixel specks."""
+    image = rng.poisson(rng.uniform(0.002, 0.02), (IMAGE_H, IMAGE_W))
+    specks = int(rng.integers(40, 600))
+    where = rng.integers(0, IMAGE_H, specks), rng.integers(0, IMAGE_W, specks)
+    np.add.at(image, where, rng.geometric(1 / 12, specks))
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def render_view(patient: Patient, view: int, tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Returns the uint8 (IMAGE_H, IMAGE_W) image of view 0 (ANT) or 1 (POST, mirrored left/right)."""
-    bone = cv2.GaussianBlur(draw(patient.body, BONES, view), (0, 0), patient.blur)
-    _add_spots(bone, patient.spots, view)
-    expected = bone * np.float32(patient.bone_level * patient.gain[view]) + tissue + np.float32(0.6)  # background ~0-3
-    noisy = rng.poisson(expected * patient.counts).astype(np.float32) / np.float32(patient.counts)
-    image = np.clip(np.rint(cv2.GaussianBlur(noisy, (0, 0), 0.6)), 0, 255).astype(np.uint8)
-    return image if view == 0 else np.ascontiguousarray(image[:, ::-1])
+    """Returns the uint8 (IMAGE_H, IMAGE_W) counts image of view 0 (ANT) or 1 (POST, mirrored left/right).
 
-
-def _physiological_spots(rng: np.random.Generator, body: Body) -> list[Spot]:
-    """Returns bladder, kidneys and sometimes an injection site and a degenerative joint spot (all Normal)."""
-    x, y = body.point(rng.uniform(-4, 4), 0.612)
-    amp = (rng.uniform(1.6, 3.2), rng.uniform(0.9, 2.0))
-    spots = [Spot("Normal", x, y, rng.uniform(14, 24) * body.width, rng.uniform(10, 17), amp, (True, True))]
-    for sign in (1, -1):
-        x, y = body.point(sign * rng.uniform(25, 31), rng.uniform(0.395, 0.415))
-        amp = (rng.uniform(0.1, 0.35), rng.uniform(0.3, 1.1))
-        spots.append(Spot("Normal", x, y, 9 * body.width, 17, amp, (False, bool(amp[1] >= 0.6))))
-    sign, is_injected, is_degenerate = rng.choice((1, -1)), rng.random() < 0.3, rng.random() < 0.3
-    x, y = body.point(sign * rng.uniform(74, 80), rng.uniform(0.38, 0.48))
-    radius, amp = rng.uniform(3, 7), rng.uniform(1.5, 4.0) * rng.uniform(0.7, 1.1, 2)
-    if is_injected:  # tracer injected into an arm vein
-        spots.append(Spot("Normal", x, y, radius, radius, (float(amp[0]), float(amp[1])), (True, True)))
-    u, t = ((27, 0.785), (64, 0.19))[int(rng.integers(2))]
-    x, y = body.point(-sign * (u + rng.uniform(-3, 3)), t + rng.uniform(-0.006, 0.006))
-    radius, amp = rng.uniform(4, 8), rng.uniform(0.5, 1.4, 2)
-    if is_degenerate:  # arthrosis of a knee or shoulder: benign, looks like a lesion
-        spots.append(Spot("Normal", x, y, radius, radius, (float(amp[0]), float(amp[1])), (True, True)))
-    return spots
-
-
-def _lesion_site(rng: np.random.Generator) -> tuple[float, float]:
-    """Returns (u, t) of a lesion on bone: spine, rib, pelvis, proximal femur or skull."""
-    site, sign = rng.choice(5, p=(0.35, 0.25, 0.2, 0.1, 0.1)), rng.choice((1, -1))
-    if site == 0:
-        return rng.uniform(-3, 3), rng.uniform(0.14, 0.54)
-    if site == 1:
-        u, t = _rib_point(int(rng.integers(10)), rng.uniform(0.25, 0.95))
-        return sign * float(u), float(t)
-    if site == 2:
-        angle, rho = rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.9)
-        return sign * (34 + 24 * rho * math.cos(angle)), 0.56 + 32 * rho * math.sin(angle) / REF_HEIGHT
-    if site == 3:
-        s = rng.uniform(0, 0.6)
-        return sign * (39 - 11 * s), 0.605 + 0.17 * s
-    angle, rho = rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 0.95)
-    return 36 * rho * math.cos(angle), 0.062 + 56 * rho * math.sin(angle) / REF_HEIGHT
-
-
-def _lesions(rng: np.random.Generator, body: Body, lesion: tuple[float, float]) -> list[Spot]:
-    """Returns 1-4 Abnormal spots, radius 3-10 px x lesion[1], peak .4-1.8 x lesion[0], visible in both views unless
-    occult in one. The factors apply after the draws, so they change no other draw."""
-    spots = []
-    for _ in range(int(rng.integers(1, 5))):
-        x, y = body.point(*_lesion_site(rng))
-        radius, peak = rng.uniform(3, 10) * lesion[1], rng.uniform(0.4, 1.8) * lesion[0]
-        amp = peak * rng.uniform(0.7, 1.2, 2)
-        if rng.random() < OCCULT_LESION_RATE:
-            amp[int(rng.integers(2))] = 0.0
-        spots.append(
-            Spot("Abnormal", x, y, radius, radius, (float(amp[0]), float(amp[1])), (bool(amp[0] > 0), bool(amp[1] > 0)))
-        )
-    return spots
-
-
-def sample_patient(
-    rng: np.random.Generator, pid: int, region_fraction: float, lesion: tuple[float, float] = (1.0, 1.0)
-) -> Patient:
-    """Returns one patient drawn from rng: a fixed sequence of draws, whatever region_fraction and lesion are.
-
-    lesion: (gain, size) factors on every lesion's peak uptake and radius; (1, 1) is the realistic default.
+    Expected counts per px (bone, tubes and spots through the camera blur, plus `tissue`) are Poisson sampled:
+    grey level = counts, mostly 0 off the body, as in real scans.
     """
-    height = rng.uniform(880, 990)
-    body = Body(IMAGE_W / 2 - 0.5 + rng.uniform(-6, 6), rng.uniform(6, 1018 - height), height, rng.uniform(0.88, 1.1))
-    levels = rng.uniform((70, 0.85, 8, 0.5, 1.6), (135, 1.15, 20, 1.5, 2.4))
-    is_abnormal = rng.random() < ABNORMAL_PATIENT_RATE
-    has_regions, has_normal_xml = rng.random() < region_fraction, rng.random(2) < NORMAL_XML_RATE
-    crop_scale = tuple(float(s) for s in rng.uniform(0.9, 1.1, len(REGIONS)))
-    spots = _physiological_spots(rng, body) + (_lesions(rng, body, lesion) if is_abnormal else [])
-    return Patient(
-        pid,
-        body,
-        float(levels[0]),
-        (1.0, float(levels[1])),
-        float(levels[2]),
-        float(levels[3]),
-        float(levels[4]),
-        tuple(spots),
-        bool(has_regions),
-        (bool(has_normal_xml[0]), bool(has_normal_xml[1])),
-        crop_scale,
-    )
+    if patient.is_noise[view]:
+        return render_noise_frame(rng)
+    bone = draw(patient.body, BONES, view)
+    for start, end, width, uptake in patient.tubes:
+        cv2.line(bone, start, end, uptake, width)
+    bone = cv2.GaussianBlur(bone, (0, 0), patient.blur)
+    _add_spots(bone, patient.spots, view)
+    expected = bone * np.float32(patient.bone_level * patient.gain[view]) + tissue
+    counts = rng.poisson(expected * np.float32(patient.count_factor))
+    image = np.clip(counts, 0, 255).astype(np.uint8)
+    return image if view == 0 else np.ascontiguousarray(image[:, ::-1])

@@ -1,9 +1,26 @@
-"""`make synth`: Generate a synthetic BS-80K-shaped dataset."""
+"""`make synth`: Generate a synthetic BS-80K-shaped dataset and print its image statistics beside real scans'."""
 
+from engine.config import Config
 from engine.data_stages import run_synth
+from engine.qc import REAL_SCAN_MEDIANS
+from engine.summary import StageSummary
+from engine.synth import whole_body_statistics
 from jobs._cli import job_main
 
-main = job_main(run_synth, __doc__)
+
+def synth_with_statistics(cfg: Config) -> StageSummary:
+    """Runs `make synth`, then adds the whole-body QC medians (engine/qc.py) and the real-scan medians."""
+    summary = run_synth(cfg)
+    stats = whole_body_statistics(cfg.synth.out)
+    summary.extra["whole-body frames (noise / low-count / body cut)"] = (
+        f"{stats['frames']} ({stats['noise_frames']} / {stats['low_count_frames']} / {stats['body_cut_frames']})"
+    )
+    for name, real in REAL_SCAN_MEDIANS.items():
+        summary.extra[f"median {name}"] = f"{stats[name]:.3g} (real {real:.3g})"
+    return summary
+
+
+main = job_main(synth_with_statistics, __doc__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,6 @@
-"""Synthetic BS-80K generator: layout, labels vs. boxes, crops, determinism and visible lesions."""
+"""Synthetic BS-80K generator: layout, labels vs. boxes, crops, determinism, visible lesions and their masks."""
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -8,7 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.synth import REGION_FOLDERS, WHOLE_BODY_FOLDERS, generate_dataset, xml_subdir
+from engine.synth import (
+    REGION_FOLDERS,
+    WHOLE_BODY_FOLDERS,
+    generate_dataset,
+    lesion_mask_path,
+    read_lesion_masks,
+    xml_subdir,
+)
 
 PATIENTS = 40
 LINE = re.compile(r"^(\d+)\.jpg\t([01])$")
@@ -52,18 +60,25 @@ def dataset(tmp_path_factory) -> tuple[Path, object]:
 
 @pytest.fixture(scope="module")
 def crop_positions(dataset) -> dict[tuple[str, int], tuple[int, int, int, int]]:
-    """(folder, pid) -> (x0, y0, width, height) of each region crop, found in its whole-body view by matching."""
+    """(folder, pid) -> (x0, y0, width, height) of each region crop, found in its whole-body view by matching.
+
+    Crops with fewer than 20 % non-zero pixels (sparse counts: feet, noise frames) match in many places; skipped.
+    """
     root, _ = dataset
-    positions = {}
+    positions, crops = {}, 0
     for folder in REGION_FOLDERS:
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid in read_labels(root, folder):
             crop = read_gray(root / folder / f"{pid}.jpg").astype(np.float32)
+            crops += 1
+            if np.count_nonzero(crop) < 0.2 * crop.size:
+                continue
             scores = cv2.matchTemplate(
                 read_gray(root / whole_body / f"{pid}.jpg").astype(np.float32), crop, cv2.TM_SQDIFF
             )
             x0, y0 = cv2.minMaxLoc(scores)[2]
             positions[folder, pid] = (x0, y0, crop.shape[1], crop.shape[0])
+    assert len(positions) > 0.8 * crops
     return positions
 
 
@@ -154,7 +169,8 @@ def test_region_crops_come_from_their_view_at_anatomical_places(dataset, crop_po
             assert (x0 + width / 2 > 128) == ((sided.group(1) == "L") == (sided.group(2) == "ANT")), folder
     for pid in {pid for folder, pid in crop_positions if folder == "headANT"}:
         parts = ("head", "shoL", "chestL", "pelvis", "kneeL", "ankleL")
-        boxes = [crop_positions[f"{part}ANT", pid] for part in parts]
+        boxes = [crop_positions.get((f"{part}ANT", pid)) for part in parts]
+        boxes = [box for box in boxes if box is not None]
         centre_rows = [y0 + height / 2 for _, y0, _, height in boxes]
         assert centre_rows == sorted(centre_rows)
 
@@ -165,6 +181,8 @@ def test_region_labels_say_whether_a_lesion_centre_lies_in_the_crop(dataset, cro
     for folder in REGION_FOLDERS:
         whole_body = "wholeBodyPOST" if folder.endswith("POST") else "wholeBodyANT"
         for pid, label in read_labels(root, folder).items():
+            if (folder, pid) not in crop_positions:
+                continue
             x0, y0, width, height = crop_positions[folder, pid]
             centres = [
                 ((x1 + x2) / 2 - 1, (y1 + y2) / 2 - 1)
@@ -288,3 +306,35 @@ def test_lesion_knobs_change_only_the_lesions(tmp_path):
 def test_lesion_knobs_must_be_positive(tmp_path, knob):
     with pytest.raises(ValueError, match=knob):
         generate_dataset(tmp_path / "out", patients=1, **{knob: 0.0})
+
+
+def test_lesion_masks_hold_one_mask_per_abnormal_box_inside_it(dataset):
+    root, _ = dataset
+    masks_checked = 0
+    for folder in WHOLE_BODY_FOLDERS:
+        for pid, label in read_labels(root, folder).items():
+            path = root / lesion_mask_path(f"{folder}/{pid}.jpg")
+            assert path.is_file() == bool(label)
+            if not label:
+                continue
+            masks = read_lesion_masks(path.read_bytes())
+            boxes = [box for name, *box in read_boxes(root, folder, pid) if name == "Abnormal"]
+            assert masks.shape == (len(boxes), 1024, 256) and masks.dtype == bool
+            for mask, (x1, y1, x2, y2) in zip(masks, boxes, strict=True):
+                rows, cols = np.nonzero(mask)
+                if rows.size:  # an overlapped lesion may be fully covered by a later one
+                    assert (
+                        x1 - 1 <= cols.min() and cols.max() <= x2 - 1 and y1 - 1 <= rows.min() and rows.max() <= y2 - 1
+                    )
+                    masks_checked += 1
+    assert masks_checked > 0
+
+
+def test_truth_file_lists_every_whole_body_image_once(dataset):
+    root, _ = dataset
+    lines = [json.loads(line) for line in (root / "synth_truth.jsonl").read_text().splitlines()]
+    assert sorted(line["image_id"] for line in lines) == sorted(
+        f"{folder}/{pid}.jpg" for folder in WHOLE_BODY_FOLDERS for pid in range(1, PATIENTS + 1)
+    )
+    for line in lines:
+        assert (line["lesion_mask"] is not None) == (line["lesions"] > 0)

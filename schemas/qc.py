@@ -1,0 +1,27 @@
+"""Table `qc`: one row per indexed image, its count statistics, body box and QC flags (engine/qc.py)."""
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PARTITION_COLS: tuple[str, ...] = ("folder",)
+SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # <folder>/<filename>, as in the index table
+        pa.field("folder", pa.string(), nullable=False),
+        pa.field("total_counts", pa.int64()),  # sum of grey levels
+        pa.field("mean_grey", pa.float64()),
+        pa.field("zero_fraction", pa.float64()),  # share of pixels exactly 0
+        pa.field("p99_grey", pa.float64()),  # 99th percentile grey level
+        pa.field("body_height_fraction", pa.float64()),  # body box height / image height; 0 for noise frames
+        pa.field("body_width_fraction", pa.float64()),  # body box width / image width; 0 for noise frames
+        pa.field("roughness", pa.float64()),  # std(image - blur) / mean(blur) over the body; null for noise frames
+        pa.field("noise_frame", pa.bool_()),
+        pa.field("low_count", pa.bool_()),
+        pa.field("small_body", pa.bool_()),
+        pa.field("body_cut", pa.bool_()),  # body box touches the top or bottom edge
+        pa.field("body_x1", pa.int32()),  # body box, original px, x2/y2 exclusive; null for noise frames
+        pa.field("body_y1", pa.int32()),
+        pa.field("body_x2", pa.int32()),
+        pa.field("body_y2", pa.int32()),
+    ]
+)
