@@ -10,6 +10,7 @@ from schemas import (
     heatmaps,
     index,
     loc_metrics,
+    masks,
     meta,
     metrics,
     preds,
@@ -30,4 +31,5 @@ TABLES: dict[str, ModuleType] = {
     "thresholds": thresholds,
     "metrics": metrics,
     "loc_metrics": loc_metrics,
+    "masks": masks,
 }

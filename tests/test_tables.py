@@ -37,6 +37,8 @@ def two_rows(name: str) -> dict[str, list]:
             columns[field.name] = [1, 2]
         elif pa.types.is_floating(field.type):
             columns[field.name] = [0.5, 0.25]
+        elif pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
+            columns[field.name] = [["leak", "empty"], []]
         elif pa.types.is_list(field.type) and pa.types.is_integer(field.type.value_type):
             columns[field.name] = [[int(v * 8) for v in row] for row in HEATMAPS]
         elif pa.types.is_list(field.type):
@@ -49,7 +51,7 @@ def two_rows(name: str) -> dict[str, list]:
 def plain(value):
     """Returns a reader's cell as a plain Python value (arrays as lists, missing as None)."""
     if isinstance(value, np.ndarray | list):
-        return [float(v) for v in value]
+        return [v if isinstance(v, str) else float(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and np.isnan(value):
