@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import mimetypes
-import os
 import threading
 from dataclasses import dataclass
 
@@ -203,15 +202,15 @@ def _thr_note(cfg: Config) -> tuple[float | None, str]:
 
 def read_under(root: str, relative: str) -> bytes:
     """Returns the bytes of file `relative` under `root`; 403 for paths leaving root, 404 for missing ones."""
+    fs, base = resolve_fs(root)
     try:
-        full = safe_relative_path(root, relative)
+        full = safe_relative_path(base, relative)
     except DecodeError:
         abort(403)
-    fs, _ = resolve_fs(root)
     try:
-        with fs.open_input_file(full if "://" in root else os.path.abspath(full)) as handle:
+        with fs.open_input_file(full) as handle:
             return handle.read()
-    except (FileNotFoundError, IsADirectoryError, OSError):
+    except OSError:  # missing, a folder, unreadable
         abort(404)
 
 
