@@ -214,6 +214,22 @@ def read_under(root: str, relative: str) -> bytes:
         abort(404)
 
 
+def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) -> bytes:
+    """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay."""
+    rows = catalog.patient_views(image_id)
+    if kind not in ("boxes", "cam") or rows.empty:
+        abort(404)
+    try:
+        if kind == "cam":
+            scan, heat = load_heatmap(catalog.run_dir, image_id, "orig", data_root=data_root)
+        else:
+            path = rows.loc[rows["image_id"] == image_id, "path"].iloc[0]
+            scan, heat = read_scan(data_root, str(path)), None
+    except (HeatmapNotFoundError, DecodeError, OSError):
+        abort(404)
+    return boxes_png(scan, heat, catalog.boxes(image_id), catalog.gt_boxes(image_id))
+
+
 def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     """Returns the Flask app of `make browse` over `cfg.run.dir`, scans read from the run's saved data root."""
     run_dir = cfg.run.dir
@@ -241,19 +257,7 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
 
     @app.get("/render/<kind>/<path:image_id>")
     def render(kind: str, image_id: str) -> Response:
-        rows = catalog.patient_views(image_id)
-        if kind not in ("boxes", "cam") or rows.empty:
-            abort(404)
-        try:
-            if kind == "cam":
-                scan, heat = load_heatmap(run_dir, image_id, "orig", data_root=data_root)
-            else:
-                path = rows.loc[rows["image_id"] == image_id, "path"].iloc[0]
-                scan, heat = read_scan(data_root, str(path)), None
-        except (HeatmapNotFoundError, DecodeError, OSError):
-            abort(404)
-        png = boxes_png(scan, heat, catalog.boxes(image_id), catalog.gt_boxes(image_id))
-        return Response(png, mimetype="image/png")
+        return Response(render_png(catalog, data_root, kind, image_id), mimetype="image/png")
 
     @app.get("/files/<base>/<path:relative>")
     def files(base: str, relative: str) -> Response:
