@@ -53,7 +53,8 @@ DASH_PX = 3  # dash and gap length of Normal GT boxes
 
 STYLE = """body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f3f3f3}th a{color:#036;text-decoration:none}
-form{margin:8px 0}form label{margin-right:10px}.views{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+form{margin:8px 0}form label{margin-right:10px}.views{display:flex;gap:24px;align-items:flex-start;overflow-x:auto}
+.view{flex:none}
 .view img{border:1px solid #999;margin-right:6px;image-rendering:pixelated}.key span{display:inline-block;width:16px;
 height:10px;margin:0 4px 0 12px}.missing{color:#a33}"""
 
