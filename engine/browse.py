@@ -8,11 +8,9 @@ only from under the run dir and the data root.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import mimetypes
 import threading
-from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
@@ -26,32 +24,13 @@ import schemas
 from engine.browse_pages import FILTERS, SORTABLE, ImageQuery, boxes_png, image_page, parse_query, table_page
 from engine.classify_stages import selected_threshold
 from engine.config import Config
-from engine.config_yaml import apply_override, build_dataclass
+from engine.config_sections import BrowseConfig
 from engine.decode import DecodeError
 from engine.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
 from engine.stages import safe_relative_path
 from engine.tables import resolve_fs, table_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BrowseConfig:
-    host: str = "127.0.0.1"  # interface the server binds: the local machine only unless set otherwise
-    port: int = 8765  # TCP port of the server (0: any free port)
-    page_size: int = 50  # table rows per page
-
-
-def browse_config(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> BrowseConfig:
-    """Returns `cfg.browse` (a default BrowseConfig while Config has none) with `browse.key=value` overrides."""
-    base = getattr(cfg, "browse", BrowseConfig())
-    if not overrides:
-        return base
-    data: dict = dataclasses.asdict(base)
-    lines: dict[str, str] = {}
-    for override in overrides:
-        apply_override(BrowseConfig, data, override.removeprefix("browse."), lines)
-    return build_dataclass(BrowseConfig, data, "browse.", "<command line>", lines)
 
 
 READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")

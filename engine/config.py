@@ -11,13 +11,16 @@ from them (tests/test_config.py refuses a conf file that restates a default).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
+from engine.config_sections import DEFAULT_VIEW_PATTERN, BrowseConfig, MasksConfig, QcConfig
 from engine.config_yaml import ConfigError, Range, apply_override, build_dataclass, load_yaml_with_lines
+from engine.counts import parse_count_scale
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config"]
 
@@ -33,6 +36,19 @@ SplitName = Literal["train", "val", "test"]
 class DataConfig:
     root: str = "data/synth"  # dataset root: a BS-80K-shaped folder, local path or storage URI
     view: Literal["ANT", "POST", "BOTH"] = "POST"  # whole-body view trained and scored (the seed trained POST)
+    layout: Literal["bs80k", "images", "dicom"] = "bs80k"  # bs80k folders; any image tree; NM DICOM (unlabeled)
+    count_scale: str = "max"  # 16-bit counts -> grey: max (per-image peak), p<q> (percentile), fixed:<counts/grey>
+    view_pattern: str = DEFAULT_VIEW_PATTERN  # images/dicom: regex with groups ANT / POST matched on the path
+    patient_pattern: str = ""  # images: regex with a group `patient` on the path; empty: the file stem
+
+    def __post_init__(self) -> None:
+        """Refuses an unknown count rule or a pattern that is no regex (ValueError, re-raised with file:line)."""
+        parse_count_scale(self.count_scale)
+        for name in ("view_pattern", "patient_pattern"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise ValueError(f"data.{name} is not a regular expression: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -209,6 +225,9 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    qc: QcConfig = field(default_factory=QcConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    browse: BrowseConfig = field(default_factory=BrowseConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain nested dicts (tuples as lists), ready for YAML/JSON."""

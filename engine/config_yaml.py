@@ -150,7 +150,13 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str, source: str, l
             kwargs[key] = build_dataclass(hint, value, dotted + ".", source, lines)
         else:
             kwargs[key] = _coerce(value, hint, where, dotted)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a section's __post_init__ check: name the line of the first key it was given
+        where = next((lines[f"{prefix}{key}"] for key in data if f"{prefix}{key}" in lines), source)
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 
 def _override_value(root: type, override: str, key: str, raw: str) -> Any:

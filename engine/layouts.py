@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
 
+from engine.config_sections import DEFAULT_VIEW_PATTERN
 from engine.data_tree import TreeEntry, read_image_size
 from engine.dicom import UNKNOWN_VIEW, DicomError, DicomFrame, is_dicom_name, read_nm_frames
 from engine.index_tables import IndexAccumulator
@@ -25,7 +26,6 @@ from engine.parsing import parse_voc_xml
 LAYOUTS = ("bs80k", "images", "dicom")
 IMAGE_FILE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # ANT/POST or anterior/posterior as a word of the path (not inside "patient" or "postop"), any case.
-DEFAULT_VIEW_PATTERN = r"(?i)(?<![a-z])(?:(?P<ANT>ant|anterior)|(?P<POST>post|posterior))(?![a-z])"
 MAX_DEPTH = 32  # folder levels walked below the root
 ROOT_FOLDER = "."  # `folder` of files directly in the root (the column is a partition key: never empty)
 

@@ -10,7 +10,6 @@ watershed 0.75, random walker 0.75, GrabCut 0.57 (engine/mask_metrics.py scores 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -18,36 +17,13 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
+from engine.config_sections import MasksConfig
+
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 class MaskError(ValueError):
     """Invalid segmenter settings or input arrays."""
-
-
-@dataclass(frozen=True)
-class MasksConfig:
-    """`make masks` settings (conf ``masks.*``); QC thresholds are canvas px unless named otherwise."""
-
-    segmenter: str = "threshold"  # key of SEGMENTERS (threshold, watershed, random_walker, grabcut, litemedsam, ...)
-    second: str = ""  # a second segmenter whose mask must agree (IoU >= min_agreement); empty: no check
-    checkpoint: str = ""  # local checkpoint for sam / sam2 (never downloaded)
-    model_type: str = "vit_b"  # sam: registry key (vit_b, vit_l, vit_h); sam2: its Hydra config name
-    level: float = 0.5  # threshold: fraction of (peak - border median) above the border median (measured 0.76 Dice)
-    smooth_sigma: float = 1.0  # Gaussian blur of the crop before segmenting, px (counts noise)
-    context: float = 0.25  # crop margin around the box, fraction of the box side
-    tight_margin: int = 4  # model segmenters: classical mask bbox grown by this, px (SAM wants a tight box)
-    min_area_px: int = 4  # QC: smaller masks are rejected
-    max_box_fraction: float = 0.8  # QC: masks covering more of their box are rejected
-    leak_sides: int = 2  # QC: a mask touching this many box sides or more leaks
-    min_contrast: float = 0.1  # QC: Michelson contrast (peak - border) / (peak + border) at least this
-    ring_px: int = 4  # QC: width of the ring around the mask whose mean CAM must stay below the inside's
-    min_agreement: float = 0.5  # QC: IoU with the second segmenter at least this
-    min_prob: str = "threshold"  # threshold: y_prob below the run's selected threshold is rejected; all: no check
-    batch_images: int = 16  # images per segmenting call (their box crops go in one batch)
-    chunk_images: int = 2048  # images per stream (their boxes and heatmaps ship with the stream's tasks)
-    actors: int = 1  # model segmenters: actor pool size
-    num_gpus: float = 0.0  # model segmenters: GPUs per actor
 
 
 class Segmenter(Protocol):

@@ -33,11 +33,6 @@ FLOAT_COLUMNS = ("mask_x1", "mask_y1", "mask_x2", "mask_y2", "contrast", "cam_in
 Lookup = dict[str, dict[str, Any]]  # image_id -> boxes (K, 4) canvas, rank (K,), y_prob, heatmap, meta, split, folder
 
 
-def masks_config(cfg: Config) -> MasksConfig:
-    """Returns `cfg.masks`, or the defaults while the config tree has no `masks` section."""
-    return getattr(cfg, "masks", MasksConfig())
-
-
 def _error_rows(entry: dict[str, Any], image_id: str, path: str, reason: str) -> list[dict[str, Any]]:
     """Returns one error row per box of an image."""
     return [{"image_id": image_id, "rank": int(r), "path": path, "error": reason, "split": entry["split"],
@@ -172,7 +167,7 @@ def _stream(cfg: Config, rows: pd.DataFrame, lookup: Lookup, thr: float) -> Any:
 
     from engine.pipeline import image_stream
 
-    mcfg = masks_config(cfg)
+    mcfg = cfg.masks
     images = image_stream(rows, cfg)
     if {mcfg.segmenter, mcfg.second} & set(MODEL_SEGMENTERS):
         return images.map_batches(MaskStage, fn_constructor_args=(mcfg, lookup, thr), batch_size=mcfg.batch_images,
@@ -217,7 +212,7 @@ def run_masks(cfg: Config) -> StageSummary:
     """Segments every pseudo box of the run -> tables masks (one row per box) and errors; no model by default."""
     from engine.pipeline import init_ray, iter_results
 
-    mcfg = masks_config(cfg)
+    mcfg = cfg.masks
     for name in (mcfg.segmenter, *([mcfg.second] if mcfg.second else [])):
         check_segmenter(name, mcfg)  # fail fast: unknown name, missing package or checkpoint
     thr = selected_threshold(cfg) if mcfg.min_prob == "threshold" else float("-inf")

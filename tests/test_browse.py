@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from werkzeug.serving import make_server
 
-from engine.browse import BrowseConfig, RunCatalog, browse_config, create_app
+from engine.browse import RunCatalog, create_app
 from engine.browse_pages import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, ImageQuery, draw_boxes, parse_query
 from engine.config import ConfigError
+from engine.config_sections import BrowseConfig
 from engine.localization import overlap_areas, pixel_boxes
 from engine.tables import TableWriter, read_table
 from tests.conftest import test_config
@@ -140,10 +141,10 @@ def test_qc_flags_show_when_a_qc_table_exists_and_are_empty_without_one(cam_run:
 
 def test_browse_config_reads_overrides_and_rejects_unknown_keys(data_root: Path, tmp_path: Path) -> None:
     cfg = test_config(data_root, tmp_path)
-    assert browse_config(cfg) == BrowseConfig() and BrowseConfig().host == "127.0.0.1"
-    assert browse_config(cfg, ["browse.port=9001"]).port == 9001
+    assert cfg.browse == BrowseConfig() and BrowseConfig().host == "127.0.0.1"
+    assert test_config(data_root, tmp_path, "browse.port=9001").browse.port == 9001
     with pytest.raises(ConfigError, match=r"unknown key 'browse.prot'"):
-        browse_config(cfg, ["browse.prot=9001"])
+        test_config(data_root, tmp_path, "browse.prot=9001")
 
 
 def test_gt_boxes_are_drawn_outside_the_box_solid_abnormal_and_dashed_normal() -> None:

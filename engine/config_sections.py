@@ -1,0 +1,70 @@
+"""Config sections of the image-QC, mask and browse stages (`qc.*`, `masks.*`, `browse.*`); see engine/config.py.
+
+Kept apart from engine/config.py so that each file stays readable; the same rules hold: the field defaults are
+the only defaults, `Literal` fields list their choices and `Range` fields their bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from engine.config_yaml import Range
+
+Fraction = Annotated[float, Range(0.0, 1.0)]
+NonNegative = Annotated[float, Range(0.0)]
+Count = Annotated[int, Range(0)]
+Positive = Annotated[int, Range(1)]
+# View from a path: the last whole-word ANT/anterior or POST/posterior (any case); see engine/layouts.py.
+DEFAULT_VIEW_PATTERN = r"(?i)(?<![a-z])(?:(?P<ANT>ant|anterior)|(?P<POST>post|posterior))(?![a-z])"
+QcFlag = Literal["noise_frame", "low_count", "small_body", "body_cut", "domain_shift"]
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """Image QC thresholds (engine/qc.py) and which flags keep an image out of training and scoring."""
+
+    blur_sigma_px: NonNegative = 6.0  # Gaussian sigma of the body blob's blur, px (as in the real-scan measurement)
+    level_factor: NonNegative = 0.25  # body blob: blur > level_factor * mean grey + level_offset
+    level_offset: NonNegative = 0.5  # grey levels; keeps an almost empty frame from making a blob of its specks
+    noise_zero_fraction: Fraction = 0.95  # noise_frame: more zero pixels than this (real noise frames: > 95 %)
+    low_count_total: NonNegative = 300_000.0  # low_count: total grey below this (real median ~1.0e6)
+    small_body_height: Fraction = 0.45  # small_body: body height / frame height below this (adults ~0.67)
+    cut_margin_px: Count = 0  # body_cut: body box within this many px of the top or bottom edge
+    exclude: tuple[QcFlag, ...] = ("noise_frame",)  # flags kept out of train, threshold and evaluate (never deleted)
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    """`make masks` settings; QC thresholds are canvas px unless named otherwise."""
+
+    segmenter: Literal["threshold", "watershed", "random_walker", "grabcut", "litemedsam", "sam", "sam2"] = (
+        "threshold"  # box-prompted segmenter (litemedsam: pip install '.[sam]'; sam/sam2: masks.checkpoint)
+    )
+    second: str = ""  # a second segmenter whose mask must agree (IoU >= min_agreement); empty: no check
+    checkpoint: str = ""  # local checkpoint for sam / sam2 (never downloaded)
+    model_type: str = "vit_b"  # sam: registry key (vit_b, vit_l, vit_h); sam2: its config name
+    level: Fraction = 0.5  # threshold: fraction of (peak - border median) above the border median
+    smooth_sigma: NonNegative = 1.0  # Gaussian blur of the crop before segmenting, px (counts noise)
+    context: NonNegative = 0.25  # crop margin around the box, fraction of the box side
+    tight_margin: Count = 4  # model segmenters: classical mask bbox grown by this, px (SAM wants a tight box)
+    min_area_px: Count = 4  # QC: smaller masks are rejected
+    max_box_fraction: Fraction = 0.8  # QC: masks covering more of their box are rejected
+    leak_sides: Annotated[int, Range(1, 4)] = 2  # QC: a mask touching this many box sides or more leaks
+    min_contrast: Fraction = 0.1  # QC: Michelson contrast (peak - border) / (peak + border) at least this
+    ring_px: Positive = 4  # QC: width of the ring around the mask whose mean CAM must stay below the inside's
+    min_agreement: Fraction = 0.5  # QC: IoU with the second segmenter at least this
+    min_prob: Literal["threshold", "all"] = "threshold"  # threshold: y_prob below the run's threshold is rejected
+    batch_images: Positive = 16  # images per segmenting call (their box crops go in one batch)
+    chunk_images: Positive = 2048  # images per stream (their boxes and heatmaps ship with the stream's tasks)
+    actors: Positive = 1  # model segmenters: actor pool size
+    num_gpus: NonNegative = 0.0  # model segmenters: GPUs per actor
+
+
+@dataclass(frozen=True)
+class BrowseConfig:
+    """`make browse` server settings."""
+
+    host: str = "127.0.0.1"  # interface the server binds: the local machine only unless set otherwise
+    port: Annotated[int, Range(0, 65535)] = 8765  # TCP port of the server (0: any free port)
+    page_size: Positive = 50  # table rows per page
