@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONF ?= conf/default.yaml
 ARGS ?=
 DEMO := CONF=conf/demo.yaml
-STAGES := synth index split train threshold infer cam boxes evaluate report leaderboard bench
+STAGES := synth index split train threshold infer cam boxes masks evaluate report leaderboard bench browse
 
 .PHONY: help setup test demo all lint clean-demo $(STAGES)
 
@@ -38,6 +38,8 @@ cam: setup ## probabilities + CAM + pseudo boxes in one pass (cam.scope=all: who
 	$(PY) -m jobs.cam --config $(CONF) $(ARGS)
 boxes: setup ## recompute boxes from stored heatmaps with new boxes.* (no model)
 	$(PY) -m jobs.boxes --config $(CONF) $(ARGS)
+masks: setup ## pseudo masks from the pseudo boxes (COCO RLE, original px) with QC reason codes -> masks, errors
+	$(PY) -m jobs.masks --config $(CONF) $(ARGS)
 evaluate: setup ## score CAM peaks + pseudo boxes against the Abnormal GT boxes (tuned on val) -> loc_metrics, COCO prompts
 	$(PY) -m jobs.evaluate --config $(CONF) $(ARGS)
 report: setup ## one offline HTML page: curves, confusion matrix, localisation table, overlay gallery -> report/index.html
@@ -49,7 +51,7 @@ leaderboard: setup ## test metrics of every run under leaderboard.runs
 # pass over split=val (its own partitions, replaced if they exist).
 CAM_VAL := cam.scope=split cam.split=val run.overwrite=true
 
-all: setup ## every stage on the configured data: index split train threshold infer cam boxes evaluate report
+all: setup ## every stage on the configured data: index split train threshold infer cam boxes masks evaluate report
 	$(PY) -m jobs.index --config $(CONF) $(ARGS)
 	$(PY) -m jobs.split --config $(CONF) $(ARGS)
 	$(PY) -m jobs.train --config $(CONF) $(ARGS)
@@ -58,8 +60,11 @@ all: setup ## every stage on the configured data: index split train threshold in
 	$(PY) -m jobs.cam --config $(CONF) $(ARGS)
 	$(PY) -m jobs.cam --config $(CONF) $(ARGS) $(CAM_VAL)
 	$(PY) -m jobs.boxes --config $(CONF) $(ARGS)
+	$(PY) -m jobs.masks --config $(CONF) $(ARGS)
 	$(PY) -m jobs.evaluate --config $(CONF) $(ARGS)
 	$(PY) -m jobs.report --config $(CONF) $(ARGS)
+browse: setup ## local web page over every image of a run: sortable table, per-image CAM + GT/pseudo boxes (browse.port=8765)
+	$(PY) -m jobs.browse --config $(CONF) $(ARGS)
 bench: setup ## model-only vs plain loop vs engine, memory at N and 10 x N (CONF=conf/bench_gpu.yaml on a GPU)
 	$(PY) -m jobs.bench --config $(if $(filter command line,$(origin CONF)),$(CONF),conf/bench.yaml) $(ARGS)
 
@@ -78,6 +83,7 @@ demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny mod
 	$(PY) -m jobs.cam --config conf/demo.yaml
 	$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_VAL)
 	$(PY) -m jobs.boxes --config conf/demo.yaml
+	$(PY) -m jobs.masks --config conf/demo.yaml
 	$(PY) -m jobs.index --config conf/demo.yaml $(DEMO_SEED)
 	$(PY) -m jobs.split --config conf/demo.yaml $(DEMO_SEED)
 	$(PY) -m jobs.train --config conf/demo.yaml $(DEMO_SEED)
