@@ -62,8 +62,19 @@ def gap_linear_weights(model: nn.Module) -> torch.Tensor | None:
     return classifier.weight[0].detach()
 
 
+def float32_region(device: torch.device) -> torch.autocast:
+    """Returns a context with autocast off on `device`: CAM math stays float32 inside a bf16 autocast region.
+
+    Under autocast einsum/bmm run in bf16 (8 mantissa bits) whatever the input dtype, so nearby CAM values round
+    to the same number and peaks tie; the features may be bf16, the weighted sum and its normalisation are not.
+    """
+    return torch.autocast(device.type, enabled=False)
+
+
 def fused_cam(features: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
     """Returns Grad-CAM for a GAP+linear head, ``ReLU(sum_c w_c A_c) / (h w)``, float32 (B, h, w).
+
+    Computed in float32 with autocast off (``float32_region``), also inside a bf16 autocast region.
 
     Args:
         features: (B, C, h, w) output of ``model.forward_features`` (any float dtype, any device).
@@ -74,8 +85,9 @@ def fused_cam(features: torch.Tensor, class_weight: torch.Tensor) -> torch.Tenso
     if class_weight.ndim != 1 or class_weight.shape[0] != features.shape[1]:
         raise CamError(f"class_weight must be ({features.shape[1]},), got shape {tuple(class_weight.shape)}")
     h, w = features.shape[2], features.shape[3]
-    weighted = torch.einsum("bchw,c->bhw", features.float(), class_weight.to(features.device).float())
-    return torch.relu(weighted) / (h * w)
+    with float32_region(features.device):
+        weighted = torch.einsum("bchw,c->bhw", features.float(), class_weight.to(features.device).float())
+        return torch.relu(weighted) / (h * w)
 
 
 def gradcam_autograd(
@@ -112,8 +124,9 @@ def gradcam_autograd(
             (grads,) = torch.autograd.grad(logits.sum(), activation)
     finally:
         handle.remove()
-    alpha = grads.float().mean(dim=(2, 3))
-    cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
+    with float32_region(activation.device):
+        alpha = grads.float().mean(dim=(2, 3))
+        cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
     return cam, logits.detach()
 
 
@@ -197,14 +210,15 @@ def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor,
 
     The seed's normalisation (research/seed_code.md §9): ``(cam - min) / (max - min + eps)``. It makes maps
     readable but not comparable across images, hence the raw maximum is returned too (DESIGN.md §4.5).
-    An all-zero (or constant) map stays all zero.
+    An all-zero (or constant) map stays all zero. Float32 with autocast off (``float32_region``).
     """
     if cams.ndim != 3:
         raise CamError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
-    flat = cams.float().flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
-    normalised = (flat - low) / (high - low + eps)
+    with float32_region(cams.device):
+        flat = cams.float().flatten(1)
+        low = flat.min(dim=1, keepdim=True).values
+        high = flat.max(dim=1, keepdim=True).values
+        normalised = (flat - low) / (high - low + eps)
     return normalised.reshape(cams.shape), high[:, 0]
 
 

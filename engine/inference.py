@@ -96,7 +96,10 @@ class ClassifyCamStage:
         return dict(self.model.named_modules())[name]
 
     def _run_model(self, x: Any) -> tuple[Any, Any, Any]:
-        """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None)."""
+        """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None).
+
+        The backbone may run under bf16 autocast; the CAM and its normalisation never do (``engine.cam.fused_cam``).
+        """
         from engine.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
         from engine.model import bf16_autocast
 
@@ -112,10 +115,11 @@ class ClassifyCamStage:
                                           self.settings.refine_power)  # fmt: skip
             return logits, cams.float(), centres
         if self.method == "fused":
-            with torch.inference_mode(), autocast:
-                features = self.features(x)
-                logits = self.model.forward_head(features)[:, 0].float()
-                return logits, fused_cam(features.float(), self.class_weight.float()), None
+            with torch.inference_mode():
+                with autocast:
+                    features = self.features(x)
+                    logits = self.model.forward_head(features)[:, 0].float()
+                return logits, fused_cam(features, self.class_weight), None  # float32, out of the bf16 region
         with autocast:
             cams, logits = gradcam_autograd(self.model, x, self._target_layer())
         return logits.detach().float(), cams.detach().float(), None
