@@ -10,6 +10,7 @@ device-agnostic and return float32; heatmap resizing works on numpy arrays.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.basins import basin_window_sums, cam_basins, neighbour_spans
 from engine.letterbox import LetterboxMeta, resize_image
 
 
@@ -159,26 +161,37 @@ def _integral(values: torch.Tensor) -> torch.Tensor:
 
 
 def refine_cell_centres(
-    evidence: torch.Tensor, grid_h: int, grid_w: int, reach: float = 2.0, power: float = 4.0
+    evidence: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    reach: float = 2.0,
+    power: float = 4.0,
+    cams: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns (B, grid_h, grid_w, 2) float32 canvas (x, y): per CAM cell, where its neighbourhood's evidence lies.
 
     For cell (r, c), centred at ((c + 0.5) W / grid_w, (r + 0.5) H / grid_h), the window reaches `reach` cells
     each way (clipped to the canvas); the result is the centroid of the pixel centres weighted by
     ``(evidence / image max) ** power`` (a high power follows the strongest evidence, not the window's middle).
-    A window without evidence keeps the cell centre. Summed-area tables make it O(H W) per image on any device.
+    With `cams`, only the pixels of cells in the cell's own CAM basin count (``engine.basins.cam_basins``): the
+    evidence is the gradient of the summed CAM, so without it a weak peak within reach of a strong blob is pulled
+    onto the blob and NMS then drops it. A window without evidence keeps the cell centre. Summed-area tables make
+    it O(H W) per image (plus O(h w reach^2) cell work) on any device.
 
     Args:
         evidence: (B, H, W) non-negative canvas-resolution map (``fused_cam_with_evidence``).
         grid_h, grid_w: the CAM's (h, w).
         reach: window half-size in cells.
         power: weighting exponent.
+        cams: optional (B, grid_h, grid_w) CAMs whose basins bound each window.
     """
     if evidence.ndim != 3:
         raise CamError(f"evidence must be (B, H, W), got shape {tuple(evidence.shape)}")
     if grid_h < 1 or grid_w < 1 or reach <= 0 or power <= 0:
         raise CamError(f"need a positive grid, reach and power, got {grid_h}x{grid_w}, {reach}, {power}")
     batch, height, width = evidence.shape
+    if cams is not None and tuple(cams.shape) != (batch, grid_h, grid_w):
+        raise CamError(f"cams must be {(batch, grid_h, grid_w)}, got shape {tuple(cams.shape)}")
     device = evidence.device
     weight = evidence.double().clamp(min=0)
     weight = (weight / weight.flatten(1).amax(dim=1).clamp(min=1e-30).view(batch, 1, 1)) ** power
@@ -188,16 +201,13 @@ def refine_cell_centres(
     cell_w, cell_h = width / grid_w, height / grid_h
     centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + 0.5) * cell_w
     centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + 0.5) * cell_h
-    x0 = (centre_x - reach * cell_w).floor().clamp(0, width).long()
-    x1 = (centre_x + reach * cell_w).ceil().clamp(0, width).long()
-    y0 = (centre_y - reach * cell_h).floor().clamp(0, height).long()
-    y1 = (centre_y + reach * cell_h).ceil().clamp(0, height).long()
-
-    def window_sum(table: torch.Tensor) -> torch.Tensor:  # (B, grid_h, grid_w)
-        rows_lo, rows_hi = table[:, y0, :], table[:, y1, :]
-        return rows_hi[:, :, x1] - rows_hi[:, :, x0] - rows_lo[:, :, x1] + rows_lo[:, :, x0]
-
-    total, sum_x, sum_y = (window_sum(t) for t in tables)
+    span = math.ceil(reach + 0.5) + 1  # cells a window can touch on each side, pixel rounding included
+    cols = neighbour_spans(grid_w, width, (centre_x - reach * cell_w).floor().clamp(0, width).long(),
+                           (centre_x + reach * cell_w).ceil().clamp(0, width).long(), span)  # fmt: skip
+    rows = neighbour_spans(grid_h, height, (centre_y - reach * cell_h).floor().clamp(0, height).long(),
+                           (centre_y + reach * cell_h).ceil().clamp(0, height).long(), span)  # fmt: skip
+    basins = cam_basins(cams) if cams is not None else torch.zeros(batch, grid_h, grid_w, device=device).long()
+    total, sum_x, sum_y = basin_window_sums(tables, basins, rows, cols)
     has = total > 1e-12
     safe = torch.where(has, total, torch.ones_like(total))
     out_x = torch.where(has, sum_x / safe, centre_x.view(1, 1, grid_w).expand_as(total))

@@ -112,7 +112,7 @@ class ClassifyCamStage:
             with autocast:
                 logits, cams, evidence = fused_cam_with_evidence(self.model, x, self.class_weight, self.features)
             centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], self.settings.refine_reach,
-                                          self.settings.refine_power)  # fmt: skip
+                                          self.settings.refine_power, cams=cams)  # fmt: skip
             return logits, cams.float(), centres
         if self.method == "fused":
             with torch.inference_mode():
