@@ -167,10 +167,12 @@ def refine_cell_centres(
     reach: float = 2.0,
     power: float = 4.0,
     cams: torch.Tensor | None = None,
+    cell_centre: tuple[float, float] = (0.5, 0.5),
 ) -> torch.Tensor:
     """Returns (B, grid_h, grid_w, 2) float32 canvas (x, y): per CAM cell, where its neighbourhood's evidence lies.
 
-    For cell (r, c), centred at ((c + 0.5) W / grid_w, (r + 0.5) H / grid_h), the window reaches `reach` cells
+    For cell (r, c), centred at ((c + fx) W / grid_w, (r + fy) H / grid_h) with (fx, fy) = `cell_centre` (the
+    model's ``engine.model.probe_cell_centre``; 0.5 is the pixel-centre assumption), the window reaches `reach` cells
     each way (clipped to the canvas); the result is the centroid of the pixel centres weighted by
     ``(evidence / image max) ** power`` (a high power follows the strongest evidence, not the window's middle).
     With `cams`, only the pixels of cells in the cell's own CAM basin count (``engine.basins.cam_basins``): the
@@ -183,7 +185,9 @@ def refine_cell_centres(
         grid_h, grid_w: the CAM's (h, w).
         reach: window half-size in cells.
         power: weighting exponent.
-        cams: optional (B, grid_h, grid_w) CAMs whose basins bound each window.
+        cams: optional (B, grid_h, grid_w) CAMs whose basins bound each window (pixels belong to the nearest
+            (c + 0.5) cell).
+        cell_centre: where a cell's evidence centres, in cells from its origin.
     """
     if evidence.ndim != 3:
         raise CamError(f"evidence must be (B, H, W), got shape {tuple(evidence.shape)}")
@@ -199,9 +203,10 @@ def refine_cell_centres(
     ys = torch.arange(height, device=device, dtype=torch.float64) + 0.5
     tables = [_integral(weight), _integral(weight * xs), _integral(weight * ys[:, None])]
     cell_w, cell_h = width / grid_w, height / grid_h
-    centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + 0.5) * cell_w
-    centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + 0.5) * cell_h
-    span = math.ceil(reach + 0.5) + 1  # cells a window can touch on each side, pixel rounding included
+    centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + float(cell_centre[0])) * cell_w
+    centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + float(cell_centre[1])) * cell_h
+    shift = max(abs(float(cell_centre[0]) - 0.5), abs(float(cell_centre[1]) - 0.5))
+    span = math.ceil(reach + 0.5 + shift) + 1  # cells a window can touch on each side, pixel rounding included
     cols = neighbour_spans(grid_w, width, (centre_x - reach * cell_w).floor().clamp(0, width).long(),
                            (centre_x + reach * cell_w).ceil().clamp(0, width).long(), span)  # fmt: skip
     rows = neighbour_spans(grid_h, height, (centre_y - reach * cell_h).floor().clamp(0, height).long(),

@@ -63,6 +63,7 @@ class ClassifyCamStage:
         if self.device.type == "cuda" and settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_weight = gap_linear_weights(self.model)
+        self.cell_centre = tuple(self.info.get("cell_centre", (0.5, 0.5)))  # engine.model.probe_cell_centre
         self.method = self._choose_method(settings.method)
         compiled = settings.compile and self.device.type == "cuda"
         self.forward = torch.compile(self.model) if compiled else self.model
@@ -111,8 +112,9 @@ class ClassifyCamStage:
         if self.refine:
             with autocast:
                 logits, cams, evidence = fused_cam_with_evidence(self.model, x, self.class_weight, self.features)
-            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], self.settings.refine_reach,
-                                          self.settings.refine_power, cams=cams)  # fmt: skip
+            reach, power = self.settings.refine_reach, self.settings.refine_power
+            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], reach, power, cams=cams,
+                                          cell_centre=self.cell_centre)  # fmt: skip
             return logits, cams.float(), centres
         if self.method == "fused":
             with torch.inference_mode():

@@ -231,3 +231,16 @@ def test_cam_path_under_bf16_autocast_equals_the_float32_cam_of_the_same_feature
     assert features.dtype == torch.bfloat16 and cams.dtype == torch.float32
     expected = torch.relu(torch.einsum("bchw,c->bhw", features.double(), weight.double())) / (4 * 2)
     torch.testing.assert_close(cams.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_refine_windows_sit_on_the_models_cell_centre():
+    evidence = torch.zeros(1, 64, 64)
+    evidence[0, 16, 17] = 1.0  # pixel centre (17.5, 16.5)
+    nominal = refine_cell_centres(evidence, 8, 8, reach=1.0, power=4.0)[0]
+    shifted = refine_cell_centres(evidence, 8, 8, reach=1.0, power=4.0, cell_centre=(0.0, 0.0))[0]
+    # cell (2, 4): nominal centre (36, 20), window x 28..44 misses x = 17.5; centred at (32, 16), x 24..40: still out.
+    assert nominal[2, 4].tolist() == pytest.approx([36.0, 20.0]) and shifted[2, 4].tolist() == pytest.approx([32, 16])
+    assert shifted[2, 0].tolist() == pytest.approx([0.0, 16.0])  # window x 0..8: no evidence, its centre kept
+    # cell (3, 3): the nominal window x 20..36, y 20..36 misses the pixel; the shifted one (16..32 both) holds it
+    assert nominal[3, 3].tolist() == pytest.approx([28.0, 28.0])
+    assert shifted[3, 3].tolist() == pytest.approx([17.5, 16.5])
