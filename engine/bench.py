@@ -162,7 +162,8 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
     from engine.cam_stages import box_params, heatmap_column, peak_list_columns
 
     device = _device(cfg)
-    model = load_model(cfg.run.dir, cfg.model)[0].to(device).eval().requires_grad_(False)
+    model, info = load_model(cfg.run.dir, cfg.model)
+    model = model.to(device).eval().requires_grad_(False)
     amp = device.type == "cuda" and cfg.train.amp  # the actor's bf16 autocast
     weight, params = gap_linear_weights(model), box_params(cfg)
     writer = TableWriter(run_dir, "bench", overwrite=True)
@@ -179,7 +180,8 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
                 probs = torch.sigmoid(logits).cpu().numpy()
             with _timed(profile, "refine"):
                 h, w = cams.shape[1:]
-                centres = refine_cell_centres(evidence, h, w, cfg.cam.refine_reach, cfg.cam.refine_power)
+                centres = refine_cell_centres(evidence, h, w, cfg.cam.refine_reach, cfg.cam.refine_power, cams=cams,
+                                              cell_centre=tuple(info["cell_centre"]))  # as ClassifyCamStage
                 centres = centres.cpu().numpy()
         else:
             with _timed(profile, "forward"), torch.inference_mode(), bf16_autocast(amp):

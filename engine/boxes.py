@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
+from torchvision import ops
 
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
@@ -86,22 +88,34 @@ def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return inter, area_a, area_b
 
 
+def _as_box_tensor(boxes: np.ndarray) -> torch.Tensor:
+    """Returns (N, 4) float64 boxes as a tensor, an inverted side (x2 < x1) clipped to zero width as in box_overlaps."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return torch.from_numpy(np.concatenate([boxes[:, :2], np.maximum(boxes[:, 2:], boxes[:, :2])], axis=1))
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Returns the (N, M) IoU of (N, 4) and (M, 4) boxes (x2/y2 exclusive; 0 where both areas are 0)."""
-    inter, area_a, area_b = box_overlaps(a, b)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    """Returns the (N, M) float64 IoU of (N, 4) and (M, 4) boxes (x2/y2 exclusive; 0 where both areas are 0).
+
+    ``torchvision.ops.box_iou`` (area = (x2 - x1)(y2 - y1): the exclusive-end convention), with its 0 / 0 = NaN of
+    two empty boxes read as 0.
+    """
+    iou = ops.box_iou(_as_box_tensor(a), _as_box_tensor(b)).numpy()
+    return np.nan_to_num(iou, nan=0.0)
 
 
-def _greedy_nms(boxes: np.ndarray, params: BoxParams) -> np.ndarray:
-    """Returns indices of boxes (already in score order) kept by greedy NMS, at most params.max_boxes."""
-    kept: list[int] = []
-    for index in range(len(boxes)):
-        if len(kept) == params.max_boxes:
-            break
-        if not kept or box_iou(boxes[index], boxes[kept]).max() <= params.nms_iou:
-            kept.append(index)
-    return np.array(kept, dtype=np.int64)
+def greedy_nms(boxes: np.ndarray, params: BoxParams) -> np.ndarray:
+    """Returns indices of boxes (already in score order) kept by greedy NMS, at most params.max_boxes.
+
+    ``torchvision.ops.nms`` keeps a box when its IoU with every kept box is <= nms_iou; it is given the row order as
+    the score (-index), so equal scores keep their given order. Greedy choices never depend on later boxes, so the
+    first max_boxes kept are the capped result.
+    """
+    if params.max_boxes == 0 or len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = -torch.arange(len(boxes), dtype=torch.float64)
+    kept = ops.nms(_as_box_tensor(boxes), rank, params.nms_iou)
+    return kept[: params.max_boxes].numpy().astype(np.int64)
 
 
 def _check_body_box(body_box: tuple[float, float, float, float], canvas_h: int, canvas_w: int) -> np.ndarray:
@@ -213,7 +227,7 @@ def extract_pseudo_boxes(
     x1 = np.clip(points[:, 0] - side_w / 2, body[0], body[2] - side_w)
     y1 = np.clip(points[:, 1] - side_h / 2, body[1], body[3] - side_h)
     boxes = np.stack([x1, y1, x1 + side_w, y1 + side_h, scores], axis=1).reshape(-1, 5)
-    return boxes[_greedy_nms(boxes[:, :4], params)].astype(np.float32)
+    return boxes[greedy_nms(boxes[:, :4], params)].astype(np.float32)
 
 
 def boxes_for_batch(
@@ -284,4 +298,4 @@ def top_pixel_boxes(heatmap_canvas: np.ndarray, params: BoxParams, candidates_mu
     y1 = np.maximum(0, ys - params.size // 2)
     x2, y2 = np.minimum(width, x1 + params.size), np.minimum(height, y1 + params.size)
     boxes = np.stack([x1, y1, x2, y2, flat[candidates]], axis=1).astype(np.float64).reshape(-1, 5)
-    return boxes[_greedy_nms(boxes[:, :4], params)].astype(np.float32)
+    return boxes[greedy_nms(boxes[:, :4], params)].astype(np.float32)

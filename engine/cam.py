@@ -10,6 +10,7 @@ device-agnostic and return float32; heatmap resizing works on numpy arrays.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.basins import basin_window_sums, cam_basins, neighbour_spans
 from engine.letterbox import LetterboxMeta, resize_image
 
 
@@ -62,8 +64,19 @@ def gap_linear_weights(model: nn.Module) -> torch.Tensor | None:
     return classifier.weight[0].detach()
 
 
+def float32_region(device: torch.device) -> torch.autocast:
+    """Returns a context with autocast off on `device`: CAM math stays float32 inside a bf16 autocast region.
+
+    Under autocast einsum/bmm run in bf16 (8 mantissa bits) whatever the input dtype, so nearby CAM values round
+    to the same number and peaks tie; the features may be bf16, the weighted sum and its normalisation are not.
+    """
+    return torch.autocast(device.type, enabled=False)
+
+
 def fused_cam(features: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
     """Returns Grad-CAM for a GAP+linear head, ``ReLU(sum_c w_c A_c) / (h w)``, float32 (B, h, w).
+
+    Computed in float32 with autocast off (``float32_region``), also inside a bf16 autocast region.
 
     Args:
         features: (B, C, h, w) output of ``model.forward_features`` (any float dtype, any device).
@@ -74,8 +87,9 @@ def fused_cam(features: torch.Tensor, class_weight: torch.Tensor) -> torch.Tenso
     if class_weight.ndim != 1 or class_weight.shape[0] != features.shape[1]:
         raise CamError(f"class_weight must be ({features.shape[1]},), got shape {tuple(class_weight.shape)}")
     h, w = features.shape[2], features.shape[3]
-    weighted = torch.einsum("bchw,c->bhw", features.float(), class_weight.to(features.device).float())
-    return torch.relu(weighted) / (h * w)
+    with float32_region(features.device):
+        weighted = torch.einsum("bchw,c->bhw", features.float(), class_weight.to(features.device).float())
+        return torch.relu(weighted) / (h * w)
 
 
 def gradcam_autograd(
@@ -112,8 +126,9 @@ def gradcam_autograd(
             (grads,) = torch.autograd.grad(logits.sum(), activation)
     finally:
         handle.remove()
-    alpha = grads.float().mean(dim=(2, 3))
-    cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
+    with float32_region(activation.device):
+        alpha = grads.float().mean(dim=(2, 3))
+        cam = torch.relu(torch.einsum("bchw,bc->bhw", activation.detach().float(), alpha))
     return cam, logits.detach()
 
 
@@ -146,26 +161,41 @@ def _integral(values: torch.Tensor) -> torch.Tensor:
 
 
 def refine_cell_centres(
-    evidence: torch.Tensor, grid_h: int, grid_w: int, reach: float = 2.0, power: float = 4.0
+    evidence: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    reach: float = 2.0,
+    power: float = 4.0,
+    cams: torch.Tensor | None = None,
+    cell_centre: tuple[float, float] = (0.5, 0.5),
 ) -> torch.Tensor:
     """Returns (B, grid_h, grid_w, 2) float32 canvas (x, y): per CAM cell, where its neighbourhood's evidence lies.
 
-    For cell (r, c), centred at ((c + 0.5) W / grid_w, (r + 0.5) H / grid_h), the window reaches `reach` cells
+    For cell (r, c), centred at ((c + fx) W / grid_w, (r + fy) H / grid_h) with (fx, fy) = `cell_centre` (the
+    model's ``engine.model.probe_cell_centre``; 0.5 is the pixel-centre assumption), the window reaches `reach` cells
     each way (clipped to the canvas); the result is the centroid of the pixel centres weighted by
     ``(evidence / image max) ** power`` (a high power follows the strongest evidence, not the window's middle).
-    A window without evidence keeps the cell centre. Summed-area tables make it O(H W) per image on any device.
+    With `cams`, only the pixels of cells in the cell's own CAM basin count (``engine.basins.cam_basins``): the
+    evidence is the gradient of the summed CAM, so without it a weak peak within reach of a strong blob is pulled
+    onto the blob and NMS then drops it. A window without evidence keeps the cell centre. Summed-area tables make
+    it O(H W) per image (plus O(h w reach^2) cell work) on any device.
 
     Args:
         evidence: (B, H, W) non-negative canvas-resolution map (``fused_cam_with_evidence``).
         grid_h, grid_w: the CAM's (h, w).
         reach: window half-size in cells.
         power: weighting exponent.
+        cams: optional (B, grid_h, grid_w) CAMs whose basins bound each window (pixels belong to the nearest
+            (c + 0.5) cell).
+        cell_centre: where a cell's evidence centres, in cells from its origin.
     """
     if evidence.ndim != 3:
         raise CamError(f"evidence must be (B, H, W), got shape {tuple(evidence.shape)}")
     if grid_h < 1 or grid_w < 1 or reach <= 0 or power <= 0:
         raise CamError(f"need a positive grid, reach and power, got {grid_h}x{grid_w}, {reach}, {power}")
     batch, height, width = evidence.shape
+    if cams is not None and tuple(cams.shape) != (batch, grid_h, grid_w):
+        raise CamError(f"cams must be {(batch, grid_h, grid_w)}, got shape {tuple(cams.shape)}")
     device = evidence.device
     weight = evidence.double().clamp(min=0)
     weight = (weight / weight.flatten(1).amax(dim=1).clamp(min=1e-30).view(batch, 1, 1)) ** power
@@ -173,18 +203,16 @@ def refine_cell_centres(
     ys = torch.arange(height, device=device, dtype=torch.float64) + 0.5
     tables = [_integral(weight), _integral(weight * xs), _integral(weight * ys[:, None])]
     cell_w, cell_h = width / grid_w, height / grid_h
-    centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + 0.5) * cell_w
-    centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + 0.5) * cell_h
-    x0 = (centre_x - reach * cell_w).floor().clamp(0, width).long()
-    x1 = (centre_x + reach * cell_w).ceil().clamp(0, width).long()
-    y0 = (centre_y - reach * cell_h).floor().clamp(0, height).long()
-    y1 = (centre_y + reach * cell_h).ceil().clamp(0, height).long()
-
-    def window_sum(table: torch.Tensor) -> torch.Tensor:  # (B, grid_h, grid_w)
-        rows_lo, rows_hi = table[:, y0, :], table[:, y1, :]
-        return rows_hi[:, :, x1] - rows_hi[:, :, x0] - rows_lo[:, :, x1] + rows_lo[:, :, x0]
-
-    total, sum_x, sum_y = (window_sum(t) for t in tables)
+    centre_x = (torch.arange(grid_w, device=device, dtype=torch.float64) + float(cell_centre[0])) * cell_w
+    centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + float(cell_centre[1])) * cell_h
+    shift = max(abs(float(cell_centre[0]) - 0.5), abs(float(cell_centre[1]) - 0.5))
+    span = math.ceil(reach + 0.5 + shift) + 1  # cells a window can touch on each side, pixel rounding included
+    cols = neighbour_spans(grid_w, width, (centre_x - reach * cell_w).floor().clamp(0, width).long(),
+                           (centre_x + reach * cell_w).ceil().clamp(0, width).long(), span)  # fmt: skip
+    rows = neighbour_spans(grid_h, height, (centre_y - reach * cell_h).floor().clamp(0, height).long(),
+                           (centre_y + reach * cell_h).ceil().clamp(0, height).long(), span)  # fmt: skip
+    basins = cam_basins(cams) if cams is not None else torch.zeros(batch, grid_h, grid_w, device=device).long()
+    total, sum_x, sum_y = basin_window_sums(tables, basins, rows, cols)
     has = total > 1e-12
     safe = torch.where(has, total, torch.ones_like(total))
     out_x = torch.where(has, sum_x / safe, centre_x.view(1, 1, grid_w).expand_as(total))
@@ -197,14 +225,15 @@ def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor,
 
     The seed's normalisation (research/seed_code.md §9): ``(cam - min) / (max - min + eps)``. It makes maps
     readable but not comparable across images, hence the raw maximum is returned too (DESIGN.md §4.5).
-    An all-zero (or constant) map stays all zero.
+    An all-zero (or constant) map stays all zero. Float32 with autocast off (``float32_region``).
     """
     if cams.ndim != 3:
         raise CamError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
-    flat = cams.float().flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
-    normalised = (flat - low) / (high - low + eps)
+    with float32_region(cams.device):
+        flat = cams.float().flatten(1)
+        low = flat.min(dim=1, keepdim=True).values
+        high = flat.max(dim=1, keepdim=True).values
+        normalised = (flat - low) / (high - low + eps)
     return normalised.reshape(cams.shape), high[:, 0]
 
 

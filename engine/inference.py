@@ -63,6 +63,7 @@ class ClassifyCamStage:
         if self.device.type == "cuda" and settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_weight = gap_linear_weights(self.model)
+        self.cell_centre = tuple(self.info.get("cell_centre", (0.5, 0.5)))  # engine.model.probe_cell_centre
         self.method = self._choose_method(settings.method)
         compiled = settings.compile and self.device.type == "cuda"
         self.forward = torch.compile(self.model) if compiled else self.model
@@ -96,7 +97,10 @@ class ClassifyCamStage:
         return dict(self.model.named_modules())[name]
 
     def _run_model(self, x: Any) -> tuple[Any, Any, Any]:
-        """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None)."""
+        """Returns (logits (B,), cams (B, h, w) float32 or None, refined cell centres (B, h, w, 2) or None).
+
+        The backbone may run under bf16 autocast; the CAM and its normalisation never do (``engine.cam.fused_cam``).
+        """
         from engine.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
         from engine.model import bf16_autocast
 
@@ -108,14 +112,16 @@ class ClassifyCamStage:
         if self.refine:
             with autocast:
                 logits, cams, evidence = fused_cam_with_evidence(self.model, x, self.class_weight, self.features)
-            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], self.settings.refine_reach,
-                                          self.settings.refine_power)  # fmt: skip
+            reach, power = self.settings.refine_reach, self.settings.refine_power
+            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], reach, power, cams=cams,
+                                          cell_centre=self.cell_centre)  # fmt: skip
             return logits, cams.float(), centres
         if self.method == "fused":
-            with torch.inference_mode(), autocast:
-                features = self.features(x)
-                logits = self.model.forward_head(features)[:, 0].float()
-                return logits, fused_cam(features.float(), self.class_weight.float()), None
+            with torch.inference_mode():
+                with autocast:
+                    features = self.features(x)
+                    logits = self.model.forward_head(features)[:, 0].float()
+                return logits, fused_cam(features, self.class_weight), None  # float32, out of the bf16 region
         with autocast:
             cams, logits = gradcam_autograd(self.model, x, self._target_layer())
         return logits.detach().float(), cams.detach().float(), None

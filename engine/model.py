@@ -94,8 +94,52 @@ def arch_info(cfg: ModelConfig) -> dict[str, Any]:
     return {"model": cfg.name, "output_stride": cfg.output_stride}
 
 
+def probe_cell_centre(model: nn.Module, stride: int, cells: int = 12) -> list[float]:
+    """Returns [x, y]: where a feature cell's input evidence centres, in cells from the cell's origin (c * stride).
+
+    The gradient centroid of a probe (Selvaraju et al. 2017 read a CAM cell through its gradient): backprop the
+    channel sum of the central cell of ``model.forward_features`` on a seeded random (cells * stride)^2 input to the
+    input, and take the centroid of |grad| (pixel centres at +0.5). ``(c + 0.5) stride`` assumes 0.5; symmetric
+    "same" padding at every stride-2 layer puts a ResNet's cells near 0.0, TF-style asymmetric padding elsewhere.
+    Eval mode for the probe; the model's mode and weights are left as they were.
+    """
+    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    size = cells * stride
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            features = model.eval().forward_features(x)
+            row, col = features.shape[2] // 2, features.shape[3] // 2
+            (grad,) = torch.autograd.grad(features[0, :, row, col].float().sum(), x)
+    finally:
+        model.train(was_training)
+    weight = grad.detach().abs().sum(dim=1)[0].double().cpu()
+    total = float(weight.sum())
+    if total <= 0:  # no gradient reaches the input: keep the pixel-centre assumption
+        return [0.5, 0.5]
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    centre_x = float((weight.sum(dim=0) * centres).sum()) / total
+    centre_y = float((weight.sum(dim=1) * centres).sum()) / total
+    return [round(centre_x / stride - col, 4), round(centre_y / stride - row, 4)]
+
+
+def model_stride(model: nn.Module, info: dict[str, Any]) -> int:
+    """Returns the feature map's reduction: timm's ``feature_info``, else the recorded output_stride (default 32)."""
+    feature_info = getattr(model, "feature_info", None)
+    if feature_info:
+        return int(feature_info[-1]["reduction"])
+    return int(info.get("output_stride", 32))
+
+
 def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
-    """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path."""
+    """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path.
+
+    The info gains `cell_centre` (``probe_cell_centre``) unless the caller gave one.
+    """
+    if "cell_centre" not in info:
+        info = {**info, "cell_centre": probe_cell_centre(model, model_stride(model, info))}
     fs, root = resolve_fs(run_dir)
     fs.create_dir(f"{root}/model", recursive=True)
     buffer = io.BytesIO()
@@ -110,7 +154,7 @@ def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
 
 
 def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """Returns the run's best model (eval mode, CPU) and its info; weights load with weights_only=True.
+    """Returns the run's best model (eval mode, CPU) and its info (with `cell_centre`); weights_only=True loading.
 
     Raises:
         ModelError: no trained model in the run, or weights that do not fit the configured model.
@@ -131,4 +175,6 @@ def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit model '{arch.name}': {exc}") from exc
+    if "cell_centre" not in info:  # a checkpoint written before cell centres were recorded
+        info["cell_centre"] = probe_cell_centre(model, model_stride(model, info))
     return model.eval(), info

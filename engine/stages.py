@@ -89,7 +89,8 @@ def explode_boxes(
     """Returns `boxes` table columns: one row per box of the images whose y_prob >= min_prob.
 
     `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.boxes.boxes_for_batch).
-    The original-image coordinates come from the letterbox inverse.
+    The original-image coordinates come from the letterbox inverse; every row records the `params` it was built
+    with (box_size, nms_iou, boxes_max, min_score), so a table says how to rebuild it.
     """
     keep_image = np.asarray(batch["y_prob"], dtype=np.float32) >= min_prob
     rank = np.arange(boxes.shape[1])[None, :]
@@ -112,6 +113,8 @@ def explode_boxes(
         "y_prob": np.asarray(batch["y_prob"], dtype=np.float32)[img_idx],
         "box_size": np.full(len(img_idx), params.size, dtype=np.int16),
         "nms_iou": np.full(len(img_idx), params.nms_iou, dtype=np.float32),
+        "boxes_max": np.full(len(img_idx), params.max_boxes, dtype=np.int16),
+        "min_score": np.full(len(img_idx), params.min_score, dtype=np.float32),
         "split": np.asarray(batch["split"])[img_idx],
         "folder": np.asarray(batch["folder"])[img_idx],
     }

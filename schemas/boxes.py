@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: boxes_max, min_score
 PARTITION_COLS: tuple[str, ...] = ("split", "folder")
 SCHEMA = pa.schema(
     [
@@ -21,6 +21,8 @@ SCHEMA = pa.schema(
         pa.field("y_prob", pa.float32()),
         pa.field("box_size", pa.int16()),  # boxes.size used
         pa.field("nms_iou", pa.float32()),  # boxes.nms_iou used
+        pa.field("boxes_max", pa.int16()),  # boxes.max used
+        pa.field("min_score", pa.float32()),  # boxes.min_score used
         pa.field("split", pa.string(), nullable=False),
         pa.field("folder", pa.string(), nullable=False),
     ]

@@ -13,6 +13,7 @@ from engine.boxes import (
     boxes_for_batch,
     extract_pseudo_boxes,
     find_peaks,
+    greedy_nms,
     refined_peaks,
     top_pixel_boxes,
 )
@@ -214,6 +215,48 @@ def test_boxes_sit_on_refined_centres_and_unrefined_peaks_keep_their_cell_centre
     np.testing.assert_allclose(moved[1], plain[1])  # (20, 9) has no refined centre
     batch, counts = boxes_for_batch(np.stack([heatmap, heatmap]), np.array([DEFAULT_BODY] * 2), 1024, 512, params,
                                     [refined, None])  # fmt: skip
-    np.testing.assert_allclose(batch[0, :2], moved) and np.testing.assert_allclose(batch[1, :2], plain)
+    np.testing.assert_allclose(batch[0, :2], moved)
+    np.testing.assert_allclose(batch[1, :2], plain)
     with pytest.raises(BoxError):
         boxes_for_batch(heatmap[None], np.array([DEFAULT_BODY]), 1024, 512, params, [refined, None])
+
+
+def brute_force_iou(a, b) -> float:
+    """IoU of two x2/y2-exclusive boxes from the definition (0 when both are empty)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def brute_force_nms(boxes: np.ndarray, nms_iou: float, max_boxes: int) -> list[int]:
+    """Greedy NMS in the given order by explicit loops: keep a box whose IoU with every kept box is <= nms_iou."""
+    kept: list[int] = []
+    for index, box in enumerate(boxes):
+        if len(kept) < max_boxes and all(brute_force_iou(box, boxes[k]) <= nms_iou for k in kept):
+            kept.append(index)
+    return kept
+
+
+@st.composite
+def box_sets(draw):
+    """(N, 4) boxes with integer or float corners (duplicates and empty boxes included) and NMS settings."""
+    n = draw(st.integers(0, 25))
+    corner = st.one_of(st.integers(0, 40).map(float), st.floats(0, 40, width=32))
+    xs = draw(hnp.arrays(np.float64, (n, 2), elements=corner))
+    ys = draw(hnp.arrays(np.float64, (n, 2), elements=corner))
+    boxes = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
+    if n and draw(st.booleans()):
+        boxes[-1] = boxes[0]  # an exact duplicate: IoU 1
+    return boxes, draw(st.sampled_from([0.0, 0.15, 0.5, 1.0]) | st.floats(0, 1)), draw(st.integers(0, 8))
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=box_sets())
+def test_greedy_nms_and_box_iou_equal_a_brute_force_numpy_loop(case):
+    boxes, nms_iou, max_boxes = case
+    kept = greedy_nms(boxes, BoxParams(max_boxes=max_boxes, nms_iou=nms_iou))
+    assert kept.dtype == np.int64 and kept.tolist() == brute_force_nms(boxes, nms_iou, max_boxes)
+    expected = np.array([[brute_force_iou(a, b) for b in boxes] for a in boxes]).reshape(len(boxes), len(boxes))
+    np.testing.assert_allclose(box_iou(boxes, boxes), expected, rtol=1e-12, atol=1e-12)

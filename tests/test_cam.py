@@ -203,3 +203,44 @@ def test_fused_cam_with_evidence_matches_the_forward_only_path(name):
     np.testing.assert_allclose(evidence.numpy(), x.grad.sum(1).clamp(min=0).numpy(), rtol=1e-4, atol=1e-7)
     with torch.inference_mode(), pytest.raises(CamError):
         fused_cam_with_evidence(model, images, weight)
+
+
+def test_cam_and_normalisation_stay_float32_inside_a_bf16_autocast_region():
+    generator = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 64, 8, 4, generator=generator)
+    weight = torch.randn(64, generator=generator)
+    expected = fused_cam(features, weight)
+    expected_norm, expected_max = normalize_cams(expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_cam(features, weight)
+        got_norm, got_max = normalize_cams(got)
+    assert got.dtype == got_norm.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # bf16 would be off by ~1e-3
+    torch.testing.assert_close(got_norm, expected_norm, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_max, expected_max, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_LAYERS))
+def test_cam_path_under_bf16_autocast_equals_the_float32_cam_of_the_same_features(name):
+    model, images = make_model(name).requires_grad_(False), make_images()
+    weight = gap_linear_weights(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            features = model.forward_features(images)  # the backbone does run in bf16
+        _, cams, _ = fused_cam_with_evidence(model, images, weight)
+    assert features.dtype == torch.bfloat16 and cams.dtype == torch.float32
+    expected = torch.relu(torch.einsum("bchw,c->bhw", features.double(), weight.double())) / (4 * 2)
+    torch.testing.assert_close(cams.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_refine_windows_sit_on_the_models_cell_centre():
+    evidence = torch.zeros(1, 64, 64)
+    evidence[0, 16, 17] = 1.0  # pixel centre (17.5, 16.5)
+    nominal = refine_cell_centres(evidence, 8, 8, reach=1.0, power=4.0)[0]
+    shifted = refine_cell_centres(evidence, 8, 8, reach=1.0, power=4.0, cell_centre=(0.0, 0.0))[0]
+    # cell (2, 4): nominal centre (36, 20), window x 28..44 misses x = 17.5; centred at (32, 16), x 24..40: still out.
+    assert nominal[2, 4].tolist() == pytest.approx([36.0, 20.0]) and shifted[2, 4].tolist() == pytest.approx([32, 16])
+    assert shifted[2, 0].tolist() == pytest.approx([0.0, 16.0])  # window x 0..8: no evidence, its centre kept
+    # cell (3, 3): the nominal window x 20..36, y 20..36 misses the pixel; the shifted one (16..32 both) holds it
+    assert nominal[3, 3].tolist() == pytest.approx([28.0, 28.0])
+    assert shifted[3, 3].tolist() == pytest.approx([17.5, 16.5])
