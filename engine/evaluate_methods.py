@@ -8,6 +8,7 @@ Our boxes are recomputed only through ``engine.stages.pseudo_boxes`` / ``explode
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -115,25 +116,22 @@ def _label(value: Any) -> int:
     return int(value) if value is not None and not pd.isna(value) else -1
 
 
-def _groups(fine: dict[GroupKey, LocalizationAccumulator]) -> dict[GroupKey, dict[str, Ratio]]:
-    """Returns metrics per view ("*"), per folder when a view has several, and over all views when several."""
+def group_metrics(fine: dict[GroupKey, Any]) -> dict[GroupKey, dict[str, Ratio]]:
+    """Returns metrics per view ("*"), per folder when a view has several, and over all views when several.
+
+    `fine` holds one accumulator (``update``/``merge``/``compute``) per (view, folder).
+    """
     views: dict[str, list[GroupKey]] = {}
     for key in sorted(fine):
         views.setdefault(key[0], []).append(key)
-    out: dict[GroupKey, LocalizationAccumulator] = {}
+    out: dict[GroupKey, Any] = {}
     for view, keys in views.items():
-        out[(view, "*")] = _merge([fine[k] for k in keys])
+        out[(view, "*")] = reduce(lambda a, b: a.merge(b), [fine[k] for k in keys[1:]], fine[keys[0]])
         out.update({k: fine[k] for k in keys} if len(keys) > 1 else {})
     if len(views) > 1:
-        out[("all", "*")] = _merge([out[(v, "*")] for v in views])
+        totals = [out[(v, "*")] for v in views]
+        out[("all", "*")] = reduce(lambda a, b: a.merge(b), totals[1:], totals[0])
     return {key: acc.compute() for key, acc in out.items()}
-
-
-def _merge(accumulators: list[LocalizationAccumulator]) -> LocalizationAccumulator:
-    total = LocalizationAccumulator(accumulators[0].settings)
-    for acc in accumulators:
-        total = total.merge(acc)
-    return total
 
 
 def score_method(
@@ -152,7 +150,8 @@ def score_method(
         key = (str(row.view), str(row.folder))
         fine.setdefault(key, LocalizationAccumulator(settings)).update([case])
     canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
-    return MethodRun(method, str(frame["split"].iloc[0]), params, float(cutoff), canvas, source_run, _groups(fine))
+    split = str(frame["split"].iloc[0])
+    return MethodRun(method, split, params, float(cutoff), canvas, source_run, group_metrics(fine))
 
 
 def seed_rule_boxes(

@@ -1,13 +1,21 @@
 """`make evaluate`: weak localisation scored against the Abnormal GT boxes -> `loc_metrics`, evaluate.json, COCO.
 
+Scored images: exactly the trained view's whole-body folders (``data.view``) of ``evaluate.split`` (and of
+``evaluate.tune_split`` for tuning), whatever `make cam` wrote (``engine.evaluate_population``); heatmap rows of
+other folders are left out and counted per folder in the summary.
+
 Methods (the `method` column of `loc_metrics`):
 
 * ``peaks``: the run's `boxes` table as `make cam` / `make boxes` wrote it (local CAM maxima on the body).
+* ``peaks_unrefined``: the same heatmaps and box settings with the stored refined peak centres ignored (cell
+  centres), on the images that have stored boxes: what the refinement (``cam.refine``) alone adds.
 * ``peaks_tuned``: the same rule (``engine.stages.pseudo_boxes``) with box size, NMS IoU, min score and
   probability cutoff chosen on ``evaluate.tune_split`` only; the choice is scored on that split (rows with
   split=val) and then on ``evaluate.split`` once.
 * ``seed_rule``: the seed's top-N-pixel rule (``engine.boxes.top_pixel_boxes``) on this run's heatmaps.
 * ``seed``: the seed's rule on ``evaluate.baseline_run``'s heatmaps (trained on the seed's landscape canvas).
+* ``centre_prior``, ``body_prior``, ``max_box_acc``: baselines (``engine.evaluate_baselines``): no model, the
+  brightest smoothed scan pixel, and Choe et al.'s threshold-swept box accuracy of this run's heatmaps.
 
 The CAM peak of the pointing game is the best body peak (``engine.localization.cam_peak_original``: its refined
 centre when `make cam` ran with ``cam.refine``, else the cell centre) for our methods and the brightest canvas
@@ -19,7 +27,6 @@ skipped and the reason recorded.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,9 +39,9 @@ from engine.boxes import BoxParams
 from engine.classify_stages import _run_id
 from engine.config import Config
 from engine.data_stages import save_config
+from engine.evaluate_baselines import body_prior_method, centre_prior_method, max_box_acc_method
 from engine.evaluate_methods import (
     MethodRun,
-    coco_document,
     gt_by_image,
     heatmap_of,
     meta_of,
@@ -42,15 +49,18 @@ from engine.evaluate_methods import (
     refined_peaks_of,
     score_method,
     seed_rule_boxes,
-    valid_heatmaps,
 )
+from engine.evaluate_outputs import export_coco, write_json
+from engine.evaluate_population import scored_population
 from engine.localization import LocSettings, cam_peak_original
+from engine.stages import PEAK_COLUMNS
 from engine.summary import StageSummary
-from engine.tables import TableWriter, read_table, resolve_fs
+from engine.tables import TableWriter, read_table
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("pointing_game", "pointing_chance", "hit@5", "precision@iou0.3", "recall@iou0.3")
+HEADLINE = ("pointing_game", "pointing_chance", "hit@5", "precision@iou0.3", "recall@iou0.3", "max_box_acc@iou0.3",
+            "max_box_acc@iou0.5")  # fmt: skip
 
 
 @dataclass
@@ -70,15 +80,6 @@ def loc_settings(cfg: Config) -> LocSettings:
     return LocSettings(ks=ev.ks, iou_thresholds=ev.iou, iogt_thresholds=ev.iogt, tolerance_px=ev.tolerance_px)
 
 
-def scored_frame(run_dir: str, split: str, index: pd.DataFrame) -> pd.DataFrame:
-    """Returns heatmaps + letterbox meta + index columns (view, label, path) of one split of a run."""
-    only = pads.field("split") == split
-    heat = read_table(run_dir, "heatmaps", only)
-    meta = read_table(run_dir, "meta", only).drop(columns=["split", "folder"])
-    frame = heat.merge(meta, on="image_id", how="inner")
-    return frame.merge(index[["image_id", "view", "label", "path"]], on="image_id", how="inner")
-
-
 def _threshold(run_dir: str, notes: dict, key: str) -> float:
     table = read_table(run_dir, "thresholds")
     if table.empty:
@@ -87,10 +88,20 @@ def _threshold(run_dir: str, notes: dict, key: str) -> float:
     return float(table["thr"].iloc[-1])
 
 
-def _stored_params(boxes: pd.DataFrame, cfg: Config) -> BoxParams:
-    size = int(boxes["box_size"].iloc[0]) if len(boxes) else cfg.boxes.size
-    nms = float(boxes["nms_iou"].iloc[0]) if len(boxes) else cfg.boxes.nms_iou
-    return BoxParams(size=size, max_boxes=cfg.boxes.max, nms_iou=round(nms, 6), min_score=cfg.boxes.min_score)
+def stored_box_params(boxes: pd.DataFrame, cfg: Config) -> tuple[BoxParams, str]:
+    """Returns the box settings the stored `boxes` rows were built with, and where each came from.
+
+    `box_size` and `nms_iou` are always stored; `boxes_max` and `min_score` only in newer tables: older ones (or
+    an empty table) fall back to the config's ``boxes.*``, and the returned text says so.
+    """
+    if not len(boxes):
+        return BoxParams(cfg.boxes.size, cfg.boxes.max, cfg.boxes.nms_iou, cfg.boxes.min_score), "config (no boxes)"
+    size, nms = int(boxes["box_size"].iloc[0]), round(float(boxes["nms_iou"].iloc[0]), 6)
+    if all(c in boxes and boxes[c].notna().all() for c in ("boxes_max", "min_score")):
+        max_boxes, min_score = int(boxes["boxes_max"].iloc[0]), round(float(boxes["min_score"].iloc[0]), 6)
+        return BoxParams(size, max_boxes, nms, min_score), "boxes table"
+    source = "boxes table (box_size, nms_iou); config (boxes.max, boxes.min_score): the table predates those columns"
+    return BoxParams(size, cfg.boxes.max, nms, cfg.boxes.min_score), source
 
 
 def seed_params(cfg: Config) -> BoxParams:
@@ -105,13 +116,19 @@ def _peaks(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
     ]
 
 
-def _method_peaks(ctx: EvalContext, frame: pd.DataFrame, peaks: list) -> MethodRun:
+def _method_peaks(ctx: EvalContext, frame: pd.DataFrame) -> tuple[list[MethodRun], BoxParams]:
+    """Returns `peaks` (the stored boxes) and `peaks_unrefined` (cell-centre peaks), and the stored box settings."""
     cfg = ctx.cfg
-    only = pads.field("split") == cfg.evaluate.split
-    stored = read_table(cfg.run.dir, "boxes", only)
+    stored = read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split)
     stored = stored[stored["image_id"].isin(frame["image_id"])]
-    params = _stored_params(stored, cfg)
-    return score_method("peaks", frame, stored, peaks, ctx.gt, params, ctx.thr, ctx.settings, cfg.run.dir)
+    params, ctx.notes["box_params_source"] = stored_box_params(stored, cfg)
+    args = (ctx.gt, params, ctx.thr, ctx.settings, cfg.run.dir)
+    runs = [score_method("peaks", frame, stored, _peaks(frame), *args)]
+    plain = frame.drop(columns=[c for c in PEAK_COLUMNS if c in frame.columns])
+    boxes = recompute_boxes(plain, params)
+    boxes = boxes[boxes["image_id"].isin(stored["image_id"])]  # the images `make cam` kept (cam.min_prob)
+    runs.append(score_method("peaks_unrefined", plain, boxes, _peaks(plain), *args))
+    return runs, params
 
 
 def _tuning_grid(ctx: EvalContext, val: pd.DataFrame) -> list[dict[str, Any]]:
@@ -131,13 +148,20 @@ def _tuning_grid(ctx: EvalContext, val: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (-r["f1"], r["size"], r["nms_iou"], r["min_score"], r["cutoff"]))
 
 
-def _method_tuned(ctx: EvalContext, index: pd.DataFrame, test: pd.DataFrame, peaks: list) -> list[MethodRun]:
-    """Returns the tuned method scored on the tune split and on the test split; [] when skipped."""
-    cfg, ev = ctx.cfg, ctx.cfg.evaluate
-    if ev.tune_split == ev.split or ev.tune_iou not in ev.iou:
+def check_tuning(cfg: Config) -> None:
+    """Raises ValueError when tuning would see the scored split or optimise an IoU that is not reported."""
+    ev = cfg.evaluate
+    if ev.tune and (ev.tune_split == ev.split or ev.tune_iou not in ev.iou):
         raise ValueError(f"evaluate.tune_split={ev.tune_split!r} must differ from evaluate.split={ev.split!r} and "
                          f"evaluate.tune_iou={ev.tune_iou} must be one of evaluate.iou={list(ev.iou)}")  # fmt: skip
-    val, bad = valid_heatmaps(scored_frame(cfg.run.dir, ev.tune_split, index))
+
+
+def _method_tuned(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
+    """Returns the tuned method scored on the tune split and on the test split; [] when skipped."""
+    cfg, ev = ctx.cfg, ctx.cfg.evaluate
+    population = scored_population(cfg, cfg.run.dir, ev.tune_split)
+    ctx.notes["population"][ev.tune_split] = population.note()
+    val, bad = population.frame, sum(population.errors.values())
     if val.empty:
         ctx.notes["tuning"] = {"skipped": f"no heatmaps for split={ev.tune_split}: run `make cam "
                                           f"ARGS=\"cam.split={ev.tune_split}\"` before `make evaluate`"}  # fmt: skip
@@ -146,27 +170,27 @@ def _method_tuned(ctx: EvalContext, index: pd.DataFrame, test: pd.DataFrame, pea
     best = grid[0]
     params = BoxParams(size=best["size"], max_boxes=cfg.boxes.max, nms_iou=best["nms_iou"], min_score=best["min_score"])
     ctx.notes["tuning"] = {"split": ev.tune_split, "objective": f"F1 of box precision/recall at IoU {ev.tune_iou:g}, "
-                           "boxes only on images with y_prob >= cutoff", "images": len(val), "bad_heatmaps": bad,
+                           "boxes only on images with y_prob >= cutoff", "images": len(val), "not_usable": bad,
                            "chosen": best, "grid_size": len(grid), "grid_top": grid[:10],
                            "make_boxes_args": f"boxes.size={best['size']} boxes.nms_iou={best['nms_iou']} "
                            f"boxes.min_score={best['min_score']}"}  # fmt: skip
     runs = []
-    for frame, frame_peaks in ((val, _peaks(val)), (test, peaks)):
+    for frame in (val, test):
         boxes = recompute_boxes(frame, params)
-        run = score_method("peaks_tuned", frame, boxes, frame_peaks, ctx.gt, params, best["cutoff"], ctx.settings,
+        run = score_method("peaks_tuned", frame, boxes, _peaks(frame), ctx.gt, params, best["cutoff"], ctx.settings,
                            cfg.run.dir)  # fmt: skip
         runs.append(replace(run, tuned_on=ev.tune_split))
     return runs
 
 
-def _method_baseline(ctx: EvalContext, index: pd.DataFrame, test: pd.DataFrame) -> list[MethodRun]:
+def _method_baseline(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
     ev = ctx.cfg.evaluate
     if not ev.baseline_run:
         return []
-    frame, bad = valid_heatmaps(scored_frame(ev.baseline_run, ev.split, index))
-    frame = frame[frame["image_id"].isin(test["image_id"])]
-    ctx.notes["baseline"] = {"run": ev.baseline_run, "images": len(frame), "common_with_this_run": len(frame),
-                             "this_run": len(test), "bad_heatmaps": bad}  # fmt: skip
+    population = scored_population(ctx.cfg, ev.baseline_run, ev.split)
+    frame = population.frame[population.frame["image_id"].isin(test["image_id"])]
+    ctx.notes["baseline"] = {"run": ev.baseline_run, "common_with_this_run": len(frame), "this_run": len(test),
+                             "population": population.note()}  # fmt: skip
     if frame.empty:
         ctx.notes["baseline"]["skipped"] = f"no heatmaps of split={ev.split} shared with this run"
         return []
@@ -189,70 +213,63 @@ def method_rows(run: MethodRun, run_id: str, tolerance: float) -> pd.DataFrame:
     return frame.assign(**params)
 
 
-def _write_json(run_dir: str, relative: str, document: dict) -> str:
-    fs, root = resolve_fs(run_dir)
-    path = f"{root}/{relative}"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(json.dumps(_json_safe(document), indent=1, allow_nan=False).encode())
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    """Returns `value` with numpy scalars as Python numbers and NaN/inf as null (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
-
-
-def _export_coco(cfg: Config, index: pd.DataFrame) -> dict[str, Any]:
-    """Writes every image of the run's heatmaps and every row of its `boxes` table as COCO JSON."""
-    meta = read_table(cfg.run.dir, "meta")[["image_id", "orig_w", "orig_h"]]
-    images = meta.merge(index[["image_id", "path"]], on="image_id", how="inner")
-    boxes = read_table(cfg.run.dir, "boxes")
-    document = coco_document(images, boxes[boxes["image_id"].isin(images["image_id"])], cfg.run.dir)
-    path = _write_json(cfg.run.dir, "prompts/coco_boxes.json", document)
-    return {"path": path, "images": len(document["images"]), "annotations": len(document["annotations"])}
+def _baselines(ctx: EvalContext, test: pd.DataFrame, params: BoxParams) -> list[MethodRun]:
+    """Returns the centre prior, the body prior and MaxBoxAcc of this run's heatmaps (no tuning, no model)."""
+    cfg = ctx.cfg
+    runs = [centre_prior_method(test, ctx.gt, params, ctx.thr, ctx.settings, "")]
+    body, ctx.notes["body_prior"] = body_prior_method(cfg, test, ctx.gt, params, ctx.thr, ctx.settings)
+    box_acc, ctx.notes["max_box_acc"] = max_box_acc_method(cfg, test, ctx.gt, params, ctx.thr, cfg.run.dir)
+    return [*runs, body, box_acc]
 
 
 def run_evaluate(cfg: Config) -> StageSummary:
-    """Scores pseudo boxes and CAM peaks of `evaluate.split` against the Abnormal GT boxes; see the module doc."""
+    """Scores pseudo boxes and CAM peaks of `evaluate.split` against the Abnormal GT boxes; see the module doc.
+
+    Rows in: the trained view's images of the split (index + splits); rows ok: the images the `peaks` method
+    actually scored; errors: selected images without a heatmap, without meta, or with an unusable heatmap.
+    """
+    check_tuning(cfg)
     summary = StageSummary("evaluate")
-    index = read_table(cfg.run.dir, "index")
-    notes: dict[str, Any] = {}
+    notes: dict[str, Any] = {"population": {}}
     ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
                       _threshold(cfg.run.dir, notes, "threshold"), notes)  # fmt: skip
-    scored = scored_frame(cfg.run.dir, cfg.evaluate.split, index)
-    test, bad = valid_heatmaps(scored)
+    population = scored_population(cfg, cfg.run.dir, cfg.evaluate.split)
+    notes["population"][cfg.evaluate.split] = population.note()
+    test = population.frame
     if test.empty:
-        raise ValueError(f"{cfg.run.dir}: no usable heatmaps for split={cfg.evaluate.split}; run `make cam` first")
-    summary.rows_in, summary.rows_ok = len(scored), len(test)
-    summary.errors.update({"bad_heatmap": bad} if bad else {})
-    peaks = _peaks(test)
-    runs = [_method_peaks(ctx, test, peaks)]
-    runs += _method_tuned(ctx, index, test, peaks) if cfg.evaluate.tune else []
+        raise ValueError(f"{cfg.run.dir}: no usable heatmaps for split={cfg.evaluate.split} in folders "
+                         f"{population.folders} (data.view={cfg.data.view}); run `make cam` first")  # fmt: skip
+    summary.rows_in = population.selected
+    summary.errors.update(population.errors)
+    runs, params = _method_peaks(ctx, test)
+    summary.rows_ok = runs[0].overall()["n_images"].numerator  # counted by the scorer, not len(test)
+    runs += _method_tuned(ctx, test) if cfg.evaluate.tune else []
     runs.append(seed_rule_boxes("seed_rule", test, ctx.gt, ctx.settings, seed_params(cfg), ctx.thr, cfg.run.dir))
-    runs += _method_baseline(ctx, index, test)
+    runs += _method_baseline(ctx, test)
+    runs += _baselines(ctx, test, params)
     table = pd.concat([method_rows(r, _run_id(cfg), cfg.evaluate.tolerance_px) for r in runs], ignore_index=True)
     writer = TableWriter(cfg.run.dir, "evaluate", replace=("loc_metrics",))
     writer.check(["loc_metrics"])
     writer.write("loc_metrics", table)
     summary.tables = writer.commit()
     if cfg.evaluate.coco:
-        notes["coco"] = _export_coco(cfg, index)
-    document = _document(cfg, ctx, runs)
-    _write_json(cfg.run.dir, "evaluate.json", document)
+        notes["coco"] = export_coco(cfg, read_table(cfg.run.dir, "index"))
+    write_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
     save_config(cfg, "evaluate")
     summary.extra.update(_headline(runs, cfg.evaluate.split))
-    summary.extra.update({k: v for k, v in notes.items() if k in ("threshold", "baseline_threshold")})
+    summary.extra.update(_account(notes))
     summary.save(cfg.run.dir)
     return summary.finish()
+
+
+def _account(notes: dict[str, Any]) -> dict[str, Any]:
+    """Returns the summary lines on what was scored: left-out folders per split, box settings, baseline notes."""
+    out = {f"left_out_{split}": note["left_out_per_folder"] or "none" for split, note in notes["population"].items()}
+    out["box_params"] = notes["box_params_source"]
+    out["max_box_acc_threshold"] = notes["max_box_acc"]["best_threshold"]
+    if notes["body_prior"]["unreadable"]:
+        out["body_prior_unreadable"] = notes["body_prior"]["unreadable"]
+    return out | {k: v for k, v in notes.items() if k in ("threshold", "baseline_threshold")}
 
 
 def _document(cfg: Config, ctx: EvalContext, runs: list[MethodRun]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Protocol (research/anchors.md §3): targets are the **Abnormal** GT boxes only; 
 uptake) are counted apart. Pointing game (Zhang et al., ECCV 2016): the CAM peak pixel lies within ``tolerance_px``
 (Euclidean, to the nearest box pixel) of an Abnormal box. Hit@k: one of the top-k boxes shares a pixel with an
 Abnormal box. Box precision/recall (VOC style): greedy one-to-one matching in rank order at IoU or
-intersection-over-GT thresholds. Integer counts add up in ``LocalizationAccumulator``: shards merge exactly.
+intersection-over-GT thresholds; precision counts the boxes of every scored image. Integer counts add up in
+``LocalizationAccumulator``: shards merge exactly.
 """
 
 from __future__ import annotations
@@ -270,7 +271,9 @@ class LocalizationAccumulator:
         """Returns metric name -> Ratio(value, numerator, denominator); plain counts have denominator None.
 
         `pointing_chance` pools pixels over target images: the mean per-image chance when all images share one
-        size (BS-80K whole-body scans are all 256 x 1024).
+        size (BS-80K whole-body scans are all 256 x 1024). `precision@…` divides the true-positive boxes by the
+        boxes of every scored image, so boxes on normal images count as false positives;
+        `precision_on_target_images@…` divides by the boxes of images with an Abnormal box only.
         """
         c = self.counts
         out = {"pointing_game": ratio(c["pointing_hits"], c["target_images"]),
@@ -278,7 +281,8 @@ class LocalizationAccumulator:
         for k in self.settings.ks:
             out[f"hit@{k}"] = ratio(c[f"hits@{k}"], c["target_images"])
         for name, _, _ in self.settings.criteria():
-            out[f"precision@{name}"] = ratio(c[f"tp@{name}"], c["boxes_target"])
+            out[f"precision@{name}"] = ratio(c[f"tp@{name}"], c["boxes"])  # every scored image's boxes
+            out[f"precision_on_target_images@{name}"] = ratio(c[f"tp@{name}"], c["boxes_target"])
             out[f"recall@{name}"] = ratio(c[f"tp@{name}"], c["gt_abnormal"])
             out[f"precision_at_cutoff@{name}"] = ratio(c[f"tp_at_cutoff@{name}"], c["boxes_at_cutoff"])
             out[f"recall_at_cutoff@{name}"] = ratio(c[f"tp_at_cutoff@{name}"], c["gt_abnormal"])

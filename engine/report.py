@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 
 from engine import report_plots as plots
 from engine.cam import upsample_heatmap
+from engine.classify_stages import view_folders
 from engine.config import Config
 from engine.decode import DecodeError, decode_gray8
 from engine.evaluate_methods import gt_by_image, heatmap_of, meta_of
@@ -32,7 +33,7 @@ from engine.tables import read_table, resolve_fs
 log = logging.getLogger(__name__)
 
 LOC_PLOTTED = ("pointing_game", "pointing_chance", "hit@1", "hit@5", "precision@iou0.3", "recall@iou0.3",
-               "precision@iou0.5", "recall@iou0.5")  # fmt: skip
+               "precision@iou0.5", "recall@iou0.5", "max_box_acc@iou0.3", "max_box_acc@iou0.5")  # fmt: skip
 GROUPS = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True), ("fn", "False negatives", 1, False))
 STYLE = """body{font-family:sans-serif;margin:24px;max-width:1300px;color:#222}h1{font-size:22px}
 h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-collapse:collapse;font-size:13px}
@@ -75,6 +76,7 @@ def _table(frame: pd.DataFrame, index: bool = True) -> str:
 def scored_preds(cfg: Config) -> tuple[pd.DataFrame, str]:
     """Returns the classification predictions shown (make infer's split, else make cam's) and their source."""
     preds = read_table(cfg.run.dir, "preds")
+    preds = preds[preds["folder"].isin(view_folders(cfg.data.view))]  # `make cam cam.scope=all` scores every folder
     for stage, split in (("infer", cfg.infer.split), ("cam", cfg.evaluate.split)):
         chosen = preds[(preds["stage"] == stage) & (preds["split"] == split)]
         if len(chosen):
@@ -179,6 +181,7 @@ def _tuning_note(cfg: Config) -> str:
 def _gallery_rows(cfg: Config, thr: float) -> pd.DataFrame:
     only = pads.field("split") == cfg.evaluate.split
     heat = read_table(cfg.run.dir, "heatmaps", only)
+    heat = heat[heat["folder"].isin(view_folders(cfg.data.view))]  # the population `make evaluate` scores
     if heat.empty:
         raise ReportInputError(f"no heatmaps for split={cfg.evaluate.split}: run `make cam` first")
     meta = read_table(cfg.run.dir, "meta", only).drop(columns=["split", "folder"])

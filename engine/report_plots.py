@@ -116,5 +116,5 @@ def localisation_png(table: pd.DataFrame, metrics: tuple[str, ...], dpi: int) ->
         ax.bar(positions + n * width, shown[column].astype(float).fillna(0.0), width, label=str(column))
     ax.set_xticks(positions + width * (len(shown.columns) - 1) / 2, list(shown.index), rotation=20)
     ax.set(ylim=(0, 1.2), ylabel="share", title="Localisation against the Abnormal GT boxes")
-    ax.legend(fontsize=8, ncol=max(len(shown.columns), 1), loc="upper center")
+    ax.legend(fontsize=8, ncol=min(max(len(shown.columns), 1), 4), loc="upper center")
     return _png(fig, dpi)

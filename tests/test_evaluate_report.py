@@ -11,22 +11,22 @@ import cv2
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as pads
 import pytest
-from sklearn.metrics import roc_auc_score
 
 import schemas
 from engine.boxes import BoxParams
 from engine.cam_stages import heatmap_column, run_cam
 from engine.classify_stages import run_threshold, run_train
-from engine.data_stages import run_index, run_split
-from engine.evaluate_methods import gt_by_image, heatmap_of, meta_of, score_method, valid_heatmaps
-from engine.evaluate_stage import run_evaluate, scored_frame
+from engine.evaluate_methods import gt_by_image, meta_of, score_method, valid_heatmaps
+from engine.evaluate_population import scored_frame
+from engine.evaluate_stage import run_evaluate
 from engine.letterbox import original_to_canvas
-from engine.localization import LocSettings, cam_peak_original, point_hits_boxes, pointing_chance_pixels
+from engine.localization import LocSettings
 from engine.report import run_report
-from engine.synth import generate_dataset
 from engine.tables import TableWriter, read_table
 from tests.conftest import test_config
+from tests.eval_recount import recount
 
 # The seed's 48 px boxes at a quarter of the full canvas; a small tuning grid keeps the test short.
 EVAL = ("evaluate.seed_size=12", "evaluate.tune_sizes=[8,12,24]", "evaluate.tune_nms_iou=[0.0,0.15]",
@@ -62,13 +62,14 @@ def metric(loc: pd.DataFrame, method: str, name: str, split: str = "test") -> pd
 def test_evaluate_scores_every_method_with_counts_from_the_gt_table(evaluated_run) -> None:
     run_dir, cfg, summary, _ = evaluated_run
     loc = read_table(str(run_dir), "loc_metrics")
-    assert set(loc["method"]) == {"peaks", "peaks_tuned", "seed_rule", "seed"}
+    assert set(loc["method"]) == {"peaks", "peaks_unrefined", "peaks_tuned", "seed_rule", "seed", "centre_prior",
+                                  "body_prior", "max_box_acc"}  # fmt: skip
     assert set(loc.loc[loc["method"] == "peaks_tuned", "split"]) == {"val", "test"}
     test_ids = read_table(str(run_dir), "heatmaps").query("split == 'test'")["image_id"]
     gt = read_table(str(run_dir), "gt_boxes")
     abnormal = gt[(gt["cls"] == "Abnormal") & gt["image_id"].isin(test_ids)]
     assert abnormal["image_id"].nunique() > 0
-    for method in ("peaks", "peaks_tuned", "seed_rule", "seed"):
+    for method in ("peaks", "peaks_unrefined", "peaks_tuned", "seed_rule", "seed", "centre_prior", "body_prior"):
         assert metric(loc, method, "n_target_images")["value"] == abnormal["image_id"].nunique()
         assert metric(loc, method, "n_gt_abnormal")["value"] == len(abnormal)
         assert metric(loc, method, "n_images")["value"] == len(test_ids)
@@ -77,28 +78,50 @@ def test_evaluate_scores_every_method_with_counts_from_the_gt_table(evaluated_ru
     assert count[0][0] == len(loc)
 
 
-def chance_and_hits(run_dir: Path, split: str, tolerance: float) -> tuple[float, int, int]:
-    """Returns (chance from the Abnormal box areas, pointing hits, abnormal images), computed here independently."""
-    frame, _ = valid_heatmaps(scored_frame(str(run_dir), split, read_table(str(run_dir), "index")))
-    gt = gt_by_image(read_table(str(run_dir), "gt_boxes"))
-    covered = total = hits = images = 0
-    for row in frame.itertuples(index=False):
-        abnormal = gt.get(row.image_id, (np.zeros((0, 4)),))[0]
-        if len(abnormal):
-            covered += pointing_chance_pixels(abnormal, int(row.orig_h), int(row.orig_w), tolerance)
-            total += int(row.orig_h) * int(row.orig_w)
-            hits += point_hits_boxes(cam_peak_original(heatmap_of(row), meta_of(row)), abnormal, tolerance)
-            images += 1
-    return covered / total, hits, images
-
-
-def test_pointing_game_and_its_chance_level_match_an_independent_count(evaluated_run) -> None:
+def test_pointing_game_chance_hits_and_precision_match_a_brute_force_recount(evaluated_run) -> None:
+    """Every figure recounted from the stored tables with plain numpy (refined peaks included), no engine code."""
     run_dir, cfg, _, _ = evaluated_run
     loc = read_table(str(run_dir), "loc_metrics")
-    chance, hits, images = chance_and_hits(run_dir, "test", cfg.evaluate.tolerance_px)
-    assert 0 < chance < 0.1
-    assert metric(loc, "peaks", "pointing_chance")["value"] == pytest.approx(chance)
-    assert metric(loc, "peaks", "pointing_game")[["numerator", "denominator"]].tolist() == [hits, images]
+    count = recount(run_dir, "test", "wholeBodyPOST", cfg.evaluate.tolerance_px)
+    assert count.target_images >= 2 and 0 < count.covered_pixels / count.target_pixels < 0.1
+    assert metric(loc, "peaks", "pointing_chance")["value"] == pytest.approx(count.covered_pixels / count.target_pixels)
+    assert metric(loc, "peaks", "pointing_game")[["numerator", "denominator"]].tolist() == [
+        count.pointing_hits,
+        count.target_images,
+    ]
+    hit = metric(loc, "peaks", "hit@1")
+    assert hit[["numerator", "denominator"]].tolist() == [count.hits_at_1, count.target_images]
+    assert metric(loc, "peaks", "hit@5")["numerator"] == count.hits_at_5
+    precision = metric(loc, "peaks", "precision@iou0.3")  # over every scored image's boxes
+    assert precision[["numerator", "denominator"]].tolist() == [count.true_positives_iou03, count.boxes]
+    assert metric(loc, "peaks", "n_images")["value"] == count.images
+
+
+def test_peaks_unrefined_ignores_the_stored_refined_centres(evaluated_run) -> None:
+    run_dir, cfg, _, _ = evaluated_run
+    loc = read_table(str(run_dir), "loc_metrics")
+    heat = read_table(str(run_dir), "heatmaps")
+    assert heat["peak_index"].notna().all()  # cam.refine ran: the two methods can differ
+    plain = recount(run_dir, "test", "wholeBodyPOST", cfg.evaluate.tolerance_px, refined=False)
+    row = metric(loc, "peaks_unrefined", "pointing_game")
+    assert row[["numerator", "denominator"]].tolist() == [plain.pointing_hits, plain.target_images]
+    for name in ("box_size", "nms_iou", "max_boxes", "min_score"):
+        assert row[name] == metric(loc, "peaks", "pointing_game")[name]
+
+
+def test_baselines_are_scored_beside_ours_and_printed_in_the_summary(evaluated_run) -> None:
+    run_dir, cfg, summary, _ = evaluated_run
+    loc = read_table(str(run_dir), "loc_metrics")
+    targets = metric(loc, "peaks", "n_target_images")["value"]
+    for method in ("centre_prior", "body_prior"):
+        assert metric(loc, method, "pointing_game")["denominator"] == targets
+        assert metric(loc, method, "n_boxes")["value"] > 0
+    box_acc = [metric(loc, "max_box_acc", f"max_box_acc@iou{t}") for t in ("0.3", "0.5")]
+    assert [r["denominator"] for r in box_acc] == [targets] * 2 and box_acc[0]["value"] >= box_acc[1]["value"]
+    saved = json.loads((run_dir / "summaries" / "evaluate.json").read_text())
+    assert "max_box_acc@iou0.5=" in saved["max_box_acc"] and "pointing_game=" in saved["body_prior"]
+    assert all("pointing_game=" in saved[key] for key in ("peaks", "peaks_unrefined", "centre_prior")), saved
+    assert set(saved["max_box_acc_threshold"]) == {"max_box_acc@iou0.3", "max_box_acc@iou0.5"}
 
 
 def oracle_maps(frame: pd.DataFrame, gt: dict, cell_px: int) -> list[np.ndarray]:
@@ -148,42 +171,6 @@ def test_a_cam_peaking_on_the_lesions_scores_far_above_chance_and_a_misplaced_on
     chance = metric(read_table(str(copy), "loc_metrics"), "peaks", "pointing_chance", "train")["value"]
     assert results["oracle"] == 1.0 and chance < 0.05
     assert results["misplaced"] <= 0.5 * results["oracle"], (results, chance)
-
-
-# A learnable task for a from-scratch tiny model on 2 CPU cores: exaggerated lesions, the demo's half canvas and a
-# stride-8 CAM (16 original px per cell), a larger test share so that the pointing game has ~20 abnormal images.
-LEARNABLE = ("canvas.height=512", "canvas.width=256", "boxes.size=24", "model.output_stride=8", "train.epochs=4",
-             "train.batch_size=16", "train.lr=3e-3", "train.torch_threads=2", "ray.decode_batch_size=16",
-             "infer.batch_size=16", "split.train=0.6", "split.val=0.1", "evaluate.tune=false", "evaluate.coco=false",
-             "cam.overlays=0")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def learned_run(ray_session, tmp_path_factory: pytest.TempPathFactory):
-    """A tiny model trained from scratch on learnable generated data, then cam + evaluate on its test split."""
-    root = tmp_path_factory.mktemp("learnable") / "data"
-    generate_dataset(root, patients=200, seed=11, region_fraction=0.0, lesion_gain=4.0, lesion_size=2.0)
-    run_dir = root.parent / "run"
-    cfg = test_config(root, run_dir, *LEARNABLE)
-    for stage in (run_index, run_split, run_train, run_threshold, run_cam, run_evaluate):
-        stage(cfg)
-    return run_dir, cfg
-
-
-def test_a_trained_tiny_model_points_at_the_lesions_far_above_chance(learned_run) -> None:
-    run_dir, cfg = learned_run
-    preds = read_table(str(run_dir), "preds").query("stage == 'cam'")
-    auc = roc_auc_score(preds["y_true"], preds["y_prob"])
-    loc = read_table(str(run_dir), "loc_metrics")
-    pointing, chance = metric(loc, "peaks", "pointing_game"), metric(loc, "peaks", "pointing_chance")["value"]
-    print(f"\n[learned run] test AUC {auc:.3f}, pointing game {pointing['value']:.3f} "
-          f"({pointing['numerator']}/{pointing['denominator']}), chance {chance:.3f}")  # fmt: skip
-    assert pointing["denominator"] >= 12
-    assert auc >= 0.65, auc  # it learned (0.76 here); the point of the test is where its CAM peaks
-    assert pointing["value"] >= max(0.4, 10 * chance), (pointing.to_dict(), chance, auc)
-    # the figure is the model's: recounted here from its own heatmaps with the independent helper
-    recount, hits, images = chance_and_hits(run_dir, "test", cfg.evaluate.tolerance_px)
-    assert (hits, images) == (pointing["numerator"], pointing["denominator"]) and recount == pytest.approx(chance)
 
 
 def test_tuning_sees_val_only_and_records_its_choice(evaluated_run) -> None:
@@ -265,3 +252,46 @@ def test_tuning_on_the_scored_split_is_refused(evaluated_run) -> None:
     run_dir, cfg, _, _ = evaluated_run
     with pytest.raises(ValueError, match=r"evaluate.tune_split='test' must differ from evaluate.split='test'"):
         run_evaluate(test_config(Path(cfg.data.root), run_dir, *EVAL, "evaluate.tune_split=test"))
+
+
+def _with_extra_rows(copy: Path, split: str, extra_ids: list[str], dropped: str | None) -> None:
+    """Rewrites the split's heatmaps + meta: other folders' images added (donor maps), one POST row dropped."""
+    for name in ("heatmaps", "meta"):
+        rows = read_table(str(copy), name, pads.field("split") == split)
+        donors = rows.iloc[[i % len(rows) for i in range(len(extra_ids))]].copy()
+        donors["image_id"], donors["folder"] = extra_ids, [i.split("/")[0] for i in extra_ids]
+        rows = pd.concat([rows[rows["image_id"] != dropped], donors], ignore_index=True)
+        writer = TableWriter(str(copy), "cam", overwrite=True, split=split)
+        writer.write(name, rows)
+        writer.commit()
+
+
+def test_only_the_trained_views_whole_body_folder_is_scored_whatever_cam_wrote(evaluated_run, tmp_path) -> None:
+    """Heatmaps of ANT and of a region folder (as `cam.scope=all` writes) are left out and counted, test and val."""
+    run_dir, cfg, _, _ = evaluated_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    index = read_table(str(copy), "index").merge(read_table(str(copy), "splits")[["image_id", "split"]])
+    expected = {}
+    for split in ("test", "val"):
+        rows = index[(index["split"] == split) & index["folder"].isin(["wholeBodyANT", "chestLPOST"])]
+        extra = rows.groupby("folder").head(3)["image_id"].tolist()
+        expected[split] = extra
+        post = read_table(str(copy), "heatmaps", pads.field("split") == split)["image_id"].tolist()
+        _with_extra_rows(copy, split, extra, post[0] if split == "test" else None)
+    summary = run_evaluate(test_config(Path(cfg.data.root), copy, *EVAL, "evaluate.coco=false"))
+    loc = read_table(str(copy), "loc_metrics")
+    selected = index[(index["split"] == "test") & (index["folder"] == "wholeBodyPOST")]
+    scored = set(read_table(str(copy), "heatmaps").query("folder == 'wholeBodyPOST' and split == 'test'")["image_id"])
+    assert scored < set(selected["image_id"]) and len(scored) == len(selected) - 1
+    for method in ("peaks", "peaks_tuned", "centre_prior", "body_prior"):
+        assert metric(loc, method, "n_images")["value"] == len(scored), method
+    assert set(loc["view"]) == {"POST"} and set(loc["folder"]) == {"*"}
+    for split in ("test", "val"):
+        left = pd.Series([i.split("/")[0] for i in expected[split]]).value_counts().to_dict()
+        assert summary.extra[f"left_out_{split}"] == left
+    tuning = json.loads((copy / "evaluate.json").read_text())["tuning"]
+    assert tuning["images"] == int(((index["split"] == "val") & (index["folder"] == "wholeBodyPOST")).sum())
+    # rows in = the view's selected images; ok = what the scorer counted; the dropped heatmap is an error
+    assert summary.rows_in == len(selected) and summary.rows_ok == len(scored)
+    assert summary.errors == {"no_heatmap": 1} and summary.balanced

@@ -228,3 +228,11 @@ def test_localization_module_imports_neither_ray_nor_pyarrow():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_headline_precision_counts_false_positive_boxes_on_normal_images():
+    target = case([[2, 2, 6, 6], [10, 10, 12, 12]], abnormal=[[2, 2, 6, 6]])  # 1 of 2 boxes right
+    normal = case([[0, 0, 4, 4], [5, 5, 9, 9]], label=0)  # 2 boxes, no lesion: both false positives
+    metrics = LocalizationAccumulator(LocSettings(iou_thresholds=(0.5,))).update([target, normal]).compute()
+    assert metrics["precision@iou0.5"][1:] == (1, 4)
+    assert metrics["precision_on_target_images@iou0.5"][1:] == (1, 2)
