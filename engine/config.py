@@ -194,7 +194,7 @@ class EvaluateConfig:
     baseline_run: str = ""  # run dir trained on the seed's landscape canvas, scored with the seed's rule
     coco: bool = True  # write the run's pseudo boxes as COCO JSON to <run.dir>/prompts/coco_boxes.json
     prior_sigma_px: NonNegative = 4.0  # body_prior baseline: Gaussian sigma on the scan, original px (a small hot spot)
-    box_acc_step: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.01  # max_box_acc: CAM threshold step (Choe et al. 2020: 0.01)
+    box_acc_step: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.01  # max_box_acc CAM threshold step
 
 
 @dataclass(frozen=True)
