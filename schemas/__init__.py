@@ -9,6 +9,7 @@ from schemas import (
     gt_boxes,
     heatmaps,
     index,
+    leaderboard,
     loc_metrics,
     meta,
     metrics,
@@ -30,4 +31,5 @@ TABLES: dict[str, ModuleType] = {
     "thresholds": thresholds,
     "metrics": metrics,
     "loc_metrics": loc_metrics,
+    "leaderboard": leaderboard,
 }
