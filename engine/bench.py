@@ -212,14 +212,17 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
     return len(rows) / seconds, dict(profile)
 
 
-def engine_run(cfg: Config, limit: int) -> dict[str, float]:
-    """Runs `make cam cam.scope=all` on the first `limit` index rows; returns rate, seconds, peak memory."""
+def engine_run(cfg: Config, limit: int) -> dict[str, Any]:
+    """Runs `make cam cam.scope=all` on the first `limit` index rows; returns its account, rate, peak memory.
+
+    `images` are the rows in, `ok` the preds rows written and `errors` the error rows by reason (run_cam's summary).
+    """
     from engine.cam_stages import run_cam
 
     run_cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, scope="all", limit=limit, overlays=0),
                                   run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
     with MemorySampler(gpu=torch.cuda.is_available()) as memory:
         summary = run_cam(run_cfg)
-    return {"images": summary.rows_in, "seconds": summary.seconds, "img_per_s": summary.rows_in / summary.seconds,
-            "peak_mem_mb": memory.peak_bytes / 2**20, "errors": sum(summary.errors.values()),
+    return {"images": summary.rows_in, "ok": summary.rows_ok, "errors": summary.errors, "seconds": summary.seconds,
+            "img_per_s": summary.rows_in / summary.seconds, "peak_mem_mb": memory.peak_bytes / 2**20,
             "gpu_busy": memory.gpu_busy}  # fmt: skip

@@ -70,7 +70,9 @@ def run_bench(cfg: Config) -> StageSummary:
     large = engine_run(cfg, n * cfg.bench.scale)
     figures["engine"] = small["img_per_s"]
     model_best = max(v for k, v in figures.items() if k.startswith("model_only"))
-    summary.rows_in = summary.rows_ok = small["images"] + large["images"] - small["errors"] - large["errors"]
+    summary.rows_in, summary.rows_ok = small["images"] + large["images"], small["ok"] + large["ok"]
+    summary.errors = small["errors"] + large["errors"]
+    summary.require_balanced()  # each engine run committed only a balanced account: a check that they add up
     summary.extra.update(
         device=device_name(), model=cfg.model.name, canvas=f"{cfg.canvas.height}x{cfg.canvas.width}",
         batch_size=cfg.infer.batch_size, actors=cfg.infer.actors, images=n,

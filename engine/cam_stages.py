@@ -64,16 +64,16 @@ def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarra
 def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSummary) -> None:
     """Splits one model-stream batch into rows of preds/errors (and heatmaps/meta/boxes with CAM)."""
     bad = np.asarray(batch["error"]) != ""
-    errors = _take(batch, bad)
-    writer.write("errors", {"file": errors["path"], "line": [None] * int(bad.sum()), "image_id": errors["image_id"],
-                            "stage": [writer.stage] * int(bad.sum()), "reason": errors["error"],
-                            "split": errors["split"]})  # fmt: skip
-    summary.add_errors(errors["error"])
+    errors, m = _take(batch, bad), int(bad.sum())
+    error_rows = {"file": errors["path"], "line": [None] * m, "image_id": errors["image_id"],
+                  "stage": [writer.stage] * m, "reason": errors["error"], "split": errors["split"]}  # fmt: skip
+    writer.write("errors", error_rows)
+    summary.add_errors(error_rows["reason"])  # the reasons of the rows written, one each
     ok = _take(batch, ~bad)
     n = len(ok["image_id"])
-    summary.rows_ok += n
-    writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n, "run_id": [ctx["run_id"]] * n,
-                           "model": [ctx["model"]] * n, "stage": [writer.stage] * n})  # fmt: skip
+    summary.rows_ok += writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n,
+                                              "run_id": [ctx["run_id"]] * n, "model": [ctx["model"]] * n,
+                                              "stage": [writer.stage] * n})  # fmt: skip
     if "heatmap" not in ok:
         return
     overlays: OverlayCollector | None = ctx.get("overlays")
@@ -84,19 +84,25 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
 
 
-def _stream_stage(cfg: Config, stage: str, rows: pd.DataFrame, settings: CamSettings, ctx: dict) -> StageSummary:
+def _stream_stage(
+    cfg: Config, stage: str, rows: pd.DataFrame, split: str | None, settings: CamSettings, ctx: dict
+) -> StageSummary:
+    """Streams `rows` through the model into the stage's tables; commits only a balanced account.
+
+    `split` is the split partition the stage owns, from its configuration (None: all of them), never
+    from the rows: an empty selection commits empty partitions and leaves every other split as it was.
+    """
     from engine.pipeline import image_stream, iter_results, model_stream
 
     summary = StageSummary(stage)
-    split = rows["split"].iloc[0] if len(rows) and rows["split"].nunique() == 1 and ctx.get("one_split") else None
     writer = TableWriter(cfg.run.dir, stage, cfg.run.overwrite, split=split)
     names = CAM_TABLES if settings.with_cam else ("preds", "errors")
     writer.check(names)
     summary.rows_in = len(rows)
-    ds = model_stream(image_stream(rows, cfg), cfg, settings)
     try:
-        for batch in iter_results(ds):
-            _write_batch(writer, batch, ctx, summary)
+        if len(rows):
+            for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings)):
+                _write_batch(writer, batch, ctx, summary)
         for name in names:
             writer.rows.setdefault(name, 0)
         if ctx.get("overlays"):
@@ -104,7 +110,7 @@ def _stream_stage(cfg: Config, stage: str, rows: pd.DataFrame, settings: CamSett
     except BaseException:
         writer.abort()  # nothing of a failed run is committed
         raise
-    summary.tables = writer.commit()
+    summary.commit(writer)
     save_config(cfg, stage)
     return summary
 
@@ -127,8 +133,8 @@ def run_infer(cfg: Config) -> StageSummary:
     """Predicts `infer.split` through the model actor pool; writes preds, errors and metrics."""
     thr = selected_threshold(cfg)
     rows = select_rows(cfg, (cfg.infer.split,))
-    ctx = {"run_id": _run_id(cfg), "model": cfg.model.name, "one_split": True}
-    summary = _stream_stage(cfg, "infer", rows, _settings(cfg, with_cam=False), ctx)
+    ctx = {"run_id": _run_id(cfg), "model": cfg.model.name}
+    summary = _stream_stage(cfg, "infer", rows, cfg.infer.split, _settings(cfg, with_cam=False), ctx)
     preds = read_table(cfg.run.dir, "preds")
     preds = preds[(preds["stage"] == "infer") & (preds["split"] == cfg.infer.split)]
     metrics = split_metrics(cfg, preds, cfg.infer.split, thr)
@@ -158,39 +164,56 @@ def run_cam(cfg: Config) -> StageSummary:
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
     ctx: dict[str, Any] = {
         "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
-        "overlays": overlays, "one_split": cfg.cam.scope == "split",
+        "overlays": overlays,
     }  # fmt: skip
-    summary = _stream_stage(cfg, "cam", rows, _settings(cfg, with_cam=True), ctx)
+    split = cfg.cam.split if cfg.cam.scope == "split" else None  # scope=all owns every split's partition
+    summary = _stream_stage(cfg, "cam", rows, split, _settings(cfg, with_cam=True), ctx)
     summary.extra["scope"] = cfg.cam.scope
     summary.save(cfg.run.dir)
     return summary.finish()
 
 
+def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
+    """Returns the batch columns and the (N, h, w) float16 maps of stored heatmap + meta rows."""
+    batch: dict[str, Any] = {
+        c: chunk[c].to_numpy()
+        for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *PEAK_COLUMNS)
+        if c in chunk
+    }
+    batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
+    maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
+    return batch, maps.astype(np.float16)
+
+
 def run_boxes(cfg: Config) -> StageSummary:
-    """Recomputes the `boxes` table from stored heatmaps + meta with `boxes.*`: no model, no GPU."""
+    """Recomputes the `boxes` table from stored heatmaps + meta with `boxes.*`: no model, no GPU.
+
+    A heatmap without its meta row (no letterbox to map boxes back) is an `errors` row (stage=boxes).
+    """
     summary = StageSummary("boxes")
     heat = read_table(cfg.run.dir, "heatmaps")
     if heat.empty:
         raise ValueError(f"{cfg.run.dir}: no heatmaps table; run `make cam` first")
     meta = read_table(cfg.run.dir, "meta").drop(columns=["split", "folder"])
+    writer = TableWriter(cfg.run.dir, "boxes", replace=("boxes", "errors"))
+    writer.check(["boxes", "errors"])
+    summary.rows_in = len(heat)
+    orphans = heat.loc[~heat["image_id"].isin(meta["image_id"]), ["image_id", "split"]]
+    reasons = [f"missing_meta: heatmap of {i} has no meta row (run `make cam` again)" for i in orphans["image_id"]]
+    n = len(orphans)
+    writer.write("errors", {"file": orphans["image_id"], "line": [None] * n, "image_id": orphans["image_id"],
+                            "stage": ["boxes"] * n, "reason": reasons, "split": orphans["split"]})  # fmt: skip
+    summary.add_errors(reasons)
     frame = heat.merge(meta, on="image_id", how="inner")
-    writer = TableWriter(cfg.run.dir, "boxes", replace=("boxes",))
-    writer.check(["boxes"])
     params, min_prob = box_params(cfg), _min_prob(cfg)
     for start in range(0, len(frame), 4096):
-        chunk = frame.iloc[start : start + 4096]
-        batch: dict[str, Any] = {
-            c: chunk[c].to_numpy()
-            for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *PEAK_COLUMNS)
-            if c in chunk
-        }
-        batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})
-        maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
-        boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
+        batch, maps = _stored_batch(frame.iloc[start : start + 4096])
+        boxes, counts = pseudo_boxes(maps, batch, params)
         writer.write("boxes", explode_boxes(batch, boxes, counts, params, min_prob))
-    summary.tables = writer.commit()
-    summary.rows_in = summary.rows_ok = len(frame)
-    summary.extra["boxes_per_image"] = round(summary.tables.get("boxes", 0) / max(len(frame), 1), 3)
+        summary.rows_ok += len(counts)  # images whose boxes were computed (a repeated meta row counts twice)
+    writer.rows.setdefault("boxes", 0)
+    summary.commit(writer)
+    summary.extra["boxes_per_image"] = round(summary.tables.get("boxes", 0) / max(summary.rows_ok, 1), 3)
     save_config(cfg, "boxes")
     summary.save(cfg.run.dir)
     return summary.finish()

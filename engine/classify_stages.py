@@ -10,6 +10,7 @@ import os
 import pandas as pd
 import pyarrow.fs as pafs
 
+import schemas
 from engine.config import Config
 from engine.data_stages import save_config
 from engine.metrics import binary_metrics, select_threshold
@@ -168,11 +169,12 @@ def run_threshold(cfg: Config) -> StageSummary:
     writer = TableWriter(cfg.run.dir, "threshold", overwrite=True, replace=("thresholds",))
     writer.check(["thresholds"])
     writer.write("thresholds", pd.DataFrame([record]))
-    summary.tables = writer.commit()
+    summary.rows_in = int(val["image_id"].nunique())  # the val images of the best epoch, each once
+    summary.rows_ok = int(chosen.n)  # the predictions the threshold was chosen on (a repeated one counts twice)
+    summary.commit(writer)
     fs, root = resolve_fs(cfg.run.dir)
     with fs.open_output_stream(f"{root}/threshold.json") as out:
         out.write(json.dumps(record, indent=2).encode())
-    summary.rows_in = summary.rows_ok = len(val)
     summary.extra.update({k: record[k] for k in ("mode", "epoch", "thr", "sens", "spec", "f1", "youden_j")})
     summary.save(cfg.run.dir)
     return summary.finish()
@@ -192,16 +194,40 @@ def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> d
     return {"run_id": _run_id(cfg), "split": split, "view": cfg.data.view, **m.to_dict()}
 
 
-def run_leaderboard(runs_dir: str) -> pd.DataFrame:
-    """Returns test metrics at each run's selected threshold, one row per run under `runs_dir`."""
-    rows = []
-    for entry in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        metrics = read_table(os.path.join(runs_dir, entry), "metrics")
-        test = metrics[metrics["split"] == "test"]
+def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:
+    """Returns (one row per run with test metrics, best AUC first; the runs that have metrics but none on test)."""
+    fs, root = resolve_fs(runs_dir)
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    rows, missing = [], []
+    for entry in sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory):
+        run_dir = f"{runs_dir.rstrip('/')}/{entry}"
+        if fs.get_file_info(f"{root}/{entry}/tables/metrics").type == pafs.FileType.NotFound:
+            continue  # not a run with `make infer` outputs (or this stage's own folders)
+        test = read_table(run_dir, "metrics").query("split == 'test'")
         if len(test):
             rows.append(test.iloc[-1].to_dict() | {"run": entry})
-    board = pd.DataFrame(rows)
+        else:
+            missing.append(entry)
+    board = pd.DataFrame(rows).reindex(columns=schemas.TABLES["leaderboard"].SCHEMA.names)
+    return board.sort_values(["auc", "sensitivity"], ascending=False).reset_index(drop=True), missing
+
+
+def run_leaderboard(cfg: Config) -> StageSummary:
+    """Writes the `leaderboard` table under `leaderboard.runs` (tables/leaderboard/); the board is in the summary.
+
+    Raises:
+        ValueError: no run under `leaderboard.runs` has test metrics yet.
+    """
+    summary = StageSummary("leaderboard")
+    board, missing = leaderboard_frame(cfg.leaderboard.runs)
     if board.empty:
-        return board
-    columns = ["run", "auc", "sensitivity", "specificity", "f1", "accuracy", "thr", "tp", "tn", "fp", "fn", "n"]
-    return board[columns].sort_values(["auc", "sensitivity"], ascending=False).reset_index(drop=True)
+        raise ValueError(f"no run under {cfg.leaderboard.runs} has test metrics yet (run `make infer` first)")
+    writer = TableWriter(cfg.leaderboard.runs, "leaderboard", replace=("leaderboard",))
+    writer.check(["leaderboard"])
+    summary.rows_in = len(board) + len(missing)
+    summary.rows_ok = writer.write("leaderboard", board)
+    summary.add_errors([f"no_test_metrics: {run}" for run in missing])
+    summary.commit(writer)
+    summary.extra["leaderboard"] = "\n" + board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    summary.save(cfg.leaderboard.runs)
+    return summary.finish()

@@ -52,12 +52,12 @@ def run_index(cfg: Config) -> StageSummary:
     writer.write("index", result.index)
     writer.write("gt_boxes", result.gt_boxes)
     writer.write("errors", result.errors.assign(split="all"))
-    summary.tables = writer.commit()
-    save_config(cfg, "index")
     listing_errors = result.errors[result.errors["line"].notna()]
     summary.rows_in = result.lines_listed
     summary.rows_ok = len(result.index)
     summary.add_errors(listing_errors["reason"])
+    summary.commit(writer)
+    save_config(cfg, "index")
     other = result.errors[result.errors["line"].isna()]
     summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())
     summary.extra["images_by_view"] = dict(result.index["view"].value_counts().sort_index())
@@ -85,11 +85,10 @@ def run_split(cfg: Config) -> StageSummary:
     if index.empty:
         raise ValueError(f"{cfg.run.dir}: the index table is empty or missing; run `make index` first")
     splits = assign_splits(index, cfg.split.train, cfg.split.val, cfg.seed, cfg.split.duplicate_groups)
-    writer.write("splits", splits)
-    summary.tables = writer.commit()
-    save_config(cfg, "split")
     summary.rows_in = len(index)
-    summary.rows_ok = len(splits)
+    summary.rows_ok = writer.write("splits", splits)
+    summary.commit(writer)
+    save_config(cfg, "split")
     sizes = split_sizes(splits[splits["folder"].str.startswith("wholeBody")])
     summary.extra["whole_body_images (split, view) x label"] = "\n" + sizes.to_string()
     summary.extra["patients_per_split"] = dict(splits.groupby("split")["patient_id"].nunique())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,7 @@ class ClassifyCamStage:
         y_prob = np.full(n, np.nan, dtype=np.float32)
         logit = np.full(n, np.nan, dtype=np.float32)
         out["cam_method"] = np.full(n, self.method if self.settings.with_cam else "", dtype=object)
+        out["actor_pid"] = np.full(n, os.getpid(), dtype=np.int64)  # which actor scored the row (not stored)
         host: dict[str, np.ndarray] = {}
         if ok.any():
             canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"][ok]))

@@ -10,7 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.tables import resolve_fs
+from engine.tables import TableWriter, resolve_fs
+
+
+class AccountError(RuntimeError):
+    """A stage's rows in differ from its rows ok + error rows: something was lost or counted twice."""
 
 
 @dataclass
@@ -40,6 +44,29 @@ class StageSummary:
     def balanced(self) -> bool:
         """True when rows in = rows ok + error rows."""
         return self.rows_in == self.rows_ok + sum(self.errors.values())
+
+    def require_balanced(self) -> None:
+        """Raises AccountError unless rows in = rows ok + error rows (the message gives all three)."""
+        if not self.balanced:
+            raise AccountError(
+                f"{self.stage}: {self.rows_in} rows in, but {self.rows_ok} ok + {sum(self.errors.values())} errors: "
+                "rows were lost or counted twice, nothing is committed"
+            )
+
+    def commit(self, writer: TableWriter) -> dict[str, int]:
+        """Commits `writer` only when the account balances (else aborts it); returns and keeps rows per table.
+
+        Raises:
+            AccountError: the account does not balance.
+            OutputError: a table's unique key repeats within a partition (TableWriter.commit).
+        """
+        try:
+            self.require_balanced()
+        except AccountError:
+            writer.abort()
+            raise
+        self.tables = writer.commit()
+        return self.tables
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the summary as JSON-ready dict."""

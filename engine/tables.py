@@ -1,16 +1,19 @@
 """The only Parquet writer and reader: Hive-partitioned tables under `<run.dir>/tables/<name>/`.
 
 Writes are staged: a stage writes every table it produces under `<run.dir>/_staging/<stage>-<id>/`
-and `commit()` moves them into place at the end, so a killed job never leaves a half-written table
-where readers look. Each stage owns `tables/<name>/stage=<stage>/` for tables partitioned by stage,
-and the whole `tables/<name>/` otherwise. Paths may be local or storage URIs (pyarrow filesystems).
+and `commit()` swaps them in at the end through a journal (engine/commit.py), so a kill at any point
+leaves either all the old outputs of the stage or all the new ones once the next writer or reader has
+recovered. Each stage owns `tables/<name>/stage=<stage>/` for tables partitioned by stage (and its
+`split=` partition when it scores one split), and the whole `tables/<name>/` otherwise. Paths may be
+local or storage URIs (pyarrow filesystems); on object stores the swap is per file (engine/commit.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import schemas
+from engine.commit import Move, exists, join, move_tree, recover, swap_steps
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,14 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """Returns (filesystem, path) for a local path or a storage URI (file://, s3://, gs://, ...)."""
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts if p)
+# Columns that name one row of a table within a partition: commit() refuses a partition where they repeat.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "index": ("image_id",), "splits": ("image_id",), "preds": ("image_id",), "heatmaps": ("image_id",),
+    "meta": ("image_id",), "boxes": ("image_id", "rank"),
+}  # fmt: skip
 
 
 def to_arrow(name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> pa.Table:
@@ -71,7 +76,7 @@ def to_arrow(name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> pa
 
 def table_dir(run_dir: str, name: str) -> str:
     """Returns `<run_dir>/tables/<name>` (path or URI)."""
-    return _join(run_dir, "tables", name)
+    return join(run_dir, "tables", name)
 
 
 def _owned_path(root: str, name: str, stage: str, split: str | None = None) -> str:
@@ -80,30 +85,7 @@ def _owned_path(root: str, name: str, stage: str, split: str | None = None) -> s
     parts = [f"stage={stage}"] if "stage" in cols else []
     if split is not None and "split" in cols:
         parts.append(f"split={split}")
-    return _join(root, name, *parts)
-
-
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _move_tree(fs: pafs.FileSystem, src: str, dst: str, merge: bool = False) -> None:
-    """Moves folder `src` to `dst`: one rename on a local disk, file by file elsewhere or when merging.
-
-    S3 and GCS cannot move folders (pyarrow's own tests: `allow_move_dir=False`); there a file move
-    is a copy + delete, so the commit is per file, not atomic. `merge=True` moves the files into an
-    existing `dst`, replacing files of the same name.
-    """
-    if isinstance(fs, pafs.LocalFileSystem) and not merge:
-        fs.move(src, dst)
-        return
-    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
-        if info.type == pafs.FileType.File:
-            target = dst + info.path[len(src) :]
-            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            fs.move(info.path, target)
-    if _exists(fs, src):
-        fs.delete_dir(src)
+    return join(root, name, *parts)
 
 
 def _write_dataset(fs: pafs.FileSystem, base: str, name: str, table: pa.Table, basename: str) -> None:
@@ -155,9 +137,11 @@ class TableWriter:
         self.overwrite = overwrite
         self.replace = replace
         self.fs, self.root = resolve_fs(run_dir)
-        self.staging = _join(self.root, "_staging", f"{stage}-{uuid.uuid4().hex[:12]}")
+        self.staging = join(self.root, "_staging", f"{stage}-{uuid.uuid4().hex[:12]}")
         self.rows: dict[str, int] = {}
         self._parts: dict[str, int] = {}
+        self._keys: dict[str, set[tuple]] = {}
+        self._repeated: dict[str, dict[str, Any]] = {}
 
     def check(self, names: list[str] | tuple[str, ...]) -> None:
         """Fails fast when an output exists and may not be replaced, or the run dir is unwritable.
@@ -165,13 +149,14 @@ class TableWriter:
         Raises:
             OutputError: with the existing path and the override that allows replacing it.
         """
-        tables_root = _join(self.root, "tables")
+        recover(self.fs, self.root)  # a commit a kill interrupted is finished before anything else
+        tables_root = join(self.root, "tables")
         for name in names:
             owned = _owned_path(tables_root, name, self.stage, self.split)
-            if _exists(self.fs, owned) and not (self.overwrite or name in self.replace):
+            if exists(self.fs, owned) and not (self.overwrite or name in self.replace):
                 raise OutputError(f"{owned} exists: pass run.overwrite=true to replace the {self.stage} outputs")
         self._clear_stale_staging()
-        probe = _join(self.staging, ".probe")
+        probe = join(self.staging, ".probe")
         try:
             self.fs.create_dir(self.staging, recursive=True)
             with self.fs.open_output_stream(probe) as out:
@@ -182,8 +167,8 @@ class TableWriter:
 
     def _clear_stale_staging(self) -> None:
         """Deletes what killed earlier runs of this stage left in `_staging/` (never committed, never read)."""
-        base = _join(self.root, "_staging")
-        if not _exists(self.fs, base):
+        base = join(self.root, "_staging")
+        if not exists(self.fs, base):
             return
         for info in self.fs.get_file_info(pafs.FileSelector(base)):
             if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{self.stage}-"):
@@ -194,6 +179,7 @@ class TableWriter:
         """Buffers rows of table `name` (files are staged every `flush_rows`); returns the rows added."""
         table = to_arrow(name, data)
         self._check_owned(name, table)
+        self._track_keys(name, table)
         self.rows[name] = self.rows.get(name, 0) + table.num_rows
         buffer = self._buffers.setdefault(name, [])
         if table.num_rows:
@@ -213,6 +199,18 @@ class TableWriter:
             if foreign:
                 raise OutputError(f"table {name}: rows with {col}={foreign}, but this writer owns {col}={value!r}")
 
+    def _track_keys(self, name: str, table: pa.Table) -> None:
+        """Remembers the rows' partition + UNIQUE_KEYS values; notes the first value seen twice."""
+        if name not in UNIQUE_KEYS or name in self._repeated:
+            return
+        columns = [*schemas.TABLES[name].PARTITION_COLS, *UNIQUE_KEYS[name]]
+        seen = self._keys.setdefault(name, set())
+        for key in zip(*(table.column(c).to_pylist() for c in columns), strict=True):
+            if key in seen:
+                self._repeated[name] = dict(zip(columns, key, strict=True))
+                return
+            seen.add(key)
+
     def _flush(self, name: str) -> None:
         buffer = self._buffers.pop(name, [])
         if not buffer:
@@ -221,29 +219,41 @@ class TableWriter:
         part = self._parts.get(name, 0)
         self._parts[name] = part + 1
         basename = f"{self.stage}-{part:05d}-{{i}}.parquet"
-        _write_dataset(self.fs, _join(self.staging, name), name, table, basename)
+        _write_dataset(self.fs, join(self.staging, name), name, table, basename)
 
     def commit(self) -> dict[str, int]:
-        """Moves every staged table into `<run_dir>/tables/`; returns rows per table."""
-        for name in list(self._buffers):
-            self._flush(name)
-        tables_root = _join(self.root, "tables")
-        for name in self.rows:
-            staged = _owned_path(self.staging, name, self.stage, self.split)
-            final = _owned_path(tables_root, name, self.stage, self.split)
-            if _exists(self.fs, final):
-                self.fs.delete_dir(final)
-            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-            if _exists(self.fs, staged):
-                _move_tree(self.fs, staged, final)
-            else:
-                self.fs.create_dir(final, recursive=True)
-                self._write_empty(name, final)
-        self.abort()
+        """Swaps every staged table into `<run_dir>/tables/`; returns rows per table.
+
+        Raises:
+            OutputError: a unique key (UNIQUE_KEYS) repeats within a partition; nothing is committed.
+        """
+        for _ in self.commit_steps():
+            pass
         return dict(self.rows)
 
+    def commit_steps(self) -> Iterator[str]:
+        """Runs `commit()` one filesystem step at a time; yields each step's label (a kill may fall between)."""
+        for name in list(self._buffers):
+            self._flush(name)
+        if self._repeated:
+            self.abort()
+            name, key = next(iter(self._repeated.items()))
+            raise OutputError(f"table {name}: {UNIQUE_KEYS[name]} repeats within a partition ({key}): "
+                              f"nothing of the {self.stage} run is committed")  # fmt: skip
+        tables_root = join(self.root, "tables")
+        moves = []
+        for i, name in enumerate(self.rows):
+            staged = _owned_path(self.staging, name, self.stage, self.split)
+            if not exists(self.fs, staged):
+                self._write_empty(name, staged)
+            final = _owned_path(tables_root, name, self.stage, self.split)
+            moves.append(Move(final, staged, join(self.staging, "_old", str(i))))
+        yield from swap_steps(self.fs, self.root, self.staging.rsplit("/", 1)[1], moves)
+        self.abort()
+        yield "staging deleted"
+
     def _write_empty(self, name: str, final: str) -> None:
-        """Leaves a zero-row file where the partitions are known, so readers still see the schema."""
+        """Makes folder `final` with a zero-row file where the partitions are known (readers still see the schema)."""
         self.fs.create_dir(final, recursive=True)
         cols = schemas.TABLES[name].PARTITION_COLS
         known = {"stage": self.stage, "split": self.split}
@@ -253,7 +263,7 @@ class TableWriter:
 
     def abort(self) -> None:
         """Deletes the staging area (nothing is committed)."""
-        if _exists(self.fs, self.staging):
+        if exists(self.fs, self.staging):
             self.fs.delete_dir(self.staging)
 
 
@@ -265,9 +275,9 @@ def write_part(run_dir: str, name: str, data: pd.DataFrame | Mapping[str, Any], 
     """
     table = to_arrow(name, data)
     fs, root = resolve_fs(run_dir)
-    tmp = _join(root, "_staging", f"part-{uuid.uuid4().hex[:12]}")
+    tmp = join(root, "_staging", f"part-{uuid.uuid4().hex[:12]}")
     _write_dataset(fs, tmp, name, table, f"{basename}-{{i}}.parquet")
-    _move_tree(fs, tmp, _join(root, "tables", name), merge=True)  # zero rows of a partitioned table: no file
+    move_tree(fs, tmp, join(root, "tables", name), merge=True)  # zero rows of a partitioned table: no file
     return table.num_rows
 
 
@@ -277,9 +287,10 @@ def read_table(run_dir: str, name: str, filter_expr: pads.Expression | None = No
     An absent table reads as an empty frame with the schema's columns.
     """
     fs, root = resolve_fs(run_dir)
-    path = _join(root, "tables", name)
+    recover(fs, root)
+    path = join(root, "tables", name)
     schema = schemas.TABLES[name].SCHEMA
-    if not _exists(fs, path):
+    if not exists(fs, path):
         return schema.empty_table().to_pandas()
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)
     return dataset.to_table(filter=filter_expr).to_pandas()

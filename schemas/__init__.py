@@ -9,6 +9,7 @@ from schemas import (
     gt_boxes,
     heatmaps,
     index,
+    leaderboard,
     loc_metrics,
     masks,
     meta,
@@ -32,4 +33,5 @@ TABLES: dict[str, ModuleType] = {
     "metrics": metrics,
     "loc_metrics": loc_metrics,
     "masks": masks,
+    "leaderboard": leaderboard,
 }

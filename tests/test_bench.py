@@ -25,6 +25,8 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
     for key in ("model_only_eager_img_per_s", "plain_loop_img_per_s", "engine_img_per_s", "peak_mem_mb_large"):
         assert figures[key] > 0, key
     assert figures["large_images"] == 24
+    account = summary.to_dict()
+    assert (account["rows_in"], account["rows_ok"] + account["errors"], account["balanced"]) == (36, 36, True)
     assert set(figures["plain_loop_profile_s"]) >= {"decode", "letterbox", "forward", "cam", "boxes", "write"}
     assert "engine_over_plain_loop" in results.read_text()
     plain = read_table(str(run_dir / "bench_plain"), "heatmaps").set_index("image_id").sort_index()

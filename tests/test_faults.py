@@ -13,10 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.cam_stages import _settings, cam_rows, run_cam
+from engine.cam_stages import _settings, cam_rows, run_boxes, run_cam
 from engine.model import arch_info, build_classifier, save_model
 from engine.pipeline import image_stream, iter_results, model_stream
-from engine.tables import OutputError, read_table
+from engine.summary import AccountError
+from engine.tables import OutputError, TableWriter, read_table, write_part
 from tests.conftest import REPO, test_config
 
 
@@ -52,11 +53,13 @@ def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_sessio
     assert killed, "no model actor process found"
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
+    scored_after: set[int] = set()
     for batch in stream:
         seen.extend(batch["image_id"])
+        scored_after.update(int(pid) for pid in batch["actor_pid"])
     assert len(seen) == len(set(seen)), "an image came out twice"
     assert sorted(seen) == sorted(rows["image_id"]), "an image was lost"
-    assert not set(killed) & set(_model_actor_pids()), "the killed actor should have been replaced"
+    assert scored_after - set(killed), "no new actor process scored a row after the kill"
 
 
 def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: Path, data_root: Path) -> None:
@@ -101,3 +104,67 @@ def test_unwritable_run_dir_fails_fast_with_a_clear_message(untrained_run: Path,
     assert "error:" in result.stderr and str(blocker) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+CAM_OUTPUTS = ("preds", "heatmaps", "boxes", "meta", "errors")
+
+
+def _outputs(run_dir: Path) -> dict[str, list]:
+    """Returns the sorted (image_id, split) pairs of every cam output table (boxes with their rank)."""
+    out = {}
+    for name in CAM_OUTPUTS:
+        frame = read_table(str(run_dir), name)
+        keys = ["image_id", "split", "rank"] if name == "boxes" else ["image_id", "split"]
+        out[name] = sorted(map(tuple, frame[keys].astype(str).to_numpy()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cam_test_run(ray_session, untrained_run: Path, data_root: Path, tmp_path_factory) -> Path:
+    """A copy of the untrained run with `make cam` outputs of 4 test images."""
+    run_dir = tmp_path_factory.mktemp("camtest") / "run"
+    shutil.copytree(untrained_run, run_dir, ignore=shutil.ignore_patterns("tables"))
+    shutil.copytree(untrained_run / "tables" / "index", run_dir / "tables" / "index")
+    shutil.copytree(untrained_run / "tables" / "splits", run_dir / "tables" / "splits")
+    run_cam(test_config(data_root, run_dir, "cam.split=test", "cam.limit=4"))
+    return run_dir
+
+
+def test_cam_on_an_empty_val_selection_leaves_the_test_outputs_intact(cam_test_run, data_root, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cam_test_run, run_dir)
+    before = _outputs(run_dir)
+    assert before["heatmaps"] and before["meta"]
+    splits = read_table(str(run_dir), "splits").replace({"split": {"val": "train"}})  # a data set without val
+    writer = TableWriter(str(run_dir), "split", overwrite=True)
+    writer.write("splits", splits)
+    writer.commit()
+    summary = run_cam(test_config(data_root, run_dir, "cam.split=val", "run.overwrite=true"))
+    assert (summary.rows_in, summary.rows_ok, summary.to_dict()["errors"]) == (0, 0, 0)
+    assert _outputs(run_dir) == before
+    assert (run_dir / "tables" / "heatmaps" / "split=val").is_dir()  # the val partitions it owns, empty
+
+
+def test_boxes_reports_a_heatmap_without_meta_as_an_error_row(cam_test_run, data_root, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cam_test_run, run_dir)
+    meta = read_table(str(run_dir), "meta").sort_values("image_id")
+    writer = TableWriter(str(run_dir), "cam", overwrite=True, split="test")
+    writer.write("meta", meta.iloc[1:])  # the first image loses its meta row
+    writer.commit()
+    summary = run_boxes(test_config(data_root, run_dir))
+    assert (summary.rows_in, summary.rows_ok, dict(summary.errors)) == (4, 3, {"missing_meta": 1})
+    errors = read_table(str(run_dir), "errors").query("stage == 'boxes'")
+    assert errors["image_id"].tolist() == [meta["image_id"].iloc[0]]
+    assert meta["image_id"].iloc[0] not in set(read_table(str(run_dir), "boxes")["image_id"])
+
+
+def test_boxes_refuses_a_meta_row_stored_twice_and_keeps_the_old_boxes(cam_test_run, data_root, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cam_test_run, run_dir)
+    before = _outputs(run_dir)
+    meta = read_table(str(run_dir), "meta")
+    write_part(str(run_dir), "meta", meta.iloc[:1], "copied-again")  # one image's meta twice
+    with pytest.raises(AccountError, match=r"boxes: 4 rows in, but 5 ok \+ 0 errors"):
+        run_boxes(test_config(data_root, run_dir))
+    assert _outputs(run_dir)["boxes"] == before["boxes"]

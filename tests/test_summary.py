@@ -3,8 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 
-from engine.summary import StageSummary
+from engine.classify_stages import run_threshold
+from engine.config import load_config
+from engine.summary import AccountError, StageSummary
+from engine.tables import TableWriter, write_part
+from tests.conftest import REPO
 
 
 def summary_of(rows_in: int, rows_ok: int, reasons: list[str]) -> StageSummary:
@@ -98,3 +103,41 @@ def test_saved_json_keeps_numpy_counts_as_numbers(tmp_path):
 def test_save_accepts_a_file_uri_run_dir(tmp_path):
     summary_of(1, 1, []).save(f"file://{tmp_path}")
     assert json.loads((tmp_path / "summaries" / "cam.json").read_text())["rows_in"] == 1
+
+
+def _val_preds(image_ids: list[str]) -> dict[str, list]:
+    """Returns best-epoch (1) val `preds` rows of `make train` for `image_ids`, half of them abnormal."""
+    n = len(image_ids)
+    return {"image_id": image_ids, "patient_id": image_ids, "view": ["ANT"] * n, "y_true": [i % 2 for i in range(n)],
+            "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)], "logit": [0.0] * n, "epoch": [1] * n,
+            "run_id": ["r"] * n, "model": ["m"] * n, "stage": ["train"] * n, "split": ["val"] * n,
+            "folder": ["wholeBodyANT"] * n}  # fmt: skip
+
+
+def test_commit_of_an_unbalanced_account_raises_and_commits_nothing(tmp_path):
+    writer = TableWriter(str(tmp_path), "cam", split="test")
+    writer.check(["errors"])
+    writer.write("errors", {"file": ["a.jpg"], "line": [None], "image_id": ["a"], "stage": ["cam"],
+                            "reason": ["undecodable: junk"], "split": ["test"]})  # fmt: skip
+    summary = summary_of(3, 1, ["undecodable: junk"])  # one row lost
+    with pytest.raises(AccountError, match=r"cam: 3 rows in, but 1 ok \+ 1 errors: .*nothing is committed"):
+        summary.commit(writer)
+    assert not (tmp_path / "tables").exists()
+    assert not list((tmp_path / "_staging").glob("cam-*"))
+    balanced = TableWriter(str(tmp_path), "cam", split="test")
+    balanced.write("errors", {"file": ["a.jpg"], "line": [None], "image_id": ["a"], "stage": ["cam"],
+                              "reason": ["undecodable: junk"], "split": ["test"]})  # fmt: skip
+    assert summary_of(2, 1, ["undecodable: junk"]).commit(balanced) == {"errors": 1}
+
+
+def test_threshold_refuses_val_predictions_counted_twice(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "best.json").write_text(json.dumps({"epoch": 1}))
+    ids = [f"wholeBodyANT/{i}.jpg" for i in range(6)]
+    write_part(str(run_dir), "preds", _val_preds(ids), "epoch-001")
+    cfg = load_config(REPO / "conf" / "demo.yaml", [f"run.dir={run_dir}"])
+    assert run_threshold(cfg).to_dict()["balanced"]
+    write_part(str(run_dir), "preds", _val_preds(ids[:1]), "epoch-001-again")  # one val image stored twice
+    with pytest.raises(AccountError, match=r"threshold: 6 rows in, but 7 ok"):
+        run_threshold(cfg)

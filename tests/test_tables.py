@@ -185,7 +185,7 @@ def test_nothing_is_visible_under_tables_before_commit(tmp_path):
     writer = TableWriter(str(tmp_path), STAGE, flush_rows=1)
     writer.check(["preds"])
     writer.write("preds", two_rows("preds"))
-    writer.write("preds", two_rows("preds"))
+    writer.write("preds", two_rows("preds") | {"image_id": ["more-a", "more-b"]})
     assert parquet_files(tmp_path)  # flushed to the staging area...
     assert not parquet_files(tmp_path / "tables")  # ...but readers see nothing yet
     assert read_table(str(tmp_path), "preds").empty
@@ -336,3 +336,82 @@ def test_to_arrow_casts_a_dataframe_to_the_schema_types_and_keeps_nulls():
     table = to_arrow("errors", frame)
     assert table.schema == schemas.TABLES["errors"].SCHEMA
     assert table.column("line").to_pylist() == [7, None]
+
+
+def test_a_repeated_image_id_within_a_partition_is_refused_and_nothing_is_committed(tmp_path):
+    commit_rows(tmp_path, "preds", two_rows("preds"))
+    writer = TableWriter(str(tmp_path), STAGE, overwrite=True)
+    writer.check(["preds"])
+    writer.write("preds", two_rows("preds") | {"image_id": ["twice", "once"]})
+    writer.write("preds", two_rows("preds") | {"image_id": ["twice", "new"]})  # same stage/split/folder as "twice"
+    with pytest.raises(OutputError, match=r"table preds: \('image_id',\) repeats within a partition .*'twice'"):
+        writer.commit()
+    assert rows_of(read_table(str(tmp_path), "preds"), "preds") == expected_rows("preds")
+    assert not parquet_files(tmp_path / "_staging")
+
+
+def test_one_image_id_in_two_partitions_and_boxes_of_one_image_with_two_ranks_are_committed(tmp_path):
+    rows = two_rows("preds") | {"image_id": ["same", "same"]}  # two folders: two partitions
+    assert commit_rows(tmp_path, "preds", rows) == {"preds": 2}
+    boxes = two_rows("boxes") | {"image_id": ["img", "img"], "rank": [0, 1]}
+    assert commit_rows(tmp_path, "boxes", boxes) == {"boxes": 2}
+
+
+def _old_and_new(tmp_path: Path) -> tuple[TableWriter, dict[str, list], dict[str, list]]:
+    """Commits the "old" rows of three cam tables, then stages "new" ones; returns (writer, old ids, new ids)."""
+    names = ("preds", "heatmaps", "errors")
+    for generation in ("old", "new"):
+        writer = TableWriter(str(tmp_path), "cam", overwrite=True, split="test")
+        writer.check(names)
+        for name in names:
+            ids = [f"{generation}-a", f"{generation}-b"]
+            writer.write(name, two_rows(name) | {"stage": ["cam"] * 2, "image_id": ids})
+        if generation == "old":
+            writer.commit()
+    ids = {g: {n: [f"{g}-a", f"{g}-b"] for n in names} for g in ("old", "new")}
+    return writer, ids["old"], ids["new"]
+
+
+def _table_ids(run_dir: Path) -> dict[str, list]:
+    return {n: sorted(read_table(str(run_dir), n)["image_id"]) for n in ("preds", "heatmaps", "errors")}
+
+
+def test_a_commit_killed_after_any_step_recovers_to_all_old_or_all_new_tables(tmp_path):
+    writer, _, _ = _old_and_new(tmp_path / "count")
+    steps = list(writer.commit_steps())
+    assert len(steps) >= 2 * 3 + 2  # at least: journal, 3 aside, swap, 3 new (a kill may fall between any two)
+    for done in range(len(steps) + 1):
+        run_dir = tmp_path / f"killed-after-{done}"
+        writer, old, new = _old_and_new(run_dir)
+        commit = writer.commit_steps()
+        for _ in range(done):
+            next(commit)
+        del commit  # the process dies here: no further step, no cleanup
+        recovered = _table_ids(run_dir)  # the next reader finishes (or ignores) the interrupted commit
+        assert recovered == (old if done == 0 else new), f"killed after {steps[done - 1] if done else 'nothing'}"
+        next_run = TableWriter(str(run_dir), "cam", overwrite=True, split="test")
+        next_run.check(["preds"])  # the next cam start clears what the killed one left
+        next_run.abort()
+        assert not list(run_dir.glob("_staging/cam-*")) and not list(run_dir.glob("_commits/*"))
+        assert _table_ids(run_dir) == recovered
+
+
+def test_a_commit_in_progress_in_another_live_process_is_left_alone(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    writer, old, _ = _old_and_new(tmp_path)
+    commit = writer.commit_steps()
+    next(commit)  # the journal is written...
+    journal = next((tmp_path / "_commits").glob("*.json"))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        body = json.loads(journal.read_text())
+        journal.write_text(json.dumps(body | {"pid": other.pid}))  # ...by a process that is still running
+        assert _table_ids(tmp_path) == old  # a reader does not race the live commit
+        assert journal.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert _table_ids(tmp_path) != old  # once its writer is gone, the commit is finished
