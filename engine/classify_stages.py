@@ -87,6 +87,7 @@ def run_train(cfg: Config) -> StageSummary:
     _count_rows(cfg, summary, len(train_rows), len(val_rows))
     summary.extra["pos_weight"] = round(pos_weight, 4)
     summary.save(cfg.run.dir)
+    summary.require_balanced()  # the account is saved either way; an unbalanced one fails the job
     return summary.finish()
 
 
@@ -104,11 +105,11 @@ def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) ->
     summary.rows_in = n_train + n_val
     summary.rows_ok = trained + len(preds)
     summary.tables = {"epochs": len(epochs), "preds (stage=train)": int(n_val * len(epochs))}
+    # Ray's equal split drops up to num_workers - 1 train rows per epoch so that every worker steps alike.
+    summary.add_skipped("equal_split", n_train - trained - int((errors["split"] == "train").sum()))
     best = epochs.loc[epochs["val_auc"].idxmax()] if epochs["val_auc"].notna().any() else None
     summary.extra.update(
         epochs=len(epochs), train_rows_seen=trained, val_rows_scored=len(preds),
-        # Ray's equal split drops up to num_workers - 1 train rows per epoch so that every worker steps alike.
-        train_rows_unseen=n_train - trained - int((errors["split"] == "train").sum()),
         best_epoch=None if best is None else int(best["epoch"]),
         best_val_auc=None if best is None else float(best["val_auc"]),
         train_img_per_s=float(epochs["img_per_s"].mean()) if len(epochs) else 0.0,

@@ -25,6 +25,7 @@ class StageSummary:
     rows_in: int = 0
     rows_ok: int = 0
     errors: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # rows left out on purpose, by reason (not errors, no row)
     tables: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -35,6 +36,11 @@ class StageSummary:
         for reason in reasons:
             self.errors[str(reason).split(":", 1)[0]] += 1
 
+    def add_skipped(self, reason: str, count: int) -> None:
+        """Counts `count` rows left out on purpose (e.g. `qc_noise_frame`, `equal_split`); they balance the account."""
+        if count:
+            self.skipped[reason] += int(count)
+
     def finish(self) -> StageSummary:
         """Stops the clock; returns self."""
         self.seconds = time.time() - self.started
@@ -42,14 +48,15 @@ class StageSummary:
 
     @property
     def balanced(self) -> bool:
-        """True when rows in = rows ok + error rows."""
-        return self.rows_in == self.rows_ok + sum(self.errors.values())
+        """True when rows in = rows ok + error rows + rows skipped on purpose."""
+        return self.rows_in == self.rows_ok + sum(self.errors.values()) + sum(self.skipped.values())
 
     def require_balanced(self) -> None:
         """Raises AccountError unless rows in = rows ok + error rows (the message gives all three)."""
         if not self.balanced:
             raise AccountError(
-                f"{self.stage}: {self.rows_in} rows in, but {self.rows_ok} ok + {sum(self.errors.values())} errors: "
+                f"{self.stage}: {self.rows_in} rows in, but {self.rows_ok} ok + {sum(self.errors.values())} errors"
+                f" + {sum(self.skipped.values())} skipped: "
                 "rows were lost or counted twice, nothing is committed"
             )
 
@@ -77,6 +84,7 @@ class StageSummary:
             "rows_ok": self.rows_ok,
             "errors": sum(self.errors.values()),
             "errors_by_reason": dict(sorted(self.errors.items())),
+            "skipped": dict(sorted(self.skipped.items())),
             "balanced": self.balanced,
             "tables": self.tables,
             "seconds": round(self.seconds, 3),
@@ -93,6 +101,8 @@ class StageSummary:
         ]
         for reason, count in d["errors_by_reason"].items():
             lines.append(f"   error {reason}: {count}")
+        for reason, count in d["skipped"].items():
+            lines.append(f"   skipped {reason}: {count}")
         for name, rows in self.tables.items():
             lines.append(f"   table {name}: {rows} rows")
         for key, value in self.extra.items():

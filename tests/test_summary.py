@@ -120,7 +120,7 @@ def test_commit_of_an_unbalanced_account_raises_and_commits_nothing(tmp_path):
     writer.write("errors", {"file": ["a.jpg"], "line": [None], "image_id": ["a"], "stage": ["cam"],
                             "reason": ["undecodable: junk"], "split": ["test"]})  # fmt: skip
     summary = summary_of(3, 1, ["undecodable: junk"])  # one row lost
-    with pytest.raises(AccountError, match=r"cam: 3 rows in, but 1 ok \+ 1 errors: .*nothing is committed"):
+    with pytest.raises(AccountError, match=r"cam: 3 rows in, but 1 ok \+ 1 errors \+ 0 skipped: .*nothing is committed"):
         summary.commit(writer)
     assert not (tmp_path / "tables").exists()
     assert not list((tmp_path / "_staging").glob("cam-*"))
@@ -141,3 +141,12 @@ def test_threshold_refuses_val_predictions_counted_twice(tmp_path):
     write_part(str(run_dir), "preds", _val_preds(ids[:1]), "epoch-001-again")  # one val image stored twice
     with pytest.raises(AccountError, match=r"threshold: 6 rows in, but 7 ok"):
         run_threshold(cfg)
+
+
+def test_rows_skipped_on_purpose_balance_the_account_and_are_shown_by_reason() -> None:
+    summary = StageSummary("train", rows_in=5, rows_ok=3)
+    summary.add_errors(["undecodable: x"])
+    assert not summary.balanced
+    summary.add_skipped("equal_split", 1)
+    assert summary.balanced and summary.to_dict()["skipped"] == {"equal_split": 1}
+    assert "skipped equal_split: 1" in summary.render()
