@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from engine.config import Config, dump_config
-from engine.indexing import IndexResult, build_index
+from engine.indexing import IndexResult, build_index, build_layout_index
+from engine.layouts import LayoutSettings
 from engine.splitting import assign_splits, split_sizes
 from engine.summary import StageSummary
 from engine.synth import generate_dataset
@@ -52,13 +53,13 @@ def run_index(cfg: Config) -> StageSummary:
     writer.write("index", result.index)
     writer.write("gt_boxes", result.gt_boxes)
     writer.write("errors", result.errors.assign(split="all"))
-    listing_errors = result.errors[result.errors["line"].notna()]
+    listing_errors = result.listing_errors()
     summary.rows_in = result.lines_listed
     summary.rows_ok = len(result.index)
     summary.add_errors(listing_errors["reason"])
     summary.commit(writer)
     save_config(cfg, "index")
-    other = result.errors[result.errors["line"].isna()]
+    other = result.errors.drop(listing_errors.index)
     summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())
     summary.extra["images_by_view"] = dict(result.index["view"].value_counts().sort_index())
     summary.extra["gt_boxes_by_class"] = dict(result.gt_boxes["cls"].value_counts().sort_index())
@@ -70,10 +71,11 @@ def _build_index(cfg: Config) -> IndexResult:
     """Returns build_index(data.root); on a cluster in a Ray task, so the driver need not see the data."""
     from engine.pipeline import cluster_address, init_ray, run_on_worker
 
+    layout = LayoutSettings(cfg.data.layout, cfg.data.view_pattern, cfg.data.patient_pattern)
     if not cluster_address(cfg.ray):
-        return build_index(cfg.data.root)
+        return build_index(cfg.data.root, layout=layout)
     init_ray(cfg.ray)
-    return run_on_worker(build_index, cfg.data.root)
+    return run_on_worker(build_layout_index, cfg.data.root, layout)
 
 
 def run_split(cfg: Config) -> StageSummary:

@@ -32,7 +32,7 @@ ROOT_FOLDER = "."  # `folder` of files directly in the root (the column is a par
 
 @dataclass(frozen=True)
 class LayoutSettings:
-    """How a data root is laid out (future `data.layout`, `data.view_pattern`, `data.patient_pattern`)."""
+    """How a data root is laid out (`data.layout`, `data.view_pattern`, `data.patient_pattern`)."""
 
     layout: str = "bs80k"  # bs80k | images | dicom
     view_pattern: str = DEFAULT_VIEW_PATTERN  # regex on the relative path; the matching group's name is the view
