@@ -70,3 +70,31 @@ def split_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     run_index(cfg)
     run_split(cfg)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The split run trained for 2 epochs with a selected threshold: trained once per session; copy to modify."""
+    import shutil
+
+    from engine.classify_stages import run_threshold, run_train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(split_run, run_dir)
+    cfg = test_config(data_root, run_dir)
+    run_train(cfg)
+    run_threshold(cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def scored_run(data_root: Path, trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of `trained_run` after `make cam` over its test split (once per session; copy to modify)."""
+    import shutil
+
+    from engine.cam_stages import run_cam
+
+    run_dir = tmp_path_factory.mktemp("scored") / "run"
+    shutil.copytree(trained_run, run_dir)
+    run_cam(test_config(data_root, run_dir))
+    return run_dir

@@ -22,15 +22,14 @@ from engine.config_sections import BrowseConfig
 from engine.localization import overlap_areas, pixel_boxes
 from engine.tables import TableWriter, read_table
 from tests.conftest import test_config
-from tests.test_heatmap_access import cam_run_dir
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ALL = 10**6  # a page size that holds every row
 
 
 @pytest.fixture(scope="module")
-def cam_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cam_run_dir(tmp_path_factory, data_root, split_run)
+def cam_run(scored_run: Path) -> Path:
+    return scored_run
 
 
 @pytest.fixture(scope="module")

@@ -12,35 +12,17 @@ import pytest
 
 import engine
 import schemas
-from engine.cam_stages import heatmap_column, run_cam
-from engine.classify_stages import run_threshold, run_train
+from engine.cam_stages import heatmap_column
 from engine.heatmap_access import HeatmapNotFoundError, load_heatmap
 from engine.letterbox import LetterboxMeta, canvas_to_original
 from engine.stages import META_COLUMNS
 from engine.tables import TableWriter, read_table
-from tests.conftest import test_config
 
-DONE = ".cam_run_done"
-
-
-def cam_run_dir(tmp_path_factory: pytest.TempPathFactory, data_root: Path, split_run: Path) -> Path:
-    """Returns a run trained 1 epoch with `make cam` over its test split; built once per session, then reused."""
-    run_dir = tmp_path_factory.getbasetemp() / "cam_run" / "run"
-    if (run_dir / DONE).exists():
-        return run_dir
-    shutil.rmtree(run_dir.parent, ignore_errors=True)
-    shutil.copytree(split_run, run_dir)
-    cfg = test_config(data_root, run_dir, "train.epochs=1")
-    run_train(cfg)
-    run_threshold(cfg)
-    run_cam(cfg)
-    (run_dir / DONE).write_text("ok")
-    return run_dir
 
 
 @pytest.fixture(scope="module")
-def cam_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cam_run_dir(tmp_path_factory, data_root, split_run)
+def cam_run(scored_run: Path) -> Path:
+    return scored_run
 
 
 def scored(run_dir: Path) -> pd.DataFrame:

@@ -13,8 +13,6 @@ import pytest
 from pycocotools import mask as coco_mask
 
 import schemas
-from engine.cam_stages import run_cam
-from engine.classify_stages import run_threshold, run_train
 from engine.config import Config
 from engine.masks import MasksConfig
 from engine.masks_stage import run_masks
@@ -28,14 +26,10 @@ QC_CODES = {"empty", "area_small", "area_large", "peak_outside", "leak", "low_co
 
 
 @pytest.fixture(scope="module")
-def cam_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the split run, trained for 2 epochs, thresholded and through `make cam`."""
+def cam_run(scored_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's run after `make cam` (trained 2 epochs, thresholded) that masks may add to."""
     run_dir = tmp_path_factory.mktemp("masks") / "run"
-    shutil.copytree(split_run, run_dir)
-    cfg = test_config(data_root, run_dir, "cam.overlays=0")
-    run_train(cfg)
-    run_threshold(cfg)
-    run_cam(cfg)
+    shutil.copytree(scored_run, run_dir)
     return run_dir
 
 

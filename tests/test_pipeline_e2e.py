@@ -15,20 +15,17 @@ from sklearn.metrics import roc_auc_score
 
 import schemas
 from engine.cam_stages import CAM_TABLES, run_boxes, run_cam, run_infer
-from engine.classify_stages import run_threshold, run_train, select_rows
+from engine.classify_stages import select_rows
 from engine.model import load_model
 from engine.tables import read_table
 from tests.conftest import test_config
 
 
 @pytest.fixture(scope="module")
-def trained_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the split run, trained for 2 epochs with a selected threshold."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    shutil.copytree(split_run, run_dir)
-    cfg = test_config(data_root, run_dir)
-    run_train(cfg)
-    run_threshold(cfg)
+def trained_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's trained run (2 epochs, threshold selected) that this module may add to."""
+    run_dir = tmp_path_factory.mktemp("trained_e2e") / "run"
+    shutil.copytree(trained_run, run_dir)
     return run_dir
 
 
