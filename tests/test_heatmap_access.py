@@ -19,7 +19,6 @@ from engine.stages import META_COLUMNS
 from engine.tables import TableWriter, read_table
 
 
-
 @pytest.fixture(scope="module")
 def cam_run(scored_run: Path) -> Path:
     return scored_run
