@@ -270,7 +270,7 @@ def run_evaluate(cfg: Config) -> StageSummary:
 def _account(notes: dict[str, Any]) -> dict[str, Any]:
     """Returns the summary lines on what was scored: left-out folders per split, box settings, baseline notes."""
     out = {f"left_out_{split}": note["left_out_per_folder"] or "none" for split, note in notes["population"].items()}
-    out["box_params"], out["masks"] = notes["box_params_source"], notes["masks"]
+    out["box_params"], out["masks_note"] = notes["box_params_source"], notes["masks"]
     out["max_box_acc_threshold"] = notes["max_box_acc"]["best_threshold"]
     if notes["body_prior"]["unreadable"]:
         out["body_prior_unreadable"] = notes["body_prior"]["unreadable"]
