@@ -5,7 +5,7 @@
 * Mask rows (method ``masks`` in `loc_metrics`), over the scored images with Abnormal GT boxes:
   ``mask_box_iou`` (mean over GT boxes of the best kept-mask bbox IoU, 0 without a mask), ``mask_inside_fraction``
   (mean over kept masks of the largest fraction of the mask inside one GT box) and ``mask_hit_rate`` (GT boxes
-  whose best kept-mask bbox IoU reaches the first ``evaluate.iou`` threshold).
+  whose best kept-mask bbox IoU reaches the smallest ``evaluate.iou`` threshold).
 * Where the generator's true lesion masks exist (``engine.synth.lesion_mask_path``; generated data only):
   ``mask_dice`` (mean over lesion images of the Dice of the union of kept masks vs the union of true masks) and
   ``mask_pxap`` (PxAP, Choe et al. CVPR 2020: the CAM in original px, as ``engine.heatmap_access.load_heatmap``
@@ -43,9 +43,12 @@ def kept_masks(run_dir: str, split: str, image_ids: pd.Series) -> pd.DataFrame |
 
 
 def tight_boxes(masks: pd.DataFrame) -> pd.DataFrame:
-    """Returns `boxes`-like rows (image_id, rank, x1_orig..y2_orig, score) of the masks' bounding boxes."""
+    """Returns `boxes`-like rows (image_id, rank, x1_orig..y2_orig) of the masks' bounding boxes.
+
+    `rank` is the pseudo box's rank (its score order), so the tight boxes are ranked as the fixed boxes were.
+    """
     frame = masks.dropna(subset=list(MASK_BOX))
-    out = frame[["image_id", "rank", *MASK_BOX, "score"]].rename(columns=dict(zip(MASK_BOX, ORIG_COLUMNS, strict=True)))
+    out = frame[["image_id", "rank", *MASK_BOX]].rename(columns=dict(zip(MASK_BOX, ORIG_COLUMNS, strict=True)))
     return out.reset_index(drop=True)
 
 
