@@ -93,7 +93,7 @@ demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny mod
 	$(PY) -m jobs.report --config conf/demo.yaml
 	@$(PY) -c 'import json; s = json.load(open("runs/demo/summaries/evaluate.json")); \
 	  print("localisation on the demo test split:"); \
-	  [print(f"  {m}: {s[m]}") for m in ("peaks", "peaks_unrefined", "peaks_tuned", "seed_rule", "seed", "centre_prior", "body_prior", "max_box_acc", "max_box_acc_threshold", "left_out_test", "left_out_val", "box_params") if m in s]'
+	  [print(f"  {m}: {s[m]}") for m in ("peaks", "peaks_unrefined", "masks_tight", "masks", "masks_note", "peaks_tuned", "seed_rule", "seed", "centre_prior", "body_prior", "max_box_acc", "max_box_acc_threshold", "left_out_test", "left_out_val", "box_params") if m in s]'
 	@echo "report: $(CURDIR)/runs/demo/report/index.html"
 
 test: setup ## run the test suite

@@ -37,10 +37,16 @@ def json_safe(value: Any) -> Any:
 
 
 def export_coco(cfg: Config, index: pd.DataFrame) -> dict[str, Any]:
-    """Writes every image of the run's heatmaps and every row of its `boxes` table as COCO JSON (box prompts)."""
+    """Writes every image of the run's heatmaps and every row of its `boxes` table as COCO JSON (box prompts).
+
+    Boxes with a kept mask in the run's `masks` table carry it as `segmentation`; the result says how many.
+    """
     meta = read_table(cfg.run.dir, "meta")[["image_id", "orig_w", "orig_h"]]
     images = meta.merge(index[["image_id", "path"]], on="image_id", how="inner")
     boxes = read_table(cfg.run.dir, "boxes")
-    document = coco_document(images, boxes[boxes["image_id"].isin(images["image_id"])], cfg.run.dir)
+    masks = read_table(cfg.run.dir, "masks")
+    document = coco_document(images, boxes[boxes["image_id"].isin(images["image_id"])], cfg.run.dir, masks)
     path = write_json(cfg.run.dir, "prompts/coco_boxes.json", document)
-    return {"path": path, "images": len(document["images"]), "annotations": len(document["annotations"])}
+    with_mask = sum(bool(a["segmentation"]) for a in document["annotations"])
+    return {"path": path, "images": len(document["images"]), "annotations": len(document["annotations"]),
+            "with_segmentation": with_mask}  # fmt: skip

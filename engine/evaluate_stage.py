@@ -16,6 +16,7 @@ Methods (the `method` column of `loc_metrics`):
 * ``seed``: the seed's rule on ``evaluate.baseline_run``'s heatmaps (trained on the seed's landscape canvas).
 * ``centre_prior``, ``body_prior``, ``max_box_acc``: baselines (``engine.evaluate_baselines``): no model, the
   brightest smoothed scan pixel, and Choe et al.'s threshold-swept box accuracy of this run's heatmaps.
+* ``masks_tight``, ``masks``: the kept pseudo masks' tight boxes and mask quality (``engine.evaluate_masks``).
 
 The CAM peak of the pointing game is the best body peak (``engine.localization.cam_peak_original``: its refined
 centre when `make cam` ran with ``cam.refine``, else the cell centre) for our methods and the brightest canvas
@@ -40,6 +41,7 @@ from engine.classify_stages import _run_id
 from engine.config import Config
 from engine.data_stages import save_config
 from engine.evaluate_baselines import body_prior_method, centre_prior_method, max_box_acc_method
+from engine.evaluate_masks import mask_methods
 from engine.evaluate_methods import (
     MethodRun,
     gt_by_image,
@@ -60,7 +62,8 @@ from engine.tables import TableWriter, read_table
 log = logging.getLogger(__name__)
 
 HEADLINE = ("pointing_game", "pointing_chance", "hit@5", "precision@iou0.3", "recall@iou0.3", "max_box_acc@iou0.3",
-            "max_box_acc@iou0.5")  # fmt: skip
+            "max_box_acc@iou0.5", "mask_box_iou", "mask_inside_fraction", "mask_hit_rate", "mask_dice",
+            "mask_pxap")  # fmt: skip
 
 
 @dataclass
@@ -243,6 +246,8 @@ def run_evaluate(cfg: Config) -> StageSummary:
     summary.errors.update(population.errors)
     runs, params = _method_peaks(ctx, test)
     summary.rows_ok = runs[0].overall()["n_images"].numerator  # counted by the scorer, not len(test)
+    mask_runs, notes["masks"] = mask_methods(ctx, test, params, _peaks(test))
+    runs += mask_runs
     runs += _method_tuned(ctx, test) if cfg.evaluate.tune else []
     runs.append(seed_rule_boxes("seed_rule", test, ctx.gt, ctx.settings, seed_params(cfg), ctx.thr, cfg.run.dir))
     runs += _method_baseline(ctx, test)
@@ -265,7 +270,7 @@ def run_evaluate(cfg: Config) -> StageSummary:
 def _account(notes: dict[str, Any]) -> dict[str, Any]:
     """Returns the summary lines on what was scored: left-out folders per split, box settings, baseline notes."""
     out = {f"left_out_{split}": note["left_out_per_folder"] or "none" for split, note in notes["population"].items()}
-    out["box_params"] = notes["box_params_source"]
+    out["box_params"], out["masks_note"] = notes["box_params_source"], notes["masks"]
     out["max_box_acc_threshold"] = notes["max_box_acc"]["best_threshold"]
     if notes["body_prior"]["unreadable"]:
         out["body_prior_unreadable"] = notes["body_prior"]["unreadable"]

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 BOX_COLOUR = (0, 0, 255)  # BGR red: pseudo boxes
 GT_ABNORMAL_COLOUR = (0, 255, 0)  # BGR green: GT Abnormal boxes (report gallery)
 GT_NORMAL_COLOUR = (255, 255, 0)  # BGR cyan: GT Normal boxes (report gallery)
+MASK_COLOUR = (255, 0, 255)  # BGR magenta: kept pseudo-mask contours (report gallery)
 HEAT_ALPHA = 0.45  # heat share of the blend (seed: rgb*0.55 + heat*0.45)
 
 
@@ -29,6 +30,7 @@ def render_overlay(
     boxes: np.ndarray,
     caption: str,
     extra_boxes: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = (),
+    contours: tuple[np.ndarray, ...] = (),
 ) -> np.ndarray:
     """Returns a BGR uint8 overlay: `heatmap` (same size as `image`, [0, 1]) in JET, boxes in red.
 
@@ -38,6 +40,7 @@ def render_overlay(
         boxes: (K, 4+) boxes x1, y1, x2, y2 in the same frame (x2/y2 exclusive).
         caption: text drawn at the top left (e.g. the probability).
         extra_boxes: (boxes (K, 4), BGR colour) pairs drawn 1 px wide on top, e.g. GT boxes in the same frame.
+        contours: (H, W) bool masks in the same frame; their outer contours are drawn 1 px wide in magenta.
     """
     gray = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     heat = cv2.applyColorMap(np.clip(heatmap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
@@ -50,6 +53,9 @@ def render_overlay(
         for box in np.asarray(extra, dtype=np.float64).reshape(-1, 4):
             x1, y1, x2, y2 = (int(round(v)) for v in box)
             cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
+    for mask in contours:
+        found, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, found, -1, MASK_COLOUR, 1)
     cv2.putText(out, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
     return out
 
@@ -109,3 +115,8 @@ class OverlayCollector:
 
 def _boxes_orig(boxes: np.ndarray, meta: LetterboxMeta) -> np.ndarray:
     return canvas_to_original(np.asarray(boxes, dtype=np.float32)[:, :4].reshape(-1, 4), meta)
+
+
+def masks_on_canvas(masks: list[np.ndarray], meta: LetterboxMeta) -> tuple[np.ndarray, ...]:
+    """Returns original-px bool masks letterboxed onto the canvas of `meta` (the frame of the gallery overlays)."""
+    return tuple(letterbox(m.astype(np.uint8) * 255, meta.canvas_h, meta.canvas_w)[0] > 127 for m in masks)

@@ -22,10 +22,11 @@ from engine.cam import upsample_heatmap
 from engine.classify_stages import view_folders
 from engine.config import Config
 from engine.decode import DecodeError, decode_gray8
+from engine.evaluate_masks import decoded_by_image
 from engine.evaluate_methods import gt_by_image, heatmap_of, meta_of
 from engine.letterbox import letterbox, original_to_canvas
 from engine.metrics import binary_metrics
-from engine.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
+from engine.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, masks_on_canvas, render_overlay
 from engine.stages import safe_relative_path
 from engine.summary import StageSummary
 from engine.tables import read_table, resolve_fs
@@ -134,7 +135,7 @@ def localisation_table(loc: pd.DataFrame, split: str) -> dict[str, pd.DataFrame]
     tables = {}
     for (view, folder), group in cells.groupby(["view", "folder"], sort=True):
         order = list(dict.fromkeys(group["metric"]))
-        tables[f"{view}/{folder}"] = group.pivot(index="metric", columns="column", values="cell").loc[order]
+        tables[f"{view}/{folder}"] = group.pivot(index="metric", columns="column", values="cell").loc[order].fillna("")
     return tables
 
 
@@ -190,7 +191,7 @@ def _gallery_rows(cfg: Config, thr: float) -> pd.DataFrame:
     return frame.assign(is_positive=frame["y_prob"] >= thr)
 
 
-def _overlay(cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str) -> bytes:
+def _overlay(cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame) -> bytes:
     data_fs, data_root = resolve_fs(cfg.data.root)
     with data_fs.open_input_file(safe_relative_path(data_root, str(row.path))) as handle:
         image = decode_gray8(handle.read())
@@ -201,7 +202,8 @@ def _overlay(cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: s
     extra = ((original_to_canvas(normal.reshape(-1, 4), meta), GT_NORMAL_COLOUR),
              (original_to_canvas(abnormal.reshape(-1, 4), meta), GT_ABNORMAL_COLOUR))  # fmt: skip
     own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[["x1", "y1", "x2", "y2"]].to_numpy()
-    return cv2.imencode(".png", render_overlay(canvas, heat, own, caption, extra))[1].tobytes()
+    kept = masks_on_canvas(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []), meta)
+    return cv2.imencode(".png", render_overlay(canvas, heat, own, caption, extra, kept))[1].tobytes()
 
 
 def _gallery(cfg: Config, out: _Out) -> str:
@@ -209,6 +211,8 @@ def _gallery(cfg: Config, out: _Out) -> str:
     frame = _gallery_rows(cfg, thr)
     boxes = read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split)
     gt = gt_by_image(read_table(cfg.run.dir, "gt_boxes"))
+    masks = read_table(cfg.run.dir, "masks", pads.field("split") == cfg.evaluate.split)
+    masks = masks[masks["kept"].fillna(False).astype(bool)]  # none without `make masks`: no contours
     parts, failed = [], 0
     for key, title, label, is_positive in GROUPS:
         chosen = frame[(frame["label"] == label) & (frame["is_positive"] == is_positive)]
@@ -216,7 +220,7 @@ def _gallery(cfg: Config, out: _Out) -> str:
         figures = []
         for n, row in enumerate(chosen.itertuples(index=False)):
             try:
-                png = _overlay(cfg, row, boxes, gt, f"{key.upper()} p={row.y_prob:.3f}")
+                png = _overlay(cfg, row, boxes, gt, f"{key.upper()} p={row.y_prob:.3f}", masks)
             except (OSError, DecodeError) as exc:
                 failed += 1
                 log.warning("gallery: %s (image_id=%s): %s", row.path, row.image_id, exc)
@@ -229,7 +233,8 @@ def _gallery(cfg: Config, out: _Out) -> str:
         parts.append(f'<h3>{title} ({len(figures)} of {total})</h3><div class="gallery">{body}</div>')
     key = (f'<p class="key">Letterboxed scan + CAM (JET), groups at the selected threshold {thr:.3f}:'
            '<span style="background:red"></span>pseudo boxes (rank)<span style="background:lime"></span>GT Abnormal'
-           '<span style="background:cyan"></span>GT Normal</p>')  # fmt: skip
+           '<span style="background:cyan"></span>GT Normal<span style="background:magenta"></span>kept pseudo masks'
+           '</p>')  # fmt: skip
     return key + (f'<p class="missing">{failed} images could not be read.</p>' if failed else "") + "".join(parts)
 
 

@@ -108,7 +108,7 @@ def epochs_png(epochs: pd.DataFrame, dpi: int) -> bytes:
 
 def localisation_png(table: pd.DataFrame, metrics: tuple[str, ...], dpi: int) -> bytes:
     """Returns grouped bars of `metrics` per method column of `table` (rows: metric, columns: method)."""
-    shown = table.loc[[m for m in metrics if m in table.index]]
+    shown = table.loc[[m for m in metrics if m in table.index]].dropna(axis=1, how="all")  # e.g. method `masks`
     fig, ax = _figure(8.0, 3.8)
     width = 0.8 / max(len(shown.columns), 1)
     positions = np.arange(len(shown.index))

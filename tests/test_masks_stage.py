@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import shutil
 from pathlib import Path
 
+import cv2
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
 
 import schemas
+<<<<<<< HEAD
+=======
+from engine.cam_stages import run_cam
+from engine.classify_stages import run_threshold, run_train, view_folders
+>>>>>>> maskint
 from engine.config import Config
-from engine.masks import MasksConfig
+from engine.evaluate_stage import run_evaluate
+from engine.masks import MasksConfig, decode_rle
 from engine.masks_stage import run_masks
+from engine.overlays import MASK_COLOUR
+from engine.report import run_report
+from engine.synth import lesion_mask_path
 from engine.tables import read_table
 from jobs.masks import main as masks_main
 from tests.conftest import TEST_OVERRIDES, test_config
@@ -133,3 +147,90 @@ def _with_masks(cfg: Config, masks: MasksConfig) -> Config:
             return masks if name == "masks" else getattr(cfg, name)
 
     return WithMasks()  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def evaluated_masks_run(masks_run, data_root: Path):
+    """The masks run through `make evaluate` (tight boxes, mask metrics, COCO) and `make report`."""
+    run_dir, _ = masks_run
+    cfg = test_config(data_root, run_dir)
+    return run_dir, run_evaluate(cfg), run_report(cfg)
+
+
+def _loc(run_dir: Path, method: str) -> pd.DataFrame:
+    loc = read_table(str(run_dir), "loc_metrics")
+    return loc[(loc["method"] == method) & (loc["split"] == "test") & (loc["folder"] == "*")].set_index("metric")
+
+
+def test_evaluate_scores_tight_boxes_and_writes_the_mask_metrics(evaluated_masks_run, data_root: Path) -> None:
+    run_dir, summary, _ = evaluated_masks_run
+    kept = read_table(str(run_dir), "masks")
+    kept = kept[kept["kept"] & kept["mask_x1"].notna()]
+    tight, peaks, quality = _loc(run_dir, "masks_tight"), _loc(run_dir, "peaks"), _loc(run_dir, "masks")
+    # One tight box per kept mask; the CAM peak is the one `peaks` uses.
+    assert tight.loc["n_boxes", "numerator"] == len(kept) > 0
+    assert tight.loc["pointing_game", "value"] == peaks.loc["pointing_game", "value"]
+    assert tight.loc["recall@iou0.3", "denominator"] == peaks.loc["recall@iou0.3", "denominator"]
+    # Denominators recounted from the tables and the generator's files: GT boxes, kept masks on GT images, and
+    # the scored images with a true lesion mask file.
+    gt = read_table(str(run_dir), "gt_boxes")
+    on_gt = kept["image_id"].isin(gt.loc[gt["cls"] == "Abnormal", "image_id"]).sum()
+    heat = read_table(str(run_dir), "heatmaps")
+    scored = heat.loc[heat["folder"].isin(view_folders(test_config(data_root, run_dir).data.view)), "image_id"]
+    lesion_files = sum((data_root / lesion_mask_path(i)).exists() for i in scored)
+    gt_boxes = peaks.loc["recall@iou0.3", "denominator"]
+    expected = {"mask_box_iou": gt_boxes, "mask_hit_rate": gt_boxes,
+                "mask_inside_fraction": on_gt, "mask_dice": lesion_files, "mask_pxap": lesion_files}  # fmt: skip
+    for key, count in expected.items():
+        assert quality.loc[key, "denominator"] == count > 0 or key == "mask_inside_fraction", key
+        assert 0.0 <= quality.loc[key, "value"] <= 1.0 or count == 0, key
+    assert "true lesion masks for" in summary.extra["masks_note"] and "mask_dice=" in summary.extra["masks"]
+    groups = json.loads((run_dir / "evaluate.json").read_text())["methods"]["masks/test"]["groups"]
+    assert all("mask_pxap" in metrics for name, metrics in groups.items() if name.endswith("/*"))
+
+
+def test_coco_export_carries_the_kept_masks_and_loads_in_pycocotools(evaluated_masks_run) -> None:
+    run_dir, _, _ = evaluated_masks_run
+    coco = COCO(str(run_dir / "prompts" / "coco_boxes.json"))
+    masks = read_table(str(run_dir), "masks").set_index(["image_id", "rank"])
+    keys = {image["id"]: image["image_key"] for image in coco.dataset["images"]}
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert "licenses" in coco.dataset and len(anns) == len(masks)
+    with_mask = [a for a in anns if a["segmentation"]]
+    assert len(with_mask) == int(masks["kept"].sum()) > 0
+    for ann in with_mask[:5]:
+        row = masks.loc[(keys[ann["image_id"]], ann["rank"])]
+        truth = decode_rle(row["rle_counts"], row["rle_h"], row["rle_w"])
+        assert np.array_equal(coco.annToMask(ann).astype(bool), truth)
+    assert all(a["segmentation"] == [] for a in anns if not masks.loc[(keys[a["image_id"]], a["rank"]), "kept"])
+
+
+def test_evaluate_without_true_masks_or_without_masks_says_so(masks_run, data_root: Path, tmp_path: Path) -> None:
+    run_dir, _ = masks_run
+    real = tmp_path / "data"
+    shutil.copytree(data_root, real, ignore=shutil.ignore_patterns("lesion_masks"))  # real data: no true masks
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("loc_metrics", "report", "prompts"))
+    summary = run_evaluate(test_config(real, copy))
+    assert "no true lesion masks" in summary.extra["masks_note"] and "mask_dice" not in summary.extra["masks"]
+    quality = _loc(copy, "masks")
+    assert "mask_dice" not in quality.index and "mask_pxap" not in quality.index and "mask_box_iou" in quality.index
+    shutil.rmtree(copy / "tables" / "masks")
+    summary = run_evaluate(test_config(real, copy))
+    assert summary.extra["masks_note"].startswith("no masks of split=test") and "masks" not in summary.extra
+    assert not {"masks", "masks_tight"} & set(read_table(str(copy), "loc_metrics")["method"])
+
+
+def test_report_gallery_draws_the_kept_mask_contours(evaluated_masks_run) -> None:
+    run_dir, _, report = evaluated_masks_run
+    page = (run_dir / "report" / "index.html").read_text()
+    shown = re.findall(r'<img src="(gallery/[^"]+)" alt="([^"]+)"', page)
+    masks = read_table(str(run_dir), "masks")
+    with_masks = set(masks.loc[masks["kept"], "image_id"])
+    assert report.balanced and shown and "kept pseudo masks" in page
+    drawn = {}
+    for source, image_id in shown:
+        picture = cv2.imread(str(run_dir / "report" / source), cv2.IMREAD_COLOR)
+        drawn[image_id] = bool(np.all(picture == MASK_COLOUR, axis=2).any())
+    assert not any(drawn[i] for i in drawn if i not in with_masks)  # magenta only where a mask was kept
+    assert any(drawn[i] for i in drawn if i in with_masks) == bool(with_masks & set(drawn))
