@@ -18,11 +18,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 import schemas
-<<<<<<< HEAD
-=======
-from engine.cam_stages import run_cam
-from engine.classify_stages import run_threshold, run_train, view_folders
->>>>>>> maskint
+from engine.classify_stages import view_folders
 from engine.config import Config
 from engine.evaluate_stage import run_evaluate
 from engine.masks import MasksConfig, decode_rle
