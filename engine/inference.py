@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.boxes import BoxParams
-from engine.stages import pseudo_boxes, refined_peak_columns
+from engine.stages import BODY_CANVAS_COLUMNS, pseudo_boxes, refined_peak_columns
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ class ClassifyCamStage:
         columns: dict[str, np.ndarray] = {}
         if ok.any():  # undecodable rows have no letterbox meta and get no boxes
             ok_meta = {
-                k: np.asarray(batch[k])[ok] for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h")
+                k: np.asarray(batch[k])[ok]
+                for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h", *BODY_CANVAS_COLUMNS)
+                if k in batch
             }
             if "centres" in host:
                 peaks = refined_peak_columns(heat[ok], ok_meta, host["centres"], self.settings.refine_peaks)
