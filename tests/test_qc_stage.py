@@ -4,6 +4,7 @@ selection, `make cam` copies the flags into preds, and pseudo boxes stay on the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.boxes import BoxParams
-from engine.classify_stages import select_rows
+from engine.classify_stages import run_threshold, select_rows
 from engine.letterbox import letterbox_meta
 from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, body_canvas_columns, pseudo_boxes
-from engine.tables import read_table
+from engine.tables import read_table, write_part
 from tests.conftest import test_config
 
 
@@ -108,3 +109,22 @@ def test_without_a_qc_body_box_boxes_may_use_the_whole_letterboxed_image():
     heat[0, 0, 0] = 1.0  # a peak in the top-left cell, inside the letterboxed image (pad_left 14)
     boxes, counts = pseudo_boxes(heat, batch, BoxParams(size=8, max_boxes=5, nms_iou=0.3, min_score=0.0))
     assert counts[0] == 1 and tuple(boxes[0, 0, :4]) == (12.0, 12.0, 20.0, 20.0)
+
+
+def test_threshold_is_chosen_without_the_flagged_val_images_and_counts_them(split_run, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(split_run, run_dir)
+    cfg = test_config(data_root, run_dir)
+    # every selected image scored as a val image of epoch 0 (the generated data's noise frame may be in train)
+    val = select_rows(cfg, ("train", "val"), qc_exclude=False).assign(split="val")
+    n_noisy = int(val["noise_frame"].sum())
+    assert n_noisy, "some selected images are noise frames"
+    probs = np.random.default_rng(0).random(len(val)).astype(np.float32)
+    preds = val.assign(y_true=val["label"], y_prob=probs, logit=None, epoch=0, run_id="r", model="m", stage="train",
+                       qc_flags=None)  # fmt: skip
+    write_part(str(run_dir), "preds", preds, "epoch-000")
+    (run_dir / "model").mkdir()
+    (run_dir / "model" / "best.json").write_text(json.dumps({"epoch": 0}))
+    summary = run_threshold(cfg)
+    assert summary.skipped == {"qc_noise_frame": n_noisy} and summary.balanced
+    assert summary.rows_ok == len(val) - n_noisy == int(read_table(str(run_dir), "thresholds")["n"].iloc[0])
