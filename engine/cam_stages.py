@@ -88,7 +88,8 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
     shape = {"heatmap_h": [ok["heatmap"].shape[1]] * n, "heatmap_w": [ok["heatmap"].shape[2]] * n}
     writer.write("heatmaps", {**ok, **refs, **shape, **peak_list_columns(ok), "heatmap": heatmap_column(ok["heatmap"])})
-    writer.write("meta", ok)
+    body = {k: np.full(n, np.nan, np.float32) for k in BODY_CANVAS_COLUMNS if k not in ok}  # a stream without qc
+    writer.write("meta", {**ok, **body})
     writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
 
 

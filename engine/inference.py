@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 PASS_THROUGH = (
     "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
     "orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w",
+    *BODY_CANVAS_COLUMNS,
 )  # fmt: skip
 
 
