@@ -15,7 +15,8 @@ from engine.config import Config
 from engine.data_stages import save_config
 from engine.inference import CamSettings
 from engine.overlays import OverlayCollector
-from engine.stages import META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
+from engine.qc_stage import qc_flag_lists
+from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
 from engine.summary import StageSummary
 from engine.tables import TableWriter, read_table, write_part
 
@@ -57,6 +58,11 @@ def peak_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
             "peak_y": padded_list_column(ok["peak_y"], valid, pa.float32())}  # fmt: skip
 
 
+def flags_by_image(rows: pd.DataFrame) -> dict[str, list[str] | None]:
+    """Returns image_id -> the QC flags raised on it (None without a qc row), for the preds `qc_flags` column."""
+    return dict(zip(rows["image_id"].astype(str), qc_flag_lists(rows), strict=True))
+
+
 def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[mask] for k, v in batch.items()}
 
@@ -71,7 +77,9 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     summary.add_errors(error_rows["reason"])  # the reasons of the rows written, one each
     ok = _take(batch, ~bad)
     n = len(ok["image_id"])
-    summary.rows_ok += writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n,
+    flags = ctx.get("qc_flags", {})
+    qc_flags = [flags.get(str(image_id)) for image_id in ok["image_id"]]
+    summary.rows_ok += writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n, "qc_flags": qc_flags,
                                               "run_id": [ctx["run_id"]] * n, "model": [ctx["model"]] * n,
                                               "stage": [writer.stage] * n})  # fmt: skip
     if "heatmap" not in ok:
@@ -80,7 +88,8 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
     shape = {"heatmap_h": [ok["heatmap"].shape[1]] * n, "heatmap_w": [ok["heatmap"].shape[2]] * n}
     writer.write("heatmaps", {**ok, **refs, **shape, **peak_list_columns(ok), "heatmap": heatmap_column(ok["heatmap"])})
-    writer.write("meta", ok)
+    body = {k: np.full(n, np.nan, np.float32) for k in BODY_CANVAS_COLUMNS if k not in ok}  # a stream without qc
+    writer.write("meta", {**ok, **body})
     writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx["params"], ctx["min_prob"]))
 
 
@@ -132,8 +141,8 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
 def run_infer(cfg: Config) -> StageSummary:
     """Predicts `infer.split` through the model actor pool; writes preds, errors and metrics."""
     thr = selected_threshold(cfg)
-    rows = select_rows(cfg, (cfg.infer.split,))
-    ctx = {"run_id": _run_id(cfg), "model": cfg.model.name}
+    rows = select_rows(cfg, (cfg.infer.split,), qc_exclude=False)
+    ctx = {"run_id": _run_id(cfg), "model": cfg.model.name, "qc_flags": flags_by_image(rows)}
     summary = _stream_stage(cfg, "infer", rows, cfg.infer.split, _settings(cfg, with_cam=False), ctx)
     preds = read_table(cfg.run.dir, "preds")
     preds = preds[(preds["stage"] == "infer") & (preds["split"] == cfg.infer.split)]
@@ -148,7 +157,10 @@ def cam_rows(cfg: Config) -> pd.DataFrame:
     """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index."""
     if cfg.cam.scope not in ("split", "all"):
         raise ValueError(f"cam.scope={cfg.cam.scope!r}: expected 'split' or 'all'")
-    rows = select_rows(cfg, None, False) if cfg.cam.scope == "all" else select_rows(cfg, (cfg.cam.split,))
+    if cfg.cam.scope == "all":
+        rows = select_rows(cfg, None, False, qc_exclude=False)
+    else:
+        rows = select_rows(cfg, (cfg.cam.split,), qc_exclude=False)
     return rows.head(cfg.cam.limit) if cfg.cam.limit else rows
 
 
@@ -164,7 +176,7 @@ def run_cam(cfg: Config) -> StageSummary:
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
     ctx: dict[str, Any] = {
         "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
-        "overlays": overlays,
+        "overlays": overlays, "qc_flags": flags_by_image(rows),
     }  # fmt: skip
     split = cfg.cam.split if cfg.cam.scope == "split" else None  # scope=all owns every split's partition
     summary = _stream_stage(cfg, "cam", rows, split, _settings(cfg, with_cam=True), ctx)
@@ -177,7 +189,7 @@ def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
     """Returns the batch columns and the (N, h, w) float16 maps of stored heatmap + meta rows."""
     batch: dict[str, Any] = {
         c: chunk[c].to_numpy()
-        for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *PEAK_COLUMNS)
+        for c in ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *PEAK_COLUMNS, *BODY_CANVAS_COLUMNS)
         if c in chunk
     }
     batch.update({c: chunk[c].to_numpy() for c in META_COLUMNS})

@@ -14,6 +14,7 @@ import schemas
 from engine.config import Config
 from engine.data_stages import save_config
 from engine.metrics import binary_metrics, select_threshold
+from engine.qc_stage import attach_qc, exclude_flagged
 from engine.summary import StageSummary
 from engine.tables import TableWriter, read_table, resolve_fs
 
@@ -28,8 +29,14 @@ def view_folders(view: str) -> list[str]:
     return [f"wholeBody{v}" for v in views[view]]
 
 
-def select_rows(cfg: Config, splits: tuple[str, ...] | None, whole_body_view_only: bool = True) -> pd.DataFrame:
-    """Returns index rows joined with their split, filtered by split and (optionally) the trained view."""
+def select_rows(
+    cfg: Config, splits: tuple[str, ...] | None, whole_body_view_only: bool = True, qc_exclude: bool = True
+) -> pd.DataFrame:
+    """Returns index rows joined with their split and QC columns, filtered by split and (optionally) the trained view.
+
+    With `qc_exclude` the rows flagged by any of `qc.exclude` are left out (train, threshold, evaluate; cam and
+    infer score every image); `rows.attrs["skipped"]` counts them per `qc_<flag>` for StageSummary.add_skipped.
+    """
     index = read_table(cfg.run.dir, "index")
     split_table = read_table(cfg.run.dir, "splits")
     if index.empty or split_table.empty:
@@ -39,7 +46,18 @@ def select_rows(cfg: Config, splits: tuple[str, ...] | None, whole_body_view_onl
         rows = rows[rows["folder"].isin(view_folders(cfg.data.view))]
     if splits is not None:
         rows = rows[rows["split"].isin(splits)]
-    return rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    rows, skipped = exclude_flagged(attach_qc(cfg, rows), cfg.qc.exclude if qc_exclude else ())
+    rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    rows.attrs["skipped"] = skipped
+    return rows
+
+
+def add_skipped(summary: StageSummary, rows: pd.DataFrame) -> int:
+    """Counts `select_rows`' QC exclusions into `summary`; returns how many rows were left out."""
+    skipped = rows.attrs.get("skipped", {})
+    for reason, count in skipped.items():
+        summary.add_skipped(reason, count)
+    return sum(skipped.values())
 
 
 def run_train(cfg: Config) -> StageSummary:
@@ -61,6 +79,7 @@ def run_train(cfg: Config) -> StageSummary:
     gpu = use_gpu(cfg.train.use_gpu)
     check_train_fits(cfg, gpu)
     rows = select_rows(cfg, ("train", "val"))
+    excluded = add_skipped(summary, rows)
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     n_pos = int(train_rows["label"].sum())
     pos_weight = (len(train_rows) - n_pos) / max(1, n_pos)  # BCE pos_weight = N_neg / N_pos, the seed's weighting
@@ -85,6 +104,7 @@ def run_train(cfg: Config) -> StageSummary:
     trainer.fit()
     save_config(cfg, "train")
     _count_rows(cfg, summary, len(train_rows), len(val_rows))
+    summary.rows_in += excluded  # the QC-excluded rows were selected, then left out on purpose
     summary.extra["pos_weight"] = round(pos_weight, 4)
     summary.save(cfg.run.dir)
     summary.require_balanced()  # the account is saved either way; an unbalanced one fails the job
@@ -159,6 +179,10 @@ def run_threshold(cfg: Config) -> StageSummary:
     best = _best_info(cfg)
     preds = read_table(cfg.run.dir, "preds")
     val = preds[(preds["stage"] == "train") & (preds["split"] == "val") & (preds["epoch"] == best["epoch"])]
+    n_val = int(val["image_id"].nunique())
+    val, skipped = exclude_flagged(attach_qc(cfg, val), cfg.qc.exclude)  # as select_rows: QC flags chosen out
+    for reason, count in skipped.items():
+        summary.add_skipped(reason, count)
     chosen = select_threshold(val["y_true"].to_numpy(), val["y_prob"].to_numpy(), cfg.threshold.mode,
                               cfg.threshold.sens_min)  # fmt: skip
     record = {
@@ -170,7 +194,7 @@ def run_threshold(cfg: Config) -> StageSummary:
     writer = TableWriter(cfg.run.dir, "threshold", overwrite=True, replace=("thresholds",))
     writer.check(["thresholds"])
     writer.write("thresholds", pd.DataFrame([record]))
-    summary.rows_in = int(val["image_id"].nunique())  # the val images of the best epoch, each once
+    summary.rows_in = n_val  # the val images of the best epoch, each once
     summary.rows_ok = int(chosen.n)  # the predictions the threshold was chosen on (a repeated one counts twice)
     summary.commit(writer)
     fs, root = resolve_fs(cfg.run.dir)

@@ -7,6 +7,7 @@ import logging
 from engine.config import Config, dump_config
 from engine.indexing import IndexResult, build_index, build_layout_index
 from engine.layouts import LayoutSettings
+from engine.qc_stage import run_qc
 from engine.splitting import assign_splits, split_sizes
 from engine.summary import StageSummary
 from engine.synth import generate_dataset
@@ -45,7 +46,8 @@ def run_synth(cfg: Config) -> StageSummary:
 
 
 def run_index(cfg: Config) -> StageSummary:
-    """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables."""
+    """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables, then decodes every
+    indexed image into the `qc` table (+ `errors` stage=qc; engine/qc_stage.py)."""
     summary = StageSummary("index")
     writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite, split="all")
     writer.check(["index", "gt_boxes", "errors"])
@@ -58,6 +60,7 @@ def run_index(cfg: Config) -> StageSummary:
     summary.rows_ok = len(result.index)
     summary.add_errors(listing_errors["reason"])
     summary.commit(writer)
+    run_qc(cfg, result.index, summary)
     save_config(cfg, "index")
     other = result.errors.drop(listing_errors.index)
     summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())

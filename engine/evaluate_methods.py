@@ -18,7 +18,7 @@ from engine.boxes import BoxParams, RefinedPeaks, top_pixel_boxes
 from engine.cam import upsample_heatmap
 from engine.letterbox import LetterboxMeta, canvas_to_original
 from engine.localization import ImageCase, LocalizationAccumulator, LocSettings, Ratio, brightest_pixel_original
-from engine.stages import META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes, refined_of
+from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes, refined_of
 
 ORIG_COLUMNS = ("x1_orig", "y1_orig", "x2_orig", "y2_orig")
 GroupKey = tuple[str, str]  # (view, folder); folder "*" = the whole view, view "all" = every view
@@ -92,9 +92,9 @@ def recompute_boxes(frame: pd.DataFrame, params: BoxParams) -> pd.DataFrame:
     """Returns `boxes`-table rows for every image of `frame` with `params` (NaN-probability images get none)."""
     parts = [pd.DataFrame(columns=["image_id", "rank", *ORIG_COLUMNS])]
     for _, chunk in frame.groupby(["heatmap_h", "heatmap_w", "canvas_h", "canvas_w"], sort=False):
-        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in ("image_id", "y_prob", "raw_min", "raw_max",
-                                                                  "split", "folder", *META_COLUMNS, *PEAK_COLUMNS)
-                                 if c in chunk}  # fmt: skip
+        wanted = ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *META_COLUMNS, *BODY_CANVAS_COLUMNS,
+                  *PEAK_COLUMNS)  # fmt: skip
+        batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in wanted if c in chunk}
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
         boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
         parts.append(pd.DataFrame(explode_boxes(batch, boxes, counts, params, float("-inf"))))

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from engine.boxes import BoxParams
-from engine.stages import pseudo_boxes, refined_peak_columns
+from engine.stages import BODY_CANVAS_COLUMNS, pseudo_boxes, refined_peak_columns
 
 log = logging.getLogger(__name__)
 
 PASS_THROUGH = (
     "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
     "orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w",
+    *BODY_CANVAS_COLUMNS,
 )  # fmt: skip
 
 
@@ -201,7 +202,9 @@ class ClassifyCamStage:
         columns: dict[str, np.ndarray] = {}
         if ok.any():  # undecodable rows have no letterbox meta and get no boxes
             ok_meta = {
-                k: np.asarray(batch[k])[ok] for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h")
+                k: np.asarray(batch[k])[ok]
+                for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h", *BODY_CANVAS_COLUMNS)
+                if k in batch
             }
             if "centres" in host:
                 peaks = refined_peak_columns(heat[ok], ok_meta, host["centres"], self.settings.refine_peaks)

@@ -22,7 +22,7 @@ import engine
 import schemas
 from engine.config import Config, ConfigError, RayConfig
 from engine.inference import CamSettings, ClassifyCamStage
-from engine.stages import decode_batch
+from engine.stages import QC_BODY_COLUMNS, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,21 @@ def image_stream(rows: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
 
     The driver ships only the (small) index rows; workers read the bytes from `data.root`.
     """
-    frame = rows.loc[:, list(STREAM_COLUMNS)].reset_index(drop=True)
+    frame = rows.loc[:, [c for c in (*STREAM_COLUMNS, *QC_BODY_COLUMNS) if c in rows]].reset_index(drop=True)
     frame["label"] = frame["label"].astype("Float64").fillna(-1).astype(np.int64)  # -1: unlabeled (a clinic's scans)
-    batch_rows = max(cfg.ray.decode_batch_size, 1)
-    # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
-    block_rows = max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
-    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
     udf = partial(
         decode_batch, data_root=cfg.data.root, canvas_h=cfg.canvas.height, canvas_w=cfg.canvas.width,
         count_scale=cfg.data.count_scale,
     )
+    return row_stream(frame, cfg, udf)
+
+
+def row_stream(frame: pd.DataFrame, cfg: Config, udf: Callable[[dict], dict]) -> ray.data.Dataset:
+    """Returns a Dataset of `udf` mapped over numpy batches of `frame` (decode tasks, `ray.decode_*` sizes)."""
+    batch_rows = max(cfg.ray.decode_batch_size, 1)
+    # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
+    block_rows = max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
+    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
     return ray.data.from_pandas(chunks).map_batches(
         udf, batch_size=batch_rows, num_cpus=cfg.ray.decode_num_cpus, batch_format="numpy"
     )

@@ -15,10 +15,12 @@ from engine.boxes import BoxParams, RefinedPeaks, boxes_for_batch, refined_peaks
 from engine.counts import CountScale, parse_count_scale
 from engine.decode import DecodeError, decode_scan
 from engine.dicom import split_frame_path
-from engine.letterbox import canvas_to_original_batch, letterbox
+from engine.letterbox import LetterboxMeta, canvas_to_original_batch, letterbox, original_to_canvas
 from engine.tables import resolve_fs
 
 META_COLUMNS = ("orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w")
+QC_BODY_COLUMNS = ("qc_body_x1", "qc_body_y1", "qc_body_x2", "qc_body_y2")  # QC body box, original px (or NaN)
+BODY_CANVAS_COLUMNS = ("body_x1_canvas", "body_y1_canvas", "body_x2_canvas", "body_y2_canvas")  # the same, canvas px
 
 
 def safe_relative_path(root: str, relative: str) -> str:
@@ -36,6 +38,24 @@ def safe_relative_path(root: str, relative: str) -> str:
         if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
             raise DecodeError(f"unsafe_path: '{relative}' resolves outside the data root")
     return full
+
+
+def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.ndarray | None, float, str]:
+    """Returns (uint8 (H, W) image or None, counts per grey level or NaN, error "" or `reason: detail`) of one path.
+
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/dicom.py); `relative` never leaves `root`.
+    """
+    file, frame = split_frame_path(relative)
+    try:
+        with fs.open_input_file(safe_relative_path(root, file)) as handle:
+            image, factor = decode_scan(handle.read(), frame, scale)
+        return image, factor, ""
+    except DecodeError as exc:
+        return None, float("nan"), str(exc)
+    except FileNotFoundError:
+        return None, float("nan"), f"missing_file: {relative}"
+    except OSError as exc:
+        return None, float("nan"), f"read_error: {type(exc).__name__}: {exc}"
 
 
 def decode_batch(
@@ -58,29 +78,46 @@ def decode_batch(
     factors = np.full(n, np.nan, dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     for i, relative in enumerate(batch["path"]):
-        file, frame = split_frame_path(str(relative))
-        try:
-            with fs.open_input_file(safe_relative_path(root, file)) as handle:
-                image, factors[i] = decode_scan(handle.read(), frame, scale)
-            canvas[i], lb = letterbox(image, canvas_h, canvas_w)
-            for name in META_COLUMNS:
-                meta[name][i] = getattr(lb, name)
-        except DecodeError as exc:
-            errors[i] = str(exc)
-        except FileNotFoundError:
-            errors[i] = f"missing_file: {relative}"
-        except OSError as exc:
-            errors[i] = f"read_error: {type(exc).__name__}: {exc}"
+        image, factors[i], errors[i] = load_scan(fs, root, str(relative), scale)
+        if image is None:
+            continue
+        canvas[i], lb = letterbox(image, canvas_h, canvas_w)
+        for name in META_COLUMNS:
+            meta[name][i] = getattr(lb, name)
     meta["canvas_h"][:] = canvas_h
     meta["canvas_w"][:] = canvas_w
     rules = np.full(n, scale.rule, dtype=object)
-    return {**batch, "canvas": canvas, **meta, "count_rule": rules, "counts_per_grey": factors, "error": errors}
+    out = {**batch, "canvas": canvas, **meta, "count_rule": rules, "counts_per_grey": factors, "error": errors}
+    if all(k in batch for k in QC_BODY_COLUMNS):
+        out.update(body_canvas_columns(out))
+    return out
+
+
+def body_canvas_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Returns BODY_CANVAS_COLUMNS: each row's QC body box (QC_BODY_COLUMNS, original px) on the canvas, or NaN.
+
+    Rows without a body box (noise frames, no qc row, undecodable rows) get NaN: `body_boxes` then falls back
+    to the letterboxed image region.
+    """
+    orig = np.stack([np.asarray(batch[k], dtype=np.float64) for k in QC_BODY_COLUMNS], axis=1)
+    n = len(orig)
+    canvas = np.full((n, 4), np.nan, dtype=np.float32)
+    for i in np.flatnonzero(np.isfinite(orig).all(axis=1) & (np.asarray(batch["orig_w"]) > 0)):
+        lb = LetterboxMeta(**{k: batch[k][i].item() for k in META_COLUMNS})
+        canvas[i] = original_to_canvas(orig[i : i + 1], lb)[0]
+    return {name: canvas[:, j] for j, name in enumerate(BODY_CANVAS_COLUMNS)}
 
 
 def body_boxes(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """Returns (N, 4) canvas boxes of the letterboxed image region from the meta columns."""
-    left, top = batch["pad_left"].astype(np.float32), batch["pad_top"].astype(np.float32)
-    return np.stack([left, top, left + batch["new_w"], top + batch["new_h"]], axis=1).astype(np.float32)
+    """Returns (N, 4) canvas boxes peaks may sit in: the QC body box (BODY_CANVAS_COLUMNS) where the batch has one,
+    else the letterboxed image region from the meta columns (runs indexed before QC, noise frames)."""
+    left, top = np.asarray(batch["pad_left"], dtype=np.float32), np.asarray(batch["pad_top"], dtype=np.float32)
+    region = np.stack([left, top, left + batch["new_w"], top + batch["new_h"]], axis=1).astype(np.float32)
+    if not all(k in batch for k in BODY_CANVAS_COLUMNS):
+        return region
+    body = np.stack([np.asarray(batch[k], dtype=np.float32) for k in BODY_CANVAS_COLUMNS], axis=1)
+    has_body = np.isfinite(body).all(axis=1) & (body[:, 2] > body[:, 0]) & (body[:, 3] > body[:, 1])
+    return np.where(has_body[:, None], body, region)
 
 
 def explode_boxes(

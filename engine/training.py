@@ -141,8 +141,9 @@ def record_epoch(parts: list[EpochOutputs], ctx: dict, state: dict, seconds: flo
     epoch_tag = f"epoch-{ctx['epoch']:03d}"
     if len(rows):
         preds = rows.assign(
-            y_prob=y_prob, epoch=ctx["epoch"], run_id=ctx["run_id"], model=cfg.model.name, stage="train", split="val"
-        )
+            y_prob=y_prob, epoch=ctx["epoch"], run_id=ctx["run_id"], model=cfg.model.name, stage="train", split="val",
+            qc_flags=None,
+        )  # fmt: skip
         write_part(cfg.run.dir, "preds", preds, epoch_tag)
     write_part(cfg.run.dir, "epochs", pd.DataFrame([metrics]), epoch_tag)
     errors = [e for p in parts for e in p.errors]

@@ -15,6 +15,7 @@ from schemas import (
     meta,
     metrics,
     preds,
+    qc,
     splits,
     thresholds,
 )
@@ -34,4 +35,5 @@ TABLES: dict[str, ModuleType] = {
     "loc_metrics": loc_metrics,
     "masks": masks,
     "leaderboard": leaderboard,
+    "qc": qc,
 }

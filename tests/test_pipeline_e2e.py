@@ -63,7 +63,7 @@ def test_threshold_is_chosen_on_the_best_epochs_val_preds(trained_run: Path) -> 
 def test_infer_scores_the_test_split_and_saves_sklearn_metrics(trained_run: Path, data_root: Path) -> None:
     cfg = test_config(data_root, trained_run)
     summary = run_infer(cfg)
-    test_rows = select_rows(cfg, ("test",))
+    test_rows = select_rows(cfg, ("test",), qc_exclude=False)  # infer scores QC-flagged images too
     assert summary.rows_in == len(test_rows) and summary.balanced
     preds = read_table(str(trained_run), "preds")
     preds = preds[preds["stage"] == "infer"]
@@ -78,7 +78,7 @@ def test_infer_scores_the_test_split_and_saves_sklearn_metrics(trained_run: Path
 
 def test_cam_writes_one_pred_or_error_per_selected_image(cam_run, data_root: Path) -> None:
     run_dir, summary = cam_run
-    selected = select_rows(test_config(data_root, run_dir), ("test",))
+    selected = select_rows(test_config(data_root, run_dir), ("test",), qc_exclude=False)  # cam scores flagged ones
     preds = read_table(str(run_dir), "preds")
     preds = preds[preds["stage"] == "cam"]
     errors = read_table(str(run_dir), "errors")
@@ -92,6 +92,27 @@ def test_cam_writes_one_pred_or_error_per_selected_image(cam_run, data_root: Pat
     assert set(heatmaps["cam_method"]) == {"fused"}
     meta = read_table(str(run_dir), "meta")
     assert np.allclose(meta["scale"], 0.25) and (meta["pad_left"] == 32).all()
+
+
+def test_cam_preds_carry_the_qc_flags_and_meta_the_qc_body_box(cam_run) -> None:
+    run_dir, _ = cam_run
+    qc = read_table(str(run_dir), "qc").set_index("image_id")
+    preds = read_table(str(run_dir), "preds").query("stage == 'cam'").set_index("image_id")
+    for image_id, flags in preds["qc_flags"].items():
+        raised = [f for f in ("noise_frame", "low_count", "small_body", "body_cut") if qc.loc[image_id, f]]
+        assert list(flags) == raised
+    noisy = duckdb.sql(f"SELECT image_id FROM read_parquet('{run_dir}/tables/preds/**/*.parquet', "
+                       "hive_partitioning=true) WHERE stage = 'cam' AND list_contains(qc_flags, 'noise_frame')").df()
+    assert set(noisy["image_id"]) == {i for i in preds.index if qc.loc[i, "noise_frame"]}
+    meta = read_table(str(run_dir), "meta").set_index("image_id")
+    body = qc.loc[meta.index]
+    assert meta["body_x1_canvas"].isna().equals(body["noise_frame"].astype(bool))
+    has_body = ~body["noise_frame"].astype(bool)
+    assert np.allclose(meta.loc[has_body, "body_y2_canvas"], body.loc[has_body, "body_y2"] * 0.25)
+    boxes = read_table(str(run_dir), "boxes").merge(meta.reset_index(), on="image_id")
+    on_body = boxes[boxes["body_x1_canvas"].notna()]
+    assert len(on_body) and (on_body["y1"] >= on_body["body_y1_canvas"] - 1e-3).all()
+    assert (on_body["y2"] <= on_body["body_y2_canvas"] + 1e-3).all()
 
 
 def test_cam_stores_refined_peaks_near_their_cells_and_on_the_body(cam_run) -> None:

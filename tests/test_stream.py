@@ -32,7 +32,7 @@ def messy_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_stream_yields_one_row_or_error_per_index_row(ray_session, messy_root: Path, split_run: Path) -> None:
     cfg = test_config(messy_root, split_run)
-    rows = select_rows(cfg, None)
+    rows = select_rows(cfg, None, qc_exclude=False)  # the stream decodes QC-flagged images too
     out = {}
     for batch in iter_results(image_stream(rows, cfg), batch_size=16):
         for i, image_id in enumerate(batch["image_id"]):

@@ -176,7 +176,7 @@ def test_file_uri_data_and_run_dirs_run_index_split_train_and_cam(
     assert epochs["epoch"].tolist() == [0] and int(epochs["images"].iloc[0]) > 0
     assert list((run_path / "train_state").glob("checkpoint_*")) and (run_path / "model" / "best.pt").is_file()
     summary = run_cam(cfg)
-    selected = select_rows(cfg, ("test",))
+    selected = select_rows(cfg, ("test",), qc_exclude=False)  # cam scores QC-flagged images too
     assert summary.balanced and summary.rows_ok == len(selected) > 0
     for name in ("index", "splits", "epochs", "preds", "heatmaps", "boxes", "meta"):
         frame = pads.dataset(run_path / "tables" / name, format="parquet", partitioning="hive").to_table()
