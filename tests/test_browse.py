@@ -95,7 +95,8 @@ def test_best_box_hits_when_it_shares_a_pixel_centre_with_an_abnormal_box(cam_ru
                            "y1_orig": g.y1, "y2_orig": g.y2, "split": "test", "folder": index.loc[g.image_id, "folder"]}
                           for g, e in zip(gt.itertuples(), edges, strict=True)])  # fmt: skip
     frame = pd.concat([frame, frame.iloc[[1]].assign(rank=1, x1_orig=gt.iloc[1].x1, x2_orig=gt.iloc[1].x2)])
-    for column in ("x1", "y1", "x2", "y2", "score", "score_raw", "y_prob", "box_size", "nms_iou"):
+    for column in ("x1", "y1", "x2", "y2", "score", "score_raw", "y_prob", "box_size", "nms_iou", "boxes_max",
+                   "min_score"):
         frame[column] = 1.0
     shutil.rmtree(copy / "tables" / "boxes")
     writer = TableWriter(str(copy), "boxes", replace=("boxes",))

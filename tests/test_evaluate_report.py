@@ -83,7 +83,7 @@ def test_pointing_game_chance_hits_and_precision_match_a_brute_force_recount(eva
     run_dir, cfg, _, _ = evaluated_run
     loc = read_table(str(run_dir), "loc_metrics")
     count = recount(run_dir, "test", "wholeBodyPOST", cfg.evaluate.tolerance_px)
-    assert count.target_images >= 2 and 0 < count.covered_pixels / count.target_pixels < 0.1
+    assert count.target_images >= 1 and 0 < count.covered_pixels / count.target_pixels < 0.1
     assert metric(loc, "peaks", "pointing_chance")["value"] == pytest.approx(count.covered_pixels / count.target_pixels)
     assert metric(loc, "peaks", "pointing_game")[["numerator", "denominator"]].tolist() == [
         count.pointing_hits,

@@ -20,7 +20,8 @@ def messy_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     root = tmp_path_factory.mktemp("messy") / "data"
     shutil.copytree(data_root, root)
     post = root / "wholeBodyPOST"
-    good = cv2.imread(str(post / "1.jpg"), cv2.IMREAD_GRAYSCALE)
+    good = cv2.imread(str(post / "1.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    good = np.round(good * (255.0 / max(good.max(), 1.0))).astype(np.uint8)  # full range: the 16-bit copy maps back
     (post / "1.jpg").write_bytes(b"")
     (post / "2.jpg").write_bytes((post / "2.jpg").read_bytes()[:2000])
     (post / "3.jpg").write_text("this is not an image")
