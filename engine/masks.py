@@ -139,17 +139,21 @@ def _seed_markers(shape: tuple[int, int], peak: tuple[int, int]) -> np.ndarray:
     return markers
 
 
-class WatershedSegmenter(_BoxSegmenter):
-    """Watershed of the gradient magnitude from a peak marker against a border marker (scikit-image)."""
-
-    name = "watershed"
+class _SkimageSegmenter(_BoxSegmenter):
+    """A box segmenter built on scikit-image, imported lazily (only these segmenters need it)."""
 
     def __init__(self, cfg: MasksConfig) -> None:
-        """Imports scikit-image lazily (it is only needed by this segmenter)."""
+        """Records the scikit-image version in the segmenter version."""
         import skimage
 
         super().__init__(cfg)
         self.version = f"1/skimage-{skimage.__version__}"
+
+
+class WatershedSegmenter(_SkimageSegmenter):
+    """Watershed of the gradient magnitude from a peak marker against a border marker (scikit-image)."""
+
+    name = "watershed"
 
     def _segment_box(self, blurred, bounds, peak):
         from skimage.filters import sobel
@@ -162,17 +166,10 @@ class WatershedSegmenter(_BoxSegmenter):
         return inside, relative_contrast(region, inside, background, top)
 
 
-class RandomWalkerSegmenter(_BoxSegmenter):
+class RandomWalkerSegmenter(_SkimageSegmenter):
     """Random walker (Grady 2006) from the peak and border markers; score = mean foreground probability."""
 
     name = "random_walker"
-
-    def __init__(self, cfg: MasksConfig) -> None:
-        """Imports scikit-image lazily."""
-        import skimage
-
-        super().__init__(cfg)
-        self.version = f"1/skimage-{skimage.__version__}"
 
     def _segment_box(self, blurred, bounds, peak):
         from skimage.segmentation import random_walker
