@@ -27,6 +27,7 @@ from engine.config import Config
 from engine.config_sections import BrowseConfig
 from engine.decode import DecodeError
 from engine.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
+from engine.qc_stage import QC_FLAGS
 from engine.stages import safe_relative_path
 from engine.tables import resolve_fs, table_dir
 
@@ -34,15 +35,12 @@ log = logging.getLogger(__name__)
 
 
 READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
-QC_TEXT_COLUMNS = ("flag", "flags", "reason")  # a qc table's flag text column, first found wins
-
-
 def qc_sql(columns: list[str]) -> str:
-    """Returns the SELECT of per-image QC flags for a `qc` table with `columns` (text flags, or true booleans)."""
-    text = next((c for c in QC_TEXT_COLUMNS if c in columns), None)
-    if text is not None:
-        return f'SELECT image_id, string_agg(DISTINCT "{text}", \', \' ORDER BY "{text}") AS qc FROM t_qc GROUP BY 1'
-    return "SELECT image_id, NULL::VARCHAR AS qc FROM t_qc GROUP BY 1"
+    """Returns the SELECT of per-image QC flags (the raised flags' names, comma-separated; NULL when none)."""
+    cases = ", ".join(f"CASE WHEN \"{flag}\" THEN '{flag}' END" for flag in QC_FLAGS if flag in columns)
+    if not cases:
+        return "SELECT image_id, NULL::VARCHAR AS qc FROM t_qc"
+    return f"SELECT image_id, nullif(concat_ws(', ', {cases}), '') AS qc FROM t_qc"
 
 
 def duckdb_schema(schema: pa.Schema) -> pa.Schema:

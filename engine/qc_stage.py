@@ -78,7 +78,7 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
                                         "image_id": batch["image_id"][bad], "stage": ["qc"] * n_bad,
                                         "reason": batch["error"][bad], "split": ["all"] * n_bad})  # fmt: skip
                 account.add_errors(batch["error"][bad])
-                good = {k: v[~bad] for k, v in batch.items()}
+                good = _typed_qc_rows({k: v[~bad] for k, v in batch.items()})
                 account.rows_ok += writer.write("qc", good)
                 for flag in QC_FLAGS:
                     flags[flag] += int(np.sum(good[flag].astype(bool)))
@@ -89,6 +89,17 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
         raise
     account.commit(writer)
     summary.extra["qc"] = {"images": account.rows_ok, "errors": dict(account.errors), **flags}
+
+
+def _typed_qc_rows(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Returns the ok rows of a batch with the qc schema's types (a batch holding a failed image widens them)."""
+    frame = pd.DataFrame(columns)
+    for name in QC_FLAGS:
+        frame[name] = frame[name].astype(bool)
+    frame["total_counts"] = frame["total_counts"].astype("int64")
+    for name in ("body_x1", "body_y1", "body_x2", "body_y2"):
+        frame[name] = pd.to_numeric(frame[name]).astype("Int32")
+    return frame
 
 
 def qc_frame(cfg: Config) -> pd.DataFrame | None:

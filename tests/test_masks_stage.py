@@ -45,8 +45,13 @@ def cam_run(scored_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def masks_run(cam_run: Path, data_root: Path) -> tuple[Path, object]:
-    """The cam run after `make masks` with the default threshold segmenter."""
-    return cam_run, run_masks(test_config(data_root, cam_run))
+    """The cam run after `make masks` with the default threshold segmenter.
+
+    The 2-epoch test model's boxes on the calibrated (sparse) scans all leak with the default QC and sit below its
+    threshold, so nothing would be kept: the leak check needs all four sides here and no probability check, so that
+    the kept path (tight boxes, COCO segmentation, contours) is exercised too.
+    """
+    return cam_run, run_masks(test_config(data_root, cam_run, "masks.leak_sides=4", "masks.min_prob=all"))
 
 
 def test_masks_writes_one_row_per_pseudo_box_in_original_pixels(masks_run) -> None:

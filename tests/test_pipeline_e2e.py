@@ -117,11 +117,18 @@ def test_cam_preds_carry_the_qc_flags_and_meta_the_qc_body_box(cam_run) -> None:
 
 def test_cam_stores_refined_peaks_near_their_cells_and_on_the_body(cam_run) -> None:
     run_dir, _ = cam_run
-    heatmaps = read_table(str(run_dir), "heatmaps")
+    meta = read_table(str(run_dir), "meta").drop(columns=["split", "folder"])
+    heatmaps = read_table(str(run_dir), "heatmaps").merge(meta, on="image_id")
     refined = 0
     for row in heatmaps.itertuples(index=False):
         grid = np.asarray(row.heatmap, dtype=np.float32).reshape(row.heatmap_h, row.heatmap_w)
-        body = grid[:, 1:3]  # cell centres x = 16 + 32 c: columns 1 and 2 lie on the body strip [32, 96)
+        # peaks may sit on cells whose centre (16 + 32 c) lies in the QC body box, else on the image strip [32, 96)
+        x1, y1, x2, y2 = (row.body_x1_canvas, row.body_y1_canvas, row.body_x2_canvas, row.body_y2_canvas)
+        if np.isnan(x1):
+            x1, y1, x2, y2 = 32.0, 0.0, 96.0, 256.0
+        cx, cy = 16 + 32 * np.arange(row.heatmap_w), 16 + 32 * np.arange(row.heatmap_h)
+        on_body = ((cy >= y1) & (cy < y2))[:, None] & ((cx >= x1) & (cx < x2))[None, :]
+        body = np.where(on_body, grid, 0)
         index, xs, ys = (np.asarray(getattr(row, k)) for k in ("peak_index", "peak_x", "peak_y"))
         assert len(index) == len(xs) == len(ys) <= 32
         if body.max() <= 0:
@@ -136,15 +143,20 @@ def test_cam_stores_refined_peaks_near_their_cells_and_on_the_body(cam_run) -> N
     assert refined > 0
 
 
+BODY = ("body_y1_canvas", "body_y2_canvas")
+
+
 def test_cam_without_refinement_stores_no_peaks_and_centres_boxes_on_cells(trained_run, data_root, tmp_path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns(*CAM_TABLES))
     run_cam(test_config(data_root, run_dir, "cam.refine=false", "cam.overlays=0"))
     heatmaps = read_table(str(run_dir), "heatmaps")
     assert heatmaps["peak_index"].isna().all()
-    boxes = read_table(str(run_dir), "boxes")
+    meta = read_table(str(run_dir), "meta")[["image_id", *BODY]]
+    boxes = read_table(str(run_dir), "boxes").merge(meta, on="image_id")
     centre_y = (boxes["y1"] + boxes["y2"]) / 2
-    inside = (boxes["y1"] > 0) & (boxes["y2"] < 256)  # not shifted at the top/bottom edge
+    top, bottom = boxes["body_y1_canvas"].fillna(0), boxes["body_y2_canvas"].fillna(256)
+    inside = (boxes["y1"] > top) & (boxes["y2"] < bottom)  # not shifted at the body box's top/bottom edge
     assert len(boxes) and np.allclose((centre_y[inside] - 16) % 32, 0)
 
 
