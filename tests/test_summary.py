@@ -111,7 +111,7 @@ def _val_preds(image_ids: list[str]) -> dict[str, list]:
     return {"image_id": image_ids, "patient_id": image_ids, "view": ["ANT"] * n, "y_true": [i % 2 for i in range(n)],
             "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)], "logit": [0.0] * n, "epoch": [1] * n,
             "run_id": ["r"] * n, "model": ["m"] * n, "stage": ["train"] * n, "split": ["val"] * n,
-            "folder": ["wholeBodyANT"] * n}  # fmt: skip
+            "folder": ["wholeBodyANT"] * n, "qc_flags": [None] * n}  # fmt: skip
 
 
 def test_commit_of_an_unbalanced_account_raises_and_commits_nothing(tmp_path):
