@@ -25,7 +25,15 @@ from engine.config import Config
 from engine.decode import decode_gray8
 from engine.letterbox import letterbox
 from engine.model import bf16_autocast, load_model, normalize_canvas
-from engine.stages import META_COLUMNS, explode_boxes, pseudo_boxes, refined_peak_columns, safe_relative_path
+from engine.stages import (
+    META_COLUMNS,
+    QC_BODY_COLUMNS,
+    body_canvas_columns,
+    explode_boxes,
+    pseudo_boxes,
+    refined_peak_columns,
+    safe_relative_path,
+)
 from engine.tables import TableWriter, resolve_fs
 
 
@@ -154,6 +162,9 @@ def _decode_rows(rows: Any, cfg: Config, profile: dict[str, float]) -> dict[str,
     batch = {c: rows[c].to_numpy() for c in ("image_id", "patient_id", "view", "split", "folder", "label", "path")}
     batch.update({name: np.array([getattr(m, name) for m in metas]) for name in META_COLUMNS})
     batch["canvas"] = np.stack(canvases)
+    if all(c in rows for c in QC_BODY_COLUMNS):  # peaks stay inside the QC body box, as in decode_batch
+        batch.update({c: rows[c].to_numpy(dtype=np.float64) for c in QC_BODY_COLUMNS})
+        batch.update(body_canvas_columns(batch))
     return batch
 
 

@@ -58,7 +58,7 @@ def run_bench(cfg: Config) -> StageSummary:
     summary = StageSummary("bench")
     cfg = _prepare(cfg)
     n = cfg.bench.images
-    rows = select_rows(cfg, None, False).head(n)
+    rows = select_rows(cfg, None, False, qc_exclude=False).head(n)  # as cam.scope=all: every image
     figures = {"model_only_eager": model_only(cfg)}
     if cfg.model.compile and torch.cuda.is_available():
         figures["model_only_compiled"] = model_only(cfg, compiled=True)

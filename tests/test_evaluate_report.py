@@ -17,7 +17,6 @@ import pytest
 import schemas
 from engine.boxes import BoxParams
 from engine.cam_stages import heatmap_column, run_cam
-from engine.classify_stages import run_threshold, run_train
 from engine.evaluate_methods import gt_by_image, meta_of, score_method, valid_heatmaps
 from engine.evaluate_population import scored_frame
 from engine.evaluate_stage import run_evaluate
@@ -34,14 +33,10 @@ EVAL = ("evaluate.seed_size=12", "evaluate.tune_sizes=[8,12,24]", "evaluate.tune
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A trained run with CAM over test and val, a landscape-canvas baseline, evaluated and reported."""
+def evaluated_run(ray_session, data_root: Path, scored_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's trained run with CAM over test and val, a landscape-canvas baseline, evaluated and reported."""
     run_dir = tmp_path_factory.mktemp("evaluated") / "run"
-    shutil.copytree(split_run, run_dir)
-    cfg = test_config(data_root, run_dir, "train.epochs=3", *EVAL)
-    run_train(cfg)
-    run_threshold(cfg)
-    run_cam(cfg)
+    shutil.copytree(scored_run, run_dir)  # trained 2 epochs, threshold chosen, cam over test
     run_cam(test_config(data_root, run_dir, "cam.split=val"))
     # The seed's landscape canvas (512 x 1024 at full scale): the same model scored on it, with its own run dir.
     baseline = run_dir.parent / "baseline"

@@ -45,7 +45,8 @@ def _model_actor_pids() -> list[int]:
 
 
 def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_session, untrained_run, data_root) -> None:
-    cfg = test_config(data_root, untrained_run, "cam.scope=all", "infer.batch_size=4", "ray.decode_batch_size=4")
+    cfg = test_config(data_root, untrained_run, "cam.scope=all", "cam.limit=48", "infer.batch_size=4",
+                      "ray.decode_batch_size=4")  # 12 batches: the kill lands mid-stream
     rows = cam_rows(cfg)
     stream = iter_results(model_stream(image_stream(rows, cfg), cfg, _settings(cfg, with_cam=True)), batch_size=4)
     seen: list[str] = list(next(stream)["image_id"])
@@ -64,7 +65,8 @@ def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_sessio
 
 def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: Path, data_root: Path) -> None:
     args = [f"data.root={data_root}", f"run.dir={untrained_run}", "canvas.height=256", "canvas.width=128",
-            "boxes.size=12", "cam.scope=all", "infer.batch_size=4", "ray.num_cpus=2"]  # fmt: skip
+            "boxes.size=12", "model.output_stride=32", "cam.scope=all", "cam.limit=64", "infer.batch_size=4",
+            "ray.num_cpus=2"]  # fmt: skip
     command = [sys.executable, "-m", "jobs.cam", "--config", "conf/demo.yaml", *args]
     proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
@@ -81,7 +83,7 @@ def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     preds = read_table(str(untrained_run), "preds").query("stage == 'cam'")
     errors = read_table(str(untrained_run), "errors").query("stage == 'cam'")
-    expected = cam_rows(test_config(data_root, untrained_run, "cam.scope=all"))["image_id"]
+    expected = cam_rows(test_config(data_root, untrained_run, "cam.scope=all", "cam.limit=64"))["image_id"]
     assert sorted(preds["image_id"].tolist() + errors["image_id"].tolist()) == sorted(expected)
     assert not any(staging.glob("cam-*")), "the rerun should clear the interrupted run's staging"
 

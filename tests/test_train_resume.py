@@ -15,13 +15,13 @@ import numpy as np
 from engine.tables import read_table
 from tests.conftest import REPO
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 def _train_command(data_root: Path, run_dir: Path) -> list[str]:
     overrides = [
         f"data.root={data_root}", f"run.dir={run_dir}", "canvas.height=256", "canvas.width=128",
-        "train.batch_size=8", f"train.epochs={EPOCHS}", "ray.num_cpus=2",
+        "train.batch_size=8", f"train.epochs={EPOCHS}", "ray.num_cpus=2", "model.output_stride=32",
     ]  # fmt: skip
     return [sys.executable, "-m", "jobs.train", "--config", "conf/demo.yaml", *overrides]
 
