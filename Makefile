@@ -73,6 +73,7 @@ bench: setup ## model-only vs plain loop vs engine, memory at N and 10 x N (CONF
 DEMO_SEED := run.dir=runs/demo_seed canvas.height=256 canvas.width=512 model.output_stride=32
 
 demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny model), ending with evaluate + report
+	@mkdir -p runs && date +%s > runs/.demo_started
 	$(PY) -m jobs.synth --config conf/demo.yaml
 	rm -rf runs/demo runs/demo_seed
 	$(PY) -m jobs.index --config conf/demo.yaml
@@ -91,9 +92,7 @@ demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny mod
 	$(PY) -m jobs.cam --config conf/demo.yaml $(DEMO_SEED)
 	$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
 	$(PY) -m jobs.report --config conf/demo.yaml
-	@$(PY) -c 'import json; s = json.load(open("runs/demo/summaries/evaluate.json")); \
-	  print("localisation on the demo test split:"); \
-	  [print(f"  {m}: {s[m]}") for m in ("peaks", "peaks_unrefined", "masks_tight", "masks", "masks_note", "peaks_tuned", "seed_rule", "seed", "centre_prior", "body_prior", "max_box_acc", "max_box_acc_threshold", "left_out_test", "left_out_val", "box_params") if m in s]'
+	@$(PY) -m jobs.demo_summary runs/demo runs/demo_seed --started $$(cat runs/.demo_started)
 	@echo "report: $(CURDIR)/runs/demo/report/index.html"
 
 test: setup ## run the test suite

@@ -10,7 +10,15 @@ import pandas as pd
 import pyarrow as pa
 
 from engine.boxes import BoxParams
-from engine.classify_stages import _run_id, select_rows, selected_threshold, split_metrics
+from engine.classify_stages import (
+    UNSPLIT,
+    _run_id,
+    adopt_threshold,
+    model_run_dir,
+    select_rows,
+    selected_threshold,
+    split_metrics,
+)
 from engine.config import Config
 from engine.data_stages import save_config
 from engine.inference import CamSettings
@@ -79,7 +87,9 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
     n = len(ok["image_id"])
     flags = ctx.get("qc_flags", {})
     qc_flags = [flags.get(str(image_id)) for image_id in ok["image_id"]]
-    summary.rows_ok += writer.write("preds", {**ok, "y_true": ok["label"], "epoch": [None] * n, "qc_flags": qc_flags,
+    label = np.asarray(ok["label"], dtype=np.int64)
+    y_true = pa.array(label, mask=label < 0, type=pa.int8())  # -1 in the stream: unlabeled, null in preds
+    summary.rows_ok += writer.write("preds", {**ok, "y_true": y_true, "epoch": [None] * n, "qc_flags": qc_flags,
                                               "run_id": [ctx["run_id"]] * n, "model": [ctx["model"]] * n,
                                               "stage": [writer.stage] * n})  # fmt: skip
     if "heatmap" not in ok:
@@ -129,7 +139,7 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
 
     init_ray(cfg.ray)
     return CamSettings(
-        run_dir=cfg.run.dir, model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
+        run_dir=model_run_dir(cfg), model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
         with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
         cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
@@ -139,25 +149,41 @@ def _settings(cfg: Config, with_cam: bool) -> CamSettings:
 
 
 def run_infer(cfg: Config) -> StageSummary:
-    """Predicts `infer.split` through the model actor pool; writes preds, errors and metrics."""
+    """Predicts `infer.split` (a run without splits scored with `model.from_run`: its whole index) through the model
+    actor pool; writes preds, errors and, where the rows have labels, metrics."""
+    whole = unsplit(cfg)
+    rows = select_rows(cfg, None if whole else (cfg.infer.split,), False if whole else True, qc_exclude=False)
+    adopt_threshold(cfg)
     thr = selected_threshold(cfg)
-    rows = select_rows(cfg, (cfg.infer.split,), qc_exclude=False)
     ctx = {"run_id": _run_id(cfg), "model": cfg.model.name, "qc_flags": flags_by_image(rows)}
-    summary = _stream_stage(cfg, "infer", rows, cfg.infer.split, _settings(cfg, with_cam=False), ctx)
+    split = UNSPLIT if whole else cfg.infer.split
+    summary = _stream_stage(cfg, "infer", rows, None if whole else split, _settings(cfg, with_cam=False), ctx)
     preds = read_table(cfg.run.dir, "preds")
-    preds = preds[(preds["stage"] == "infer") & (preds["split"] == cfg.infer.split)]
-    metrics = split_metrics(cfg, preds, cfg.infer.split, thr)
-    write_part(cfg.run.dir, "metrics", pd.DataFrame([metrics]), cfg.infer.split)
-    summary.extra.update({k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")})
+    preds = preds[(preds["stage"] == "infer") & (preds["split"] == split)]
+    labeled = preds[preds["y_true"].notna() & (preds["y_true"] >= 0)]
+    if labeled.empty:
+        summary.extra["metrics"] = f"skipped: none of the {len(preds)} scored images has a label"
+    else:
+        metrics = split_metrics(cfg, labeled, split, thr)
+        write_part(cfg.run.dir, "metrics", pd.DataFrame([metrics]), split)
+        summary.extra.update({k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")})
     summary.save(cfg.run.dir)
     return summary.finish()
 
 
+def unsplit(cfg: Config) -> bool:
+    """True for new scans scored with another run's model: `model.from_run` set and no splits table here."""
+    return bool(cfg.model.from_run) and read_table(cfg.run.dir, "splits").empty
+
+
 def cam_rows(cfg: Config) -> pd.DataFrame:
-    """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index."""
+    """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index.
+
+    A run without splits scored with `model.from_run` scores its whole index (cam.scope=all implied).
+    """
     if cfg.cam.scope not in ("split", "all"):
         raise ValueError(f"cam.scope={cfg.cam.scope!r}: expected 'split' or 'all'")
-    if cfg.cam.scope == "all":
+    if cfg.cam.scope == "all" or unsplit(cfg):
         rows = select_rows(cfg, None, False, qc_exclude=False)
     else:
         rows = select_rows(cfg, (cfg.cam.split,), qc_exclude=False)
@@ -173,14 +199,18 @@ def _min_prob(cfg: Config) -> float:
 def run_cam(cfg: Config) -> StageSummary:
     """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors."""
     rows = cam_rows(cfg)
+    adopt_threshold(cfg)
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
     ctx: dict[str, Any] = {
         "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
         "overlays": overlays, "qc_flags": flags_by_image(rows),
     }  # fmt: skip
-    split = cfg.cam.split if cfg.cam.scope == "split" else None  # scope=all owns every split's partition
+    scope = "all" if unsplit(cfg) else cfg.cam.scope
+    split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
     summary = _stream_stage(cfg, "cam", rows, split, _settings(cfg, with_cam=True), ctx)
-    summary.extra["scope"] = cfg.cam.scope
+    summary.extra["scope"] = scope
+    if cfg.model.from_run:
+        summary.extra["model_from_run"] = cfg.model.from_run
     summary.save(cfg.run.dir)
     return summary.finish()
 

@@ -16,9 +16,12 @@ from engine.data_stages import save_config
 from engine.metrics import binary_metrics, select_threshold
 from engine.qc_stage import attach_qc, exclude_flagged
 from engine.summary import StageSummary
-from engine.tables import TableWriter, read_table, resolve_fs
+from engine.tables import TableWriter, read_table, resolve_fs, write_part
 
 log = logging.getLogger(__name__)
+
+
+UNSPLIT = "all"  # the split of a run's rows when it has no splits table and is scored with model.from_run
 
 
 def view_folders(view: str) -> list[str]:
@@ -39,6 +42,8 @@ def select_rows(
     """
     index = read_table(cfg.run.dir, "index")
     split_table = read_table(cfg.run.dir, "splits")
+    if not index.empty and split_table.empty and cfg.model.from_run and splits is None:
+        split_table = pd.DataFrame({"image_id": index["image_id"], "split": UNSPLIT})  # new scans, another's model
     if index.empty or split_table.empty:
         raise ValueError(f"{cfg.run.dir}: index/splits tables missing; run `make index` and `make split` first")
     rows = index.merge(split_table[["image_id", "split"]], on="image_id", how="inner")
@@ -205,12 +210,36 @@ def run_threshold(cfg: Config) -> StageSummary:
     return summary.finish()
 
 
+def model_run_dir(cfg: Config) -> str:
+    """Returns the run whose model/best.pt and threshold score this run: `model.from_run`, else `run.dir`."""
+    return cfg.model.from_run or cfg.run.dir
+
+
 def selected_threshold(cfg: Config) -> float:
-    """Returns the threshold chosen by `make threshold` for this run."""
-    table = read_table(cfg.run.dir, "thresholds")
+    """Returns the threshold chosen by `make threshold` for the run that owns the model (model_run_dir)."""
+    run_dir = model_run_dir(cfg)
+    table = read_table(run_dir, "thresholds")
     if table.empty:
-        raise ValueError(f"{cfg.run.dir}: no selected threshold; run `make threshold` first")
+        raise ValueError(f"{run_dir}: no selected threshold; run `make threshold` first")
     return float(table["thr"].iloc[-1])
+
+
+def adopt_threshold(cfg: Config) -> None:
+    """Copies the threshold of `model.from_run` into this run (`thresholds`, `threshold.json` with `from_run`).
+
+    A run scored with another run's model then holds the operating point its preds were scored at, so that
+    masks, evaluate, report and browse read it from the run itself. A run with its own threshold keeps it.
+    """
+    if not cfg.model.from_run or not read_table(cfg.run.dir, "thresholds").empty:
+        return
+    chosen = read_table(cfg.model.from_run, "thresholds")
+    if chosen.empty:
+        raise ValueError(f"model.from_run={cfg.model.from_run}: no selected threshold; run `make threshold` there")
+    write_part(cfg.run.dir, "thresholds", chosen.tail(1).reset_index(drop=True), "from_run")
+    record = {**chosen.iloc[-1].to_dict(), "from_run": cfg.model.from_run}
+    fs, root = resolve_fs(cfg.run.dir)
+    with fs.open_output_stream(f"{root}/threshold.json") as out:
+        out.write(json.dumps(record, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)).encode())
 
 
 def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> dict:

@@ -74,6 +74,7 @@ class SynthConfig:
     seed: int = 0  # generator seed (same seed: byte-identical dataset)
     lesion_gain: PositiveFloat = 1.0  # factor on lesion peak uptake (1 = realistic; >1 = easier, e.g. for a CPU demo)
     lesion_size: PositiveFloat = 1.0  # factor on lesion radius (1 = 3-10 px)
+    replace: bool = False  # regenerate an `out` this generator wrote with other parameters (never other folders)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class ModelConfig:
     name: str = "hf_hub:timm/resnetrs50.tf_in1k"  # timm model name or hf_hub id (the seed's model)
     pretrained: bool = True  # load the hub weights; false for offline runs and tests
     weights: str = ""  # optional local .pt/.pth/.safetensors state dict to start from
+    from_run: str = ""  # a trained run whose model/best.pt and threshold score this run (cam, infer); "": this run
     output_stride: Literal[8, 16, 32] = 32  # 32: the architecture as published; 16 or 8 dilate the last stages
     channels_last: bool = True  # channels_last memory format on GPU
     compile: bool = True  # torch.compile the model actors on GPU (ignored on CPU; eager when compiling fails)

@@ -33,6 +33,7 @@ def run_synth(cfg: Config) -> StageSummary:
         seed=cfg.synth.seed,
         lesion_gain=cfg.synth.lesion_gain,
         lesion_size=cfg.synth.lesion_size,
+        replace=cfg.synth.replace,
     )
     summary.rows_in = summary.rows_ok = result.images
     summary.extra.update(

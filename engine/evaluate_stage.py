@@ -233,6 +233,11 @@ def run_evaluate(cfg: Config) -> StageSummary:
     """
     check_tuning(cfg)
     summary = StageSummary("evaluate")
+    if read_table(cfg.run.dir, "splits").empty and not read_table(cfg.run.dir, "index").empty:
+        summary.extra["skipped"] = ("this run has no splits table (new scans scored with model.from_run): "
+                                    "no labelled split to score; nothing written")  # fmt: skip
+        summary.save(cfg.run.dir)
+        return summary.finish()
     notes: dict[str, Any] = {"population": {}}
     ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
                       _threshold(cfg.run.dir, notes, "threshold"), notes)  # fmt: skip

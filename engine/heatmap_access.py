@@ -15,9 +15,9 @@ import pyarrow.dataset as pads
 import yaml
 
 from engine.cam import heatmap_to_original, upsample_heatmap
-from engine.decode import decode_gray8
+from engine.counts import parse_count_scale
 from engine.letterbox import LetterboxMeta, letterbox
-from engine.stages import META_COLUMNS, safe_relative_path
+from engine.stages import META_COLUMNS, load_scan
 from engine.tables import read_table, resolve_fs
 
 SPACES = ("orig", "canvas")
@@ -35,12 +35,8 @@ class ImageHeatmap(NamedTuple):
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], same frame and shape as `image`
 
 
-def saved_data_root(run_dir: str) -> str:
-    """Returns `data.root` from the run's saved config (`config/cam.yaml` first, then the other stages').
-
-    Raises:
-        HeatmapNotFoundError: no saved config holds a `data.root`.
-    """
+def saved_data_setting(run_dir: str, key: str) -> str | None:
+    """Returns `data.<key>` from the run's saved config (`config/cam.yaml` first, then the other stages'), or None."""
     fs, root = resolve_fs(run_dir)
     for stage in CONFIG_ORDER:
         try:
@@ -48,10 +44,22 @@ def saved_data_root(run_dir: str) -> str:
                 saved = yaml.safe_load(stream.read()) or {}
         except (FileNotFoundError, OSError):
             continue
-        data_root = (saved.get("data") or {}).get("root")
-        if data_root:
-            return str(data_root)
-    raise HeatmapNotFoundError(f"{run_dir}: no saved config under config/ names data.root; pass data_root=")
+        value = (saved.get("data") or {}).get(key)
+        if value:
+            return str(value)
+    return None
+
+
+def saved_data_root(run_dir: str) -> str:
+    """Returns `data.root` from the run's saved config.
+
+    Raises:
+        HeatmapNotFoundError: no saved config holds a `data.root`.
+    """
+    data_root = saved_data_setting(run_dir, "root")
+    if data_root is None:
+        raise HeatmapNotFoundError(f"{run_dir}: no saved config under config/ names data.root; pass data_root=")
+    return data_root
 
 
 def _one_row(run_dir: str, table: str, image_id: str) -> dict:
@@ -71,11 +79,18 @@ def stored_heatmap(run_dir: str, image_id: str) -> tuple[np.ndarray, LetterboxMe
     return values, meta, str(path)
 
 
-def read_scan(data_root: str, relative: str) -> np.ndarray:
-    """Returns the gray uint8 scan at `relative` under `data_root` (never outside it)."""
+def read_scan(data_root: str, relative: str, count_scale: str = "max") -> np.ndarray:
+    """Returns the gray uint8 scan at `relative` under `data_root` (never outside it), read as the model stream
+    reads it: image files and `<file>#<frame>` DICOM frames through the `data.count_scale` rule.
+
+    Raises:
+        OSError: the file is missing or cannot be decoded.
+    """
     fs, root = resolve_fs(data_root)
-    with fs.open_input_file(safe_relative_path(root, relative)) as handle:
-        return decode_gray8(handle.read())
+    image, _, error = load_scan(fs, root, relative, parse_count_scale(count_scale))
+    if image is None:
+        raise OSError(f"{relative}: {error}")
+    return image
 
 
 def load_heatmap(run_dir: str, image_id: str, space: str = "orig", data_root: str | None = None) -> ImageHeatmap:
@@ -95,7 +110,8 @@ def load_heatmap(run_dir: str, image_id: str, space: str = "orig", data_root: st
     if space not in SPACES:
         raise ValueError(f"space={space!r}: expected one of {SPACES}")
     heatmap, meta, relative = stored_heatmap(run_dir, image_id)
-    image = read_scan(data_root or saved_data_root(run_dir), relative)
+    count_scale = saved_data_setting(run_dir, "count_scale") or "max"
+    image = read_scan(data_root or saved_data_root(run_dir), relative, count_scale)
     canvas_heat = np.clip(upsample_heatmap(heatmap, meta.canvas_h, meta.canvas_w), 0.0, 1.0)
     if space == "canvas":
         canvas, _ = letterbox(image, meta.canvas_h, meta.canvas_w)

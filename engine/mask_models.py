@@ -159,7 +159,7 @@ class Sam2Segmenter(_PredictorModel):
     name = "sam2"
 
     def __init__(self, cfg: MasksConfig) -> None:
-        """Builds SAM 2 from the local checkpoint and config."""
+        """Builds SAM 2 from its config, then loads the local checkpoint itself with weights_only=True."""
         path = _checkpoint(cfg)
         _require("sam2", "sam2")
         import torch
@@ -169,7 +169,10 @@ class Sam2Segmenter(_PredictorModel):
         super().__init__(cfg)
         self.version = f"1/sam2/{cfg.model_type}/{os.path.basename(path)}"
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.predictor = SAM2ImagePredictor(build_sam2(cfg.model_type, path, device=device))
+        model = build_sam2(cfg.model_type, None, device=device)  # no ckpt_path: sam2 would torch.load it unchecked
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        self.predictor = SAM2ImagePredictor(model.eval())
 
 
 def check_model(name: str, cfg: MasksConfig) -> None:

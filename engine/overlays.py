@@ -10,9 +10,9 @@ import numpy as np
 
 from engine.cam import heatmap_to_original, upsample_heatmap
 from engine.config import Config
-from engine.decode import decode_gray8
+from engine.counts import parse_count_scale
 from engine.letterbox import LetterboxMeta, canvas_to_original, letterbox
-from engine.stages import META_COLUMNS, safe_relative_path
+from engine.stages import META_COLUMNS, load_scan
 from engine.tables import resolve_fs
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,11 @@ class OverlayCollector:
         """Writes the kept overlays as PNG files under the run dir; returns how many were written."""
         data_fs, data_root = resolve_fs(self.cfg.data.root)
         run_fs, run_root = resolve_fs(self.cfg.run.dir)
+        scale = parse_count_scale(self.cfg.data.count_scale)
         for image_id, row in sorted(self.kept.items()):
-            with data_fs.open_input_file(safe_relative_path(data_root, str(row["path"]))) as handle:
-                image = decode_gray8(handle.read())
+            image, _, error = load_scan(data_fs, data_root, str(row["path"]), scale)  # as the model stream read it
+            if image is None:
+                raise OSError(f"{row['path']}: scored a moment ago, now unreadable ({error})")
             canvas, meta = letterbox(image, int(row["canvas_h"]), int(row["canvas_w"]))
             heat = upsample_heatmap(row["heatmap"].astype(np.float32), meta.canvas_h, meta.canvas_w)
             caption = f"p={float(row['y_prob']):.3f}"

@@ -115,8 +115,12 @@ def roughness(image: np.ndarray, mask: np.ndarray, blur: np.ndarray) -> float:
     return float(residual.std() / level) if level > 0 else float("inf")
 
 
-def image_qc(image: np.ndarray, thresholds: QcThresholds = QcThresholds()) -> ImageQc:
-    """Returns the QC statistics and flags of one uint8 (H, W) image."""
+def image_qc(image: np.ndarray, thresholds: QcThresholds = QcThresholds(), whole_body: bool = True) -> ImageQc:
+    """Returns the QC statistics and flags of one uint8 (H, W) image.
+
+    low_count, small_body and body_cut judge a whole-body frame; a region crop (`whole_body=False`: a joint, the
+    chest) holds a fraction of the counts and is cut by design, so only noise_frame applies to it.
+    """
     zeros, total = zero_fraction(image), total_counts(image)
     blur = body_blur(image, thresholds)
     mask = body_mask(image, thresholds, blur)
@@ -135,9 +139,9 @@ def image_qc(image: np.ndarray, thresholds: QcThresholds = QcThresholds()) -> Im
         body_width_fraction=box_w / width,
         roughness=None if box is None else roughness(image, mask, blur),
         noise_frame=is_noise,
-        low_count=total < thresholds.low_count_total,
-        small_body=box is not None and box_h / height < thresholds.small_body_height,
-        body_cut=box is not None and (box[1] <= margin or box[3] >= height - margin),
+        low_count=whole_body and total < thresholds.low_count_total,
+        small_body=whole_body and box is not None and box_h / height < thresholds.small_body_height,
+        body_cut=whole_body and box is not None and (box[1] <= margin or box[3] >= height - margin),
     )
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from engine.config import Config
 from engine.counts import parse_count_scale
+from engine.indexing import WHOLE_BODY_PART
 from engine.qc import QcThresholds, image_qc, qc_row
 from engine.stages import QC_BODY_COLUMNS, load_scan
 from engine.summary import StageSummary
@@ -31,14 +32,17 @@ def qc_batch(
     """Ray Data UDF: index rows -> one `qc` row each as columns, plus `error` ("" or `reason: detail`) and `path`.
 
     Images are read as the model stream reads them (engine.stages.load_scan, the same `data.count_scale` rule).
+    Rows whose `part` names a region crop get only the flags that apply to a crop (engine.qc.image_qc).
     """
     fs, root = resolve_fs(data_root)
     scale = parse_count_scale(count_scale)
     rows, errors = [], []
-    for image_id, folder, relative in zip(batch["image_id"], batch["folder"], batch["path"], strict=True):
+    parts = batch["part"] if "part" in batch else np.full(len(batch["image_id"]), None)
+    for image_id, folder, relative, part in zip(batch["image_id"], batch["folder"], batch["path"], parts, strict=True):
         image, _, error = load_scan(fs, root, str(relative), scale)
+        whole_body = part is None or part != part or part == WHOLE_BODY_PART  # clinic layouts: no part (None/NaN)
         try:
-            qc = None if image is None else image_qc(image, thresholds)
+            qc = None if image is None else image_qc(image, thresholds, whole_body)
         except ValueError as exc:  # an image QC cannot measure (not 2-D uint8)
             qc, error = None, f"bad_image: {exc}"
         rows.append(qc_row(str(image_id), str(folder), qc) if qc is not None else {"image_id": str(image_id)})
@@ -71,7 +75,8 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
             udf = partial(
                 qc_batch, data_root=cfg.data.root, thresholds=qc_thresholds(cfg), count_scale=cfg.data.count_scale
             )
-            for batch in iter_results(row_stream(index[["image_id", "folder", "path"]], cfg, udf)):
+            columns = [c for c in ("image_id", "folder", "path", "part") if c in index]
+            for batch in iter_results(row_stream(index[columns], cfg, udf)):
                 bad = batch["error"] != ""
                 n_bad = int(bad.sum())
                 writer.write("errors", {"file": batch["path"][bad], "line": [None] * n_bad,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -210,8 +211,10 @@ def _check_params(patients: int, region_fraction: float, lesion_gain: float, les
             raise ValueError(f"{name}={value!r}: must be > 0")
 
 
-def _existing(root: Path, params: dict) -> dict | None:
+def _existing(root: Path, params: dict, replace: bool = False) -> dict | None:
     """Returns the manifest of a non-empty `root` generated with `params` (None if `root` is empty or new).
+
+    With `replace`, a `root` this generator wrote with other parameters (its manifest says so) is removed first.
 
     Raises:
         FileExistsError: `root` holds anything else.
@@ -222,10 +225,15 @@ def _existing(root: Path, params: dict) -> dict | None:
     written = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     if written.get("params") == params:
         return written
+    if replace and written.get("params") and root.is_dir() and not root.is_symlink():
+        logger.info("synthetic BS-80K: %s was generated with %s; replaced", root, written["params"])
+        shutil.rmtree(root)
+        return None
     raise FileExistsError(
         f"{root}: exists and is not an empty folder"
         + (f" (generated with {written['params']}, not {params})" if written.get("params") else "")
-        + "; synthetic data never overwrites files: remove it or choose another synth.out"
+        + "; synthetic data never overwrites files: remove it, choose another synth.out"
+        + (" or set synth.replace=true" if written.get("params") else "")
     )
 
 
@@ -236,6 +244,7 @@ def generate_dataset(
     region_fraction: float = 0.9,
     lesion_gain: float = 1.0,
     lesion_size: float = 1.0,
+    replace: bool = False,
 ) -> SynthSummary:
     """Returns a summary after writing a synthetic BS-80K-shaped dataset of patients 1..`patients` under `out`.
 
@@ -249,12 +258,14 @@ def generate_dataset(
         region_fraction: share of patients (drawn per patient) that get the 26 region crops.
         lesion_gain: factor on every lesion's peak uptake (> 0; 1 = the realistic default, larger = easier).
         lesion_size: factor on every lesion's radius (> 0; 1 = 3-10 px).
+        replace: regenerate an `out` this generator wrote with other parameters (never a folder without its
+            `synth.json`).
     """
     _check_params(patients, region_fraction, lesion_gain, lesion_size)
     root, start = Path(out), time.perf_counter()
     params = {"patients": patients, "seed": seed, "region_fraction": region_fraction, "lesion_gain": lesion_gain,
               "lesion_size": lesion_size}  # fmt: skip
-    written = _existing(root, params)
+    written = _existing(root, params, replace)
     if written is not None:
         logger.info("synthetic BS-80K: %s already holds these parameters; reused", root)
         return SynthSummary(str(root), patients, **written["counts"], seconds=time.perf_counter() - start, reused=True)

@@ -23,12 +23,14 @@ def parse_config(argv: list[str] | None, description: str) -> Config:
 
 
 def absolute_paths(cfg: Config) -> Config:
-    """Returns `cfg` with local `data.root` and `run.dir` made absolute (URIs unchanged).
+    """Returns `cfg` with local `data.root`, `run.dir` and `model.from_run` made absolute (URIs unchanged).
 
     Ray workers on a cluster run in their node's working directory, not the driver's (checked on Ray 2.60).
     """
     data = dataclasses.replace(cfg.data, root=_absolute(cfg.data.root))
-    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, dir=_absolute(cfg.run.dir)))
+    model = dataclasses.replace(cfg.model, from_run=cfg.model.from_run and _absolute(cfg.model.from_run))
+    run = dataclasses.replace(cfg.run, dir=_absolute(cfg.run.dir))
+    return dataclasses.replace(cfg, data=data, model=model, run=run)
 
 
 def _absolute(path: str) -> str:

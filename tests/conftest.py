@@ -15,6 +15,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # The demo config scaled down for tests: tiny canvas, stride 32, tiny timm model, CPU (also passed to job CLIs).
 TEST_OVERRIDES = (
+    "split.train=0.8",  # the default split, not the demo's
+    "split.val=0.1",
     "canvas.height=256",
     "canvas.width=128",
     "boxes.size=12",

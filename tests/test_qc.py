@@ -84,6 +84,15 @@ def test_body_touching_the_top_is_cut_and_a_short_body_is_small():
     assert short.small_body and not short.body_cut and short.body_height_fraction < 0.45
 
 
+def test_a_region_crop_gets_only_the_noise_flag():
+    cut_and_faint = np.full((64, 64), 1, np.uint8)  # a body filling the frame (cut) with few counts
+    whole = image_qc(cut_and_faint)
+    crop = image_qc(cut_and_faint, whole_body=False)
+    assert whole.body_cut and whole.low_count
+    assert not (crop.body_cut or crop.low_count or crop.small_body) and crop.body_box == whole.body_box
+    assert image_qc(np.zeros((64, 64), np.uint8), whole_body=False).noise_frame
+
+
 def test_thresholds_are_parameters_and_low_count_is_strict():
     image = block(slice(200, 800), slice(60, 196))  # 816,000 counts
     assert image_qc(image, QcThresholds(low_count_total=816_001)).low_count

@@ -44,6 +44,9 @@ def test_index_writes_one_qc_row_per_image_and_flags_exactly_the_generated_noise
     assert qc.loc[qc["noise_frame"], "body_x1"].isna().all()
     summary = json.loads((split_run / "summaries" / "index.json").read_text())
     assert summary["qc"]["noise_frame"] == len(flagged) and summary["qc"]["images"] == len(qc)
+    crops = ~qc["folder"].str.startswith("wholeBody")
+    assert crops.any() and not qc.loc[crops, ["low_count", "small_body", "body_cut"]].astype(bool).any().any()
+    assert qc.loc[crops, "noise_frame"].any()  # crops of noise frames are still flagged
 
 
 def test_select_rows_leaves_flagged_images_out_and_counts_them(split_run, data_root):

@@ -270,6 +270,20 @@ def test_a_dataset_with_the_same_parameters_is_reused_and_other_parameters_are_r
     assert file_bytes(tmp_path / "d") == before
 
 
+def test_replace_regenerates_only_a_folder_the_generator_wrote(tmp_path):
+    generate_dataset(tmp_path / "d", patients=2, seed=1, region_fraction=0.0)
+    (tmp_path / "d" / "stale.txt").write_text("from the old parameters")
+    fresh = generate_dataset(tmp_path / "d", patients=3, seed=1, region_fraction=0.0, replace=True)
+    assert not fresh.reused and fresh.images == 6 and not (tmp_path / "d" / "stale.txt").exists()
+    generate_dataset(tmp_path / "e", patients=3, seed=1, region_fraction=0.0)
+    assert file_bytes(tmp_path / "d") == file_bytes(tmp_path / "e")  # as if generated afresh
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "scan.jpg").write_bytes(b"a clinic's file")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        generate_dataset(tmp_path / "mine", patients=1, replace=True)
+    assert (tmp_path / "mine" / "scan.jpg").read_bytes() == b"a clinic's file"
+
+
 @pytest.mark.parametrize(
     ("patients", "region_fraction", "message"), [(0, 0.5, "patients=0"), (2, 1.5, "region_fraction=1.5")]
 )

@@ -1,0 +1,73 @@
+"""A clinic's own scans through `make index` -> `make cam` with a trained run's model (`model.from_run`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.cam_stages import run_cam, run_infer
+from engine.data_stages import run_index
+from engine.evaluate_stage import run_evaluate
+from engine.report import run_report
+from engine.tables import read_table
+from tests.conftest import test_config
+from tests.test_dicom import write_nm
+
+
+def whole_body_counts(seed: int, height: int = 512, width: int = 128) -> np.ndarray:
+    """Returns sparse uint16 counts with a body-shaped blob: mean a few counts, a hot spot."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    body = np.exp(-(((xx - width / 2) / (width / 4)) ** 2)) * ((yy > height * 0.1) & (yy < height * 0.9))
+    counts = rng.poisson(6 * body + 0.05).astype(np.uint16)
+    counts[200:206, 60:66] += 120
+    return counts
+
+
+@pytest.fixture(scope="module")
+def clinic_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, int]]:
+    """Returns layout -> (root, images or frames expected as preds rows, bad files expected as errors)."""
+    base = tmp_path_factory.mktemp("clinic")
+    dicom = base / "dicom"
+    write_nm(dicom / "s1.dcm", [whole_body_counts(1), whole_body_counts(2)], ["AN", "PO"])
+    write_nm(dicom / "ward" / "s2.dcm", [whole_body_counts(3)], ["PO"], PatientID="ANONYMOUS")
+    write_nm(dicom / "ct.dcm", [whole_body_counts(4)], Modality="CT")
+    (dicom / "broken.dcm").write_bytes(b"\x00" * 10 + b"not a DICOM file")
+    images = base / "images"
+    (images / "2024" / "posterior").mkdir(parents=True)
+    cv2.imwrite(str(images / "p7_ANT.png"), whole_body_counts(5))  # 16-bit counts
+    cv2.imwrite(str(images / "p7_POST.jpg"), np.clip(whole_body_counts(6) * 4, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(images / "2024" / "posterior" / "p9.png"), whole_body_counts(7).astype(np.uint8))
+    (images / "2024" / "scan.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return {"dicom": (dicom, 3, 2), "images": (images, 3, 0)}
+
+
+@pytest.mark.parametrize("layout", ["dicom", "images"])
+def test_new_scans_are_scored_with_a_trained_runs_model_and_threshold(
+    ray_session, trained_run: Path, clinic_roots, layout: str, tmp_path: Path
+) -> None:
+    root, scored, bad_files = clinic_roots[layout]
+    run_dir = tmp_path / "clinic_run"
+    cfg = test_config(root, run_dir, f"data.layout={layout}", f"model.from_run={trained_run}", "cam.overlays=2")
+    index = run_index(cfg)
+    assert index.balanced and index.rows_ok == scored + (0 if layout == "dicom" else 1)  # images: a bad JPEG row
+    summary = run_cam(cfg)  # no split: the whole index, cam.scope=all implied
+    preds = read_table(str(run_dir), "preds").query("stage == 'cam'")
+    errors = read_table(str(run_dir), "errors")
+    assert summary.balanced and summary.extra["scope"] == "all"
+    assert len(preds) + int((errors["stage"] == "cam").sum()) == len(read_table(str(run_dir), "index"))
+    assert len(preds) == scored and preds["y_true"].isna().all() and set(preds["split"]) == {"all"}
+    assert int((errors["stage"] == "index").sum()) == bad_files
+    trained_thr = json.loads((trained_run / "threshold.json").read_text())["thr"]
+    adopted = json.loads((run_dir / "threshold.json").read_text())
+    assert adopted["thr"] == pytest.approx(trained_thr) and adopted["from_run"] == str(trained_run)
+    assert len(read_table(str(run_dir), "heatmaps")) == scored and not (run_dir / "model").exists()
+    infer = run_infer(cfg)
+    assert infer.extra["metrics"].startswith("skipped: none of the 3 scored images has a label")
+    assert run_evaluate(cfg).extra["skipped"].startswith("this run has no splits table")
+    run_report(cfg)
+    assert (run_dir / "report" / "index.html").is_file()
