@@ -34,9 +34,9 @@ CLASSIFICATION: dict[str, str] = {
 
 # Localisation metrics: base name (before "@") -> (group, text); "{at}" becomes the spelled-out suffix.
 METRICS: dict[str, tuple[str, str]] = {
-    "pointing_game": ("Pointing", "images whose CAM peak falls within the tolerance of an Abnormal GT box"),
+    "pointing_game": ("Pointing", "images with an Abnormal GT box whose CAM peak lies within the tolerance of one"),
     "pointing_chance": ("Pointing", "the pointing game of a uniformly random pixel (the chance level)"),
-    "hit": ("Pointing", "images where one of the best {at} pseudo boxes touches an Abnormal GT box"),
+    "hit": ("Pointing", "images with an Abnormal GT box where one of the best {at} pseudo boxes touches one"),
     "precision": ("Box precision / recall", "pseudo boxes (of every scored image) matching an Abnormal box at {at}"),
     "precision_on_target_images": ("Box precision / recall", "as precision, counting only the boxes of images "
                                    "that hold an Abnormal box"),  # fmt: skip
