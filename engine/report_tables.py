@@ -53,7 +53,7 @@ def group_table_html(rows: pd.DataFrame) -> str:
     head = "".join(f'<th title="{html.escape(METHODS.get(m, ""))}">{breakable(m)}</th>' for m in methods)
     body = []
     for metric in metrics:
-        name = f'<td class="name"><code>{html.escape(metric)}</code><br><small>{html.escape(describe(metric).text)}'
+        name = f'<td class="name"><code>{breakable(metric)}</code><br><small>{html.escape(describe(metric).text)}'
         body.append(f"<tr>{name}</small></td>" + "".join(f"<td>{cells.get((metric, m), '')}</td>" for m in methods))
     return f'<table class="loc"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>'
 
