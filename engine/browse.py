@@ -236,6 +236,12 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     def render(kind: str, image_id: str) -> Response:
         return Response(render_png(catalog, data_root, kind, image_id), mimetype="image/png")
 
+    @app.get("/report/")
+    @app.get("/report/<path:relative>")
+    def report(relative: str = "index.html") -> Response:  # `make report`'s page: its gallery links ../image/<id>
+        mimetype = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        return Response(read_under(run_dir, f"report/{relative}"), mimetype=mimetype)
+
     @app.get("/files/<base>/<path:relative>")
     def files(base: str, relative: str) -> Response:
         roots = {"run": run_dir, "data": data_root}
@@ -250,7 +256,8 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
 def serve(cfg: Config, browse: BrowseConfig) -> None:
     """Serves `make browse` on browse.host:browse.port until interrupted."""
     server = make_server(browse.host, browse.port, create_app(cfg, browse), threaded=True)
-    print(f"browse: http://{browse.host}:{server.port}/ over {cfg.run.dir} (Ctrl-C stops)", flush=True)
+    print(f"browse: http://{browse.host}:{server.port}/ over {cfg.run.dir}, its report at /report/ (Ctrl-C stops)",
+          flush=True)  # fmt: skip
     try:
         server.serve_forever()
     finally:

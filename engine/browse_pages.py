@@ -12,7 +12,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from engine.overlays import BOX_COLOUR, GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
+from engine.overlays import BOX_COLOUR, draw_gt_boxes, render_overlay
 
 COLUMNS = (  # table column, header
     ("image_id", "image"), ("folder", "folder"), ("view", "view"), ("split", "split"),
@@ -46,10 +46,6 @@ def parse_query(args: Mapping[str, str]) -> ImageQuery:
                       page=page, filters=filters, text=str(args.get("q", "")).strip(),
                       has_qc=args.get("qc") == "1")  # fmt: skip
 
-
-GT_ABNORMAL_PX = 2  # line width of Abnormal GT boxes (solid), drawn just outside the box: lesions stay visible
-GT_NORMAL_PX = 1  # line width of Normal GT boxes (dashed), drawn just outside the box
-DASH_PX = 3  # dash and gap length of Normal GT boxes
 
 STYLE = """body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f3f3f3}th a{color:#036;text-decoration:none}
@@ -98,26 +94,11 @@ def image_page(title: str, views: list[dict]) -> str:
     return IMAGE.render(title=title, style=STYLE, views=views)
 
 
-def dashed_rectangle(image: np.ndarray, box: np.ndarray, colour: tuple[int, int, int], thickness: int) -> None:
-    """Draws box (x1, y1, x2, y2; x2/y2 exclusive) dashed onto a BGR image, in place."""
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    x2, y2 = x2 - 1, y2 - 1
-    for a, b, fixed, horizontal in ((x1, x2, y1, True), (x1, x2, y2, True), (y1, y2, x1, False), (y1, y2, x2, False)):
-        for start in range(a, b + 1, 2 * DASH_PX):
-            end = min(start + DASH_PX - 1, b)
-            p, q = ((start, fixed), (end, fixed)) if horizontal else ((fixed, start), (fixed, end))
-            cv2.line(image, p, q, colour, thickness)
-
-
 def draw_boxes(image_bgr: np.ndarray, boxes: pd.DataFrame, gt: pd.DataFrame) -> np.ndarray:
-    """Returns a copy of a BGR image with pseudo boxes (1 px, rank:score), GT Abnormal (solid) and Normal (dashed)."""
+    """Returns a copy of a BGR image with pseudo boxes (1 px, rank:score) and GT boxes (draw_gt_boxes)."""
     out = image_bgr.copy()
-    for box in gt[gt["cls"] == "Normal"][["x1", "y1", "x2", "y2"]].to_numpy():
-        dashed_rectangle(out, box + np.array([-1, -1, 1, 1]) * GT_NORMAL_PX, GT_NORMAL_COLOUR, GT_NORMAL_PX)
-    for x1, y1, x2, y2 in gt[gt["cls"] == "Abnormal"][["x1", "y1", "x2", "y2"]].to_numpy():
-        pad = GT_ABNORMAL_PX // 2 + 1  # cv2 centres a thick line on the rectangle: this keeps it outside the box
-        cv2.rectangle(out, (int(x1) - pad, int(y1) - pad), (int(x2) - 1 + pad, int(y2) - 1 + pad),
-                      GT_ABNORMAL_COLOUR, GT_ABNORMAL_PX)  # fmt: skip
+    corners = ["x1", "y1", "x2", "y2"]
+    draw_gt_boxes(out, gt[gt["cls"] == "Abnormal"][corners].to_numpy(), gt[gt["cls"] == "Normal"][corners].to_numpy())
     for row in boxes.itertuples(index=False):
         x1, y1, x2, y2 = (int(round(v)) for v in (row.x1_orig, row.y1_orig, row.x2_orig, row.y2_orig))
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), BOX_COLOUR, 1)

@@ -194,7 +194,7 @@ class EvaluateConfig:
     seed_max: Positive = 5  # the seed's boxes per image
     seed_nms_iou: Fraction = 0.15  # the seed's NMS IoU
     baseline_run: str = ""  # run dir trained on the seed's landscape canvas, scored with the seed's rule
-    coco: bool = True  # write the run's pseudo boxes as COCO JSON to <run.dir>/prompts/coco_boxes.json
+    coco: bool = True  # write COCO JSON per split to <run.dir>/prompts/coco_<split>.json and coco_<split>_gt.json
     prior_sigma_px: NonNegative = 4.0  # body_prior baseline: Gaussian sigma on the scan, original px (a small hot spot)
     box_acc_step: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.01  # max_box_acc CAM threshold step
 

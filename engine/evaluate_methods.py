@@ -1,4 +1,4 @@
-"""Box methods of `make evaluate` on stored heatmaps: recompute our boxes, the seed's rule, scoring, COCO export.
+"""Box methods of `make evaluate` on stored heatmaps: recompute our boxes, the seed's rule, scoring.
 
 Frames hold one row per scored image: `heatmaps` columns + letterbox meta (`meta`) + view, label, path (`index`).
 Our boxes are recomputed only through ``engine.stages.pseudo_boxes`` / ``explode_boxes`` (the one box path of
@@ -170,48 +170,3 @@ def seed_rule_boxes(
                  for rank, box in enumerate(orig)]  # fmt: skip
     boxes = pd.DataFrame(rows, columns=["image_id", "rank", *ORIG_COLUMNS])
     return score_method(method, frame, boxes, peaks, gt, params, cutoff, settings, source_run)
-
-
-def _number(value: Any, digits: int = 4) -> float | None:
-    return None if value is None or pd.isna(value) else round(float(value), digits)
-
-
-def _segmentation(masks: pd.DataFrame | None) -> dict[tuple[str, int], dict[str, Any]]:
-    """Returns (image_id, rank) -> COCO RLE segmentation + area of each kept mask."""
-    if masks is None or masks.empty:
-        return {}
-    kept = masks[masks["kept"].fillna(False).astype(bool)]
-    return {(str(r.image_id), int(r.rank)): {"segmentation": {"size": [int(r.rle_h), int(r.rle_w)],
-                                                               "counts": str(r.rle_counts)}, "mask_area": int(r.area)}
-            for r in kept.itertuples(index=False)}  # fmt: skip
-
-
-def coco_document(
-    images: pd.DataFrame, boxes: pd.DataFrame, run_dir: str, masks: pd.DataFrame | None = None
-) -> dict[str, Any]:
-    """Returns COCO detection JSON (images, annotations, one category) of pseudo boxes in original px.
-
-    Args:
-        images: image_id, path (relative to data.root), orig_w, orig_h.
-        boxes: `boxes` table rows (x1_orig..y2_orig, x2/y2 exclusive) of those images.
-        run_dir: recorded in `info`.
-        masks: the run's `masks` table, if any: a box with a kept mask carries its RLE as `segmentation`
-            (`size` [h, w], compressed `counts`) and `mask_area`; every other box has `segmentation` [].
-    """
-    images = images.drop_duplicates("image_id").sort_values("image_id").reset_index(drop=True)
-    ids = {image_id: n + 1 for n, image_id in enumerate(images["image_id"])}
-    image_list = [{"id": ids[r.image_id], "file_name": r.path, "width": int(r.orig_w), "height": int(r.orig_h),
-                   "image_key": r.image_id} for r in images.itertuples(index=False)]  # fmt: skip
-    annotations, segments = [], _segmentation(masks)
-    for n, r in enumerate(boxes.sort_values(["image_id", "rank"], kind="stable").itertuples(index=False)):
-        width, height = float(r.x2_orig - r.x1_orig), float(r.y2_orig - r.y1_orig)
-        annotations.append({"id": n + 1, "image_id": ids[r.image_id], "category_id": 1, "iscrowd": 0,
-                            "bbox": [_number(r.x1_orig, 2), _number(r.y1_orig, 2), _number(width, 2),
-                                     _number(height, 2)], "area": _number(width * height, 2),
-                            "score": _number(r.score), "score_raw": _number(r.score_raw), "rank": int(r.rank),
-                            "y_prob": _number(r.y_prob), "segmentation": [],
-                            **segments.get((str(r.image_id), int(r.rank)), {})})  # fmt: skip
-    info = {"description": "BS-80K CAM pseudo boxes (box prompts) and kept pseudo masks (RLE), original-image px, "
-            "bbox = [x, y, w, h]", "run_dir": run_dir}  # fmt: skip
-    category = {"id": 1, "name": "hot_spot", "supercategory": "uptake"}
-    return {"info": info, "licenses": [], "images": image_list, "annotations": annotations, "categories": [category]}

@@ -263,7 +263,7 @@ def run_evaluate(cfg: Config) -> StageSummary:
     writer.write("loc_metrics", table)
     summary.tables = writer.commit()
     if cfg.evaluate.coco:
-        notes["coco"] = export_coco(cfg, read_table(cfg.run.dir, "index"))
+        notes["coco"] = export_coco(cfg, notes.get("tuning", {}))
     write_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
     save_config(cfg, "evaluate")
     summary.extra.update(_headline(runs, cfg.evaluate.split))

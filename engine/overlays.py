@@ -18,9 +18,11 @@ from engine.tables import resolve_fs
 log = logging.getLogger(__name__)
 
 BOX_COLOUR = (0, 0, 255)  # BGR red: pseudo boxes
-GT_ABNORMAL_COLOUR = (0, 255, 0)  # BGR green: GT Abnormal boxes (report gallery)
-GT_NORMAL_COLOUR = (255, 255, 0)  # BGR cyan: GT Normal boxes (report gallery)
+GT_ABNORMAL_COLOUR = (0, 255, 0)  # BGR green: GT Abnormal boxes (report gallery, browse)
+GT_NORMAL_COLOUR = (255, 255, 0)  # BGR cyan: GT Normal boxes (report gallery, browse)
 MASK_COLOUR = (255, 0, 255)  # BGR magenta: kept pseudo-mask contours (report gallery)
+GT_PX = 2  # line width of GT boxes, drawn just outside the box so that the boxed pixels stay visible at 1x
+DASH_PX = 3  # dash and gap length of Normal GT boxes
 HEAT_ALPHA = 0.45  # heat share of the blend (seed: rgb*0.55 + heat*0.45)
 
 
@@ -29,7 +31,7 @@ def render_overlay(
     heatmap: np.ndarray,
     boxes: np.ndarray,
     caption: str,
-    extra_boxes: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = (),
+    gt: tuple[np.ndarray, np.ndarray] | None = None,
     contours: tuple[np.ndarray, ...] = (),
 ) -> np.ndarray:
     """Returns a BGR uint8 overlay: `heatmap` (same size as `image`, [0, 1]) in JET, boxes in red.
@@ -39,7 +41,7 @@ def render_overlay(
         heatmap: (H, W) float map in the same frame.
         boxes: (K, 4+) boxes x1, y1, x2, y2 in the same frame (x2/y2 exclusive).
         caption: text drawn at the top left (e.g. the probability).
-        extra_boxes: (boxes (K, 4), BGR colour) pairs drawn 1 px wide on top, e.g. GT boxes in the same frame.
+        gt: (Abnormal, Normal) GT boxes (K, 4) in the same frame, drawn by `draw_gt_boxes` on top.
         contours: (H, W) bool masks in the same frame; their outer contours are drawn 1 px wide in magenta.
     """
     gray = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -49,15 +51,39 @@ def render_overlay(
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), BOX_COLOUR, 2)
         cv2.putText(out, str(rank), (x1 + 2, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    for extra, colour in extra_boxes:
-        for box in np.asarray(extra, dtype=np.float64).reshape(-1, 4):
-            x1, y1, x2, y2 = (int(round(v)) for v in box)
-            cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
+    if gt is not None:
+        draw_gt_boxes(out, *gt)
     for mask in contours:
         found, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, found, -1, MASK_COLOUR, 1)
     cv2.putText(out, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
     return out
+
+
+def dashed_rectangle(image: np.ndarray, box: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Draws the 1 px outline of box (x1, y1, x2, y2; x2/y2 exclusive) dashed onto a BGR image, in place."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x2, y2 = x2 - 1, y2 - 1
+    for a, b, fixed, horizontal in ((x1, x2, y1, True), (x1, x2, y2, True), (y1, y2, x1, False), (y1, y2, x2, False)):
+        for start in range(a, b + 1, 2 * DASH_PX):
+            end = min(start + DASH_PX - 1, b)
+            p, q = ((start, fixed), (end, fixed)) if horizontal else ((fixed, start), (fixed, end))
+            cv2.line(image, p, q, colour, 1)
+
+
+def draw_gt_boxes(image_bgr: np.ndarray, abnormal: np.ndarray, normal: np.ndarray) -> None:
+    """Draws GT boxes (K, 4; x2/y2 exclusive) in place: Abnormal solid green, Normal dashed cyan, GT_PX wide.
+
+    Each line lies just outside its box (the rings 1..GT_PX px out), so the lesion inside stays unmarked.
+    """
+    for boxes, colour, dashed in ((normal, GT_NORMAL_COLOUR, True), (abnormal, GT_ABNORMAL_COLOUR, False)):
+        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            for ring in range(1, GT_PX + 1):
+                x1, y1, x2, y2 = (int(round(v)) for v in box + np.array([-ring, -ring, ring, ring]))
+                if dashed:
+                    dashed_rectangle(image_bgr, np.array([x1, y1, x2, y2]), colour)
+                else:
+                    cv2.rectangle(image_bgr, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
 
 
 class OverlayCollector:
@@ -117,8 +143,3 @@ class OverlayCollector:
 
 def _boxes_orig(boxes: np.ndarray, meta: LetterboxMeta) -> np.ndarray:
     return canvas_to_original(np.asarray(boxes, dtype=np.float32)[:, :4].reshape(-1, 4), meta)
-
-
-def masks_on_canvas(masks: list[np.ndarray], meta: LetterboxMeta) -> tuple[np.ndarray, ...]:
-    """Returns original-px bool masks letterboxed onto the canvas of `meta` (the frame of the gallery overlays)."""
-    return tuple(letterbox(m.astype(np.uint8) * 255, meta.canvas_h, meta.canvas_w)[0] > 127 for m in masks)

@@ -1,9 +1,11 @@
 """`make report`: one self-contained offline HTML page of a run (`<run.dir>/report/index.html`), PNGs beside it.
 
 Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
-selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`) and a gallery
-of overlays for true positives, false positives and false negatives. A section whose inputs are missing says
-which stage to run; it never stops the others.
+selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`, grouped and
+explained by ``engine.metric_notes``) and a gallery of overlays in original px for true positives, false positives,
+false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
+resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
+whose inputs are missing says which stage to run; it never stops the others.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -18,15 +21,15 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine import report_plots as plots
-from engine.cam import upsample_heatmap
+from engine.cam import heatmap_to_original, upsample_heatmap
 from engine.classify_stages import view_folders
 from engine.config import Config
 from engine.decode import DecodeError, decode_gray8
 from engine.evaluate_masks import decoded_by_image
-from engine.evaluate_methods import gt_by_image, heatmap_of, meta_of
-from engine.letterbox import letterbox, original_to_canvas
+from engine.evaluate_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
 from engine.metrics import binary_metrics
-from engine.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, masks_on_canvas, render_overlay
+from engine.overlays import render_overlay
+from engine.report_tables import classification_html, group_table_html, grouped_metrics, methods_html, parameters
 from engine.stages import safe_relative_path
 from engine.summary import StageSummary
 from engine.tables import read_table, resolve_fs
@@ -35,13 +38,15 @@ log = logging.getLogger(__name__)
 
 LOC_PLOTTED = ("pointing_game", "pointing_chance", "hit@1", "hit@5", "precision@iou0.3", "recall@iou0.3",
                "precision@iou0.5", "recall@iou0.5", "max_box_acc@iou0.3", "max_box_acc@iou0.5")  # fmt: skip
-GROUPS = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True), ("fn", "False negatives", 1, False))
-STYLE = """body{font-family:sans-serif;margin:24px;max-width:1300px;color:#222}h1{font-size:22px}
-h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+OUTCOMES = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True),
+            ("fn", "False negatives", 1, False), ("tn", "True negatives", 0, False))  # key, title, label, called
+STYLE = """body{font-family:sans-serif;margin:16px;max-width:800px;color:#222}h1{font-size:20px;word-break:break-all}
+h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-collapse:collapse;font-size:12px;
+margin:6px 0}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right;vertical-align:top}th{background:#f3f3f3}
+td:first-child{text-align:left}td.name{max-width:230px}td.text{text-align:left}small{color:#555}
 .plots img{max-width:48%;margin:4px}.gallery{display:flex;flex-wrap:wrap;gap:10px}.missing{color:#a33}
-figure{margin:0;font-size:12px;max-width:280px}figure img{width:260px;border:1px solid #999}
-.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"""
+figure{margin:0;font-size:12px;max-width:260px}figure img{max-width:100%;border:1px solid #999}
+.methods{font-size:12px}.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"""
 
 
 class ReportInputError(ValueError):
@@ -109,7 +114,7 @@ def _classification(cfg: Config, out: _Out) -> str:
     row = {k: getattr(m, k) for k in ("n", "auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "thr")}
     note = f"<p>Predictions: {html.escape(source)}; {int((~finite).sum())} without a finite probability left out.</p>"
     plots_html = '<div class="plots">' + "".join(_img(n, n) for n in names) + "</div>"
-    return note + _table(pd.DataFrame([row]), index=False) + plots_html
+    return note + classification_html(row) + plots_html
 
 
 def _training(cfg: Config, out: _Out) -> str:
@@ -121,46 +126,25 @@ def _training(cfg: Config, out: _Out) -> str:
     return f'<div class="plots">{_img(name, "epochs")}</div>' + _table(shown.set_index("epoch"))
 
 
-def _cell(value: float, numerator: int, denominator: float) -> str:
-    if pd.isna(denominator):
-        return str(int(numerator))
-    return ("–" if pd.isna(value) else f"{value:.3f}") + f" ({int(numerator)}/{int(denominator)})"
-
-
-def localisation_table(loc: pd.DataFrame, split: str) -> dict[str, pd.DataFrame]:
-    """Returns per view group (view/folder) a table: rows = metric, columns = method (val tuning rows marked)."""
-    loc = loc.assign(column=np.where(loc["split"] == split, loc["method"], loc["method"] + " (" + loc["split"] + ")"))
-    cells = loc.assign(cell=[_cell(v, n, d) for v, n, d in zip(loc["value"], loc["numerator"], loc["denominator"],
-                                                               strict=True)])  # fmt: skip
-    tables = {}
-    for (view, folder), group in cells.groupby(["view", "folder"], sort=True):
-        order = list(dict.fromkeys(group["metric"]))
-        tables[f"{view}/{folder}"] = group.pivot(index="metric", columns="column", values="cell").loc[order].fillna("")
-    return tables
-
-
-def _parameters(loc: pd.DataFrame, split: str) -> pd.DataFrame:
-    columns = ["method", "split", "box_size", "nms_iou", "min_score", "max_boxes", "cutoff", "canvas_h", "canvas_w",
-               "tolerance_px", "tuned_on", "source_run"]  # fmt: skip
-    return loc.drop_duplicates(["method", "split"])[columns].set_index(["method", "split"])
-
-
 def _localisation(cfg: Config, out: _Out) -> str:
     loc = read_table(cfg.run.dir, "loc_metrics")
     if loc.empty:
         raise ReportInputError("no loc_metrics table: run `make evaluate` first")
     split = cfg.evaluate.split
     parts = [f"<p>Scored on split <b>{html.escape(split)}</b> against the Abnormal GT boxes (original px). "
-             "Cells: value (numerator/denominator).</p>"]  # fmt: skip
+             "Cells: value over numerator/denominator; plain counts alone. Rows of the tuning split are in "
+             "<code>loc_metrics</code> (and <code>evaluate.json</code>).</p>"]  # fmt: skip
     chart = loc[(loc["split"] == split) & (loc["folder"] == "*")]
     view = "all" if (chart["view"] == "all").any() else chart["view"].iloc[0] if len(chart) else None
     if view is not None:
         values = chart[chart["view"] == view].pivot(index="metric", columns="method", values="value")
         name = out.write("localisation.png", plots.localisation_png(values, LOC_PLOTTED, cfg.report.dpi))
         parts.append(f'<div class="plots">{_img(name, "localisation")}</div>')
-    for name, table in localisation_table(loc, split).items():
-        parts.append(f"<h3>{html.escape(name)}</h3>" + _table(table))
-    parts.append("<h3>Box parameters per method</h3>" + _table(_parameters(loc, split)))
+    parts.append("<h3>Methods</h3>" + methods_html(list(dict.fromkeys(loc.loc[loc["split"] == split, "method"]))))
+    for name, groups in grouped_metrics(loc, split).items():
+        parts.append(f"<h3>{html.escape(name)}</h3>")
+        parts += [f"<h4>{html.escape(group)}</h4>" + group_table_html(rows) for group, rows in groups.items()]
+    parts.append("<h3>Box parameters per method</h3>" + _table(parameters(loc, cfg.run.dir)))
     return "".join(parts) + _tuning_note(cfg)
 
 
@@ -191,51 +175,81 @@ def _gallery_rows(cfg: Config, thr: float) -> pd.DataFrame:
     return frame.assign(is_positive=frame["y_prob"] >= thr)
 
 
+def spread_pick(frame: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Returns up to `count` rows evenly spread over `frame` ordered by y_prob (highest first, then image_id).
+
+    Deterministic: the most and the least confident row of the group are always among them (count >= 2).
+    """
+    ordered = frame.sort_values(["y_prob", "image_id"], ascending=[False, True], kind="stable")
+    if len(ordered) <= count:
+        return ordered
+    return ordered.iloc[np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))]
+
+
+def browse_link(image_id: str) -> str:
+    """Returns the image's page in `make browse` relative to the report served there at ``/report/``."""
+    return "../image/" + quote(image_id, safe="/")
+
+
 def _overlay(cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame) -> bytes:
+    """Returns the PNG of one scan in original px: CAM, pseudo boxes, GT boxes, kept mask contours."""
     data_fs, data_root = resolve_fs(cfg.data.root)
     with data_fs.open_input_file(safe_relative_path(data_root, str(row.path))) as handle:
         image = decode_gray8(handle.read())
     meta = meta_of(row)
-    canvas, _ = letterbox(image, meta.canvas_h, meta.canvas_w)
-    heat = upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w)
+    heat = heatmap_to_original(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), meta)
     abnormal, normal = gt.get(row.image_id, (np.zeros((0, 4)), np.zeros((0, 4))))
-    extra = ((original_to_canvas(normal.reshape(-1, 4), meta), GT_NORMAL_COLOUR),
-             (original_to_canvas(abnormal.reshape(-1, 4), meta), GT_ABNORMAL_COLOUR))  # fmt: skip
-    own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[["x1", "y1", "x2", "y2"]].to_numpy()
-    kept = masks_on_canvas(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []), meta)
-    return cv2.imencode(".png", render_overlay(canvas, heat, own, caption, extra, kept))[1].tobytes()
+    own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[list(ORIG_COLUMNS)].to_numpy()
+    kept = tuple(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []))
+    return cv2.imencode(".png", render_overlay(image, heat, own, caption, (abnormal, normal), kept))[1].tobytes()
+
+
+def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place: tuple[int, int]) -> str:
+    """Returns one gallery figure (the overlay linked to its browse page); raises OSError/DecodeError.
+
+    `place`: (position by probability within its group, counted from 1; the group's size).
+    """
+    png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2])
+    name = out.write(f"gallery/{key}_{place[0]}.png", png)
+    link = html.escape(browse_link(row.image_id))
+    return (f'<figure><a href="{link}">{_img(name, row.image_id)}</a><figcaption>{key.upper()}: '
+            f"{html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of {place[1]} by p)</figcaption>"
+            "</figure>")  # fmt: skip
 
 
 def _gallery(cfg: Config, out: _Out) -> str:
     thr = selected_thr(cfg)
     frame = _gallery_rows(cfg, thr)
-    boxes = read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split)
-    gt = gt_by_image(read_table(cfg.run.dir, "gt_boxes"))
     masks = read_table(cfg.run.dir, "masks", pads.field("split") == cfg.evaluate.split)
-    masks = masks[masks["kept"].fillna(False).astype(bool)]  # none without `make masks`: no contours
+    inputs = (read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split),
+              gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+              masks[masks["kept"].fillna(False).astype(bool)])  # none without `make masks`: no contours  # fmt: skip
     parts, failed = [], 0
-    for key, title, label, is_positive in GROUPS:
-        chosen = frame[(frame["label"] == label) & (frame["is_positive"] == is_positive)]
-        chosen = chosen.sort_values("y_prob", ascending=not is_positive).head(cfg.report.gallery)
+    for key, title, label, is_positive in OUTCOMES:
+        group = frame[(frame["label"] == label) & (frame["is_positive"] == is_positive)]
+        order = {image_id: n + 1 for n, image_id in enumerate(spread_pick(group, len(group))["image_id"])}
         figures = []
-        for n, row in enumerate(chosen.itertuples(index=False)):
+        for row in spread_pick(group, cfg.report.gallery).itertuples(index=False):
             try:
-                png = _overlay(cfg, row, boxes, gt, f"{key.upper()} p={row.y_prob:.3f}", masks)
+                figures.append(_figure(cfg, out, row, inputs, key, (order[row.image_id], len(group))))
             except (OSError, DecodeError) as exc:
                 failed += 1
                 log.warning("gallery: %s (image_id=%s): %s", row.path, row.image_id, exc)
-                continue
-            name = out.write(f"gallery/{key}_{n}.png", png)
-            figures.append(f"<figure>{_img(name, row.image_id)}<figcaption>{html.escape(row.image_id)}, "
-                           f"p={row.y_prob:.3f}</figcaption></figure>")  # fmt: skip
-        total = int(((frame["label"] == label) & (frame["is_positive"] == is_positive)).sum())
         body = "".join(figures) or "<p>none</p>"
-        parts.append(f'<h3>{title} ({len(figures)} of {total})</h3><div class="gallery">{body}</div>')
-    key = (f'<p class="key">Letterboxed scan + CAM (JET), groups at the selected threshold {thr:.3f}:'
-           '<span style="background:red"></span>pseudo boxes (rank)<span style="background:lime"></span>GT Abnormal'
-           '<span style="background:cyan"></span>GT Normal<span style="background:magenta"></span>kept pseudo masks'
-           '</p>')  # fmt: skip
-    return key + (f'<p class="missing">{failed} images could not be read.</p>' if failed else "") + "".join(parts)
+        parts.append(f'<h3 id="gallery-{key}">{title} ({key.upper()}): {len(figures)} shown of {len(group)}</h3>'
+                     f'<div class="gallery">{body}</div>')  # fmt: skip
+    unread = f'<p class="missing">{failed} images could not be read.</p>' if failed else ""
+    return _gallery_key(cfg, thr) + unread + "".join(parts)
+
+
+def _gallery_key(cfg: Config, thr: float) -> str:
+    return (f"<p>Outcomes at the selected threshold {thr:.3f} (called abnormal when p &gt;= thr); per group up to "
+            f"{cfg.report.gallery} images evenly spread from the most to the least confident, at 1x in original px. "
+            "Each image opens its page in <code>make browse</code> when this report is served there "
+            f"(http://127.0.0.1:{cfg.browse.port}/report/); opened as a file, the links lead nowhere.</p>"
+            '<p class="key"><span style="background:red"></span>pseudo boxes (rank)'
+            '<span style="background:lime"></span>GT Abnormal (solid)<span style="background:cyan"></span>GT Normal '
+            '(dashed)<span style="background:magenta"></span>kept pseudo masks; CAM in JET</p>')  # fmt: skip
 
 
 SECTIONS = (("Classification", _classification), ("Training", _training), ("Localisation", _localisation),

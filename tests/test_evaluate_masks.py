@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from engine.evaluate_masks import MaskQualityAccumulator, gt_box_scores, read_truth, tight_boxes
-from engine.evaluate_methods import coco_document
+from engine.evaluate_outputs import CATEGORIES, coco_images, mask_segments, prediction_annotations
 from engine.masks import encode_rle
 from engine.overlays import MASK_COLOUR, render_overlay
 from engine.synth import lesion_mask_path
@@ -88,7 +88,8 @@ def test_read_truth_unions_the_label_map_and_is_none_without_a_file(tmp_path: Pa
 
 
 def test_coco_export_with_segmentation_loads_in_pycocotools(tmp_path: Path) -> None:
-    images = pd.DataFrame({"image_id": ["f/a.jpg"], "path": ["f/a.jpg"], "orig_w": [8], "orig_h": [6]})
+    images = pd.DataFrame({"image_id": ["f/a.jpg"], "path": ["f/a.jpg"], "orig_w": [8], "orig_h": [6],
+                           "split": ["test"], "y_prob": [0.7]})  # fmt: skip
     boxes = pd.DataFrame({"image_id": ["f/a.jpg"] * 3, "rank": [0, 1, 2], "x1_orig": [1.0, 4, 0],
                           "y1_orig": [1.0, 0, 0], "x2_orig": [3.0, 6, 2], "y2_orig": [3.0, 2, 2],
                           "score": [0.9, 0.5, 0.2], "score_raw": [0.9, 0.5, 0.2], "y_prob": [0.7] * 3})  # fmt: skip
@@ -98,7 +99,9 @@ def test_coco_export_with_segmentation_loads_in_pycocotools(tmp_path: Path) -> N
         {"image_id": "f/a.jpg", "rank": 0, "rle_counts": counts, "rle_h": h, "rle_w": w, "area": 4, "kept": True},
         {"image_id": "f/a.jpg", "rank": 1, "rle_counts": counts, "rle_h": h, "rle_w": w, "area": 4, "kept": False},
     ]
-    document = coco_document(images, boxes, "run", pd.DataFrame(rows))
+    listed, ids = coco_images(images)
+    annotations = prediction_annotations(boxes, ids, mask_segments(pd.DataFrame(rows), boxes, boxes))
+    document = {"licenses": [], "images": listed, "annotations": annotations, "categories": CATEGORIES}
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(document))
     coco = COCO(str(path))

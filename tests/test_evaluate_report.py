@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote, urljoin
 
 import cv2
 import duckdb
@@ -13,11 +14,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import schemas
 from engine.boxes import BoxParams
+from engine.browse import create_app
 from engine.cam_stages import heatmap_column, run_cam
+from engine.config_sections import BrowseConfig
 from engine.evaluate_methods import gt_by_image, meta_of, score_method, valid_heatmaps
+from engine.evaluate_outputs import export_coco
 from engine.evaluate_population import scored_frame
 from engine.evaluate_stage import run_evaluate
 from engine.letterbox import original_to_canvas
@@ -26,6 +32,7 @@ from engine.report import run_report
 from engine.tables import TableWriter, read_table
 from tests.conftest import test_config
 from tests.eval_recount import recount
+from tests.test_browse import chrome
 
 # The seed's 48 px boxes at a quarter of the full canvas; a small tuning grid keeps the test short.
 EVAL = ("evaluate.seed_size=12", "evaluate.tune_sizes=[8,12,24]", "evaluate.tune_nms_iou=[0.0,0.15]",
@@ -191,33 +198,120 @@ def test_tuning_without_val_heatmaps_is_skipped_with_the_reason(evaluated_run, t
     assert "peaks_tuned" not in set(read_table(str(copy), "loc_metrics")["method"])
 
 
-def test_coco_export_holds_every_image_and_box_in_original_pixels(evaluated_run) -> None:
-    run_dir, _, _, _ = evaluated_run
-    coco = json.loads((run_dir / "prompts" / "coco_boxes.json").read_text())
-    boxes = read_table(str(run_dir), "boxes").sort_values(["image_id", "rank"]).reset_index(drop=True)
-    assert len(coco["images"]) == len(read_table(str(run_dir), "heatmaps"))
-    assert len(coco["annotations"]) == len(boxes) > 0 and [c["id"] for c in coco["categories"]] == [1]
+def test_untuned_coco_export_holds_every_image_and_box_of_the_split_in_original_pixels(evaluated_run, tmp_path) -> None:
+    run_dir, cfg, _, _ = evaluated_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("prompts", "report"))
+    written = export_coco(test_config(Path(cfg.data.root), copy), {})  # no tuning: the boxes table as it is
+    assert set(written) == {"test", "val"}
+    coco = json.loads(Path(written["test"]["predictions"]).read_text())
+    boxes = read_table(str(copy), "boxes").query("split == 'test'").sort_values(["image_id", "rank"])
+    boxes = boxes.reset_index(drop=True)
+    assert len(coco["images"]) == len(read_table(str(copy), "heatmaps").query("split == 'test'"))
+    assert len(coco["annotations"]) == len(boxes) > 0 and coco["info"]["tuned_on"] is None
     keys = {image["id"]: image["image_key"] for image in coco["images"]}
     first = coco["annotations"][0]
-    assert keys[first["image_id"]] == boxes["image_id"].iloc[0]
+    assert keys[first["image_id"]] == boxes["image_id"].iloc[0] and first["category_id"] == 1
     expected = [boxes["x1_orig"][0], boxes["y1_orig"][0], boxes["x2_orig"][0] - boxes["x1_orig"][0],
                 boxes["y2_orig"][0] - boxes["y1_orig"][0]]  # fmt: skip
     assert first["bbox"] == pytest.approx(expected, abs=0.01)
+    assert coco["info"]["box_params"] == [{"box_size": 12, "nms_iou": pytest.approx(cfg.boxes.nms_iou),
+                                           "boxes_max": cfg.boxes.max, "min_score": cfg.boxes.min_score}]  # fmt: skip
+
+
+def test_coco_files_per_split_carry_the_tuned_boxes_and_evaluate_in_pycocotools(evaluated_run) -> None:
+    """coco_<split>.json + coco_<split>_gt.json: same images, split and y_prob, tuned boxes above the cutoff."""
+    run_dir, cfg, _, _ = evaluated_run
+    chosen = json.loads((run_dir / "evaluate.json").read_text())["tuning"]["chosen"]
+    heat = read_table(str(run_dir), "heatmaps").set_index("image_id")
+    meta = read_table(str(run_dir), "meta").set_index("image_id")
+    gt_table = read_table(str(run_dir), "gt_boxes")
+    for split in ("test", "val"):
+        truth = COCO(str(run_dir / "prompts" / f"coco_{split}_gt.json"))
+        document = json.loads((run_dir / "prompts" / f"coco_{split}.json").read_text())
+        info = document["info"]
+        assert info["tuned_on"] == "val" and info["cutoff"] == chosen["cutoff"] and info["split"] == split
+        assert info["data_root"] == cfg.data.root and info["run_dir"] == cfg.run.dir and info["date_created"]
+        assert info["box_params"][0]["size"] == chosen["size"] and document["licenses"]
+        assert document["images"] == truth.dataset["images"]
+        images = {i["id"]: i for i in document["images"]}
+        assert sorted(i["image_key"] for i in images.values()) == sorted(heat.index[heat["split"] == split])
+        for image in images.values():
+            expected = heat.loc[image["image_key"], "y_prob"]
+            assert image["split"] == split and image["y_prob"] == pytest.approx(expected, abs=1e-6)
+        for ann in document["annotations"]:
+            image = images[ann["image_id"]]
+            assert image["y_prob"] >= chosen["cutoff"] and ann["segmentation"] == []  # no `make masks` here
+            side = chosen["size"] / meta.loc[image["image_key"], "scale"]  # a canvas box side in original px
+            assert ann["bbox"][2] == pytest.approx(side, abs=0.05) and ann["bbox"][3] == pytest.approx(side, abs=0.05)
+        listed = gt_table[gt_table["image_id"].isin([i["image_key"] for i in images.values()])]
+        assert len(truth.getAnnIds()) == len(listed) > 0
+        assert len(truth.getAnnIds(catIds=[1])) == int((listed["cls"] == "Abnormal").sum())
+        evaluation = COCOeval(truth, truth.loadRes(document["annotations"]), "bbox")
+        evaluation.params.catIds = [1]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert 0.0 <= evaluation.stats[1] <= 1.0  # AP at IoU 0.5 over the Abnormal boxes
+
+
+def served_report(cfg):
+    """Returns a Flask test client of `make browse` over the run (the report served at /report/)."""
+    return create_app(cfg, BrowseConfig()).test_client()
 
 
 def test_report_references_only_existing_files_and_every_png_decodes(evaluated_run) -> None:
     run_dir, _, _, report = evaluated_run
     page = (run_dir / "report" / "index.html").read_text()
-    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    sources = re.findall(r'src="([^"]+)"', page)
     assert len(sources) >= 8 and not [s for s in sources if "://" in s or s.startswith("/")]
     for source in sources:
         data = np.frombuffer((run_dir / "report" / source).read_bytes(), dtype=np.uint8)
         assert cv2.imdecode(data, cv2.IMREAD_COLOR) is not None, source
     for png in (run_dir / "report").rglob("*.png"):
         assert cv2.imdecode(np.fromfile(png, dtype=np.uint8), cv2.IMREAD_COLOR).size > 0
-    for section in ("ROC", "Confusion", "Localisation", "True positives", "False positives", "False negatives"):
+    assert set(re.findall(r'href="([^"]+)"', page)) == set(re.findall(r'href="(\.\./image/[^"]+)"', page))
+    for section in ("ROC", "Confusion", "Localisation", "True positives", "False positives", "False negatives",
+                    "True negatives"):  # fmt: skip
         assert section in page or section.lower() in page
     assert report.balanced and report.rows_ok == 4
+
+
+def test_the_gallery_covers_every_outcome_with_its_count_and_links_each_image_to_its_browse_page(evaluated_run):
+    run_dir, cfg, _, _ = evaluated_run
+    page = (run_dir / "report" / "index.html").read_text()
+    heat = read_table(str(run_dir), "heatmaps").query("split == 'test' and folder == 'wholeBodyPOST'")
+    rows = heat.merge(read_table(str(run_dir), "index")[["image_id", "label"]], on="image_id")
+    called = rows["y_prob"] >= float(read_table(str(run_dir), "thresholds")["thr"].iloc[-1])
+    client = served_report(cfg)
+    for key, label, is_called in (("TP", 1, True), ("FP", 0, True), ("FN", 1, False), ("TN", 0, False)):
+        total = int(((rows["label"] == label) & (called == is_called)).sum())
+        shown = re.search(rf"\({key}\): (\d+) shown of (\d+)</h3>", page)
+        assert shown and int(shown.group(2)) == total and int(shown.group(1)) == min(total, cfg.report.gallery), key
+    served = client.get("/report/")
+    assert served.status_code == 200 and served.data.decode() == page
+    links = re.findall(r'<a href="(\.\./image/[^"]+)"><img src="([^"]+)"', page)
+    assert len(links) == sum(int(n) for n in re.findall(r": (\d+) shown of", page)) > 0
+    for href, src in links:
+        image_page = client.get(urljoin("/report/", href))
+        assert image_page.status_code == 200 and unquote(href.removeprefix("../image/")) in image_page.data.decode()
+        png = client.get(urljoin("/report/", src))
+        assert png.status_code == 200 and png.mimetype == "image/png"
+
+
+def test_the_report_fits_an_800_px_wide_window_in_a_headless_browser(evaluated_run) -> None:
+    run_dir, _, _, _ = evaluated_run
+    driver = chrome()
+    try:
+        driver.set_window_size(800, 1000)
+        driver.get((run_dir / "report" / "index.html").as_uri())
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        viewport = driver.execute_script("return document.documentElement.clientWidth")
+        tables = driver.execute_script("return Array.from(document.querySelectorAll('table')).map(t => t.scrollWidth)")
+        assert viewport <= 800 and width <= viewport, (width, viewport, tables)
+        assert driver.find_elements("css selector", "table.loc") and "Pointing" in driver.page_source
+    finally:
+        driver.quit()
 
 
 def test_report_of_a_run_without_evaluation_names_the_missing_stage(evaluated_run, tmp_path: Path) -> None:

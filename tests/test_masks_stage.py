@@ -192,7 +192,7 @@ def test_evaluate_scores_tight_boxes_and_writes_the_mask_metrics(evaluated_masks
 
 def test_coco_export_carries_the_kept_masks_and_loads_in_pycocotools(evaluated_masks_run) -> None:
     run_dir, _, _ = evaluated_masks_run
-    coco = COCO(str(run_dir / "prompts" / "coco_boxes.json"))
+    coco = COCO(str(run_dir / "prompts" / "coco_test.json"))  # masks and boxes of the test split only
     masks = read_table(str(run_dir), "masks").set_index(["image_id", "rank"])
     keys = {image["id"]: image["image_key"] for image in coco.dataset["images"]}
     anns = coco.loadAnns(coco.getAnnIds())
