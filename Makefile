@@ -85,8 +85,8 @@ demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny mod
 	$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_VAL)
 	$(PY) -m jobs.boxes --config conf/demo.yaml
 	$(PY) -m jobs.masks --config conf/demo.yaml
-	$(PY) -m jobs.index --config conf/demo.yaml $(DEMO_SEED)
-	$(PY) -m jobs.split --config conf/demo.yaml $(DEMO_SEED)
+	@# the seed run shares the demo's index, QC and split (same data, same seed): only the model differs
+	mkdir -p runs/demo_seed/tables && cp -r $(addprefix runs/demo/tables/,index gt_boxes qc splits) runs/demo_seed/tables/
 	$(PY) -m jobs.train --config conf/demo.yaml $(DEMO_SEED)
 	$(PY) -m jobs.threshold --config conf/demo.yaml $(DEMO_SEED)
 	$(PY) -m jobs.cam --config conf/demo.yaml $(DEMO_SEED)

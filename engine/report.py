@@ -24,13 +24,13 @@ from engine import report_plots as plots
 from engine.cam import heatmap_to_original, upsample_heatmap
 from engine.classify_stages import view_folders
 from engine.config import Config
-from engine.decode import DecodeError, decode_gray8
+from engine.decode import DecodeError
 from engine.evaluate_masks import decoded_by_image
 from engine.evaluate_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
+from engine.heatmap_access import read_scan
 from engine.metrics import binary_metrics
 from engine.overlays import render_overlay
 from engine.report_tables import classification_html, group_table_html, grouped_metrics, methods_html, parameters
-from engine.stages import safe_relative_path
 from engine.summary import StageSummary
 from engine.tables import read_table, resolve_fs
 
@@ -45,7 +45,7 @@ h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-
 margin:6px 0}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right;vertical-align:top}th{background:#f3f3f3}
 td:first-child{text-align:left}td.name{max-width:230px}td.text{text-align:left}small{color:#555}
 .plots img{max-width:48%;margin:4px}.gallery{display:flex;flex-wrap:wrap;gap:10px}.missing{color:#a33}
-figure{margin:0;font-size:12px;max-width:260px}figure img{max-width:100%;border:1px solid #999}
+figure{margin:0;font-size:12px;max-width:530px}figure img{max-width:49%;margin-right:4px;border:1px solid #999}
 .methods{font-size:12px}.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"""
 
 
@@ -191,17 +191,19 @@ def browse_link(image_id: str) -> str:
     return "../image/" + quote(image_id, safe="/")
 
 
-def _overlay(cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame) -> bytes:
-    """Returns the PNG of one scan in original px: CAM, pseudo boxes, GT boxes, kept mask contours."""
-    data_fs, data_root = resolve_fs(cfg.data.root)
-    with data_fs.open_input_file(safe_relative_path(data_root, str(row.path))) as handle:
-        image = decode_gray8(handle.read())
+def _overlay(
+    cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame
+) -> tuple[bytes, bytes]:
+    """Returns the PNGs of one scan in original px: the raw grey levels the model saw, and the overlay of its CAM,
+    pseudo boxes, GT boxes and kept mask contours."""
+    image = read_scan(cfg.data.root, str(row.path), cfg.data.count_scale)  # as the model stream read it
     meta = meta_of(row)
     heat = heatmap_to_original(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), meta)
     abnormal, normal = gt.get(row.image_id, (np.zeros((0, 4)), np.zeros((0, 4))))
     own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[list(ORIG_COLUMNS)].to_numpy()
     kept = tuple(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []))
-    return cv2.imencode(".png", render_overlay(image, heat, own, caption, (abnormal, normal), kept))[1].tobytes()
+    overlay = render_overlay(image, heat, own, caption, (abnormal, normal), kept)
+    return cv2.imencode(".png", image)[1].tobytes(), cv2.imencode(".png", overlay)[1].tobytes()
 
 
 def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place: tuple[int, int]) -> str:
@@ -209,12 +211,13 @@ def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place:
 
     `place`: (position by probability within its group, counted from 1; the group's size).
     """
-    png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2])
+    raw, png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2])
+    raw_name = out.write(f"gallery/{key}_{place[0]}_raw.png", raw)
     name = out.write(f"gallery/{key}_{place[0]}.png", png)
     link = html.escape(browse_link(row.image_id))
-    return (f'<figure><a href="{link}">{_img(name, row.image_id)}</a><figcaption>{key.upper()}: '
-            f"{html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of {place[1]} by p)</figcaption>"
-            "</figure>")  # fmt: skip
+    return (f'<figure><a href="{link}">{_img(raw_name, "raw " + row.image_id)}{_img(name, row.image_id)}</a>'
+            f"<figcaption>{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of {place[1]} "
+            "by p); left: the raw scan as the model saw it, right: CAM and boxes</figcaption></figure>")  # fmt: skip
 
 
 def _gallery(cfg: Config, out: _Out) -> str:

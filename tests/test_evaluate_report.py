@@ -299,6 +299,18 @@ def test_the_gallery_covers_every_outcome_with_its_count_and_links_each_image_to
         assert png.status_code == 200 and png.mimetype == "image/png"
 
 
+def test_each_gallery_overlay_sits_beside_the_raw_scan_the_model_saw(evaluated_run, data_root: Path) -> None:
+    run_dir, _, _, _ = evaluated_run
+    page = (run_dir / "report" / "index.html").read_text()
+    pairs = re.findall(r'<img src="([^"]+_raw\.png)" alt="raw ([^"]+)"><img src="([^"]+\.png)" alt="\2">', page)
+    assert pairs and len(pairs) == len(re.findall(r"<figure>", page))
+    paths = read_table(str(run_dir), "index").set_index("image_id")["path"]
+    for raw, image_id, overlay in pairs:
+        shown = cv2.imread(str(run_dir / "report" / raw), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(shown, cv2.imread(str(data_root / paths[image_id]), cv2.IMREAD_GRAYSCALE)), image_id
+        assert cv2.imread(str(run_dir / "report" / overlay)).shape[:2] == shown.shape
+
+
 def test_the_report_fits_an_800_px_wide_window_in_a_headless_browser(evaluated_run) -> None:
     run_dir, _, _, _ = evaluated_run
     driver = chrome()
