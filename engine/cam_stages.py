@@ -18,11 +18,13 @@ from engine.classify_stages import (
     select_rows,
     selected_threshold,
     split_metrics,
+    view_folders,
 )
 from engine.config import Config
 from engine.data_stages import save_config
 from engine.inference import CamSettings
 from engine.overlays import OverlayCollector
+from engine.qc import SHIFT_STATS, domain_shift
 from engine.qc_stage import qc_flag_lists
 from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
 from engine.summary import StageSummary
@@ -69,6 +71,28 @@ def peak_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
 def flags_by_image(rows: pd.DataFrame) -> dict[str, list[str] | None]:
     """Returns image_id -> the QC flags raised on it (None without a qc row), for the preds `qc_flags` column."""
     return dict(zip(rows["image_id"].astype(str), qc_flag_lists(rows), strict=True))
+
+
+def training_range_check(cfg: Config, flags: dict[str, list[str] | None], summary: StageSummary) -> None:
+    """With `model.from_run`: adds `domain_shift` to the QC flags of images whose statistics (engine.qc.SHIFT_STATS)
+    lie outside the range of the model's training images, and puts both medians into the summary."""
+    reference, here = read_table(cfg.model.from_run, "qc"), read_table(cfg.run.dir, "qc")
+    splits = read_table(cfg.model.from_run, "splits")
+    if reference.empty or here.empty or splits.empty:
+        summary.extra["domain_shift"] = "not checked: a qc table is missing here or in model.from_run"
+        return
+    trained = reference.drop(columns=["split"], errors="ignore").merge(splits[["image_id", "split"]], on="image_id")
+    trained = trained[(trained["split"] == "train") & trained["folder"].isin(view_folders(cfg.data.view))]
+    here = here[here["image_id"].isin(list(flags))]
+    shifted = domain_shift(
+        {k: here[k].to_numpy() for k in SHIFT_STATS}, {k: trained[k].to_numpy() for k in SHIFT_STATS}
+    )
+    for image_id in here.loc[shifted, "image_id"]:
+        flags[image_id] = [*(flags.get(image_id) or []), "domain_shift"]
+    summary.extra["domain_shift"] = f"{int(shifted.sum())} of {len(here)} images outside the training images' range"
+    summary.extra["median here / training"] = ", ".join(
+        f"{k} {here[k].median():.3g} / {trained[k].median():.3g}" for k in SHIFT_STATS
+    )
 
 
 def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,10 +229,14 @@ def run_cam(cfg: Config) -> StageSummary:
         "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
         "overlays": overlays, "qc_flags": flags_by_image(rows),
     }  # fmt: skip
+    checks = StageSummary("cam")
+    if cfg.model.from_run:
+        training_range_check(cfg, ctx["qc_flags"], checks)
     scope = "all" if unsplit(cfg) else cfg.cam.scope
     split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
     summary = _stream_stage(cfg, "cam", rows, split, _settings(cfg, with_cam=True), ctx)
     summary.extra["scope"] = scope
+    summary.extra.update(checks.extra)
     if cfg.model.from_run:
         summary.extra["model_from_run"] = cfg.model.from_run
     summary.save(cfg.run.dir)

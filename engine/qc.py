@@ -181,3 +181,28 @@ def summarize_qc(results: Iterable[ImageQc]) -> dict[str, float | int]:
         if name in ("p99_grey", "body_height_fraction") and values.size:
             summary[f"{name}_p25"], summary[f"{name}_p75"] = (float(v) for v in np.percentile(values, (25, 75)))
     return summary
+
+
+SHIFT_STATS = ("mean_grey", "zero_fraction", "p99_grey", "body_height_fraction")  # compared by `domain_shift`
+
+
+def domain_shift(
+    stats: dict[str, np.ndarray], reference: dict[str, np.ndarray], quantiles: tuple[float, float] = (0.01, 0.99)
+) -> np.ndarray:
+    """Returns a bool per image: True where any SHIFT_STATS value lies outside the reference's quantile range.
+
+    `stats` / `reference`: column -> values (NaN = not measured: never a shift). The reference is the training
+    set of the model that scores the images; an image outside its range is one the model never saw the like of.
+    """
+    n = len(next(iter(stats.values()))) if stats else 0
+    shifted = np.zeros(n, dtype=bool)
+    for name in SHIFT_STATS:
+        ref = np.asarray(reference.get(name, []), dtype=np.float64)
+        ref = ref[np.isfinite(ref)]
+        if ref.size == 0 or name not in stats:
+            continue
+        low, high = np.quantile(ref, quantiles)
+        values = np.asarray(stats[name], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            shifted |= np.isfinite(values) & ((values < low) | (values > high))
+    return shifted

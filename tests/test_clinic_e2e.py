@@ -28,8 +28,18 @@ def whole_body_counts(seed: int, height: int = 512, width: int = 128) -> np.ndar
     return counts
 
 
+def typical_training_image(trained_run: Path) -> str:
+    """Returns the image_id of the trained run's train image whose mean grey level is the median one."""
+    qc = read_table(str(trained_run), "qc").drop(columns=["split"])
+    train = qc.merge(read_table(str(trained_run), "splits")[["image_id", "split"]], on="image_id")
+    train = train[(train["split"] == "train") & (train["folder"] == "wholeBodyPOST")].sort_values("mean_grey")
+    return str(train["image_id"].iloc[len(train) // 2])
+
+
 @pytest.fixture(scope="module")
-def clinic_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, int]]:
+def clinic_roots(
+    tmp_path_factory: pytest.TempPathFactory, trained_run: Path, data_root: Path
+) -> dict[str, tuple[Path, int, int]]:
     """Returns layout -> (root, images or frames expected as preds rows, bad files expected as errors)."""
     base = tmp_path_factory.mktemp("clinic")
     dicom = base / "dicom"
@@ -43,7 +53,8 @@ def clinic_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     cv2.imwrite(str(images / "p7_POST.jpg"), np.clip(whole_body_counts(6) * 4, 0, 255).astype(np.uint8))
     cv2.imwrite(str(images / "2024" / "posterior" / "p9.png"), whole_body_counts(7).astype(np.uint8))
     (images / "2024" / "scan.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    return {"dicom": (dicom, 3, 2), "images": (images, 3, 0)}
+    (images / "p8_POST.jpg").write_bytes((data_root / typical_training_image(trained_run)).read_bytes())
+    return {"dicom": (dicom, 3, 2), "images": (images, 4, 0)}
 
 
 @pytest.mark.parametrize("layout", ["dicom", "images"])
@@ -66,8 +77,13 @@ def test_new_scans_are_scored_with_a_trained_runs_model_and_threshold(
     adopted = json.loads((run_dir / "threshold.json").read_text())
     assert adopted["thr"] == pytest.approx(trained_thr) and adopted["from_run"] == str(trained_run)
     assert len(read_table(str(run_dir), "heatmaps")) == scored and not (run_dir / "model").exists()
+    shifted = preds[preds["qc_flags"].map(lambda f: f is not None and "domain_shift" in list(f))]
+    assert summary.extra["domain_shift"] == f"{len(shifted)} of {scored} images outside the training images' range"
+    assert len(shifted) >= 1  # the drawn blobs are far brighter than the calibrated training scans
+    if layout == "images":
+        assert "p8_POST.jpg" not in set(shifted["image_id"])  # a copy of a typical training image is in range
     infer = run_infer(cfg)
-    assert infer.extra["metrics"].startswith("skipped: none of the 3 scored images has a label")
+    assert infer.extra["metrics"].startswith(f"skipped: none of the {scored} scored images has a label")
     assert run_evaluate(cfg).extra["skipped"].startswith("this run has no splits table")
     run_report(cfg)
     assert (run_dir / "report" / "index.html").is_file()

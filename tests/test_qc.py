@@ -13,6 +13,7 @@ from engine.qc import (
     QcThresholds,
     body_box,
     body_height_fraction,
+    domain_shift,
     image_qc,
     qc_row,
     summarize_qc,
@@ -150,3 +151,15 @@ def test_generated_noise_frames_and_only_they_are_flagged_noise(generated):
     flagged = {image_id for image_id, qc in results if qc.noise_frame}
     assert flagged == {image_id for image_id, line in truth.items() if line["noise_frame"]}
     assert len(flagged) == 2
+
+
+def test_domain_shift_flags_values_outside_the_reference_quantile_range_only():
+    reference = {"mean_grey": np.linspace(2.0, 6.0, 101), "zero_fraction": np.linspace(0.6, 0.9, 101)}
+    stats = {
+        "mean_grey": np.array([4.0, 19.6, 1.0, np.nan, 4.0]),
+        "zero_fraction": np.array([0.7, 0.7, 0.7, 0.7, 0.22]),
+    }
+    assert domain_shift(stats, reference).tolist() == [False, True, True, False, True]
+    assert not domain_shift(stats, {}).any()  # no reference: nothing to compare with
+    edge = {"mean_grey": np.array([2.0, 1.99])}  # the reference minimum is inside a (0, 1) range
+    assert domain_shift(edge, reference, quantiles=(0.0, 1.0)).tolist() == [False, True]
