@@ -32,7 +32,8 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
 def configure(cfg: LogConfig) -> None:
     """Sets this process's verbosity from the `log` config section (called by the job CLI before any stage)."""
     _settings.update(verbose=cfg.level == "debug", progress_s=cfg.progress_s)
-    logging.getLogger("engine").setLevel(logging.DEBUG if cfg.level == "debug" else logging.INFO)
+    if cfg.level == "debug":
+        logging.getLogger("engine").setLevel(logging.DEBUG)  # otherwise the engine's warnings only (jobs/_cli.py)
 
 
 def is_verbose() -> bool:
@@ -105,7 +106,7 @@ class Progress:
             self.bar.update(count)
             return
         now = time.monotonic()
-        if now - self.last_line >= self.interval_s:
+        if now - self.last_line >= self.interval_s and self.done != self.total:  # the closing line says 100%
             self.last_line = now
             self._line(progress_line(self.label, self.done, self.total, now - self.started, self.unit))
 

@@ -34,7 +34,7 @@ def parse_config(argv: list[str] | None, description: str, stage: str = "") -> C
     parser.add_argument("--config", default="conf/default.yaml", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs too (same as log.level=debug)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. boxes.nms_iou=0.2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `--verbose` may come after key=value (make ARGS="... --verbose")
     overrides = [*args.overrides, *(["log.level=debug"] if args.verbose else [])]
     return absolute_paths(load_config(args.config, overrides))
 

@@ -21,6 +21,8 @@ RAY_INTERNAL = re.compile(
     r"Checkpoint successfully|Progress bars|Token authentication|RayDeprecationWarning|Moving model to device|"
     r"Wrapping provided model|Started training worker group|execution finished"
 )
+# Ray 2.60's driver logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733; engine/console.py)
+RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
 
 
@@ -86,7 +88,7 @@ def test_jobs_print_no_ray_internal_lines(quiet_runs: dict, stage: str, capsys: 
     code, lines, seconds = quiet_runs[stage]
     _report(capsys, stage, lines, seconds)
     assert code == 0, "\n".join(lines[-40:])
-    assert [line for line in lines if RAY_INTERNAL.search(line)] == []
+    assert [line for line in lines if RAY_INTERNAL.search(line) and RAY_ISSUE_57733 not in line] == []
     assert lines[0].startswith(f"-> {stage}: run ") and any(line.startswith(f"== {stage}: ") for line in lines)
 
 
@@ -107,7 +109,7 @@ def test_verbose_brings_rays_own_lines_back(quiet_runs: dict, data_root: Path, c
     code, lines, seconds = _job("cam", data_root, quiet_runs["run_dir"], "run.overwrite=true", "--verbose")
     _report(capsys, "cam --verbose", lines, seconds)
     assert code == 0, "\n".join(lines[-40:])
-    assert any(RAY_INTERNAL.search(line) for line in lines)
+    assert any(RAY_INTERNAL.search(line) and RAY_ISSUE_57733 not in line for line in lines)
 
 
 def test_help_keys_come_from_the_dataclass_fields_and_their_comments() -> None:
