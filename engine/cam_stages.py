@@ -144,7 +144,8 @@ def _stream_stage(
     summary.rows_in = len(rows)
     try:
         if len(rows):
-            for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings)):
+            for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings), progress=stage,
+                                      total=len(rows)):  # fmt: skip
                 _write_batch(writer, batch, ctx, summary)
         for name in names:
             writer.rows.setdefault(name, 0)

@@ -74,7 +74,7 @@ def run_train(cfg: Config) -> StageSummary:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from engine.pipeline import check_train_fits, image_stream, init_ray, use_gpu
+    from engine.pipeline import check_train_fits, fit_with_progress, image_stream, init_ray, progress_queue, use_gpu
     from engine.training import train_loop_per_worker
 
     summary = StageSummary("train")
@@ -91,9 +91,11 @@ def run_train(cfg: Config) -> StageSummary:
     workers = cfg.train.num_workers
     steps = math.ceil(len(train_rows) / (cfg.train.batch_size * workers))
     storage = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
+    events = progress_queue()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "steps_per_epoch": steps, "pos_weight": pos_weight, "run_id": _run_id(cfg)},
+        train_loop_config={"cfg": cfg, "steps_per_epoch": steps, "pos_weight": pos_weight, "run_id": _run_id(cfg),
+                           "events": events},  # fmt: skip
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpu, resources_per_worker=None if gpu else {"CPU": cfg.train.cpus_per_worker}
         ),
@@ -106,7 +108,7 @@ def run_train(cfg: Config) -> StageSummary:
         datasets={"train": image_stream(train_rows, cfg), "val": image_stream(val_rows, cfg)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
     )
-    trainer.fit()
+    fit_with_progress(trainer, events, cfg.train.epochs, steps)
     save_config(cfg, "train")
     _count_rows(cfg, summary, len(train_rows), len(val_rows))
     summary.rows_in += excluded  # the QC-excluded rows were selected, then left out on purpose

@@ -68,3 +68,11 @@ class BrowseConfig:
     host: str = "127.0.0.1"  # interface the server binds: the local machine only unless set otherwise
     port: Annotated[int, Range(0, 65535)] = 8765  # TCP port of the server (0: any free port)
     page_size: Positive = 50  # table rows per page
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What a job prints (engine/console.py)."""
+
+    level: Literal["info", "debug"] = "info"  # info: stage lines, progress, epochs, summary; debug: also Ray's logs
+    progress_s: Annotated[float, Range(0.0, low_open=True)] = 30.0  # no terminal: seconds between progress lines

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import ray.data
 import engine
 import schemas
 from engine.config import Config, ConfigError, RayConfig
+from engine.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
 from engine.inference import CamSettings, ClassifyCamStage
 from engine.stages import QC_BODY_COLUMNS, decode_batch
 
@@ -40,16 +43,18 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cluster_address(cfg)
+    quiet_driver_loggers()
     if address:
         # Nodes import engine/ and schemas/ from this upload, not from a checkout on their own disk.
         code = {"py_modules": [engine, schemas], "excludes": ["__pycache__"]} if cfg.ship_code else None
-        ray.init(address=address, runtime_env=code)
+        ray.init(address=address, runtime_env=code, **ray_init_options())
     else:
         kwargs = {"num_cpus": cfg.num_cpus} if cfg.num_cpus else {}
         # "local": never attach to a `ray start` cluster that ray.init() would find in Ray's temp dir.
-        ray.init(address="local", include_dashboard=False, configure_logging=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, configure_logging=False, **ray_init_options(), **kwargs)
+    quiet_driver_loggers()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # the stages draw their own (engine/console.py), on the driver
     ctx.print_on_execution_start = False
 
 
@@ -152,6 +157,70 @@ def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ra
     )
 
 
-def iter_results(ds: ray.data.Dataset, batch_size: int = 256) -> Iterator[dict[str, np.ndarray]]:
-    """Yields the stream's output to the driver in numpy batches (streaming, bounded memory)."""
-    yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
+def iter_results(ds: ray.data.Dataset, batch_size: int = 256, progress: str = "",
+                 total: int | None = None) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+    """Yields the stream's output to the driver in numpy batches (streaming, bounded memory).
+
+    With `progress` (a stage name) the driver shows `total` images' progress as they arrive.
+    """
+    bar = Progress(progress, total, "images") if progress else None
+    try:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+            yield batch
+            if bar is not None:
+                bar.update(len(next(iter(batch.values()), ())))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def progress_queue() -> Any:
+    """Returns a Ray queue for the Train workers' progress events (`fit_with_progress`); it holds no CPU."""
+    from ray.util.queue import Queue
+
+    return Queue(actor_options={"num_cpus": 0})
+
+
+def fit_with_progress(trainer: Any, events: Any, epochs: int, batches: int) -> Any:
+    """Runs `trainer.fit()` while the driver shows rank 0's events: a batch bar per epoch and one line per epoch.
+
+    Rank 0 puts `("batches", epoch, done)` and `("epoch", metrics)` on `events` (engine/training.py); the
+    workers' own output stays in Ray's log files unless `log.level=debug`.
+    """
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the driver's main thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+    thread.start()
+    bar: Progress | None = None
+    while thread.is_alive() or not events.empty():
+        try:
+            event = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        bar = _show_event(event, bar, epochs, batches)
+    if bar is not None:
+        bar.close()
+    events.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _show_event(event: tuple, bar: Progress | None, epochs: int, batches: int) -> Progress | None:
+    """Shows one rank-0 event; returns the bar of the epoch in progress (None after its epoch line)."""
+    if event[0] == "batches":
+        _, epoch, done = event
+        bar = bar or Progress(f"train epoch {epoch}/{epochs}", batches, "batches", leave=False)
+        bar.update(done - bar.done)
+        return bar
+    if bar is not None:
+        bar.done = 0  # the epoch line says it all; no closing progress line as well
+        bar.close()
+    print(epoch_line(event[1], epochs), flush=True)
+    return None

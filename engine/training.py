@@ -67,9 +67,13 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
     model.train()
     batches = shard.iter_batches(
         batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2,
-        local_shuffle_buffer_size=cfg.train.batch_size * 8, local_shuffle_seed=cfg.seed + ctx["epoch"],
+        local_shuffle_buffer_size=cfg.train.batch_size * 8, local_shuffle_seed=cfg.seed + ctx["epoch"] - 1,
     )  # fmt: skip
-    for batch in batches:
+    sent = time.monotonic()
+    for done, batch in enumerate(batches, start=1):
+        if ctx.get("events") is not None and time.monotonic() - sent >= 1.0:  # rank 0: at most one event a second
+            ctx["events"].put(("batches", ctx["epoch"], done - 1))
+            sent = time.monotonic()
         out.rows_seen += len(batch["image_id"])
         ok = _split_ok(batch, out, "train")
         if not ok.any():
@@ -161,8 +165,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def epochs_done(saved: dict[str, Any]) -> int:
+    """Returns how many epochs a checkpoint's state holds: `epochs_done`, or (older runs) the 0-based `epoch` + 1."""
+    return int(saved["epochs_done"]) if "epochs_done" in saved else int(saved["epoch"]) + 1
+
+
 def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
-    """Loads the latest Ray Train checkpoint if any; returns the epoch to start from."""
+    """Loads the latest Ray Train checkpoint if any; returns how many epochs are done (the loop's start index)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -174,7 +183,7 @@ def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
     state.update(best_auc=saved["best_auc"], best_epoch=saved["best_epoch"])
-    return int(saved["epoch"]) + 1
+    return epochs_done(saved)
 
 
 def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, rank: int) -> None:
@@ -184,7 +193,8 @@ def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, 
         checkpoint = None
         if rank == 0:
             payload = {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "epoch": metrics["epoch"], **state}  # fmt: skip
+                       "scheduler": sched.state_dict(), "epoch": metrics["epoch"],
+                       "epochs_done": metrics["epoch"], **state}  # fmt: skip
             torch.save(payload, os.path.join(folder, "state.pt"))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=checkpoint)
@@ -210,23 +220,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = _restore(model, opt, sched, state)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(config["pos_weight"], device=device))
     amp = device.type == "cuda" and cfg.train.amp
-    for epoch in range(start, cfg.train.epochs):
+    events = config.get("events") if rank == 0 else None
+    for index in range(start, cfg.train.epochs):
         started = time.time()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 101 + rank)
-        ctx = {"cfg": cfg, "epoch": epoch, "device": device, "gen": gen, "amp": amp, "model": model,
-               "run_id": config["run_id"], "lr": sched.get_last_lr()[0]}  # fmt: skip
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + index * 101 + rank)
+        # ctx["epoch"] is the epoch's number, counted from 1 (terminal, tables, best.json); `index` counts from 0.
+        ctx = {"cfg": cfg, "epoch": index + 1, "device": device, "gen": gen, "amp": amp, "model": model,
+               "run_id": config["run_id"], "lr": sched.get_last_lr()[0], "events": events}  # fmt: skip
         out = train_epoch(model, ray.train.get_dataset_shard("train"), opt, sched, loss_fn, ctx)
         if rank == 0:
             validate(_unwrap(model), ray.train.get_dataset_shard("val"), loss_fn, ctx, out)
         else:
             out.val_rows = []
         parts = _gather(out, world)
-        metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": epoch}
-        if rank == 0:
-            print(
-                f"epoch {epoch + 1}/{cfg.train.epochs} train_loss {metrics['train_loss']:.4f} "
-                f"val_loss {metrics['val_loss']:.4f} val_auc {metrics['val_auc']:.4f} "
-                f"{metrics['img_per_s']:.1f} img/s{' *best' if metrics['is_best'] else ''}",
-                flush=True,
-            )
+        metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": index + 1}
+        if events is not None:
+            events.put(("epoch", metrics))  # the driver prints it (engine/pipeline.py fit_with_progress)
         _report(metrics, model, opt, sched, state, rank)

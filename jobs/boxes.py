@@ -1,9 +1,8 @@
 """`make boxes`: Recompute pseudo boxes from stored heatmaps."""
 
-from engine.cam_stages import run_boxes
 from jobs._cli import job_main
 
-main = job_main(run_boxes, __doc__)
+main = job_main("engine.cam_stages:run_boxes", __doc__, "boxes")
 
 if __name__ == "__main__":
     raise SystemExit(main())

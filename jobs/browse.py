@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from engine.browse import serve
 from engine.config import ConfigError
 from jobs._cli import parse_config
 
@@ -14,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parses `--config FILE key=value ...` and serves until interrupted; exit code 2 on bad config."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = parse_config(argv, __doc__)
+        cfg = parse_config(argv, __doc__, "browse")
+        from engine.browse import serve  # after the config: a typo is reported before the server's imports
+
         serve(cfg, cfg.browse)
     except KeyboardInterrupt:
         return 0

@@ -1,9 +1,8 @@
 """`make report`: One offline HTML page of the run: curves, confusion matrix, localisation table, overlay gallery."""
 
-from engine.report import run_report
 from jobs._cli import job_main
 
-main = job_main(run_report, __doc__)
+main = job_main("engine.report:run_report", __doc__, "report")
 
 if __name__ == "__main__":
     raise SystemExit(main())

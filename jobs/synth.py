@@ -1,15 +1,22 @@
 """`make synth`: Generate a synthetic BS-80K-shaped dataset and print its image statistics beside real scans'."""
 
-from engine.config import Config
-from engine.data_stages import run_synth
-from engine.qc import REAL_SCAN_MEDIANS
-from engine.summary import StageSummary
-from engine.synth import whole_body_statistics
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from jobs._cli import job_main
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.summary import StageSummary
 
 
 def synth_with_statistics(cfg: Config) -> StageSummary:
     """Runs `make synth`, then adds the whole-body QC medians (engine/qc.py) and the real-scan medians."""
+    from engine.data_stages import run_synth
+    from engine.qc import REAL_SCAN_MEDIANS
+    from engine.synth import whole_body_statistics
+
     summary = run_synth(cfg)
     stats = whole_body_statistics(cfg.synth.out)
     summary.extra["whole-body frames (noise / low-count / body cut)"] = (
@@ -20,7 +27,7 @@ def synth_with_statistics(cfg: Config) -> StageSummary:
     return summary
 
 
-main = job_main(synth_with_statistics, __doc__)
+main = job_main(synth_with_statistics, __doc__, "synth")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,9 +1,8 @@
 """`make threshold`: Choose the operating threshold on val."""
 
-from engine.classify_stages import run_threshold
 from jobs._cli import job_main
 
-main = job_main(run_threshold, __doc__)
+main = job_main("engine.classify_stages:run_threshold", __doc__, "threshold")
 
 if __name__ == "__main__":
     raise SystemExit(main())

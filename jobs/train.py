@@ -1,9 +1,8 @@
 """`make train`: Train the classifier with Ray Train."""
 
-from engine.classify_stages import run_train
 from jobs._cli import job_main
 
-main = job_main(run_train, __doc__)
+main = job_main("engine.classify_stages:run_train", __doc__, "train")
 
 if __name__ == "__main__":
     raise SystemExit(main())

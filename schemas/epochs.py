@@ -6,7 +6,7 @@ SCHEMA_VERSION = 1
 PARTITION_COLS: tuple[str, ...] = ()
 SCHEMA = pa.schema(
     [
-        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("epoch", pa.int32(), nullable=False),  # counted from 1 (runs trained before 2026-12 from 0)
         pa.field("train_loss", pa.float32()),
         pa.field("val_loss", pa.float32()),
         pa.field("val_auc", pa.float32()),

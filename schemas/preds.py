@@ -12,7 +12,7 @@ SCHEMA = pa.schema(
         pa.field("y_true", pa.int8()),
         pa.field("y_prob", pa.float32()),
         pa.field("logit", pa.float32()),
-        pa.field("epoch", pa.int32()),  # training epoch for stage=train, else null
+        pa.field("epoch", pa.int32()),  # training epoch for stage=train (counted from 1), else null
         pa.field("run_id", pa.string()),
         pa.field("model", pa.string()),
         pa.field("stage", pa.string(), nullable=False),

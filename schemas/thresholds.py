@@ -8,7 +8,7 @@ SCHEMA = pa.schema(
     [
         pa.field("mode", pa.string(), nullable=False),  # youden, f1, sens_atleast
         pa.field("sens_min", pa.float32()),
-        pa.field("epoch", pa.int32()),  # the best epoch whose val predictions were used
+        pa.field("epoch", pa.int32()),  # the best epoch whose val predictions were used (counted from 1)
         pa.field("thr", pa.float32()),
         pa.field("sens", pa.float32()),
         pa.field("spec", pa.float32()),

@@ -208,7 +208,7 @@ def test_two_worker_training_on_the_cluster_sees_every_image_once_and_checkpoint
     n_train, val_ids = len(select_rows(cfg, ("train",))), sorted(select_rows(cfg, ("val",))["image_id"])
     epochs = read_table(str(run_dir), "epochs")
     dropped = n_train % 2  # an equal split over 2 workers drops the odd row, and counts it
-    assert epochs["epoch"].tolist() == [0] and epochs["images"].tolist() == [n_train - dropped]  # both shards once
+    assert epochs["epoch"].tolist() == [1] and epochs["images"].tolist() == [n_train - dropped]  # both shards once
     assert epochs["val_auc"].between(0, 1).all() and np.isfinite(epochs["train_loss"]).all()
     preds = read_table(str(run_dir), "preds")
     assert sorted(preds.loc[preds["stage"] == "train", "image_id"]) == val_ids

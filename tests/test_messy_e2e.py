@@ -118,4 +118,4 @@ def test_duplicate_patients_share_a_split_and_training_produced_a_model(ray_sess
     splits = read_table(str(run_dir), "splits")
     assert splits[splits["patient_id"].isin(["20", "21"])]["split"].nunique() == 1
     model, info = load_model(str(run_dir), test_config(data_root, run_dir).model)
-    assert info["epoch"] == 0
+    assert info["epoch"] == 1  # the only epoch, counted from 1

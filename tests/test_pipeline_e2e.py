@@ -38,7 +38,7 @@ def cam_run(trained_run: Path, data_root: Path) -> tuple[Path, object]:
 
 def test_training_writes_epochs_val_preds_checkpoints_and_best_model(trained_run: Path, data_root: Path) -> None:
     epochs = read_table(str(trained_run), "epochs").sort_values("epoch")
-    assert epochs["epoch"].tolist() == [0, 1]
+    assert epochs["epoch"].tolist() == [1, 2]  # counted from 1
     assert (epochs["images"] > 0).all() and epochs["val_auc"].between(0, 1).all()
     preds = read_table(str(trained_run), "preds")
     val = preds[(preds["stage"] == "train") & (preds["split"] == "val")]

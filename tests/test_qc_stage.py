@@ -118,16 +118,16 @@ def test_threshold_is_chosen_without_the_flagged_val_images_and_counts_them(spli
     run_dir = tmp_path / "run"
     shutil.copytree(split_run, run_dir)
     cfg = test_config(data_root, run_dir)
-    # every selected image scored as a val image of epoch 0 (the generated data's noise frame may be in train)
+    # every selected image scored as a val image of epoch 1 (the generated data's noise frame may be in train)
     val = select_rows(cfg, ("train", "val"), qc_exclude=False).assign(split="val")
     n_noisy = int(val["noise_frame"].sum())
     assert n_noisy, "some selected images are noise frames"
     probs = np.random.default_rng(0).random(len(val)).astype(np.float32)
-    preds = val.assign(y_true=val["label"], y_prob=probs, logit=None, epoch=0, run_id="r", model="m", stage="train",
+    preds = val.assign(y_true=val["label"], y_prob=probs, logit=None, epoch=1, run_id="r", model="m", stage="train",
                        qc_flags=None)  # fmt: skip
-    write_part(str(run_dir), "preds", preds, "epoch-000")
+    write_part(str(run_dir), "preds", preds, "epoch-001")
     (run_dir / "model").mkdir()
-    (run_dir / "model" / "best.json").write_text(json.dumps({"epoch": 0}))
+    (run_dir / "model" / "best.json").write_text(json.dumps({"epoch": 1}))
     summary = run_threshold(cfg)
     assert summary.skipped == {"qc_noise_frame": n_noisy} and summary.balanced
     assert summary.rows_ok == len(val) - n_noisy == int(read_table(str(run_dir), "thresholds")["n"].iloc[0])

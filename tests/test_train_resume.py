@@ -41,7 +41,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root: Path, split
     run_dir = tmp_path / "run"
     shutil.copytree(split_run, run_dir)
     command = _train_command(data_root, run_dir)
-    first_epoch_file = run_dir / "tables" / "epochs" / "epoch-000-0.parquet"
+    first_epoch_file = run_dir / "tables" / "epochs" / "epoch-001-0.parquet"
     proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -58,8 +58,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root: Path, split
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     epochs = read_table(str(run_dir), "epochs").sort_values("epoch")
-    assert epochs["epoch"].tolist() == list(range(EPOCHS))
-    assert first_epoch_file.stat().st_mtime_ns == first_mtime, "epoch 0 ran again: the run started over"
+    assert epochs["epoch"].tolist() == list(range(1, EPOCHS + 1))  # counted from 1
+    assert first_epoch_file.stat().st_mtime_ns == first_mtime, "epoch 1 ran again: the run started over"
     assert (run_dir / "model" / "best.pt").exists()
     reference_dir = tmp_path / "reference"
     shutil.copytree(split_run, reference_dir)
@@ -69,3 +69,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root: Path, split
     uninterrupted = read_table(str(reference_dir), "epochs").sort_values("epoch")
     for column in ("train_loss", "val_loss", "val_auc"):  # same seed, same batches: the resumed run ends the same
         assert np.allclose(epochs[column], uninterrupted[column], atol=1e-5), (column, epochs, uninterrupted)
+
+
+def test_checkpoints_count_done_epochs_old_0_based_ones_included() -> None:
+    from engine.training import epochs_done
+
+    assert epochs_done({"epoch": 2, "epochs_done": 2}) == 2  # epoch 2 (counted from 1) done: resume at the third
+    assert epochs_done({"epoch": 0}) == 1  # a run trained before epochs counted from 1 stored its 0-based index

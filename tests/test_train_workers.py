@@ -46,7 +46,7 @@ def test_two_workers_score_every_val_image_exactly_once_per_epoch(ray_session, d
     summary = run_train(cfg)
     preds = read_table(cfg.run.dir, "preds")
     preds = preds[preds["stage"] == "train"]
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(1, cfg.train.epochs + 1):  # counted from 1
         assert sorted(preds.loc[preds["epoch"] == epoch, "image_id"]) == val_ids, f"epoch {epoch}"
     epochs = read_table(cfg.run.dir, "epochs").sort_values("epoch")
     trained = int(epochs["images"].iloc[-1])

@@ -173,7 +173,7 @@ def test_file_uri_data_and_run_dirs_run_index_split_train_and_cam(
     pd.testing.assert_frame_equal(read_table(cfg.run.dir, "splits"), read_table(str(split_run), "splits"))
     run_train(cfg)
     epochs = read_table(cfg.run.dir, "epochs")
-    assert epochs["epoch"].tolist() == [0] and int(epochs["images"].iloc[0]) > 0
+    assert epochs["epoch"].tolist() == [1] and int(epochs["images"].iloc[0]) > 0
     assert list((run_path / "train_state").glob("checkpoint_*")) and (run_path / "model" / "best.pt").is_file()
     summary = run_cam(cfg)
     selected = select_rows(cfg, ("test",), qc_exclude=False)  # cam scores QC-flagged images too

@@ -1,0 +1,144 @@
+"""What a job prints: Ray's own logs quiet unless asked for, progress lines, one line per epoch.
+
+Ray's chatter is switched off with Ray's own settings, never by filtering text: `ray.init(log_to_driver=False)`
+keeps every worker's and actor's output in the session's log files (/tmp/ray/session_latest/logs), the
+driver's `ray` loggers (ray.data's included, which sets its own level) are raised to ERROR.
+
+One Ray line remains on stages with a model actor pool (cam, infer): the driver's C++ core worker logs "Actor ...
+has constructor arguments in the object store and max_restarts > 0" for every Ray Data actor pool
+(https://github.com/ray-project/ray/issues/57733, open). Only `RAY_BACKEND_LOG_LEVEL` hides it, which would also
+silence the embedded raylet's and GCS's logs and prints a line of its own; the actors' restarts (max_restarts) are
+what survives a killed model actor (tests/test_faults.py), so they stay on. `log.level=debug`
+(or `--verbose` on a job's command line) leaves both as Ray sets them.
+
+Progress goes to stderr: a tqdm bar on a terminal; without one (CI, `make demo | tee`) a plain line at most every
+`log.progress_s` seconds, so a long stage writes a few lines, not one per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from typing import Any, TextIO
+
+from engine.config_sections import LogConfig
+
+_settings = {"verbose": False, "progress_s": 30.0}  # set once per process by `configure` (jobs/_cli.py)
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
+
+
+def configure(cfg: LogConfig) -> None:
+    """Sets this process's verbosity from the `log` config section (called by the job CLI before any stage)."""
+    _settings.update(verbose=cfg.level == "debug", progress_s=cfg.progress_s)
+    if cfg.level == "debug":
+        logging.getLogger("engine").setLevel(logging.DEBUG)  # otherwise the engine's warnings only (jobs/_cli.py)
+
+
+def is_verbose() -> bool:
+    """Returns True when Ray's own logs should reach the terminal (`log.level=debug`)."""
+    return bool(_settings["verbose"])
+
+
+def ray_init_options() -> dict[str, Any]:
+    """Returns the `ray.init` keywords of the current verbosity (worker output reaches the driver only if verbose)."""
+    return {"log_to_driver": is_verbose()}
+
+
+def quiet_driver_loggers() -> None:
+    """Raises the driver's Ray loggers to ERROR and hides Ray's deprecation warnings, unless verbose.
+
+    Called before and after `ray.init` (ray.data configures its logger when imported, at level DEBUG).
+    """
+    if is_verbose():
+        return
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from ray.util.annotations import RayDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+
+
+def format_duration(seconds: float) -> str:
+    """Returns `seconds` as `42s`, `3m05s` or `1h02m`."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(label: str, done: int, total: int | None, elapsed_s: float, unit: str) -> str:
+    """Returns one plain progress line: `cam: 120/400 images (30%), 12.0 images/s, 23s left`."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if not total:
+        return f"{label}: {done} {unit}, {rate:.1f} {unit}/s, {format_duration(elapsed_s)} elapsed"
+    left = (total - done) / rate if rate > 0 else float("nan")
+    eta = format_duration(left) if left == left else "?"
+    return f"{label}: {done}/{total} {unit} ({100 * done / total:.0f}%), {rate:.1f} {unit}/s, {eta} left"
+
+
+class Progress:
+    """A progress display over `total` items: tqdm on a terminal, else a plain line every `interval_s` seconds.
+
+    `leave=False` clears the bar when done (the epoch line replaces it); without a terminal `close` always writes
+    one closing line with the count and the rate.
+    """
+
+    def __init__(self, label: str, total: int | None, unit: str, stream: TextIO | None = None,
+                 interval_s: float | None = None, leave: bool = True) -> None:  # fmt: skip
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.stream = stream or sys.stderr
+        self.interval_s = float(_settings["progress_s"] if interval_s is None else interval_s)
+        self.started = self.last_line = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=f" {unit}", file=self.stream, mininterval=0.5, leave=leave)
+
+    def update(self, count: int) -> None:
+        """Counts `count` more items done."""
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.interval_s and self.done != self.total:  # the closing line says 100%
+            self.last_line = now
+            self._line(progress_line(self.label, self.done, self.total, now - self.started, self.unit))
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def write(self, line: str) -> None:
+        """Prints a whole line (an epoch line) without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        """Ends the display; without a terminal, one last line with the final count and rate."""
+        if self.bar is not None:
+            self.bar.close()
+        elif self.done:
+            elapsed = time.monotonic() - self.started
+            self._line(done_line(self.label, self.done, self.total, elapsed, self.unit))
+
+
+def done_line(label: str, done: int, total: int | None, elapsed_s: float, unit: str) -> str:
+    """Returns the closing progress line: `cam: 400/400 images, 12.0 images/s in 33s`."""
+    count = f"{done}/{total}" if total else str(done)
+    return f"{label}: {count} {unit}, {done / max(elapsed_s, 1e-9):.1f} {unit}/s in {format_duration(elapsed_s)}"
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """Returns the one terminal line of a finished epoch (`epoch` counted from 1)."""
+    return (
+        f"epoch {metrics['epoch']}/{epochs} train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
+        f"val_auc {metrics['val_auc']:.4f} {metrics['img_per_s']:.1f} img/s{' *best' if metrics['is_best'] else ''}"
+    )

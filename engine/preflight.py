@@ -1,0 +1,120 @@
+"""Driver-side checks a job runs before Ray starts: the inputs of its stage exist and the hub weights are reachable.
+
+Each check raises `PreflightError` with one line naming what is missing and the command that makes it; the job
+CLI (jobs/_cli.py) prints it as `error: ...` and exits 2, within a second, before torch, timm or Ray are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from engine.config import Config, ConfigError
+
+HUB_TIMEOUT_S = 1.5  # the hub reachability probe gives up after this long (DNS included)
+
+
+class PreflightError(ConfigError):
+    """A stage's input is missing or unreachable; the message says which and how to make it."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One input of a stage: a table (folder under `<run.dir>/tables`) or a file under the run dir."""
+
+    path: str  # relative to run.dir: `tables/<name>` or a file such as `model/best.pt`
+    made_by: str  # the command that makes it
+
+
+INDEX, SPLITS = Need("tables/index", "make index"), Need("tables/splits", "make split")
+MODEL, THRESHOLD = Need("model/best.pt", "make train"), Need("tables/thresholds", "make threshold")
+HEATMAPS = Need("tables/heatmaps", "make cam")
+STAGE_NEEDS: dict[str, tuple[Need, ...]] = {
+    "split": (INDEX,),
+    "train": (INDEX, SPLITS),
+    "threshold": (Need("model/best.json", "make train"),),
+    "infer": (INDEX, SPLITS, MODEL, THRESHOLD),
+    "cam": (INDEX, SPLITS, MODEL),
+    "boxes": (HEATMAPS,),
+    "masks": (HEATMAPS, Need("tables/boxes", "make cam")),
+    "evaluate": (INDEX, SPLITS, HEATMAPS),
+}
+
+
+def stage_needs(stage: str, cfg: Config) -> tuple[Need, ...]:
+    """Returns what `stage` reads with this config (cam with `cam.min_prob=threshold` also needs the threshold)."""
+    needs = STAGE_NEEDS.get(stage, ())
+    if stage == "cam" and cfg.cam.min_prob == "threshold":
+        needs = (*needs, THRESHOLD)
+    return needs
+
+
+def exists(run_dir: str, relative: str) -> bool:
+    """Returns True when `<run_dir>/<relative>` exists (a non-empty folder, or a file); storage URIs via pyarrow."""
+    if "://" not in run_dir:
+        path = os.path.join(run_dir, relative)
+        return os.path.isfile(path) or (os.path.isdir(path) and bool(os.listdir(path)))
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(run_dir)
+    return fs.get_file_info(f"{root.rstrip('/')}/{relative}").type != pafs.FileType.NotFound
+
+
+def check_inputs(stage: str, cfg: Config) -> None:
+    """Raises PreflightError naming the first missing input of `stage` and the command that makes it."""
+    for need in stage_needs(stage, cfg):
+        if not exists(cfg.run.dir, need.path):
+            raise PreflightError(f"{cfg.run.dir}/{need.path} missing: run `{need.made_by}` first")
+
+
+def hub_repo(model_name: str) -> str:
+    """Returns the Hugging Face repo of an `hf_hub:` model name, else "" (a timm name; its repo is timm's choice)."""
+    return model_name.removeprefix("hf_hub:") if model_name.startswith("hf_hub:") else ""
+
+
+def host_reachable(url: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Returns True when a TCP connection to `url`'s host opens within `timeout_s` (name lookup included)."""
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)  # getaddrinfo has no timeout of its own
+    probe.start()
+    probe.join(timeout_s)
+    return bool(result and result[0])
+
+
+def check_pretrained(cfg: Config) -> None:
+    """Raises PreflightError when `model.pretrained=true` but the weights are neither cached nor downloadable."""
+    if not cfg.model.pretrained:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = hub_repo(cfg.model.name)
+    files = ("model.safetensors", "pytorch_model.bin")
+    if repo and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+        return
+    if not constants.HF_HUB_OFFLINE and host_reachable(constants.ENDPOINT):
+        return
+    where = "offline mode (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} unreachable"
+    raise PreflightError(
+        f"model.pretrained=true but the weights of '{cfg.model.name}' are not cached and {where}: "
+        "set model.pretrained=false (train from scratch), with model.weights=<local state dict file> to start from it"
+    )
+
+
+def preflight(stage: str, cfg: Config) -> None:
+    """Runs every driver-side check of `stage`: its inputs, then (train) the pretrained weights."""
+    check_inputs(stage, cfg)
+    if stage == "train":
+        check_pretrained(cfg)

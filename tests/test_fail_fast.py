@@ -1,0 +1,86 @@
+"""Fail fast, in one line: what the driver can check before Ray starts is one `error:` line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.preflight import host_reachable, hub_repo
+from tests.conftest import REPO, TEST_OVERRIDES
+
+
+def _job(stage: str, data_root: Path, run_dir: Path, *extra: str, env: dict | None = None) -> tuple[int, str, str]:
+    """Runs `python -X importtime -m jobs.<stage>`; returns exit code, its output lines and the modules it imported."""
+    command = [sys.executable, "-X", "importtime", "-m", f"jobs.{stage}", "--config", "conf/demo.yaml",
+               f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *extra]  # fmt: skip
+    started = time.monotonic()
+    env = {**os.environ, **(env or {})}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    print(f"{stage} {' '.join(extra)}: exit {done.returncode} after {time.monotonic() - started:.2f} s")
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    return done.returncode, "\n".join(lines), " ".join(sorted(imported))
+
+
+def _assert_one_error(code: int, output: str, *needles: str) -> None:
+    assert code == 2 and len(output.splitlines()) == 1 and output.startswith("error: "), output[-3000:]
+    for needle in needles:
+        assert needle in output, output
+
+
+@pytest.fixture
+def split_copy(split_run: Path, tmp_path: Path) -> Path:
+    """A copy of the session's indexed and split run, without a model."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(split_run, run_dir)
+    return run_dir
+
+
+def test_cam_without_a_model_is_one_line_naming_make_train(data_root: Path, split_copy: Path) -> None:
+    code, output, imported = _job("cam", data_root, split_copy)
+    _assert_one_error(code, output, "model/best.pt missing", "make train")
+    assert "ray" not in imported.split() and "torch" not in imported.split()  # refused before the heavy imports
+
+
+def test_train_without_splits_is_one_line_naming_make_split(data_root: Path, split_copy: Path) -> None:
+    shutil.rmtree(split_copy / "tables" / "splits")
+    code, output, imported = _job("train", data_root, split_copy)
+    _assert_one_error(code, output, "tables/splits missing", "make split")
+    assert "ray" not in imported.split()
+
+
+def test_a_bad_enum_value_is_refused_before_ray_torch_or_timm_load(data_root: Path, split_copy: Path) -> None:
+    code, output, imported = _job("cam", data_root, split_copy, "cam.scope=everything")
+    _assert_one_error(code, output, "cam.scope", "split, all")
+    assert not {"ray", "torch", "timm"} & set(imported.split()), imported
+
+
+def test_pretrained_weights_out_of_reach_name_the_offline_settings(data_root: Path, split_copy: Path,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, and the hub declared offline
+    code, output, imported = _job("train", data_root, split_copy, "model.pretrained=true",
+                                  "model.name=hf_hub:timm/resnet18.a1_in1k", env=env)  # fmt: skip
+    _assert_one_error(code, output, "model.pretrained=false", "model.weights=", "resnet18.a1_in1k")
+    assert "ray" not in imported.split()
+
+
+def test_help_lists_the_stage_keys_with_defaults_and_meanings() -> None:
+    done = subprocess.run([sys.executable, "-m", "jobs.cam", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    scope = next(line for line in lines if line.strip().startswith("cam.scope = "))
+    assert scope.split()[2] == "split" and "whole index" in scope
+    assert any(line.strip().startswith("boxes.nms_iou = 0.15 ") for line in lines)
+    assert "--verbose" in done.stdout and not any(line.strip().startswith("browse.") for line in lines)
+
+
+def test_hub_repo_and_an_unreachable_host() -> None:
+    assert hub_repo("hf_hub:timm/resnetrs50.tf_in1k") == "timm/resnetrs50.tf_in1k" and hub_repo("resnet18") == ""
+    assert not host_reachable("https://127.0.0.1:9", timeout_s=0.5)  # the discard port: nothing listens

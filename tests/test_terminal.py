@@ -1,0 +1,122 @@
+"""What a job prints: no Ray-internal lines by default, a start line, progress, one line per epoch, the summary."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.console import Progress, done_line, epoch_line, format_duration, progress_line
+from tests.conftest import REPO, TEST_OVERRIDES
+
+# Lines only Ray itself writes: actor/worker prefixes, C++ core logs, Ray Data / Train internals, Ray's warnings.
+RAY_INTERNAL = re.compile(
+    r"pid=|core_worker|raylet|PlacementGroupCleaner|TrainController|streaming_executor|TrainingReport\(|"
+    r"Checkpoint successfully|Progress bars|Token authentication|RayDeprecationWarning|Moving model to device|"
+    r"Wrapping provided model|Started training worker group|execution finished"
+)
+# Ray 2.60's driver logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733; engine/console.py)
+RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
+EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
+
+
+def test_progress_line_gives_count_share_rate_and_time_left() -> None:
+    assert progress_line("cam", 100, 400, 10.0, "images") == "cam: 100/400 images (25%), 10.0 images/s, 30s left"
+    assert progress_line("qc", 50, None, 5.0, "images") == "qc: 50 images, 10.0 images/s, 5s elapsed"
+    assert progress_line("cam", 0, 400, 0.0, "images").endswith("0.0 images/s, ? left")
+    assert done_line("cam", 400, 400, 40.0, "images") == "cam: 400/400 images, 10.0 images/s in 40s"
+
+
+def test_format_duration_reads_as_seconds_minutes_hours() -> None:
+    assert [format_duration(s) for s in (4.4, 65, 3725)] == ["4s", "1m05s", "1h02m"]
+
+
+def test_epoch_line_shows_the_epoch_counted_from_one_and_marks_the_best() -> None:
+    metrics = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_auc": 0.75, "img_per_s": 12.34, "is_best": True}
+    assert epoch_line(metrics, 6) == "epoch 1/6 train_loss 0.5000 val_loss 0.2500 val_auc 0.7500 12.3 img/s *best"
+
+
+def test_progress_without_a_terminal_writes_few_plain_lines() -> None:
+    stream = io.StringIO()  # not a TTY: no tqdm, plain lines at most every interval_s
+    bar = Progress("cam", 1000, "images", stream=stream, interval_s=3600)
+    for _ in range(1000):
+        bar.update(1)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cam: 1000/1000 images, ") and "\r" not in stream.getvalue()
+    stream = io.StringIO()
+    bar = Progress("cam", 10, "images", stream=stream, interval_s=0.05)
+    for _ in range(3):
+        time.sleep(0.06)
+        bar.update(1)
+    assert stream.getvalue().splitlines()[0].startswith("cam: 1/10 images (10%), ")
+
+
+def _job(stage: str, data_root: Path, run_dir: Path, *extra: str) -> tuple[int, list[str], float]:
+    """Runs `python -m jobs.<stage>` on the tiny test config; returns exit code, stdout+stderr lines, seconds."""
+    command = [sys.executable, "-m", f"jobs.{stage}", "--config", "conf/demo.yaml", f"data.root={data_root}",
+               f"run.dir={run_dir}", *TEST_OVERRIDES, "ray.num_cpus=2", "log.progress_s=5", *extra]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    return done.returncode, done.stdout.splitlines(), time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def quiet_runs(data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-epoch train then cam of a copy of the split run, each a real job process; their exit codes and lines."""
+    run_dir = tmp_path_factory.mktemp("terminal") / "run"
+    shutil.copytree(split_run, run_dir)
+    out = {"run_dir": run_dir}
+    for stage in ("train", "threshold", "cam"):
+        out[stage] = _job(stage, data_root, run_dir)
+    return out
+
+
+def _report(capsys: pytest.CaptureFixture, name: str, lines: list[str], seconds: float) -> None:
+    with capsys.disabled():
+        print(f"\n{name}: {len(lines)} lines in {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("stage", ["train", "threshold", "cam"])
+def test_jobs_print_no_ray_internal_lines(quiet_runs: dict, stage: str, capsys: pytest.CaptureFixture) -> None:
+    code, lines, seconds = quiet_runs[stage]
+    _report(capsys, stage, lines, seconds)
+    assert code == 0, "\n".join(lines[-40:])
+    assert [line for line in lines if RAY_INTERNAL.search(line) and RAY_ISSUE_57733 not in line] == []
+    assert lines[0].startswith(f"-> {stage}: run ") and any(line.startswith(f"== {stage}: ") for line in lines)
+
+
+def test_train_prints_each_epoch_once_counted_from_one_with_batch_progress(quiet_runs: dict) -> None:
+    _, lines, _ = quiet_runs["train"]
+    assert [EPOCH_LINE.match(line).group(1) for line in lines if EPOCH_LINE.match(line)] == ["1", "2"]
+    assert [line for line in lines if line.startswith("epoch ")] == [line for line in lines if EPOCH_LINE.match(line)]
+    assert any(re.match(r"train epoch [12]/2: \d+/\d+ batches \(\d+%\), [\d.]+ batches/s, ", line) for line in lines)
+    assert "best_epoch: " in "\n".join(lines)
+
+
+def test_cam_prints_its_image_progress(quiet_runs: dict) -> None:
+    _, lines, _ = quiet_runs["cam"]
+    assert any(re.match(r"cam: \d+/\d+ images, [\d.]+ images/s in \d+", line) for line in lines)
+
+
+def test_verbose_brings_rays_own_lines_back(quiet_runs: dict, data_root: Path, capsys: pytest.CaptureFixture) -> None:
+    code, lines, seconds = _job("cam", data_root, quiet_runs["run_dir"], "run.overwrite=true", "--verbose")
+    _report(capsys, "cam --verbose", lines, seconds)
+    assert code == 0, "\n".join(lines[-40:])
+    assert any(RAY_INTERNAL.search(line) and RAY_ISSUE_57733 not in line for line in lines)
+
+
+def test_help_keys_come_from_the_dataclass_fields_and_their_comments() -> None:
+    from engine.config_help import config_keys, stage_help
+
+    keys = dict((key, (default, meaning)) for key, default, meaning in config_keys(("seed", "threshold", "log")))
+    assert keys["seed"] == ("42", "seeds splits, training and sampling")
+    assert keys["threshold.mode"][0] == "youden" and keys["threshold.mode"][1].startswith("youden: max sens")
+    assert keys["log.level"][0] == "info" and list(keys)[-1] == "log.progress_s"
+    assert "split.duplicate_groups = [[828, 2244], " in stage_help("split")  # a default spread over several lines
