@@ -40,8 +40,9 @@ STAGE_NEEDS: dict[str, tuple[Need, ...]] = {
     "cam": (INDEX, SPLITS, MODEL),
     "boxes": (HEATMAPS,),
     "masks": (HEATMAPS, Need("tables/boxes", "make cam")),
-    "evaluate": (INDEX, SPLITS, HEATMAPS),
+    "evaluate": (INDEX, HEATMAPS),  # a run without splits (new scans) is reported as skipped by evaluate itself
 }
+FROM_RUN = (MODEL, THRESHOLD)  # read from `model.from_run` when it is set
 
 
 def stage_needs(stage: str, cfg: Config) -> tuple[Need, ...]:
@@ -64,10 +65,16 @@ def exists(run_dir: str, relative: str) -> bool:
 
 
 def check_inputs(stage: str, cfg: Config) -> None:
-    """Raises PreflightError naming the first missing input of `stage` and the command that makes it."""
+    """Raises PreflightError naming the first missing input of `stage` and the command that makes it.
+
+    With `model.from_run` the model and threshold come from that run, and new scans need no splits.
+    """
     for need in stage_needs(stage, cfg):
-        if not exists(cfg.run.dir, need.path):
-            raise PreflightError(f"{cfg.run.dir}/{need.path} missing: run `{need.made_by}` first")
+        if cfg.model.from_run and need is SPLITS and stage in ("cam", "infer"):
+            continue
+        run_dir = cfg.model.from_run if cfg.model.from_run and need in FROM_RUN else cfg.run.dir
+        if not exists(run_dir, need.path):
+            raise PreflightError(f"{run_dir}/{need.path} missing: run `{need.made_by}` first")
 
 
 def hub_repo(model_name: str) -> str:

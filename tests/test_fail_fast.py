@@ -84,3 +84,21 @@ def test_help_lists_the_stage_keys_with_defaults_and_meanings() -> None:
 def test_hub_repo_and_an_unreachable_host() -> None:
     assert hub_repo("hf_hub:timm/resnetrs50.tf_in1k") == "timm/resnetrs50.tf_in1k" and hub_repo("resnet18") == ""
     assert not host_reachable("https://127.0.0.1:9", timeout_s=0.5)  # the discard port: nothing listens
+
+
+def test_cam_with_model_from_run_looks_for_the_model_there_and_needs_no_splits(tmp_path: Path) -> None:
+    from engine.config import load_config
+    from engine.preflight import PreflightError, check_inputs
+
+    new_scans, trained = tmp_path / "clinic", tmp_path / "trained"
+    (new_scans / "tables" / "index").mkdir(parents=True)
+    (new_scans / "tables" / "index" / "part-0.parquet").write_bytes(b"x")  # indexed, never split
+    cfg = load_config(REPO / "conf" / "demo.yaml", [f"run.dir={new_scans}", f"model.from_run={trained}"])
+    with pytest.raises(PreflightError, match=rf"{trained}/model/best\.pt missing: run `make train` first"):
+        check_inputs("cam", cfg)
+    (trained / "model").mkdir(parents=True)
+    (trained / "model" / "best.pt").write_bytes(b"x")
+    check_inputs("cam", cfg)  # the model is the trained run's; no splits needed here
+    own = load_config(REPO / "conf" / "demo.yaml", [f"run.dir={new_scans}"])
+    with pytest.raises(PreflightError, match="tables/splits missing"):
+        check_inputs("cam", own)
