@@ -122,13 +122,15 @@ def component_rows(prob: np.ndarray, meta: dict[str, Any], settings: Any) -> lis
         settings: threshold, min_area_px and max_components (a SegTrainConfig).
     """
     y_prob = float(np.max(prob)) if prob.size else 0.0
-    rows = []
+    rows: list[dict[str, Any]] = []
     comps = component_masks(prob, settings.threshold, settings.min_area_px, settings.max_components)
-    for rank, (mask, score) in enumerate(comps):
+    for mask, score in comps:
         orig = mask_to_original(mask, (0, 0), meta)
+        if not orig.any():  # a sliver no original pixel centre maps into (or one on the letterbox padding)
+            continue
         counts, h, w = encode_rle(orig)
         bbox = mask_bbox(orig) or (np.nan,) * 4
-        rows.append({"rank": rank, "rle_counts": counts, "rle_h": h, "rle_w": w, "area": int(orig.sum()),
+        rows.append({"rank": len(rows), "rle_counts": counts, "rle_h": h, "rle_w": w, "area": int(orig.sum()),
                      "mask_x1": bbox[0], "mask_y1": bbox[1], "mask_x2": bbox[2], "mask_y2": bbox[3],
                      "score": score, "y_prob": y_prob})  # fmt: skip
     return rows

@@ -60,8 +60,9 @@ def training_rows(cfg: Config, summary: StageSummary) -> tuple[pd.DataFrame, int
     packed = kept.sort_values(["image_id", "rank"]).groupby("image_id").apply(
         lambda g: pack_rles(zip(g["rle_counts"], g["rle_h"], g["rle_w"], strict=True)), include_groups=False
     )  # fmt: skip
-    rows = rows.assign(target_rles=rows["image_id"].map(packed).fillna(""))
     label = rows["label"].astype("Float64")
+    normal = (label == 0).fillna(False).to_numpy(bool)  # a normal patient's scan: empty target, whatever its masks
+    rows = rows.assign(target_rles=np.where(normal, "", rows["image_id"].map(packed).fillna("").to_numpy(object)))
     no_mask = (label == 1).fillna(False) & (rows["target_rles"] == "")
     reasons = {"unlabeled": label.isna(), "no_kept_pseudo_mask": no_mask}
     for reason, mask in reasons.items():
