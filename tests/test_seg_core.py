@@ -125,3 +125,24 @@ def test_decode_with_targets_turns_a_mask_of_the_wrong_size_into_an_error(tmp_pa
     assert out["error"][0] == "" and out["error"][1].startswith("bad_pseudo_mask")
     assert np.array_equal(out["target"][0].astype(bool), _rect(80, 80, 10, 20, 24, 32)) and not out["target"][1].any()
     assert "target_rles" not in out and "target_rles" in batch
+
+
+def test_mask_quality_counts_false_positive_masks_on_normal_images() -> None:
+    from engine.evaluate_masks import MaskQualityAccumulator
+
+    empty = np.zeros((0, 4))
+    acc = MaskQualityAccumulator(iou_threshold=0.3)
+    acc.update([_rect(8, 8, 0, 2, 0, 2), _rect(8, 8, 4, 6, 4, 6)], empty, None, None, normal=True)
+    other = MaskQualityAccumulator(iou_threshold=0.3)
+    other.update([], empty, None, None, normal=True)
+    other.update([_rect(8, 8, 0, 2, 0, 2)], np.array([[0, 0, 2, 2]]), None, None)  # abnormal: not counted
+    out = acc.merge(other).compute()
+    assert out["mask_fp_per_normal"] == (1.0, 2, 2) and out["mask_fp_image_rate"] == (0.5, 1, 2)
+    assert "mask_fp_per_normal" not in MaskQualityAccumulator(0.3).compute()
+
+
+def test_painted_scores_take_the_best_component_score_per_pixel() -> None:
+    from engine.evaluate_masks import painted_scores
+
+    scores = painted_scores([_rect(4, 4, 0, 2, 0, 2), _rect(4, 4, 1, 3, 1, 3)], [0.4, 0.7], (4, 4))
+    assert scores[0, 0] == pytest.approx(0.4) and scores[1, 1] == pytest.approx(0.7) and scores[3, 3] == 0.0
