@@ -27,7 +27,7 @@ from engine.segtrain_stage import run_segtrain
 from engine.tables import read_table
 from tests.conftest import REPO, TEST_OVERRIDES, test_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture chain trains twice on 2 shared CPUs
 # Masks as in tests/test_masks_stage.py (the 2-epoch model's masks all leak otherwise); 2 small epochs.
 SEG_OVERRIDES = ("masks.leak_sides=4", "masks.min_prob=all", "segtrain.epochs=2", "segtrain.batch_size=8",
                  "segtrain.decoder_channels=[16,16,8,8,8]", "cam.overlays=0", "evaluate.tune=false")  # fmt: skip
