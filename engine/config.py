@@ -18,7 +18,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
-from engine.config_sections import DEFAULT_VIEW_PATTERN, BrowseConfig, LogConfig, MasksConfig, QcConfig
+from engine.config_sections import (
+    DEFAULT_VIEW_PATTERN,
+    BrowseConfig,
+    LogConfig,
+    MasksConfig,
+    QcConfig,
+    SegTrainConfig,
+)
 from engine.config_yaml import ConfigError, Range, apply_override, build_dataclass, load_yaml_with_lines
 from engine.counts import parse_count_scale
 
@@ -233,6 +240,7 @@ class Config:
     masks: MasksConfig = field(default_factory=MasksConfig)
     browse: BrowseConfig = field(default_factory=BrowseConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    segtrain: SegTrainConfig = field(default_factory=SegTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain nested dicts (tuples as lists), ready for YAML/JSON."""

@@ -76,3 +76,29 @@ class LogConfig:
 
     level: Literal["info", "debug"] = "info"  # info: stage lines, progress, epochs, summary; debug: also Ray's logs
     progress_s: Annotated[float, Range(0.0, low_open=True)] = 30.0  # no terminal: seconds between progress lines
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    """`make segtrain` / `make segment`: a segmentation network trained on the kept pseudo masks (engine/seg_model.py).
+
+    Workers, CPUs, GPU use, bf16 and the augmentation come from `train.*`, like `make train`.
+    """
+
+    enabled: bool = False  # `make all` runs segtrain + segment (off: slow on CPU; `make demo-seg` runs them)
+    arch: Literal["Unet", "FPN", "Linknet"] = "Unet"  # segmentation-models-pytorch architecture
+    encoder: str = ""  # timm encoder name (smp `tu-<name>`); empty: the classifier's `model.name`
+    decoder_channels: tuple[Positive, ...] = (64, 32, 16, 16, 8)  # Unet decoder widths, one per encoder stage
+    init_from_classifier: bool = True  # start the encoder from the run's model/best.pt (weights_only=True)
+    epochs: Positive = 10  # training epochs
+    batch_size: Positive = 8  # images per step and worker
+    lr: Annotated[float, Range(0.0, low_open=True)] = 1e-3  # AdamW learning rate (cosine decay, warm-up 1 epoch)
+    weight_decay: NonNegative = 1e-4  # AdamW weight decay
+    focal_weight: NonNegative = 1.0  # loss = dice_weight x Dice loss + focal_weight x focal loss (smp.losses)
+    dice_weight: NonNegative = 1.0
+    threshold: Fraction = 0.5  # pixel probability at or above which a pixel is lesion (val Dice, segment)
+    min_area_px: Count = 2  # segment: components smaller than this many canvas px are dropped
+    max_components: Positive = 8  # segment: masks rows per image at most (highest score first)
+    split: Literal["train", "val", "test", "all"] = "test"  # segment: the split scored, or all of the index
+    actors: Positive = 1  # segment: model actors in the pool
+    num_gpus: NonNegative = 0.0  # segment: GPUs per actor (when CUDA exists)

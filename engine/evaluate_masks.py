@@ -10,6 +10,11 @@
   ``mask_dice`` (mean over lesion images of the Dice of the union of kept masks vs the union of true masks) and
   ``mask_pxap`` (PxAP, Choe et al. CVPR 2020: the CAM in original px, as ``engine.heatmap_access.load_heatmap``
   maps it, vs the union of true masks, pooled over those images). On real data these rows are absent.
+* False-positive cost on normal scans (label 0): ``mask_fp_per_normal`` (kept masks per normal image) and
+  ``mask_fp_image_rate`` (normal images with any kept mask).
+* ``segnet_tight`` and ``segnet``: the same two methods on the segmentation network's masks (table `seg_masks`,
+  `make segment`), so that one table answers whether the network beats the pseudo masks it was trained on. Its
+  PxAP score map is each pixel's best component score (the component's mean probability), 0 elsewhere.
 Nothing here is tuned: every number is one pass over the scored split.
 """
 
@@ -34,9 +39,9 @@ from engine.tables import read_table, resolve_fs
 MASK_BOX = ("mask_x1", "mask_y1", "mask_x2", "mask_y2")
 
 
-def kept_masks(run_dir: str, split: str, image_ids: pd.Series) -> pd.DataFrame | None:
-    """Returns the kept `masks` rows of `split` for `image_ids`; None when the run has no masks of the split."""
-    masks = read_table(run_dir, "masks", pads.field("split") == split)
+def kept_masks(run_dir: str, split: str, image_ids: pd.Series, table: str = "masks") -> pd.DataFrame | None:
+    """Returns the kept `table` rows of `split` for `image_ids`; None when the run has no such rows of the split."""
+    masks = read_table(run_dir, table, pads.field("split") == split)
     if masks.empty:
         return None
     return masks[masks["kept"].fillna(False).astype(bool) & masks["image_id"].isin(image_ids)].reset_index(drop=True)
@@ -83,11 +88,16 @@ class MaskQualityAccumulator:
         self.inside: list[float] = []
         self.dices: list[float] = []
         self.pxap = PxapAccumulator()
+        self.normal_masks: list[int] = []  # kept masks on each normal image
 
     def update(
-        self, masks: list[np.ndarray], gt: np.ndarray, heat: np.ndarray | None, truth: np.ndarray | None
-    ) -> None:
-        """Adds one image: kept masks, Abnormal GT boxes, and (both or neither) CAM in original px + true union."""
+        self, masks: list[np.ndarray], gt: np.ndarray, heat: np.ndarray | None, truth: np.ndarray | None,
+        normal: bool = False,
+    ) -> None:  # fmt: skip
+        """Adds one image: kept masks, Abnormal GT boxes, (both or neither) score map in original px + true union,
+        and whether the image is a normal patient's (label 0: every mask on it is a false positive)."""
+        if normal:
+            self.normal_masks.append(len(masks))
         if len(np.asarray(gt).reshape(-1, 4)):
             best, inside = gt_box_scores(masks, gt)
             self.best_ious += best
@@ -102,6 +112,7 @@ class MaskQualityAccumulator:
         self.best_ious += other.best_ious
         self.inside += other.inside
         self.dices += other.dices
+        self.normal_masks += other.normal_masks
         self.pxap.merge(other.pxap)
         return self
 
@@ -117,6 +128,10 @@ class MaskQualityAccumulator:
         hits = sum(v >= self.iou_threshold for v in self.best_ious)
         out = {"mask_box_iou": mean(self.best_ious), "mask_inside_fraction": mean(self.inside),
                "mask_hit_rate": ratio(hits, len(self.best_ious))}  # fmt: skip
+        if self.normal_masks:
+            normals = len(self.normal_masks)
+            out |= {"mask_fp_per_normal": ratio(sum(self.normal_masks), normals),
+                    "mask_fp_image_rate": ratio(sum(n > 0 for n in self.normal_masks), normals)}  # fmt: skip
         if self.dices:
             count = len(self.dices)
             out |= {"mask_dice": mean(self.dices), "mask_pxap": Ratio(self.pxap.compute()["pxap"], count, count)}
@@ -141,20 +156,40 @@ def original_heat(row: Any) -> np.ndarray:
     return np.clip(heatmap_to_original(canvas, meta), 0.0, 1.0)
 
 
-def _quality_runs(ctx: Any, frame: pd.DataFrame, masks: pd.DataFrame, params: BoxParams) -> tuple[MethodRun, str]:
-    """Returns the `masks` quality metrics per (view, folder) group and a one-line note on the true masks.
+def painted_scores(masks: list[np.ndarray], scores: list[float], shape: tuple[int, int]) -> np.ndarray:
+    """Returns the (h, w) score map whose pixels take the best score of the masks covering them (0 elsewhere)."""
+    out = np.zeros(shape, dtype=np.float64)
+    for mask, score in zip(masks, scores, strict=True):
+        out[mask] = np.maximum(out[mask], np.clip(score, 0.0, 1.0))
+    return out
+
+
+def _score_map(row: Any, method: str, masks: list[np.ndarray], scores: dict[str, list[float]]) -> np.ndarray:
+    """Returns the PxAP score map of a row: the CAM for the pseudo masks, the painted components for segnet."""
+    if method == "masks":
+        return original_heat(row)
+    return painted_scores(masks, scores.get(str(row.image_id), []), (int(row.orig_h), int(row.orig_w)))
+
+
+def _quality_runs(ctx: Any, frame: pd.DataFrame, masks: pd.DataFrame, params: BoxParams,
+                  method: str = "masks") -> tuple[MethodRun, str]:  # fmt: skip
+    """Returns the `method` quality metrics per (view, folder) group and a one-line note on the true masks.
 
     A true mask of another shape than its image (a broken file) is counted in the note and left out.
     """
     decoded, empty, fine = decoded_by_image(masks), np.zeros((0, 4)), {}
+    ordered = masks.sort_values(["image_id", "rank"], kind="stable")
+    scores = {str(k): list(g) for k, g in ordered.groupby("image_id")["score"]}
     with_truth = mismatched = 0
     for row in frame.itertuples(index=False):
         truth = read_truth(ctx.cfg.data.root, str(row.image_id))
         if truth is not None and truth.shape != (int(row.orig_h), int(row.orig_w)):
             truth, mismatched = None, mismatched + 1
-        heat = original_heat(row) if truth is not None else None
+        own = decoded.get(str(row.image_id), [])
+        heat = _score_map(row, method, own, scores) if truth is not None else None
         acc = fine.setdefault((str(row.view), str(row.folder)), MaskQualityAccumulator(min(ctx.cfg.evaluate.iou)))
-        acc.update(decoded.get(str(row.image_id), []), ctx.gt.get(row.image_id, (empty, empty))[0], heat, truth)
+        normal = getattr(row, "label", None) == 0
+        acc.update(own, ctx.gt.get(row.image_id, (empty, empty))[0], heat, truth, normal=bool(normal))
         with_truth += truth is not None
     note = (
         f"true lesion masks for {with_truth} images" + f" ({mismatched} of a wrong shape left out)" * bool(mismatched)
@@ -162,12 +197,12 @@ def _quality_runs(ctx: Any, frame: pd.DataFrame, masks: pd.DataFrame, params: Bo
         else "no true lesion masks under data.root (real data): mask_dice, mask_pxap not computed"
     )
     canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
-    run = MethodRun("masks", str(frame["split"].iloc[0]), params, ctx.thr, canvas, ctx.cfg.run.dir, group_metrics(fine))
+    run = MethodRun(method, str(frame["split"].iloc[0]), params, ctx.thr, canvas, ctx.cfg.run.dir, group_metrics(fine))
     return run, note
 
 
 def mask_methods(ctx: Any, frame: pd.DataFrame, params: BoxParams, peaks: list) -> tuple[list[MethodRun], str]:
-    """Returns `masks_tight` and the `masks` quality run of the scored split, [] without a masks table, and a note.
+    """Returns `masks_tight`, `masks` (and `segnet_tight`, `segnet` with a seg_masks table) of the split, and a note.
 
     Args:
         ctx: the evaluate context (``engine.evaluate_stage.EvalContext``: cfg, gt, settings, thr).
@@ -175,11 +210,18 @@ def mask_methods(ctx: Any, frame: pd.DataFrame, params: BoxParams, peaks: list) 
         params: the stored box settings (recorded with the rows).
         peaks: the CAM peak of each row of `frame`, as ``peaks`` scores it.
     """
-    cfg = ctx.cfg
-    masks = kept_masks(cfg.run.dir, cfg.evaluate.split, frame["image_id"])
-    if masks is None:
-        return [], f"no masks of split={cfg.evaluate.split}: run `make masks` for masks_tight and the mask metrics"
-    tight = score_method("masks_tight", frame, tight_boxes(masks), peaks, ctx.gt, params, ctx.thr, ctx.settings,
-                         cfg.run.dir)  # fmt: skip
-    quality, note = _quality_runs(ctx, frame, masks, params)
-    return [tight, quality], f"{len(masks)} kept masks on {masks['image_id'].nunique()} images; {note}"
+    runs, notes = [], []
+    for table, method, missing in (
+        ("masks", "masks", "run `make masks` for masks_tight and the mask metrics"),
+        ("seg_masks", "segnet", "no segnet rows (`make segtrain`, `make segment`)"),
+    ):
+        masks = kept_masks(ctx.cfg.run.dir, ctx.cfg.evaluate.split, frame["image_id"], table)
+        if masks is None:
+            notes.append(f"no {table} of split={ctx.cfg.evaluate.split}: {missing}")
+            continue
+        runs.append(score_method(f"{method}_tight", frame, tight_boxes(masks), peaks, ctx.gt, params, ctx.thr,
+                                 ctx.settings, ctx.cfg.run.dir))  # fmt: skip
+        quality, note = _quality_runs(ctx, frame, masks, params, method)
+        runs.append(quality)
+        notes.append(f"{method}: {len(masks)} kept masks on {masks['image_id'].nunique()} images; {note}")
+    return runs, "; ".join(notes)

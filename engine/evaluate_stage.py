@@ -16,7 +16,7 @@ Methods (the `method` column of `loc_metrics`):
 * ``seed``: the seed's rule on ``evaluate.baseline_run``'s heatmaps (trained on the seed's landscape canvas).
 * ``centre_prior``, ``body_prior``, ``max_box_acc``: baselines (``engine.evaluate_baselines``): no model, the
   brightest smoothed scan pixel, and Choe et al.'s threshold-swept box accuracy of this run's heatmaps.
-* ``masks_tight``, ``masks``: the kept pseudo masks' tight boxes and mask quality (``engine.evaluate_masks``).
+* ``masks_tight``, ``masks`` (and ``segnet_tight``, ``segnet``): pseudo / network masks (``engine.evaluate_masks``).
 
 The CAM peak of the pointing game is the best body peak (``engine.localization.cam_peak_original``: its refined
 centre when `make cam` ran with ``cam.refine``, else the cell centre) for our methods and the brightest canvas
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 HEADLINE = ("pointing_game", "pointing_chance", "hit@5", "precision@iou0.3", "recall@iou0.3", "max_box_acc@iou0.3",
             "max_box_acc@iou0.5", "mask_box_iou", "mask_inside_fraction", "mask_hit_rate", "mask_dice",
-            "mask_pxap")  # fmt: skip
+            "mask_pxap", "mask_fp_per_normal", "mask_fp_image_rate")  # fmt: skip
 
 
 @dataclass

@@ -16,6 +16,8 @@ from schemas import (
     metrics,
     preds,
     qc,
+    seg_epochs,
+    seg_masks,
     splits,
     thresholds,
 )
@@ -36,4 +38,6 @@ TABLES: dict[str, ModuleType] = {
     "masks": masks,
     "leaderboard": leaderboard,
     "qc": qc,
+    "seg_epochs": seg_epochs,
+    "seg_masks": seg_masks,
 }
