@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 CONF ?= conf/default.yaml
 ARGS ?=
 DEMO := CONF=conf/demo.yaml
-STAGES := synth index split train threshold infer cam boxes masks evaluate report leaderboard bench browse
+STAGES := synth index split train threshold infer cam boxes masks segtrain segment evaluate report leaderboard bench browse
 
-.PHONY: help setup test demo all lint clean-demo $(STAGES)
+.PHONY: help setup test demo demo-seg all lint clean-demo $(STAGES)
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -40,9 +40,13 @@ boxes: setup ## recompute boxes from stored heatmaps with new boxes.* (no model)
 	$(PY) -m jobs.boxes --config $(CONF) $(ARGS)
 masks: setup ## pseudo masks from the pseudo boxes (COCO RLE, original px) with QC reason codes -> masks, errors
 	$(PY) -m jobs.masks --config $(CONF) $(ARGS)
-evaluate: setup ## score CAM peaks + pseudo boxes against the Abnormal GT boxes (tuned on val) -> loc_metrics, COCO prompts
+segtrain: setup ## train a segmentation network on the kept pseudo masks (Ray Train, re-run to resume) -> seg_epochs, segnet/best.pt
+	$(PY) -m jobs.segtrain --config $(CONF) $(ARGS)
+segment: setup ## the segmentation network's masks of segtrain.split (all: whole index), actor pool -> seg_masks
+	$(PY) -m jobs.segment --config $(CONF) $(ARGS)
+evaluate: setup ## score CAM peaks + pseudo boxes against the Abnormal GT boxes (tuned on val) -> loc_metrics, COCO per split
 	$(PY) -m jobs.evaluate --config $(CONF) $(ARGS)
-report: setup ## one offline HTML page: curves, confusion matrix, localisation table, overlay gallery -> report/index.html
+report: setup ## one offline HTML page: curves, confusion matrix, grouped metrics, TP/FP/FN/TN gallery -> report/index.html
 	$(PY) -m jobs.report --config $(CONF) $(ARGS)
 leaderboard: setup ## test metrics of every run under leaderboard.runs
 	$(PY) -m jobs.leaderboard --config $(CONF) $(ARGS)
@@ -50,6 +54,9 @@ leaderboard: setup ## test metrics of every run under leaderboard.runs
 # `make cam` scores cam.split (test); the val heatmaps for the honest tuning of `make evaluate` come from a second
 # pass over split=val (its own partitions, replaced if they exist).
 CAM_VAL := cam.scope=split cam.split=val run.overwrite=true
+# segtrain learns from the train split's pseudo masks: a third pass over split=train, only when segtrain.enabled.
+CAM_TRAIN := cam.scope=split cam.split=train run.overwrite=true
+SEG_ON = $(PY) -m jobs.segtrain --config $(CONF) $(ARGS) --check-enabled
 
 all: setup ## every stage on the configured data: index split train threshold infer cam boxes masks evaluate report
 	$(PY) -m jobs.index --config $(CONF) $(ARGS)
@@ -59,8 +66,10 @@ all: setup ## every stage on the configured data: index split train threshold in
 	$(PY) -m jobs.infer --config $(CONF) $(ARGS)
 	$(PY) -m jobs.cam --config $(CONF) $(ARGS)
 	$(PY) -m jobs.cam --config $(CONF) $(ARGS) $(CAM_VAL)
+	if $(SEG_ON); then $(PY) -m jobs.cam --config $(CONF) $(ARGS) $(CAM_TRAIN); fi
 	$(PY) -m jobs.boxes --config $(CONF) $(ARGS)
 	$(PY) -m jobs.masks --config $(CONF) $(ARGS)
+	if $(SEG_ON); then $(PY) -m jobs.segtrain --config $(CONF) $(ARGS) && $(PY) -m jobs.segment --config $(CONF) $(ARGS); fi
 	$(PY) -m jobs.evaluate --config $(CONF) $(ARGS)
 	$(PY) -m jobs.report --config $(CONF) $(ARGS)
 browse: setup ## local web page over every image of a run: sortable table, per-image CAM + GT/pseudo boxes (browse.port=8765)
@@ -94,6 +103,14 @@ demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny mod
 	$(PY) -m jobs.report --config conf/demo.yaml
 	@$(PY) -m jobs.demo_summary runs/demo runs/demo_seed --started $$(cat runs/.demo_started)
 	@echo "report: $(CURDIR)/runs/demo/report/index.html"
+
+demo-seg: setup ## after `make demo`: train the segmentation network on the demo's pseudo masks, evaluate it beside them
+	$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_TRAIN)
+	$(PY) -m jobs.masks --config conf/demo.yaml
+	$(PY) -m jobs.segtrain --config conf/demo.yaml
+	$(PY) -m jobs.segment --config conf/demo.yaml
+	$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
+	@$(PY) -m jobs.demo_summary runs/demo
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q

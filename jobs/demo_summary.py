@@ -12,10 +12,12 @@ import json
 import time
 from pathlib import Path
 
-FIGURES = ("peaks", "peaks_unrefined", "masks_tight", "masks", "masks_note", "peaks_tuned", "seed_rule", "seed",
+FIGURES = ("peaks", "peaks_unrefined", "masks_tight", "masks", "masks_note", "segnet_tight", "segnet", "peaks_tuned",
+           "seed_rule", "seed",
            "centre_prior", "body_prior", "max_box_acc", "max_box_acc_threshold", "left_out_test", "left_out_val",
            "box_params")  # fmt: skip
-STAGE_ORDER = ("synth", "index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "evaluate", "report")
+STAGE_ORDER = ("synth", "index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
+               "evaluate", "report")
 
 
 def figure_lines(evaluate: dict) -> list[str]:
