@@ -30,7 +30,7 @@ def whole_body_counts(seed: int, height: int = 512, width: int = 128) -> np.ndar
 
 def typical_training_image(trained_run: Path) -> str:
     """Returns the image_id of the trained run's train image whose mean grey level is the median one."""
-    qc = read_table(str(trained_run), "qc").drop(columns=["split"])
+    qc = read_table(str(trained_run), "qc").drop(columns=["split"], errors="ignore")
     train = qc.merge(read_table(str(trained_run), "splits")[["image_id", "split"]], on="image_id")
     train = train[(train["split"] == "train") & (train["folder"] == "wholeBodyPOST")].sort_values("mean_grey")
     return str(train["image_id"].iloc[len(train) // 2])
