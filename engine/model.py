@@ -153,19 +153,28 @@ def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
     return f"{root}/model/best.pt"
 
 
+def read_checkpoint(run_dir: str, relative: str, made_by: str) -> tuple[dict[str, Any], str]:
+    """Returns (the payload of `<run_dir>/<relative>` loaded with weights_only=True on CPU, its path).
+
+    Raises:
+        ModelError: no such file; names `made_by`, the command that writes it.
+    """
+    fs, root = resolve_fs(run_dir)
+    path = f"{root}/{relative}"
+    try:
+        with fs.open_input_stream(path) as stream:
+            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True), path
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: no trained model; run `{made_by}` first") from exc
+
+
 def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     """Returns the run's best model (eval mode, CPU) and its info (with `cell_centre`); weights_only=True loading.
 
     Raises:
         ModelError: no trained model in the run, or weights that do not fit the configured model.
     """
-    fs, root = resolve_fs(run_dir)
-    path = f"{root}/model/best.pt"
-    try:
-        with fs.open_input_stream(path) as stream:
-            payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: no trained model; run `make train` first") from exc
+    payload, path = read_checkpoint(run_dir, "model/best.pt", "make train")
     info = json.loads(payload["info"])
     arch = ModelConfig(
         name=info.get("model", cfg.name), pretrained=False, output_stride=int(info.get("output_stride", 32))

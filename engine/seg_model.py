@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.config import Config
-from engine.model import ModelError
+from engine.model import ModelError, read_checkpoint
 from engine.tables import resolve_fs
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,7 @@ def init_encoder_from_classifier(segnet: nn.Module, run_dir: str) -> int:
     Raises:
         ModelError: no trained classifier in the run, or not one tensor matches (another architecture).
     """
-    fs, root = resolve_fs(run_dir)
-    path = f"{root}/model/best.pt"
-    try:
-        with fs.open_input_stream(path) as stream:
-            payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: no classifier; run `make train` or set segtrain.init_from_classifier=false") from exc
+    payload, path = read_checkpoint(run_dir, "model/best.pt", "make train` or set `segtrain.init_from_classifier=false")
     encoder = segnet.encoder.model
     own = encoder.state_dict()
     kept = {k: v for k, v in payload["model"].items() if k in own and own[k].shape == v.shape}
@@ -112,13 +106,7 @@ def load_segnet(run_dir: str) -> tuple[nn.Module, dict[str, Any]]:
     Raises:
         ModelError: no trained segnet in the run, or weights that do not fit the recorded architecture.
     """
-    fs, root = resolve_fs(run_dir)
-    path = f"{root}/{SEGNET_DIR}/best.pt"
-    try:
-        with fs.open_input_stream(path) as stream:
-            payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: no segmentation network; run `make segtrain` first") from exc
+    payload, path = read_checkpoint(run_dir, f"{SEGNET_DIR}/best.pt", "make segtrain")
     info = json.loads(payload["info"])
     model = build_segnet(info)
     try:

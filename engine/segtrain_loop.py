@@ -8,8 +8,6 @@ val Dice against the val pseudo masks goes to `<run_dir>/segnet/best.pt` (``engi
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +23,15 @@ from engine.model import bf16_autocast, canvas_to_unit, imagenet_normalize
 from engine.seg_core import SegDiceAccumulator
 from engine.seg_model import SegLoss, build_segnet, init_encoder_from_classifier, save_segnet
 from engine.tables import write_part
-from engine.training import _gather, _split_ok, _unwrap, lr_factor
+from engine.training import (
+    _gather,
+    _split_ok,
+    _unwrap,
+    lr_factor,
+    optimizer_step,
+    report_checkpoint,
+    restore_checkpoint,
+)
 
 STAGE = "segtrain"
 
@@ -74,13 +80,7 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
         x, target = augment_pair(*_tensors(batch, ok, ctx["device"]), cfg, ctx["gen"])
         with bf16_autocast(ctx["amp"]):
             logits = model(imagenet_normalize(x)).float()
-        loss = loss_fn(logits, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        out.loss_sum += float(loss.detach()) * int(ok.sum())
-        out.images += int(ok.sum())
+        optimizer_step(loss_fn(logits, target), opt, sched, out, int(ok.sum()))
     return out
 
 
@@ -125,35 +125,6 @@ def record_epoch(parts: list[SegEpochOutputs], ctx: dict, state: dict, seconds: 
     return metrics
 
 
-def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
-    """Loads the latest Ray Train checkpoint if any (weights_only=True); returns the epoch to start from."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 1
-    with checkpoint.as_directory() as folder:
-        saved = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-    _unwrap(model).load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
-    state.update(best_dice=saved["best_dice"], best_epoch=saved["best_epoch"])
-    return int(saved["epoch"]) + 1
-
-
-def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, rank: int) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            payload = {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "epoch": metrics["epoch"], **state}  # fmt: skip
-            torch.save(payload, os.path.join(folder, "state.pt"))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float)}, checkpoint=checkpoint)
-
-
 def _setup(config: dict[str, Any], device: torch.device) -> tuple[nn.Module, Any, Any]:
     import ray.train.torch
 
@@ -182,7 +153,7 @@ def segtrain_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.train.torch_threads)
     model, opt, sched = _setup(config, device)
     state = {"best_dice": -1.0, "best_epoch": -1}
-    start = _restore(model, opt, sched, state)
+    start = restore_checkpoint(model, opt, sched, state) + 1  # epochs count from 1
     loss_fn = SegLoss(cfg.segtrain.dice_weight, cfg.segtrain.focal_weight)
     amp = device.type == "cuda" and cfg.train.amp
     for epoch in range(start, cfg.segtrain.epochs + 1):
@@ -199,4 +170,4 @@ def segtrain_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"segtrain epoch {epoch}/{cfg.segtrain.epochs} train_loss {metrics['train_loss']:.4f} "
                   f"val_dice {metrics['val_dice']:.4f} {metrics['img_per_s']:.1f} img/s"
                   f"{' *best' if metrics['is_best'] else ''}", flush=True)  # fmt: skip
-        _report(metrics, model, opt, sched, state, rank)
+        report_checkpoint(metrics, model, opt, sched, state, rank)

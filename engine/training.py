@@ -82,14 +82,18 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
         y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
         with bf16_autocast(ctx["amp"]):
             logits = model(imagenet_normalize(x))[:, 0].float()
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        out.loss_sum += float(loss.detach()) * int(ok.sum())
-        out.images += int(ok.sum())
+        optimizer_step(loss_fn(logits, y), opt, sched, out, int(ok.sum()))
     return out
+
+
+def optimizer_step(loss: torch.Tensor, opt: Any, sched: Any, out: Any, images: int) -> None:
+    """One optimizer and scheduler step on `loss` (the mean over `images`); adds both to `out` (loss_sum, images)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    out.loss_sum += float(loss.detach()) * images
+    out.images += images
 
 
 @torch.no_grad()
@@ -170,8 +174,9 @@ def epochs_done(saved: dict[str, Any]) -> int:
     return int(saved["epochs_done"]) if "epochs_done" in saved else int(saved["epoch"]) + 1
 
 
-def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
-    """Loads the latest Ray Train checkpoint if any; returns how many epochs are done (the loop's start index)."""
+def restore_checkpoint(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
+    """Loads the latest Ray Train checkpoint if any (weights_only=True) into model, optimizer, scheduler and the
+    `state` keys it saved (make train's best_auc, make segtrain's best_dice, best_epoch); returns the epochs done."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -182,11 +187,13 @@ def _restore(model: nn.Module, opt: Any, sched: Any, state: dict) -> int:
     _unwrap(model).load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
-    state.update(best_auc=saved["best_auc"], best_epoch=saved["best_epoch"])
+    state.update({k: saved[k] for k in state if k in saved})
     return epochs_done(saved)
 
 
-def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, rank: int) -> None:
+def report_checkpoint(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, rank: int) -> None:
+    """Reports an epoch's numeric metrics to Ray Train, with rank 0's checkpoint (model, optimizer, scheduler,
+    `state`, the epoch done)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as folder:
@@ -197,7 +204,7 @@ def _report(metrics: dict, model: nn.Module, opt: Any, sched: Any, state: dict, 
                        "epochs_done": metrics["epoch"], **state}  # fmt: skip
             torch.save(payload, os.path.join(folder, "state.pt"))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float)}, checkpoint=checkpoint)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -217,7 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     warmup = max(1, int(config["steps_per_epoch"] * cfg.train.warmup_epochs))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total))
     state = {"best_auc": -1.0, "best_epoch": -1}
-    start = _restore(model, opt, sched, state)
+    start = restore_checkpoint(model, opt, sched, state)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(config["pos_weight"], device=device))
     amp = device.type == "cuda" and cfg.train.amp
     events = config.get("events") if rank == 0 else None
@@ -236,4 +243,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": index + 1}
         if events is not None:
             events.put(("epoch", metrics))  # the driver prints it (engine/pipeline.py fit_with_progress)
-        _report(metrics, model, opt, sched, state, rank)
+        report_checkpoint(metrics, model, opt, sched, state, rank)
