@@ -1,4 +1,4 @@
-"""Training augmentation on the device, batched and seeded (the seed's recipe, DESIGN.md §3).
+"""Training augmentation on the device, batched and seeded (the original pipeline's recipe).
 
 With probability `affine_p` a random affine (rotation, translation, scale) and with probability
 `jitter_p` a brightness/contrast change, applied after the letterbox on [0, 1] float canvases.

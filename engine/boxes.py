@@ -1,8 +1,9 @@
 """Heatmap -> pseudo boxes: local maxima inside the body, fixed-size boxes shifted onto the body, greedy NMS.
 
 Boxes follow ``engine.letterbox`` conventions (canvas px, x2/y2 exclusive). Output rows are
-``x1, y1, x2, y2, score`` float32, best score first. The seed's top-pixel rule (research/seed_code.md §10) is
-kept as ``top_pixel_boxes`` for side-by-side comparison only; DESIGN.md §4.4 lists why it is replaced.
+``x1, y1, x2, y2, score`` float32, best score first. The original pipeline's top-pixel rule is
+kept as ``top_pixel_boxes`` for side-by-side comparison only; README.md "What changed from the original
+scripts" says why it is replaced (its boxes cluster on the brightest blob, land in padding, get truncated).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class BoxError(ValueError):
 
 @dataclass(frozen=True)
 class BoxParams:
-    """Pseudo-box settings (conf ``boxes.*``; seed recipe values, DESIGN.md §3)."""
+    """Pseudo-box settings (conf ``boxes.*``; defaults: the original pipeline's 48 px, 5 boxes, NMS IoU 0.15)."""
 
     size: int = 48  # box side, canvas px (conf boxes.size)
     max_boxes: int = 5  # most boxes kept per image (conf boxes.max)
@@ -205,7 +206,7 @@ def extract_pseudo_boxes(
     Peaks are local maxima of the heatmap at cells whose centre lies inside ``body_box``; each gets a box of
     side min(size, body extent) centred on its point (the refined centre when `refined` holds the cell, else the
     cell centre) and shifted (never truncated) onto the body. Greedy NMS in score order keeps a box only if its
-    IoU with every kept box is <= nms_iou (DESIGN.md §3). An all-zero heatmap gives no box.
+    IoU with every kept box is <= nms_iou (the original pipeline's NMS). An all-zero heatmap gives no box.
 
     Args:
         heatmap: (h, w) feature-resolution CAM in [0, 1] covering the whole canvas; cell (r, c) is centred at
@@ -277,13 +278,13 @@ def _brightest_pixels(flat: np.ndarray, count: int) -> np.ndarray:
 
 
 def top_pixel_boxes(heatmap_canvas: np.ndarray, params: BoxParams, candidates_multiplier: int = 50) -> np.ndarray:
-    """Returns (K, 5) float32 boxes by the SEED's rule, for comparison only (research/seed_code.md §10).
+    """Returns (K, 5) float32 boxes by the original pipeline's rule, for comparison only.
 
     The ``max_boxes * candidates_multiplier`` brightest pixels of a canvas-resolution map, in value order
     (ties by row-major index), stopping at the first value <= min_score; box ``x1 = max(0, x - size // 2)``,
     ``x2 = min(W, x1 + size)`` (shifted at the left/top edge, truncated at the right/bottom edge); greedy NMS
     rejecting IoU > nms_iou; score = clipped heat at the pixel. Boxes can sit in padding and cluster on the
-    brightest blob (DESIGN.md §4.4).
+    brightest blob: the defects the local-maximum rule above fixes.
     """
     heat = np.clip(_check_heatmap(heatmap_canvas), 0.0, 1.0)
     height, width = heat.shape

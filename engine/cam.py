@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391): ``cam = ReLU(sum_c alp
 ``alpha_c = mean_ij d y / d A_c(i, j)``. For a head ``y = sum_c w_c mean_ij A_c(i, j) + b`` (global average
 pool + one linear layer, timm ResNet/ResNet-RS/EfficientNet) the gradient is ``w_c / (h w)`` at every cell, so
 Grad-CAM equals ``ReLU(sum_c w_c A_c) / (h w)``: classic CAM (Zhou et al., CVPR 2016) computed from the same
-``forward_features`` output as the prediction, no backward pass (DESIGN.md §5). Torch functions are
+``forward_features`` output as the prediction, no backward pass (the derivation above). Torch functions are
 device-agnostic and return float32; heatmap resizing works on numpy arrays.
 """
 
@@ -223,8 +223,8 @@ def refine_cell_centres(
 def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns per-image min-max normalised maps in [0, 1] (B, h, w) and each raw maximum (B,).
 
-    The seed's normalisation (research/seed_code.md §9): ``(cam - min) / (max - min + eps)``. It makes maps
-    readable but not comparable across images, hence the raw maximum is returned too (DESIGN.md §4.5).
+    The original pipeline's normalisation: ``(cam - min) / (max - min + eps)``. It makes maps
+    readable but not comparable across images, hence the raw maximum is returned too (README.md "What changed").
     An all-zero (or constant) map stays all zero. Float32 with autocast off (``float32_region``).
     """
     if cams.ndim != 3:
@@ -242,7 +242,8 @@ def upsample_heatmap(heatmap: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
     This is THE way a stored heatmap becomes a canvas-resolution map. OpenCV INTER_LINEAR uses pixel-centre
     alignment: feature cell (r, c) is centred at canvas ((c + 0.5) out_w / w, (r + 0.5) out_h / h), the same
-    geometry ``engine.boxes.extract_pseudo_boxes`` uses for peaks. Seed: cv2 bilinear (seed_code.md §9).
+    geometry ``engine.boxes.extract_pseudo_boxes`` uses for peaks. The original pipeline also upsampled with cv2
+    bilinear.
     """
     if heatmap.ndim != 2 or heatmap.size == 0:
         raise CamError(f"heatmap must be a non-empty 2-D (h, w) array, got shape {heatmap.shape}")

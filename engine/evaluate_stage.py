@@ -108,7 +108,7 @@ def stored_box_params(boxes: pd.DataFrame, cfg: Config) -> tuple[BoxParams, str]
 
 
 def seed_params(cfg: Config) -> BoxParams:
-    """Returns the seed's box settings (`evaluate.seed_*`, DESIGN.md §3)."""
+    """Returns the original pipeline's box settings (`evaluate.seed_*`: 48 px, 5 boxes, NMS IoU 0.15)."""
     ev = cfg.evaluate
     return BoxParams(size=ev.seed_size, max_boxes=ev.seed_max, nms_iou=ev.seed_nms_iou, min_score=0.0)
 

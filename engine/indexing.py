@@ -39,7 +39,7 @@ from engine.parsing import (
 
 __all__ = ["ERROR_COLUMNS", "GT_BOX_COLUMNS", "INDEX_COLUMNS", "IndexResult", "LayoutSettings", "build_index",
            "build_layout_index", "read_image_size"]  # fmt: skip
-WHOLE_BODY_PART = "wholeBody"  # DESIGN.md §2: only whole-body folders have VOC XML in <folder>/<view lower>/
+WHOLE_BODY_PART = "wholeBody"  # BS-80K: only whole-body folders have VOC XML, in <folder>/<view lower>/
 READ_THREADS = 16  # concurrent XML/header reads: latency-bound on object stores and network disks
 READ_CHUNK = 1024  # label lines whose reads are in flight at once (bounds memory at 100x BS-80K)
 _Entries = dict[str, TreeEntry]  # a directory listing by name
@@ -88,7 +88,7 @@ def _index_folder(acc: IndexAccumulator, entry: TreeEntry) -> None:
     name = entry.name
     info = parse_folder_name(name)
     if info is None:
-        acc.error(name, f"unknown_folder: {name!r} is not part[L|R](ANT|POST) (DESIGN.md §2); skipped")
+        acc.error(name, f"unknown_folder: {name!r} is not a BS-80K folder name part[L|R](ANT|POST); skipped")
         return
     if not entry.is_inside:
         acc.error(name, "unsafe_path: folder resolves outside the data root; skipped")
@@ -226,7 +226,7 @@ def _index_gt_boxes(
 def _check_label_matches_boxes(
     acc: IndexAccumulator, xml_rel: str, image_id: str, label: int, boxes: list[VocBox]
 ) -> None:
-    """Records label_box_mismatch: abnormal exactly when an Abnormal box exists (DESIGN.md §2)."""
+    """Records label_box_mismatch: abnormal exactly when an Abnormal box exists (BS-80K's labelling rule)."""
     abnormal = sum(box.cls == "Abnormal" for box in boxes)
     if (label == 1) != (abnormal > 0):
         acc.error(xml_rel, f"label_box_mismatch: label {label} but {abnormal} Abnormal box(es) in the XML", image_id)

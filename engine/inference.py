@@ -49,7 +49,7 @@ class ClassifyCamStage:
     """Ray Data actor UDF: uint8 canvases -> y_prob, logit, CAM heatmap (float16), pseudo boxes."""
 
     def __init__(self, settings: CamSettings) -> None:
-        import torch  # imported here: the class is pickled to the actor (DESIGN.md §7)
+        import torch  # imported here: the class is pickled to the actor (module-level torch.backends failed to pickle)
 
         from engine.cam import gap_linear_weights
         from engine.config import ModelConfig

@@ -1,6 +1,6 @@
 """Letterbox: the one resize-and-pad of a scan onto a fixed canvas, and the canvas <-> original box mapping.
 
-Conventions (stated once for the whole engine; STYLE.md §3):
+Conventions (stated once for the whole engine):
 
 * Arrays are (H, W), or (N, H, W) in batches. Row index = y, column index = x.
 * Boxes are ``x1, y1, x2, y2`` in float pixels, x2/y2 exclusive (a box covering pixel columns 0..3 is
@@ -8,10 +8,10 @@ Conventions (stated once for the whole engine; STYLE.md §3):
   ``boxes_canvas`` / ``boxes_orig`` accordingly.
 * VOC XML boxes (1-based, inclusive) are converted to this convention once, in the parser.
 
-Letterbox rule (seed ``letterbox_pil``, research/seed_code.md §2, with an OpenCV resampler):
+Letterbox rule (the original pipeline's ``letterbox_pil``, with an OpenCV resampler instead of Pillow):
 ``scale = min(canvas_w / w, canvas_h / h)``, ``new_w = max(1, round(w * scale))`` (likewise ``new_h``),
 the resized image is centred with ``pad = (canvas - new) // 2`` and the padding is 0. The project's default
-canvas is 1024 tall x 512 wide (DESIGN.md §4.1): a 256 x 1024 portrait scan gets scale 1, pad_left 128.
+canvas is 1024 tall x 512 wide (README.md "What changed"): a 256 x 1024 portrait scan gets scale 1, pad_left 128.
 
 Mapping: ``x_canvas = x_orig * (new_w / orig_w) + pad_left`` and likewise for y. Because new_w and new_h are
 rounded, the exact per-axis factors (not ``scale``) are used both ways, so the round trip is exact up to
@@ -34,7 +34,7 @@ class LetterboxError(ValueError):
 
 @dataclass(frozen=True)
 class LetterboxMeta:
-    """Where the original image sits on the canvas; travels with every row (DESIGN.md §6 ``meta``)."""
+    """Where the original image sits on the canvas; travels with every row (table ``meta``, ``schemas/meta.py``)."""
 
     orig_h: int  # original image height, px
     orig_w: int  # original image width, px

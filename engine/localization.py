@@ -4,12 +4,12 @@ Exact integer-pixel geometry in the original image (conventions: ``engine.letter
 column ``i`` when ``x1 <= i + 0.5 < x2``, so float boxes become ``[ceil(x1 - 0.5), ceil(x2 - 0.5))`` and integer
 (GT) boxes stay as they are; areas, intersections, IoU and intersection-over-GT are pixel counts and their ratios.
 
-Protocol (research/anchors.md §3): targets are the **Abnormal** GT boxes only; Normal GT boxes (physiological
-uptake) are counted apart. Pointing game (Zhang et al., ECCV 2016): the CAM peak pixel lies within ``tolerance_px``
-(Euclidean, to the nearest box pixel) of an Abnormal box. Hit@k: one of the top-k boxes shares a pixel with an
-Abnormal box. Box precision/recall (VOC style): greedy one-to-one matching in rank order at IoU or
-intersection-over-GT thresholds; precision counts the boxes of every scored image. Integer counts add up in
-``LocalizationAccumulator``: shards merge exactly.
+Protocol (adapted from the WSOL evaluation of Choe et al., CVPR 2020, arXiv:2001.07437): targets are the
+**Abnormal** GT boxes only; Normal GT boxes (physiological uptake) are counted apart. Pointing game (Zhang et al.,
+ECCV 2016): the CAM peak pixel lies within ``tolerance_px`` (Euclidean, to the nearest box pixel) of an Abnormal
+box. Hit@k: one of the top-k boxes shares a pixel with an Abnormal box. Box precision/recall (VOC style): greedy
+one-to-one matching in rank order at IoU or intersection-over-GT thresholds; precision counts the boxes of every
+scored image. Integer counts add up in ``LocalizationAccumulator``: shards merge exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from engine.letterbox import LetterboxMeta, canvas_to_original
 
 @dataclass(frozen=True)
 class LocSettings:
-    """What `score_image` measures (conf ``evaluate.*``; defaults from the issue and research/anchors.md §3)."""
+    """What `score_image` measures (conf ``evaluate.*``; IoU 0.5 as in CorLoc, 0.3 a lenient second threshold)."""
 
     ks: tuple[int, ...] = (1, 3, 5)  # hit@k for these k (conf evaluate.ks)
     iou_thresholds: tuple[float, ...] = (0.3, 0.5)  # box precision/recall at IoU >= t (conf evaluate.iou)

@@ -1,9 +1,8 @@
-"""Binary classification metrics at a threshold, and threshold selection on a fixed grid (DESIGN.md §3).
+"""Binary classification metrics at a threshold, and threshold selection on a fixed grid.
 
 A case is predicted positive when ``y_prob >= thr``. Probabilities are compared in float64, so a float32
-``y_prob`` gives the same decisions everywhere. Threshold modes follow the seed's ``select_threshold.py``
-(research/seed_code.md §6) except that ``sens_atleast`` raises instead of silently falling back
-(DESIGN.md §4.6).
+``y_prob`` gives the same decisions everywhere. Threshold modes follow the original pipeline's ``select_threshold.py``
+except that ``sens_atleast`` raises instead of silently falling back to the most specific threshold.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, roc_auc_score
 
-THRESHOLD_GRID = np.round(np.arange(1, 1000) / 1000, 3)  # 0.001 .. 0.999, the seed's grid (DESIGN.md §3)
+THRESHOLD_GRID = np.round(np.arange(1, 1000) / 1000, 3)  # 0.001 .. 0.999, the original pipeline's grid
 MODES = ("youden", "f1", "sens_atleast")
 
 
@@ -136,7 +135,7 @@ def select_threshold(
 ) -> BinaryMetrics:
     """Returns the metrics at the grid threshold chosen by ``mode``, vectorised over the grid.
 
-    Modes (DESIGN.md §3): ``youden`` maximises sens + spec - 1, then sens, then spec, then the lower
+    Modes (the original pipeline's): ``youden`` maximises sens + spec - 1, then sens, then spec, then the lower
     threshold; ``f1`` maximises F1 with the same ties; ``sens_atleast`` keeps thresholds with
     sens >= sens_min and maximises spec, then sens, then the lower threshold.
 

@@ -15,7 +15,7 @@ from engine.tables import resolve_fs
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm/torchvision ImageNet statistics (DESIGN.md §3)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm/torchvision ImageNet statistics; grey repeated to 3 channels
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 

@@ -1,4 +1,4 @@
-"""Pure parsers for BS-80K folder names, label files, Pascal-VOC XML and image headers (DESIGN.md §2).
+"""Pure parsers for BS-80K folder names, label files, Pascal-VOC XML and image headers.
 
 Bad input never raises: it becomes a `ParseError` whose `reason` is `"code: detail"` (`bad_label`, …).
 VOC's 1-based inclusive corners become 0-based boxes, x2/y2 exclusive, once: x1 = xmin - 1, x2 = xmax.
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 
-SIDED_PARTS = ("ankle", "chest", "elbow", "knee", "sho")  # DESIGN.md §2: region folders with L/R
-UNSIDED_PARTS = ("head", "pelvis", "vertbra", "wholeBody")  # DESIGN.md §2: folders without a side
+SIDED_PARTS = ("ankle", "chest", "elbow", "knee", "sho")  # BS-80K region folders with L/R
+UNSIDED_PARTS = ("head", "pelvis", "vertbra", "wholeBody")  # BS-80K folders without a side
 VIEWS = ("ANT", "POST")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-BOX_CLASSES = {"normal": "Normal", "abnormal": "Abnormal"}  # VOC object names, DESIGN.md §2
+BOX_CLASSES = {"normal": "Normal", "abnormal": "Abnormal"}  # BS-80K VOC object names
 STAGE = "index"
 
-# Parts are listed explicitly, so a part ending in L/R can never swallow the side (DESIGN.md §4.6).
+# Parts are listed explicitly, so a part ending in L/R can never swallow the side (the original greedy regex did).
 _FOLDER_RE = re.compile(
     rf"^(?:(?P<sided>{'|'.join(SIDED_PARTS)})(?P<side>[LR])|(?P<unsided>{'|'.join(UNSIDED_PARTS)}))"
     rf"(?P<view>{'|'.join(VIEWS)})$"
@@ -75,7 +75,7 @@ class ParseError:
 
     @property
     def message(self) -> str:
-        """Returns the human message `"{file}:{line}: {reason}"` (STYLE.md §7)."""
+        """Returns the human message `"{file}:{line}: {reason}"`."""
         return f"{self.file}{'' if self.line is None else f':{self.line}'}: {self.reason}"
 
 

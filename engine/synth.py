@@ -1,4 +1,4 @@
-"""Owns the synthetic BS-80K generator: bone-scan-like data in the real dataset's on-disk layout (DESIGN.md §2).
+"""Owns the synthetic BS-80K generator: bone-scan-like data in the real dataset's on-disk layout.
 
 Layout under the root: 28 folders, each `F/F.txt` with lines `<id>.jpg<TAB><label>`; whole-body JPEGs
 (256 wide x 1024 tall) in `wholeBodyANT/`, `wholeBodyPOST/`; Pascal-VOC XML (1-based inclusive px) in

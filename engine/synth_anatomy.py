@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-IMAGE_H, IMAGE_W = 1024, 256  # whole-body image size in px, rows x columns (DESIGN.md §2)
+IMAGE_H, IMAGE_W = 1024, 256  # whole-body image size in px, rows x columns, as in BS-80K
 REF_HEIGHT = 950.0  # body height (px) for which the vertical px sizes below are given
 SCATTER = 0.05  # soft-tissue scatter halo: share of the tissue level
 

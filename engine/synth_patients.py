@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.synth_anatomy import IMAGE_W, REF_HEIGHT, REGIONS, Body, Patient, Spot, Tube, rib_point
 
-ABNORMAL_PATIENT_RATE = 0.35  # BS-80K: ANT 1183 / 3247 abnormal (DESIGN.md §2)
+ABNORMAL_PATIENT_RATE = 0.35  # BS-80K wholeBodyANT.txt: 1183 of 3247 abnormal
 NORMAL_XML_RATE = 0.75  # share of normal images that still get an XML (Normal boxes only)
 OCCULT_LESION_RATE = 0.1  # a lesion invisible in one view, so ANT and POST labels sometimes differ, as in BS-80K
 # Calibration to 17 real whole-body pairs (median body height 0.67 of the frame, children ~0.36, width 0.83;
