@@ -137,8 +137,10 @@ def done_line(label: str, done: int, total: int | None, elapsed_s: float, unit: 
 
 
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
-    """Returns the one terminal line of a finished epoch (`epoch` counted from 1)."""
+    """Returns the one terminal line of a finished epoch (`epoch` counted from 1): val_auc for make train,
+    val_dice for make segtrain."""
+    score = "val_auc" if "val_auc" in metrics else "val_dice"
     return (
         f"epoch {metrics['epoch']}/{epochs} train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
-        f"val_auc {metrics['val_auc']:.4f} {metrics['img_per_s']:.1f} img/s{' *best' if metrics['is_best'] else ''}"
+        f"{score} {metrics[score]:.4f} {metrics['img_per_s']:.1f} img/s{' *best' if metrics['is_best'] else ''}"
     )

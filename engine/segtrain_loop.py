@@ -166,8 +166,6 @@ def segtrain_loop_per_worker(config: dict[str, Any]) -> None:
             validate(_unwrap(model), ray.train.get_dataset_shard("val"), loss_fn, ctx, out)
         parts = _gather(out, world)
         metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": epoch}
-        if rank == 0:
-            print(f"segtrain epoch {epoch}/{cfg.segtrain.epochs} train_loss {metrics['train_loss']:.4f} "
-                  f"val_dice {metrics['val_dice']:.4f} {metrics['img_per_s']:.1f} img/s"
-                  f"{' *best' if metrics['is_best'] else ''}", flush=True)  # fmt: skip
+        if rank == 0 and config.get("events") is not None:
+            config["events"].put(("epoch", metrics))  # the driver prints it (engine/pipeline.py fit_with_progress)
         report_checkpoint(metrics, model, opt, sched, state, rank)

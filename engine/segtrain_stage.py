@@ -92,7 +92,7 @@ def run_segtrain(cfg: Config) -> StageSummary:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from engine.pipeline import check_train_fits, init_ray, use_gpu
+    from engine.pipeline import check_train_fits, fit_with_progress, init_ray, progress_queue, use_gpu
     from engine.segtrain_loop import segtrain_loop_per_worker
 
     summary = StageSummary("segtrain")
@@ -105,7 +105,8 @@ def run_segtrain(cfg: Config) -> StageSummary:
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     workers = cfg.train.num_workers
     storage = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
-    config = {"cfg": cfg, "arch": segnet_arch(cfg), "run_id": _run_id(cfg),
+    events = progress_queue()
+    config = {"cfg": cfg, "arch": segnet_arch(cfg), "run_id": _run_id(cfg), "events": events,
               "steps_per_epoch": math.ceil(len(train_rows) / (cfg.segtrain.batch_size * workers))}  # fmt: skip
     trainer = TorchTrainer(
         segtrain_loop_per_worker, train_loop_config=config,
@@ -120,7 +121,7 @@ def run_segtrain(cfg: Config) -> StageSummary:
         datasets={"train": target_stream(train_rows, cfg), "val": target_stream(val_rows, cfg)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
     )  # fmt: skip
-    trainer.fit()
+    fit_with_progress(trainer, events, cfg.segtrain.epochs, config["steps_per_epoch"])
     save_config(cfg, "segtrain")
     _count_rows(cfg, summary, len(train_rows), len(val_rows))
     summary.rows_in += left_out

@@ -40,6 +40,9 @@ def test_format_duration_reads_as_seconds_minutes_hours() -> None:
 def test_epoch_line_shows_the_epoch_counted_from_one_and_marks_the_best() -> None:
     metrics = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_auc": 0.75, "img_per_s": 12.34, "is_best": True}
     assert epoch_line(metrics, 6) == "epoch 1/6 train_loss 0.5000 val_loss 0.2500 val_auc 0.7500 12.3 img/s *best"
+    seg = {**metrics, "val_dice": 0.125, "is_best": False}
+    del seg["val_auc"]  # make segtrain reports its val Dice instead
+    assert epoch_line(seg, 2) == "epoch 1/2 train_loss 0.5000 val_loss 0.2500 val_dice 0.1250 12.3 img/s"
 
 
 def test_progress_without_a_terminal_writes_few_plain_lines() -> None:
