@@ -103,8 +103,8 @@ class StageSummary:
             lines.append(f"   error {reason}: {count}")
         for reason, count in d["skipped"].items():
             lines.append(f"   skipped {reason}: {count}")
-        for name, rows in self.tables.items():
-            lines.append(f"   table {name}: {rows} rows")
+        if self.tables:
+            lines.append("   rows written: " + ", ".join(f"{name} {rows}" for name, rows in self.tables.items()))
         for key, value in self.extra.items():
             lines.append(f"   {key}: {_short(value)}")
         return "\n".join(lines)

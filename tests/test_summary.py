@@ -59,8 +59,7 @@ def test_render_lists_errors_tables_and_extras_of_a_balanced_run():
     assert "UNBALANCED" not in lines[0]
     assert lines[1:] == [
         "   error undecodable: 1",
-        "   table preds: 2 rows",
-        "   table errors: 1 rows",
+        "   rows written: preds 2, errors 1",
         "   scope: split",
         "   auc: 0.8765",
         "   per_view: ANT=1, POST=0.25",
