@@ -73,14 +73,13 @@ def flags_by_image(rows: pd.DataFrame) -> dict[str, list[str] | None]:
     return dict(zip(rows["image_id"].astype(str), qc_flag_lists(rows), strict=True))
 
 
-def training_range_check(cfg: Config, flags: dict[str, list[str] | None], summary: StageSummary) -> None:
+def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dict[str, str]:
     """With `model.from_run`: adds `domain_shift` to the QC flags of images whose statistics (engine.qc.SHIFT_STATS)
-    lie outside the range of the model's training images, and puts both medians into the summary."""
+    lie outside the range of the model's training images; returns the summary lines (the count, both medians)."""
     reference, here = read_table(cfg.model.from_run, "qc"), read_table(cfg.run.dir, "qc")
     splits = read_table(cfg.model.from_run, "splits")
     if reference.empty or here.empty or splits.empty:
-        summary.extra["domain_shift"] = "not checked: a qc table is missing here or in model.from_run"
-        return
+        return {"domain_shift": "not checked: a qc table is missing here or in model.from_run"}
     trained = reference.drop(columns=["split"], errors="ignore").merge(splits[["image_id", "split"]], on="image_id")
     trained = trained[(trained["split"] == "train") & trained["folder"].isin(view_folders(cfg.data.view))]
     here = here[here["image_id"].isin(list(flags))]
@@ -89,10 +88,9 @@ def training_range_check(cfg: Config, flags: dict[str, list[str] | None], summar
     )
     for image_id in here.loc[shifted, "image_id"]:
         flags[image_id] = [*(flags.get(image_id) or []), "domain_shift"]
-    summary.extra["domain_shift"] = f"{int(shifted.sum())} of {len(here)} images outside the training images' range"
-    summary.extra["median here / training"] = ", ".join(
-        f"{k} {here[k].median():.3g} / {trained[k].median():.3g}" for k in SHIFT_STATS
-    )
+    medians = ", ".join(f"{k} {here[k].median():.3g} / {trained[k].median():.3g}" for k in SHIFT_STATS)
+    return {"domain_shift": f"{int(shifted.sum())} of {len(here)} images outside the training images' range",
+            "median here / training": medians}  # fmt: skip
 
 
 def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,7 +175,7 @@ def run_infer(cfg: Config) -> StageSummary:
     """Predicts `infer.split` (a run without splits scored with `model.from_run`: its whole index) through the model
     actor pool; writes preds, errors and, where the rows have labels, metrics."""
     whole = unsplit(cfg)
-    rows = select_rows(cfg, None if whole else (cfg.infer.split,), False if whole else True, qc_exclude=False)
+    rows = select_rows(cfg, None if whole else (cfg.infer.split,), not whole, qc_exclude=False)
     adopt_threshold(cfg)
     thr = selected_threshold(cfg)
     ctx = {"run_id": _run_id(cfg), "model": cfg.model.name, "qc_flags": flags_by_image(rows)}
@@ -201,14 +199,14 @@ def unsplit(cfg: Config) -> bool:
     return bool(cfg.model.from_run) and read_table(cfg.run.dir, "splits").empty
 
 
-def cam_rows(cfg: Config) -> pd.DataFrame:
+def cam_rows(cfg: Config, whole: bool | None = None) -> pd.DataFrame:
     """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index.
 
     A run without splits scored with `model.from_run` scores its whole index (cam.scope=all implied).
     """
     if cfg.cam.scope not in ("split", "all"):
         raise ValueError(f"cam.scope={cfg.cam.scope!r}: expected 'split' or 'all'")
-    if cfg.cam.scope == "all" or unsplit(cfg):
+    if cfg.cam.scope == "all" or (unsplit(cfg) if whole is None else whole):
         rows = select_rows(cfg, None, False, qc_exclude=False)
     else:
         rows = select_rows(cfg, (cfg.cam.split,), qc_exclude=False)
@@ -223,21 +221,20 @@ def _min_prob(cfg: Config) -> float:
 
 def run_cam(cfg: Config) -> StageSummary:
     """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors."""
-    rows = cam_rows(cfg)
+    whole = unsplit(cfg)
+    rows = cam_rows(cfg, whole)
     adopt_threshold(cfg)
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
     ctx: dict[str, Any] = {
         "run_id": _run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": _min_prob(cfg),
         "overlays": overlays, "qc_flags": flags_by_image(rows),
     }  # fmt: skip
-    checks = StageSummary("cam")
-    if cfg.model.from_run:
-        training_range_check(cfg, ctx["qc_flags"], checks)
-    scope = "all" if unsplit(cfg) else cfg.cam.scope
+    checks = training_range_check(cfg, ctx["qc_flags"]) if cfg.model.from_run else {}
+    scope = "all" if whole else cfg.cam.scope
     split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
     summary = _stream_stage(cfg, "cam", rows, split, _settings(cfg, with_cam=True), ctx)
     summary.extra["scope"] = scope
-    summary.extra.update(checks.extra)
+    summary.extra.update(checks)
     if cfg.model.from_run:
         summary.extra["model_from_run"] = cfg.model.from_run
     summary.save(cfg.run.dir)
