@@ -14,11 +14,13 @@ STAGES := synth index split train threshold infer cam boxes masks segtrain segme
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
+# pip's own output goes to .venv/install.log, shown only when the install fails
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	@echo "setup: installing the project into $(VENV) (once; pip's log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@($(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e ".[test]") \
+		> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (once; again only when pyproject.toml changes)
 
@@ -83,33 +85,33 @@ DEMO_SEED := run.dir=runs/demo_seed canvas.height=256 canvas.width=512 model.out
 
 demo: setup ## the whole pipeline on generated data (embedded Ray, CPU, tiny model), ending with evaluate + report
 	@mkdir -p runs && date +%s > runs/.demo_started
-	$(PY) -m jobs.synth --config conf/demo.yaml
-	rm -rf runs/demo runs/demo_seed
-	$(PY) -m jobs.index --config conf/demo.yaml
-	$(PY) -m jobs.split --config conf/demo.yaml
-	$(PY) -m jobs.train --config conf/demo.yaml
-	$(PY) -m jobs.threshold --config conf/demo.yaml
-	$(PY) -m jobs.infer --config conf/demo.yaml
-	$(PY) -m jobs.cam --config conf/demo.yaml
-	$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_VAL)
-	$(PY) -m jobs.boxes --config conf/demo.yaml
-	$(PY) -m jobs.masks --config conf/demo.yaml
+	@$(PY) -m jobs.synth --config conf/demo.yaml
+	@rm -rf runs/demo runs/demo_seed
+	@$(PY) -m jobs.index --config conf/demo.yaml
+	@$(PY) -m jobs.split --config conf/demo.yaml
+	@$(PY) -m jobs.train --config conf/demo.yaml
+	@$(PY) -m jobs.threshold --config conf/demo.yaml
+	@$(PY) -m jobs.infer --config conf/demo.yaml
+	@$(PY) -m jobs.cam --config conf/demo.yaml
+	@$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_VAL)
+	@$(PY) -m jobs.boxes --config conf/demo.yaml
+	@$(PY) -m jobs.masks --config conf/demo.yaml
 	@# the seed run shares the demo's index, QC and split (same data, same seed): only the model differs
-	mkdir -p runs/demo_seed/tables && cp -r $(addprefix runs/demo/tables/,index gt_boxes qc splits) runs/demo_seed/tables/
-	$(PY) -m jobs.train --config conf/demo.yaml $(DEMO_SEED)
-	$(PY) -m jobs.threshold --config conf/demo.yaml $(DEMO_SEED)
-	$(PY) -m jobs.cam --config conf/demo.yaml $(DEMO_SEED)
-	$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
-	$(PY) -m jobs.report --config conf/demo.yaml
+	@mkdir -p runs/demo_seed/tables && cp -r $(addprefix runs/demo/tables/,index gt_boxes qc splits) runs/demo_seed/tables/
+	@$(PY) -m jobs.train --config conf/demo.yaml $(DEMO_SEED)
+	@$(PY) -m jobs.threshold --config conf/demo.yaml $(DEMO_SEED)
+	@$(PY) -m jobs.cam --config conf/demo.yaml $(DEMO_SEED)
+	@$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
+	@$(PY) -m jobs.report --config conf/demo.yaml
 	@$(PY) -m jobs.demo_summary runs/demo runs/demo_seed --started $$(cat runs/.demo_started)
 	@echo "report: $(CURDIR)/runs/demo/report/index.html"
 
 demo-seg: setup ## after `make demo`: train the segmentation network on the demo's pseudo masks, evaluate it beside them
-	$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_TRAIN)
-	$(PY) -m jobs.masks --config conf/demo.yaml
-	$(PY) -m jobs.segtrain --config conf/demo.yaml
-	$(PY) -m jobs.segment --config conf/demo.yaml
-	$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
+	@$(PY) -m jobs.cam --config conf/demo.yaml $(CAM_TRAIN)
+	@$(PY) -m jobs.masks --config conf/demo.yaml
+	@$(PY) -m jobs.segtrain --config conf/demo.yaml
+	@$(PY) -m jobs.segment --config conf/demo.yaml
+	@$(PY) -m jobs.evaluate --config conf/demo.yaml evaluate.baseline_run=runs/demo_seed
 	@$(PY) -m jobs.demo_summary runs/demo
 
 test: setup ## run the test suite

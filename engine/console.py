@@ -4,12 +4,14 @@ Ray's chatter is switched off with Ray's own settings, never by filtering text: 
 keeps every worker's and actor's output in the session's log files (/tmp/ray/session_latest/logs), the
 driver's `ray` loggers (ray.data's included, which sets its own level) are raised to ERROR.
 
-One Ray line remains on stages with a model actor pool (cam, infer): the driver's C++ core worker logs "Actor ...
-has constructor arguments in the object store and max_restarts > 0" for every Ray Data actor pool
-(https://github.com/ray-project/ray/issues/57733, open). Only `RAY_BACKEND_LOG_LEVEL` hides it, which would also
-silence the embedded raylet's and GCS's logs and prints a line of its own; the actors' restarts (max_restarts) are
-what survives a killed model actor (tests/test_faults.py), so they stay on. `log.level=debug`
-(or `--verbose` on a job's command line) leaves both as Ray sets them.
+Ray's C++ core (the driver's core worker) writes straight to file descriptor 2, below Python: on stages with a
+model actor pool it logs "Actor ... has constructor arguments in the object store and max_restarts > 0" for every
+Ray Data actor pool (https://github.com/ray-project/ray/issues/57733, open; the restarts are what survives a
+killed model actor, tests/test_faults.py, so they stay on). `route_native_stderr` therefore points descriptor 2
+at a log file per job and gives Python's `sys.stderr` a copy of the terminal: every Python line (progress,
+warnings, tracebacks, `error:` lines) still reaches the terminal, native libraries' output goes to the file,
+whose path a failing job prints. `log.level=debug` (or `--verbose` on a job's command line) leaves Ray's logging
+and descriptor 2 as Ray sets them.
 
 Progress goes to stderr: a tqdm bar on a terminal; without one (CI, `make demo | tee`) a plain line at most every
 `log.progress_s` seconds, so a long stage writes a few lines, not one per batch.
@@ -17,15 +19,18 @@ Progress goes to stderr: a tqdm bar on a terminal; without one (CI, `make demo |
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, TextIO
 
 from engine.config_sections import LogConfig
 
-_settings = {"verbose": False, "progress_s": 30.0}  # set once per process by `configure` (jobs/_cli.py)
+_settings: dict[str, Any] = {"verbose": False, "progress_s": 30.0}  # set once per process by `configure` (jobs/_cli.py)
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
 
 
@@ -58,6 +63,42 @@ def quiet_driver_loggers() -> None:
     from ray.util.annotations import RayDeprecationWarning
 
     warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+
+
+def native_log_path(stage: str) -> str:
+    """Returns the file a job's native stderr goes to: `$TMPDIR/bs80k-logs/<stage>-<pid>.log`."""
+    folder = os.path.join(tempfile.gettempdir(), "bs80k-logs")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{stage or 'job'}-{os.getpid()}.log")
+
+
+def route_native_stderr(stage: str) -> str:
+    """Points file descriptor 2 at the job's native log, keeps `sys.stderr` on the terminal; returns the log's path.
+
+    A no-op returning "" when verbose (Ray's own lines stay on the terminal) or when `sys.stderr` is not the
+    process's own (pytest, a notebook: the embedding program keeps its streams). Child processes started afterwards
+    (Ray's raylet, GCS, workers) inherit the log file as their stderr. An empty log is removed at exit.
+    """
+    if is_verbose() or sys.stderr is not sys.__stderr__ or _settings.get("native_log"):
+        return str(_settings.get("native_log", ""))
+    path = native_log_path(stage)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+    _settings["native_log"] = path
+    atexit.register(_remove_if_empty, path)
+    return path
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        if os.path.getsize(path) == 0:
+            os.remove(path)
+    except OSError:
+        pass
 
 
 def format_duration(seconds: float) -> str:

@@ -95,8 +95,11 @@ def run_split(cfg: Config) -> StageSummary:
     summary.rows_ok = writer.write("splits", splits)
     summary.commit(writer)
     save_config(cfg, "split")
-    sizes = split_sizes(splits[splits["folder"].str.startswith("wholeBody")])
-    summary.extra["whole_body_images (split, view) x label"] = "\n" + sizes.to_string()
+    sizes = split_sizes(splits[splits["folder"].str.startswith("wholeBody")]).reindex(columns=[0, 1], fill_value=0)
+    summary.extra["whole_body_images normal/abnormal"] = "; ".join(
+        f"{split} " + ", ".join(f"{view} {'/'.join(str(n) for n in counts)}" for view, counts in rows.iterrows())
+        for split, rows in ((split, sizes.loc[split]) for split in sizes.index.unique(level=0))
+    )  # "train ANT 92/43, POST 90/45; val ..."
     summary.extra["patients_per_split"] = dict(splits.groupby("split")["patient_id"].nunique())
     summary.save(cfg.run.dir)
     return summary.finish()

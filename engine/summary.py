@@ -105,8 +105,7 @@ class StageSummary:
             lines.append(f"   skipped {reason}: {count}")
         if self.tables:
             lines.append("   rows written: " + ", ".join(f"{name} {rows}" for name, rows in self.tables.items()))
-        for key, value in self.extra.items():
-            lines.append(f"   {key}: {_short(value)}")
+        lines.extend(_packed_extras(self.extra))
         return "\n".join(lines)
 
     def save(self, run_dir: str) -> str:
@@ -129,6 +128,33 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     return value
+
+
+LINE_WIDTH = 110  # scalar extras share a line up to this width ("   epochs: 4; best_epoch: 3; ...")
+
+
+def _packed_extras(extra: dict[str, Any]) -> list[str]:
+    """Returns the extras as lines: scalars packed `key: value; key: value` to LINE_WIDTH, a dict per line.
+
+    Empty values are left out (the JSON summary keeps them); a multi-line value keeps its own lines.
+    """
+    lines: list[str] = []
+    current = ""
+    for key, value in extra.items():
+        text = _short(value)
+        if text == "":
+            continue
+        item = f"{key}: {text}"
+        if isinstance(value, dict) or "\n" in text:
+            lines.extend([f"   {current}"] if current else [])
+            lines.append(f"   {item}")
+            current = ""
+        elif current and len(current) + 2 + len(item) + 3 <= LINE_WIDTH:
+            current = f"{current}; {item}"
+        else:
+            lines.extend([f"   {current}"] if current else [])
+            current = item
+    return lines + ([f"   {current}"] if current else [])
 
 
 def _short(value: Any) -> str:

@@ -69,15 +69,19 @@ def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str
     from engine import console
     from engine.preflight import preflight
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    native_log = ""
     try:
         cfg = parse_config(argv, description, name)
         console.configure(cfg.log)
+        native_log = console.route_native_stderr(name)  # Ray's C++ lines to a file, Python's to the terminal
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         preflight(name, cfg)
         print(f"-> {name or 'stage'}: run {cfg.run.dir}, data {cfg.data.root}", flush=True)
         summary = _resolve(stage)(cfg)
     except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if native_log and os.path.getsize(native_log):
+            print(f"  native log (Ray's own lines): {native_log}", file=sys.stderr)
         return 2
     print(summary.render())
     return 0

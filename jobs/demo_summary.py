@@ -12,29 +12,47 @@ import json
 import time
 from pathlib import Path
 
-FIGURES = ("peaks", "peaks_unrefined", "masks_tight", "masks", "masks_note", "segnet_tight", "segnet", "peaks_tuned",
-           "seed_rule", "seed",
-           "centre_prior", "body_prior", "max_box_acc", "max_box_acc_threshold", "left_out_test", "left_out_val",
-           "box_params")  # fmt: skip
+# the headline methods (every method and baseline: the evaluate summary above it, or tables/loc_metrics)
+FIGURES = ("peaks", "masks_tight", "masks", "segnet_tight", "segnet", "peaks_tuned", "seed", "body_prior",
+           "max_box_acc")  # fmt: skip
 STAGE_ORDER = ("synth", "index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
                "evaluate", "report")
+LINE_WIDTH = 110
 
 
-def figure_lines(evaluate: dict) -> list[str]:
-    """Returns the localisation figures of an evaluate summary, one `name: value` line each."""
-    return ["localisation on the demo test split:"] + [f"  {k}: {evaluate[k]}" for k in FIGURES if k in evaluate]
+def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
+    """Returns the test split's classification figures (infer summary) and headline localisation figures."""
+    lines = []
+    if infer and "auc" in infer:
+        lines.append(f"classification on the {infer.get('split', 'test')} split: auc {infer['auc']:.3f}, sensitivity "
+                     f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
+                     f"({infer['n']} images)")  # fmt: skip
+    figures = [f"  {k}: {_value(evaluate[k])}" for k in FIGURES if k in evaluate]
+    if figures:
+        lines += ["localisation on the test split (all methods: evaluate's summary above):", *figures]
+    return lines
+
+
+def _value(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def timing_lines(run_dirs: list[Path], started: float | None, now: float) -> list[str]:
-    """Returns one line per stage summary found under `run_dirs` (seconds, rows in) and the total wall time."""
-    lines = ["stage times (each stage's own clock):"]
+    """Returns each run's stage times (`train 520 s`, pipeline order, wrapped) and the total wall time."""
+    lines = ["stage times (each stage's own clock; the last pass of a stage run twice):"]
     for run_dir in run_dirs:
         found = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "summaries").glob("*.json"))}
         ordered = sorted(found, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+        line = f"  {run_dir.name}:"
         for stage in ordered:
-            summary = found[stage]
-            lines.append(f"  {run_dir.name:>10} {stage:<10} {summary.get('seconds', 0.0):7.1f} s"
-                         f"  {summary.get('rows_in', 0):>6} rows in")  # fmt: skip
+            item = f" {stage} {found[stage].get('seconds', 0.0):.0f} s,"
+            if len(line) + len(item) > LINE_WIDTH:
+                lines.append(line.rstrip(","))
+                line = " " * (len(run_dir.name) + 3)
+            line += item
+        lines.append(line.rstrip(","))
     if started is not None:
         lines.append(f"total wall time: {(now - started) / 60:.1f} min (process start-ups included)")
     return lines
@@ -45,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--started", type=float, default=None, help="epoch seconds when the demo started")
     args = parser.parse_args(argv)
-    evaluate = args.run_dirs[0] / "summaries" / "evaluate.json"
-    lines = figure_lines(json.loads(evaluate.read_text())) if evaluate.is_file() else []
+    summaries = args.run_dirs[0] / "summaries"
+    evaluate, infer = (json.loads(p.read_text()) if p.is_file() else {} for p in
+                       (summaries / "evaluate.json", summaries / "infer.json"))  # fmt: skip
+    lines = figure_lines(evaluate, infer)
     print("\n".join(lines + timing_lines(args.run_dirs, args.started, time.time())))
     return 0
 

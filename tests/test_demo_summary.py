@@ -19,16 +19,32 @@ def test_stages_are_listed_in_pipeline_order_per_run_with_the_total(tmp_path: Pa
         _summary(demo, stage, seconds, 10)
     _summary(seed, "train", 60.0, 7)
     lines = timing_lines([demo, seed], started=1000.0, now=1000.0 + 15 * 60)
-    stages = [line.split()[1] for line in lines[1:-1]]
-    assert stages == ["index", "train", "masks", "report", "train"]
-    assert lines[1].split()[0] == "demo" and lines[-2].split()[0] == "demo_seed" and "60.0 s" in lines[-2]
+    assert lines[1] == "  demo: index 30 s, train 120 s, masks 9 s, report 3 s"
+    assert lines[2] == "  demo_seed: train 60 s"
     assert lines[-1] == "total wall time: 15.0 min (process start-ups included)"
 
 
-def test_figures_are_printed_from_the_evaluate_summary(tmp_path: Path, capsys) -> None:
+def test_a_long_run_wraps_its_stage_times_and_keeps_every_stage(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
-    _summary(demo, "evaluate", 5.0, 40, peaks={"pointing_game": 0.9}, centre_prior={"pointing_game": 0.1})
-    assert figure_lines({"peaks": 1, "unrelated": 2}) == ["localisation on the demo test split:", "  peaks: 1"]
+    stages = ("index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
+              "evaluate", "report")  # fmt: skip
+    for stage in stages:
+        _summary(demo, stage, 1234.0, 1)
+    lines = timing_lines([demo], started=None, now=0.0)[1:]
+    assert len(lines) == 2 and all(len(line) <= 110 for line in lines)
+    items = [item.strip() for line in lines for item in line.split(":", 1)[-1].split(",")]
+    assert items == [f"{stage} 1234 s" for stage in stages]
+
+
+def test_figures_are_printed_from_the_evaluate_and_infer_summaries(tmp_path: Path, capsys) -> None:
+    demo = tmp_path / "demo"
+    _summary(demo, "evaluate", 5.0, 40, peaks={"pointing_game": 0.9, "n": 3}, centre_prior={"pointing_game": 0.1})
+    _summary(demo, "infer", 2.0, 40, split="test", auc=0.91843, sensitivity=0.875, specificity=0.7625, thr=0.839, n=40)
+    assert figure_lines({"peaks": 1, "unrelated": 2})[1:] == ["  peaks: 1"]
     assert main([str(demo)]) == 0
-    out = capsys.readouterr().out
-    assert "  peaks: {'pointing_game': 0.9}" in out and "centre_prior" in out and "evaluate" in out
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("classification on the test split: auc 0.918, sensitivity 0.875, specificity 0.762 at thr 0.839"
+                      " (40 images)")
+    assert "  peaks: pointing_game=0.900, n=3" in out
+    assert not any("centre_prior" in line for line in out)  # a baseline: in evaluate's own summary, not the headline
+    assert "  demo: infer 2 s, evaluate 5 s" in out

@@ -60,10 +60,21 @@ def test_render_lists_errors_tables_and_extras_of_a_balanced_run():
     assert lines[1:] == [
         "   error undecodable: 1",
         "   rows written: preds 2, errors 1",
-        "   scope: split",
-        "   auc: 0.8765",
+        "   scope: split; auc: 0.8765",
         "   per_view: ANT=1, POST=0.25",
     ]
+
+
+def test_render_packs_scalars_to_the_line_width_and_leaves_out_empty_values():
+    summary = summary_of(1, 1, [])
+    summary.extra = {f"key{i}": "v" * 20 for i in range(6)} | {"empty": "", "table": "\nA 1\nB 2", "last": 3}
+    lines = summary.render().splitlines()[1:]
+    assert all(len(line) <= 110 for line in lines)
+    assert "empty" not in "\n".join(lines)
+    assert len(lines[:-4]) == 2  # six 27-character items: four on the first line, two on the second
+    items = [item for line in lines[:-4] for item in line.strip().split("; ")]
+    assert items == [f"key{i}: {'v' * 20}" for i in range(6)]
+    assert lines[-4:] == ["   table: ", "A 1", "B 2", "   last: 3"]
 
 
 def test_the_rate_is_rows_in_per_second():
