@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from scipy import ndimage
-from torchvision import ops
+
+if TYPE_CHECKING:
+    import torch
 
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
@@ -90,7 +93,13 @@ def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _as_box_tensor(boxes: np.ndarray) -> torch.Tensor:
-    """Returns (N, 4) float64 boxes as a tensor, an inverted side (x2 < x1) clipped to zero width as in box_overlaps."""
+    """Returns (N, 4) float64 boxes as a tensor, an inverted side (x2 < x1) clipped to zero width as in box_overlaps.
+
+    torch and torchvision are imported when first needed: a job that never compares boxes (split, threshold,
+    report) starts ~6 s sooner without them (torchvision's import loads torch._dynamo).
+    """
+    import torch
+
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return torch.from_numpy(np.concatenate([boxes[:, :2], np.maximum(boxes[:, 2:], boxes[:, :2])], axis=1))
 
@@ -101,6 +110,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ``torchvision.ops.box_iou`` (area = (x2 - x1)(y2 - y1): the exclusive-end convention), with its 0 / 0 = NaN of
     two empty boxes read as 0.
     """
+    from torchvision import ops
+
     iou = ops.box_iou(_as_box_tensor(a), _as_box_tensor(b)).numpy()
     return np.nan_to_num(iou, nan=0.0)
 
@@ -114,6 +125,9 @@ def greedy_nms(boxes: np.ndarray, params: BoxParams) -> np.ndarray:
     """
     if params.max_boxes == 0 or len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
+    import torch
+    from torchvision import ops
+
     rank = -torch.arange(len(boxes), dtype=torch.float64)
     kept = ops.nms(_as_box_tensor(boxes), rank, params.nms_iou)
     return kept[: params.max_boxes].numpy().astype(np.int64)
