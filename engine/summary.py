@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.tables import TableWriter, resolve_fs
+from engine.io.fs import resolve_fs
+from engine.io.tables import TableWriter
 
 
 class AccountError(RuntimeError):

@@ -66,8 +66,8 @@ def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str
 
     Bad configuration, missing inputs and refused inputs are one clear line on stderr and exit code 2.
     """
-    from engine import console
     from engine.preflight import preflight
+    from engine.runtime import console
 
     native_log = ""
     try:

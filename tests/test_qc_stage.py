@@ -12,11 +12,12 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.boxes import BoxParams
-from engine.classify_stages import run_threshold, select_rows
-from engine.letterbox import letterbox_meta
-from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, body_canvas_columns, pseudo_boxes
-from engine.tables import read_table, write_part
+from engine.core.batch_columns import BODY_CANVAS_COLUMNS, META_COLUMNS, body_canvas_columns, pseudo_boxes
+from engine.core.boxes import BoxParams
+from engine.core.letterbox import letterbox_meta
+from engine.io.tables import read_table, write_part
+from engine.stages.common import select_rows
+from engine.stages.threshold import run_threshold
 from tests.conftest import test_config
 
 

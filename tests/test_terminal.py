@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.console import Progress, done_line, epoch_line, format_duration, native_log_path, progress_line
+from engine.runtime.console import Progress, done_line, epoch_line, format_duration, native_log_path, progress_line
 from tests.conftest import REPO, TEST_OVERRIDES
 
 # Lines only Ray itself writes: actor/worker prefixes, C++ core logs, Ray Data / Train internals, Ray's warnings.
