@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from engine.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from engine.summary import StageSummary
+    from engine.io.summary import StageSummary
 
 StageRef = Callable[[Config], "StageSummary"] | str  # a stage function, or "module:function" imported when run
 

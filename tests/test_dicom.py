@@ -15,7 +15,7 @@ from engine.core.letterbox import letterbox
 from engine.io.indexing import build_index
 from engine.io.layouts import LayoutSettings
 from engine.io.tables import TableWriter, read_table
-from engine.runtime.udfs import decode_batch
+from engine.runtime.decode import decode_batch
 
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage SOP class
 DICOM = LayoutSettings(layout="dicom")

@@ -15,12 +15,12 @@ import pytest
 
 from engine.core.model import arch_info, build_classifier
 from engine.io.checkpoints import save_model
+from engine.io.summary import AccountError
 from engine.io.tables import OutputError, TableWriter, read_table, write_part
 from engine.runtime.pipeline import image_stream, iter_results, model_stream
 from engine.stages.boxes import run_boxes
 from engine.stages.cam import cam_rows, run_cam
 from engine.stages.common import cam_settings as _settings
-from engine.summary import AccountError
 from tests.conftest import REPO, test_config
 
 

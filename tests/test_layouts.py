@@ -9,7 +9,7 @@ import pytest
 
 from engine.io.indexing import build_index
 from engine.io.layouts import LayoutSettings, check_layout, patient_of, view_of
-from engine.runtime.udfs import decode_batch
+from engine.runtime.decode import decode_batch
 
 IMAGES = LayoutSettings(layout="images")
 VIEW = check_layout(IMAGES).view

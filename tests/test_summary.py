@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from engine.config import load_config
+from engine.io.summary import AccountError, StageSummary
 from engine.io.tables import TableWriter, write_part
 from engine.stages.threshold import run_threshold
-from engine.summary import AccountError, StageSummary
 from tests.conftest import REPO
 
 

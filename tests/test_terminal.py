@@ -22,7 +22,7 @@ RAY_INTERNAL = re.compile(
     r"Wrapping provided model|Started training worker group|execution finished"
 )
 # Ray 2.60's driver core worker logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733):
-# a quiet job routes it to its native log file (engine/console.py)
+# a quiet job routes it to its native log file (engine/runtime/console.py)
 RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
 

@@ -18,7 +18,7 @@ from engine.core.parsing import DataError
 from engine.io.index_tables import IndexResult
 from engine.io.indexing import build_index
 from engine.io.tables import TableWriter, read_table
-from engine.runtime.udfs import decode_batch
+from engine.runtime.decode import decode_batch
 from engine.stages.cam import run_cam
 from engine.stages.common import select_rows
 from engine.stages.index import run_index

@@ -2,7 +2,7 @@
 
 A basin is the set of CAM cells whose steepest ascent (8-neighbourhood) ends at the same local maximum, the
 watershed of the map (Vincent & Soille, IEEE TPAMI 1991, by drop-of-water paths). ``refine_cell_centres`` in
-``engine.cam`` sums the evidence of a cell's window only over the cells of its own basin, so a weak peak beside a
+``engine.core.cam`` sums the evidence of a cell's window only over the cells of its own basin, so a weak peak beside a
 strong blob is never pulled onto the blob.
 """
 

@@ -1,6 +1,7 @@
-"""Batch UDFs of the stream: decode + letterbox, classify + CAM + boxes, and box rows.
+"""Columns of a stream batch: the letterbox meta, the body box on the canvas, refined peaks and the box rows.
 
-Each maps a `dict[str, np.ndarray]` batch to another by calling the pure modules; none imports Ray.
+Pure functions from a `dict[str, np.ndarray]` batch to more columns; the UDFs of engine/runtime call them, and so do
+`make boxes` and `make evaluate` on stored heatmaps (one box path for all three).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def explode_boxes(
 ) -> dict[str, np.ndarray]:
     """Returns `boxes` table columns: one row per box of the images whose y_prob >= min_prob.
 
-    `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.boxes.boxes_for_batch).
+    `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.core.boxes.boxes_for_batch).
     The original-image coordinates come from the letterbox inverse; every row records the `params` it was built
     with (box_size, nms_iou, boxes_max, min_score), so a table says how to rebuild it.
     """
@@ -96,7 +97,7 @@ def refined_peak_columns(
     Args:
         heatmaps: (N, h, w) maps as stored (float16), so that `make boxes` finds the same peaks.
         batch: letterbox meta columns of the N rows.
-        centres: (N, h, w, 2) refined cell centres (``engine.cam.refine_cell_centres``).
+        centres: (N, h, w, 2) refined cell centres (``engine.core.cam.refine_cell_centres``).
         limit: peaks kept per row.
     """
     canvas_h, canvas_w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])

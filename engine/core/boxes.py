@@ -1,6 +1,6 @@
 """Heatmap -> pseudo boxes: local maxima inside the body, fixed-size boxes shifted onto the body, greedy NMS.
 
-Boxes follow ``engine.letterbox`` conventions (canvas px, x2/y2 exclusive). Output rows are
+Boxes follow ``engine.core.letterbox`` conventions (canvas px, x2/y2 exclusive). Output rows are
 ``x1, y1, x2, y2, score`` float32, best score first. The original pipeline's top-pixel rule is
 kept as ``top_pixel_boxes`` for side-by-side comparison only; README.md "What changed from the original
 scripts" says why it is replaced (its boxes cluster on the brightest blob, land in padding, get truncated).
@@ -161,7 +161,7 @@ def refined_peaks(
     Args:
         heatmap: (h, w) CAM as stored (its peaks are the ones ``extract_pseudo_boxes`` will find).
         body_box, canvas_h, canvas_w: as for ``extract_pseudo_boxes``.
-        centres: (h, w, 2) refined canvas (x, y) of every cell (``engine.cam.refine_cell_centres``); non-finite
+        centres: (h, w, 2) refined canvas (x, y) of every cell (``engine.core.cam.refine_cell_centres``); non-finite
             entries keep the cell centre.
         limit: most peaks kept, best first.
     """

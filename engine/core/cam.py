@@ -172,10 +172,10 @@ def refine_cell_centres(
     """Returns (B, grid_h, grid_w, 2) float32 canvas (x, y): per CAM cell, where its neighbourhood's evidence lies.
 
     For cell (r, c), centred at ((c + fx) W / grid_w, (r + fy) H / grid_h) with (fx, fy) = `cell_centre` (the
-    model's ``engine.model.probe_cell_centre``; 0.5 is the pixel-centre assumption), the window reaches `reach` cells
+    model's ``core.model.probe_cell_centre``; 0.5 is the pixel-centre assumption), the window reaches `reach` cells
     each way (clipped to the canvas); the result is the centroid of the pixel centres weighted by
     ``(evidence / image max) ** power`` (a high power follows the strongest evidence, not the window's middle).
-    With `cams`, only the pixels of cells in the cell's own CAM basin count (``engine.basins.cam_basins``): the
+    With `cams`, only the pixels of cells in the cell's own CAM basin count (``engine.core.basins.cam_basins``): the
     evidence is the gradient of the summed CAM, so without it a weak peak within reach of a strong blob is pulled
     onto the blob and NMS then drops it. A window without evidence keeps the cell centre. Summed-area tables make
     it O(H W) per image (plus O(h w reach^2) cell work) on any device.
@@ -242,7 +242,7 @@ def upsample_heatmap(heatmap: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
     This is THE way a stored heatmap becomes a canvas-resolution map. OpenCV INTER_LINEAR uses pixel-centre
     alignment: feature cell (r, c) is centred at canvas ((c + 0.5) out_w / w, (r + 0.5) out_h / h), the same
-    geometry ``engine.boxes.extract_pseudo_boxes`` uses for peaks. The original pipeline also upsampled with cv2
+    geometry ``engine.core.boxes.extract_pseudo_boxes`` uses for peaks. The original pipeline also upsampled with cv2
     bilinear.
     """
     if heatmap.ndim != 2 or heatmap.size == 0:

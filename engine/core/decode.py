@@ -1,6 +1,6 @@
 """Image or DICOM bytes -> 8-bit grayscale array, with a specific reason for every image it refuses (pure).
 
-16-bit counts become grey levels through one rule, engine/counts.py (`data.count_scale`).
+16-bit counts become grey levels through one rule, engine/core/counts.py (`data.count_scale`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Box methods of `make evaluate` on stored heatmaps: recompute our boxes, the seed's rule, scoring.
 
 Frames hold one row per scored image: `heatmaps` columns + letterbox meta (`meta`) + view, label, path (`index`).
-Our boxes are recomputed only through ``engine.stages.pseudo_boxes`` / ``explode_boxes`` (the one box path of
-`make cam` and `make boxes`); the seed's through ``engine.boxes.top_pixel_boxes``.
+Our boxes are recomputed only through ``core.batch_columns.pseudo_boxes`` / ``explode_boxes`` (the one box path of
+`make cam` and `make boxes`); the seed's through ``engine.core.boxes.top_pixel_boxes``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ class LetterboxMeta:
 
     orig_h: int  # original image height, px
     orig_w: int  # original image width, px
-    canvas_h: int  # canvas height, px (conf data.canvas_h)
-    canvas_w: int  # canvas width, px (conf data.canvas_w)
+    canvas_h: int  # canvas height, px (conf canvas.height)
+    canvas_w: int  # canvas width, px (conf canvas.width)
     scale: float  # min(canvas_w / orig_w, canvas_h / orig_h)
     pad_left: int  # canvas columns left of the image
     pad_top: int  # canvas rows above the image

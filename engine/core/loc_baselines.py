@@ -3,7 +3,7 @@
 * Centre prior: the peak is the image centre; boxes of the run's box side are stacked along the vertical midline,
   outward from the centre (the spine and pelvis of a whole-body scan lie there).
 * Brightness prior: the letterboxed scan smoothed by a Gaussian stands in for the CAM; the run's own box rule
-  (``engine.boxes.extract_pseudo_boxes``) and peak (the brightest smoothed body pixel) then apply to it.
+  (``engine.core.boxes.extract_pseudo_boxes``) and peak (the brightest smoothed body pixel) then apply to it.
 * MaxBoxAcc (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization Methods Right"): for each
   CAM threshold, the box around the largest connected component of the thresholded map; an image is correct when
   that box reaches IoU >= delta with an Abnormal box; the best accuracy over the thresholds is reported.
@@ -45,7 +45,7 @@ def brightness_prior_map(canvas: np.ndarray, meta: LetterboxMeta, sigma_px: floa
     """Returns the canvas-resolution brightness prior: the scan smoothed, in [0, 1] on the body, 0 in the padding.
 
     Args:
-        canvas: (canvas_h, canvas_w) letterboxed grey image (``engine.letterbox.letterbox``).
+        canvas: (canvas_h, canvas_w) letterboxed grey image (``engine.core.letterbox.letterbox``).
         meta: its letterbox meta.
         sigma_px: Gaussian sigma in original px (conf ``evaluate.prior_sigma_px``).
     """
@@ -79,10 +79,10 @@ def box_accuracy_hits(
 
     The canvas-resolution CAM is cropped to the body and min-max normalised (Choe et al. normalise each map to
     [0, 1]); a pixel is on when its value exceeds the threshold. Boxes go back to original px through the
-    letterbox inverse and are compared as pixel boxes (``engine.localization``).
+    letterbox inverse and are compared as pixel boxes (``engine.core.localization``).
 
     Args:
-        heat_canvas: (canvas_h, canvas_w) map (``engine.cam.upsample_heatmap`` of the stored heatmap).
+        heat_canvas: (canvas_h, canvas_w) map (``engine.core.cam.upsample_heatmap`` of the stored heatmap).
         meta: letterbox meta of the image.
         abnormal: (M, 4) int Abnormal GT boxes, original px (x2/y2 exclusive).
         thresholds: (T,) CAM thresholds in [0, 1).

@@ -1,6 +1,6 @@
 """Weak-localisation metrics on arrays: pixel boxes, overlaps, pointing game, hit@k, box precision/recall, FP boxes.
 
-Exact integer-pixel geometry in the original image (conventions: ``engine.letterbox``): a box covers pixel
+Exact integer-pixel geometry in the original image (conventions: ``engine.core.letterbox``): a box covers pixel
 column ``i`` when ``x1 <= i + 0.5 < x2``, so float boxes become ``[ceil(x1 - 0.5), ceil(x2 - 0.5))`` and integer
 (GT) boxes stay as they are; areas, intersections, IoU and intersection-over-GT are pixel counts and their ratios.
 
@@ -141,7 +141,7 @@ def cam_peak_original(
 ) -> tuple[int, int] | None:
     """Returns the original pixel (x, y) of the CAM peak, or None when no body cell is positive.
 
-    The best body peak of ``engine.boxes.body_peaks`` (the largest cell centred on the body, ties: first in
+    The best body peak of ``engine.core.boxes.body_peaks`` (the largest cell centred on the body, ties: first in
     row-major order), so the rank-0 box sits on it. Its point is the refined centre when `refined` holds the cell
     (``make cam`` with ``cam.refine``), else the cell centre; the letterbox inverse maps it to the original and the
     pixel containing it is taken. A map without a positive body cell (a confident negative) has no peak.
@@ -168,7 +168,7 @@ def canvas_point_to_pixel(x: float, y: float, meta: LetterboxMeta) -> tuple[int,
 def brightest_pixel_original(heatmap_canvas: np.ndarray, meta: LetterboxMeta) -> tuple[int, int] | None:
     """Returns the seed's peak: the brightest canvas pixel (padding included, ties row-major) as an original pixel.
 
-    The first candidate of ``engine.boxes.top_pixel_boxes``; None for a map with no positive value.
+    The first candidate of ``engine.core.boxes.top_pixel_boxes``; None for a map with no positive value.
     """
     heat = np.asarray(heatmap_canvas, dtype=np.float64)
     heat = np.where(np.isfinite(heat), heat, -np.inf)

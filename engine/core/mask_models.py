@@ -43,7 +43,7 @@ class _TightBoxModel:
     def segment(
         self, images: np.ndarray, boxes: np.ndarray, peaks: np.ndarray, heat: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (masks (K, h, w) bool, scores (K,) float32 mean probability inside); engine.masks interface."""
+        """Returns (masks (K, h, w) bool, scores (K,) float32 mean probability inside); engine.core.masks interface."""
         seeds, _ = self.seeder.segment(images, boxes, peaks, heat)
         prompts = tight_boxes(seeds, boxes, self.cfg.tight_margin)
         prob = self._probabilities(np.asarray(images), prompts, np.asarray(peaks, dtype=np.float32))

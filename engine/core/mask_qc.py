@@ -2,7 +2,7 @@
 
 QC never deletes a mask: each failed check adds a reason code to the mask's flags, and a mask is kept when it
 has none. The codes: empty, area_small, area_large, peak_outside, leak, low_contrast, cam_not_above_ring,
-disagree, below_threshold (thresholds: ``engine.masks.MasksConfig``).
+disagree, below_threshold (thresholds: ``engine.config_sections.MasksConfig``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def crop_boxes(canvas: np.ndarray, heat: np.ndarray, boxes: np.ndarray, cfg: Mas
 
     Args:
         canvas: (H, W) uint8 letterboxed image.
-        heat: (H, W) float32 canvas-resolution CAM (``engine.cam.upsample_heatmap``).
+        heat: (H, W) float32 canvas-resolution CAM (``engine.core.cam.upsample_heatmap``).
         boxes: (K, 4) canvas boxes x1, y1, x2, y2 (x2/y2 exclusive).
         cfg: masks settings (context, smooth_sigma).
     """
@@ -76,7 +76,7 @@ def mask_to_original(mask: np.ndarray, origin: tuple[int, int], meta: dict) -> n
     """Returns the (orig_h, orig_w) bool mask of a crop mask placed at canvas `origin` (x, y).
 
     Each original pixel takes the value of the canvas pixel its centre maps to (nearest neighbour, the
-    letterbox forward map of ``engine.letterbox``: x_canvas = x_orig * new_w / orig_w + pad_left).
+    letterbox forward map of ``engine.core.letterbox``: x_canvas = x_orig * new_w / orig_w + pad_left).
 
     Args:
         mask: (h, w) bool crop mask.

@@ -1,11 +1,11 @@
 """Box prompt -> pseudo mask: the segmenter registry, the classical segmenters, mask clean-up and COCO RLE.
 
 Every segmenter maps a batch of K crops to K masks: ``segment(images, boxes, peaks, heat) -> (masks, scores)``
-with images (K, h, w) uint8, boxes (K, 4) x1, y1, x2, y2 crop px (x2/y2 exclusive, ``engine.letterbox``),
+with images (K, h, w) uint8, boxes (K, 4) x1, y1, x2, y2 crop px (x2/y2 exclusive, ``engine.core.letterbox``),
 peaks (K, 2) x, y crop px, heat (K, h, w) float32 CAM in [0, 1]; masks (K, h, w) bool, each inside its box and
 reduced to one hole-free component (the peak's, see ``peak_component``); scores (K,) float32 in [0, 1].
 Measured on generated hot spots (48 px boxes, +-8 px jitter, half-maximum truth): threshold Dice 0.76,
-watershed 0.75, random walker 0.75, GrabCut 0.57 (engine/mask_metrics.py scores them).
+watershed 0.75, random walker 0.75, GrabCut 0.57 (engine/core/mask_metrics.py scores them).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class GrabCutSegmenter(_BoxSegmenter):
 SEGMENTERS: dict[str, type] = {
     cls.name: cls for cls in (ThresholdSegmenter, WatershedSegmenter, RandomWalkerSegmenter, GrabCutSegmenter)
 }
-MODEL_SEGMENTERS = ("litemedsam", "sam", "sam2")  # engine/mask_models.py; loaded on first use
+MODEL_SEGMENTERS = ("litemedsam", "sam", "sam2")  # engine/core/mask_models.py; loaded on first use
 
 
 def build_segmenter(name: str, cfg: MasksConfig) -> Segmenter:

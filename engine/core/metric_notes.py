@@ -1,6 +1,6 @@
 """Plain-words descriptions of every metric and method name the report (and any other page) shows: one place.
 
-Metric names of `loc_metrics` (``engine.localization``, ``engine.evaluate_masks``, ``engine.evaluate_baselines``)
+Metric names of `loc_metrics` (``core.localization``, ``io.evaluate_masks``, ``stages.evaluate.baselines``)
 may carry a suffix after ``@``: ``iou0.3`` (intersection over union >= 0.3), ``iogt0.5`` (intersection over the GT
 box >= 0.5) or a rank ``k`` (``hit@5``); `describe` spells the suffix out.
 """
@@ -20,7 +20,7 @@ class MetricNote(NamedTuple):
 GROUP_ORDER = ("Pointing", "Box precision / recall", "Boxes at the probability cutoff",
                "False positives", "Box accuracy", "Masks", "Counts")  # fmt: skip
 
-# The classification table's columns (``engine.metrics.binary_metrics``) at the selected threshold.
+# The classification table's columns (``engine.core.metrics.binary_metrics``) at the selected threshold.
 CLASSIFICATION: dict[str, str] = {
     "n": "images with a finite probability",
     "auc": "area under the ROC curve: chance that an abnormal scan scores above a normal one",

@@ -1,4 +1,4 @@
-"""The single timm model factory, input normalisation on the device, and checkpoint I/O."""
+"""The single timm model factory, and input normalisation on the device (checkpoint files: engine/io/checkpoints.py)."""
 
 from __future__ import annotations
 

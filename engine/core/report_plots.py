@@ -58,7 +58,7 @@ def pr_png(y_true: np.ndarray, y_prob: np.ndarray, thr: float, dpi: int) -> byte
 
 
 def sens_spec_png(y_true: np.ndarray, y_prob: np.ndarray, thr: float, dpi: int) -> bytes:
-    """Returns sensitivity and specificity over `engine.metrics.THRESHOLD_GRID` with `thr` marked."""
+    """Returns sensitivity and specificity over `engine.core.metrics.THRESHOLD_GRID` with `thr` marked."""
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
     predicted = y_prob[None, :] >= THRESHOLD_GRID[:, None]
     sens = (predicted & (y_true == 1)).sum(axis=1) / max(int((y_true == 1).sum()), 1)

@@ -1,4 +1,4 @@
-"""HTML tables of `make report`: localisation metrics grouped and explained (``engine.metric_notes``), parameters.
+"""HTML tables of `make report`: localisation metrics grouped and explained (``engine.core.metric_notes``), parameters.
 
 Plain functions from `loc_metrics` rows to HTML text; every value is escaped. Tables are narrow enough for an
 800 px page: one table per metric group, a column only for the methods that scored that group, counts under the
@@ -59,7 +59,7 @@ def group_table_html(rows: pd.DataFrame) -> str:
 
 
 def methods_html(methods: list[str]) -> str:
-    """Returns the list of `methods` with what each one is (``engine.metric_notes.METHODS``)."""
+    """Returns the list of `methods` with what each one is (``engine.core.metric_notes.METHODS``)."""
     items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(METHODS.get(m, ''))}</li>" for m in methods)
     return f'<ul class="methods">{items}</ul>'
 

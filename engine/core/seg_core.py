@@ -1,13 +1,13 @@
 """Segmentation-network arrays: pseudo-mask targets on the canvas, val Dice, and probability map -> mask rows.
 
-Pure numpy (with the RLE and letterbox helpers of engine/masks.py, engine/mask_qc.py and engine/letterbox.py):
+Pure numpy (with the RLE and letterbox helpers of engine/core/: masks.py, mask_qc.py and letterbox.py):
 * targets: the kept pseudo masks of an image (COCO RLE, original px) travel as one packed string
   (``pack_rles``) and become a (canvas_h, canvas_w) uint8 0/1 target through the one letterbox
   (``target_canvas``): the union is letterboxed as a 0/255 image and thresholded at half.
 * val metrics: ``SegDiceAccumulator`` pools Dice over all val images (a false positive on a normal scan costs),
   and keeps the mean Dice of the images with a target and the share of empty-target images with a prediction.
 * outputs: ``component_masks`` splits a probability map into 8-connected components at a threshold, scored by
-  their mean probability; ``component_rows`` maps each to original px and COCO RLE (``engine.masks.encode_rle``).
+  their mean probability; ``component_rows`` maps each to original px and COCO RLE (``engine.core.masks.encode_rle``).
 """
 
 from __future__ import annotations

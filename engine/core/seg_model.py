@@ -1,8 +1,8 @@
-"""The segmentation network: segmentation-models-pytorch on a timm encoder, its loss, init and checkpoint files.
+"""The segmentation network: segmentation-models-pytorch on a timm encoder, and its loss (files: io/checkpoints.py).
 
 `build_segnet` is the one construction site (`smp.create_model`, encoder `tu-<timm name>`, encoder_weights=None:
 nothing is downloaded). The input is the classifier's: the letterboxed canvas as ImageNet-normalised 3 channels
-(``engine.model.normalize_canvas``), so the classifier's backbone can initialise the encoder
+(``engine.core.model.normalize_canvas``), so the classifier's backbone can initialise the encoder
 (``init_encoder_from_classifier``; smp's timm encoder keeps timm's parameter names under ``encoder.model``).
 The best network lives in `<run_dir>/segnet/best.pt` (state dict + info JSON), loaded with weights_only=True.
 """

@@ -1,4 +1,4 @@
-"""Owns the anatomy of the synthetic patients of `engine.synth`: body geometry, spots and the rendering of a view."""
+"""Owns the anatomy of the synthetic patients of `engine.io.synth`: body geometry, spots and the rendering of a view."""
 
 from __future__ import annotations
 

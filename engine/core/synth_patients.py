@@ -12,7 +12,7 @@ ABNORMAL_PATIENT_RATE = 0.35  # BS-80K wholeBodyANT.txt: 1183 of 3247 abnormal
 NORMAL_XML_RATE = 0.75  # share of normal images that still get an XML (Normal boxes only)
 OCCULT_LESION_RATE = 0.1  # a lesion invisible in one view, so ANT and POST labels sometimes differ, as in BS-80K
 # Calibration to 17 real whole-body pairs (median body height 0.67 of the frame, children ~0.36, width 0.83;
-# measured 2026-12-01, engine/qc.py statistics): stature, placement and the rarer kinds of scan.
+# measured 2026-12-01, engine/core/qc.py statistics): stature, placement and the rarer kinds of scan.
 ADULT_HEIGHT_PX = (668.0, 44.0)  # vertex-to-toe px of adults: normal (mean, sd) = ~1.6 m at ~2.4 mm/px
 CHILD_RATE, CHILD_HEIGHT_PX = 0.08, (300.0, 560.0)  # share of children; uniform height range px
 OFFSET_RATE = 0.05  # scans placed far from the top of the frame (feet may leave the bottom)

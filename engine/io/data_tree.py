@@ -1,7 +1,7 @@
 """A read-only, listing-based view of a data root: the local disk or any pyarrow filesystem.
 
 `open_data_tree(root)` takes a local path, a storage URI (`file://`, `s3://`, `gs://`, … through
-`engine.tables.resolve_fs`) or a path inside a given pyarrow filesystem (e.g. a `SubTreeFileSystem`).
+`engine.io.fs.resolve_fs`) or a path inside a given pyarrow filesystem (e.g. a `SubTreeFileSystem`).
 Local roots, `file://` URIs and sub-trees of the local disk become a `LocalTree`: symlinks are resolved and
 an entry that leaves the root is marked `is_inside=False`, never opened or listed. Other filesystems become
 an `ArrowTree`; object stores have no symlinks, and callers open only names they listed, so no path

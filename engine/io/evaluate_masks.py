@@ -6,9 +6,9 @@
   ``mask_box_iou`` (mean over GT boxes of the best kept-mask bbox IoU, 0 without a mask), ``mask_inside_fraction``
   (mean over kept masks of the largest fraction of the mask inside one GT box) and ``mask_hit_rate`` (GT boxes
   whose best kept-mask bbox IoU reaches the smallest ``evaluate.iou`` threshold).
-* Where the generator's true lesion masks exist (``engine.synth.lesion_mask_path``; generated data only):
+* Where the generator's true lesion masks exist (``engine.io.synth.lesion_mask_path``; generated data only):
   ``mask_dice`` (mean over lesion images of the Dice of the union of kept masks vs the union of true masks) and
-  ``mask_pxap`` (PxAP, Choe et al. CVPR 2020: the CAM in original px, as ``engine.heatmap_access.load_heatmap``
+  ``mask_pxap`` (PxAP, Choe et al. CVPR 2020: the CAM in original px, as ``engine.io.heatmap_access.load_heatmap``
   maps it, vs the union of true masks, pooled over those images). On real data these rows are absent.
 * False-positive cost on normal scans (label 0): ``mask_fp_per_normal`` (kept masks per normal image) and
   ``mask_fp_image_rate`` (normal images with any kept mask).
@@ -150,7 +150,7 @@ def read_truth(data_root: str, image_id: str) -> np.ndarray | None:
 
 
 def original_heat(row: Any) -> np.ndarray:
-    """Returns a frame row's CAM in original px, [0, 1] (the mapping of ``engine.heatmap_access.load_heatmap``)."""
+    """Returns a frame row's CAM in original px, [0, 1] (the mapping of ``engine.io.heatmap_access.load_heatmap``)."""
     meta = meta_of(row)
     canvas = np.clip(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), 0.0, 1.0)
     return np.clip(heatmap_to_original(canvas, meta), 0.0, 1.0)
@@ -205,7 +205,7 @@ def mask_methods(ctx: Any, frame: pd.DataFrame, params: BoxParams, peaks: list) 
     """Returns `masks_tight`, `masks` (and `segnet_tight`, `segnet` with a seg_masks table) of the split, and a note.
 
     Args:
-        ctx: the evaluate context (``engine.evaluate_stage.EvalContext``: cfg, gt, settings, thr).
+        ctx: the evaluate context (``engine.stages.evaluate.run.EvalContext``: cfg, gt, settings, thr).
         frame: the scored images (heatmaps + meta + index columns).
         params: the stored box settings (recorded with the rows).
         peaks: the CAM peak of each row of `frame`, as ``peaks`` scores it.

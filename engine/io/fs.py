@@ -34,7 +34,7 @@ def safe_relative_path(root: str, relative: str) -> str:
 def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.ndarray | None, float, str]:
     """Returns (uint8 (H, W) image or None, counts per grey level or NaN, error "" or `reason: detail`) of one path.
 
-    A path `<file>#<frame>` names one frame of a DICOM file (engine/dicom.py); `relative` never leaves `root`.
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); `relative` never leaves `root`.
     """
     file, frame = split_frame_path(relative)
     try:

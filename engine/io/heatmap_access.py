@@ -1,8 +1,8 @@
 """One call from a table row to pixels: `load_heatmap(run_dir, image_id)` -> the scan and its CAM, same frame.
 
 The stored heatmap (`heatmaps` table, feature resolution over the whole canvas) is upsampled with
-``engine.cam.upsample_heatmap`` and, in the original frame, cropped to the image body and resized back with
-``engine.cam.heatmap_to_original`` (the letterbox inverse of ``engine.letterbox``). The scan is read from the
+``engine.core.cam.upsample_heatmap`` and, in the original frame, cropped to the image body and resized back with
+``engine.core.cam.heatmap_to_original`` (the letterbox inverse of ``engine.core.letterbox``). The scan is read from the
 data root of the run's saved config (`<run.dir>/config/<stage>.yaml`) unless `data_root` is given.
 """
 

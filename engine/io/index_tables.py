@@ -14,7 +14,7 @@ import pandas as pd
 from engine.core.parsing import STAGE, ParseError
 from engine.io.data_tree import DataTree
 
-BS80K_LAYOUT = "bs80k"  # folders part[L|R](ANT|POST) with label files (engine/indexing.py)
+BS80K_LAYOUT = "bs80k"  # folders part[L|R](ANT|POST) with label files (engine/io/indexing.py)
 # Column name -> pandas dtype. "str" is pandas' string dtype (missing values read as NA, not None);
 # capitalised dtypes are pandas' nullable ones: `label` is NA for unlabeled scans, `line` outside label files.
 INDEX_COLUMNS = {

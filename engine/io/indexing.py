@@ -1,7 +1,7 @@
-"""Walks a data root into the index, gt_boxes and errors DataFrames: BS-80K here, other layouts in engine/layouts.py.
+"""Walks a data root into the index, gt_boxes and errors DataFrames: BS-80K here, other layouts in engine/io/layouts.py.
 
 The root is a local path, a storage URI (`file://`, `s3://`, …) or a path in a given pyarrow filesystem
-(engine/data_tree.py). Every folder, label file, image and XML must resolve inside the data root; nothing
+(engine/io/data_tree.py). Every folder, label file, image and XML must resolve inside the data root; nothing
 outside is opened. Images are never decoded, only their JPEG/PNG headers read; XMLs and headers are read
 by a thread pool (one request each on object stores). Accounting: `lines_listed == len(index) +
 len(listing_errors())`; in BS-80K roots exactly the label-line errors carry a line (others have NA).
@@ -56,11 +56,11 @@ def build_index(
 
     `data_root` is a local path, a storage URI, or a path inside `filesystem` (e.g. a SubTreeFileSystem).
     Bad folders, lines, files and XMLs become error rows (accounting: see the module docstring). The
-    `images` and `dicom` layouts are engine/layouts.py's.
+    `images` and `dicom` layouts are engine/io/layouts.py's.
 
     Raises:
         DataError: `data_root` is not a directory.
-        ValueError: `layout` is invalid (engine.layouts.check_layout).
+        ValueError: `layout` is invalid (engine.io.layouts.check_layout).
     """
     settings = layout or LayoutSettings()
     check_layout(settings)

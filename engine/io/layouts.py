@@ -3,11 +3,11 @@
 - `images`: every JPEG/PNG/TIFF (8 or 16 bit) anywhere under the root is one row, `label` null. The view comes
   from `view_pattern` on the relative path (`unknown` when it does not match), the patient from
   `patient_pattern` (default: the file stem). A VOC XML with the image's stem beside it gives gt boxes.
-- `dicom`: every `.dcm` file is read up to its pixel data (engine/dicom.py) and gives one row per frame, path
+- `dicom`: every `.dcm` file is read up to its pixel data (engine/core/dicom.py) and gives one row per frame, path
   `<file>#<frame>`, view from the DICOM view code, patient from PatientID (else as in `images`), pixel spacing
   and study date kept. Non-NM and unreadable files become error rows with a reason code.
 
-Walks list folders only through the data tree (engine/data_tree.py): entries resolving outside the data root
+Walks list folders only through the data tree (engine/io/data_tree.py): entries resolving outside the data root
 are error rows, never opened or listed; a folder reached twice (a symlink loop) is listed once.
 """
 

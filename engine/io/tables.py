@@ -1,11 +1,11 @@
 """The only Parquet writer and reader: Hive-partitioned tables under `<run.dir>/tables/<name>/`.
 
 Writes are staged: a stage writes every table it produces under `<run.dir>/_staging/<stage>-<id>/`
-and `commit()` swaps them in at the end through a journal (engine/commit.py), so a kill at any point
+and `commit()` swaps them in at the end through a journal (engine/io/commit.py), so a kill at any point
 leaves either all the old outputs of the stage or all the new ones once the next writer or reader has
 recovered. Each stage owns `tables/<name>/stage=<stage>/` for tables partitioned by stage (and its
 `split=` partition when it scores one split), and the whole `tables/<name>/` otherwise. Paths may be
-local or storage URIs (pyarrow filesystems); on object stores the swap is per file (engine/commit.py).
+local or storage URIs (pyarrow filesystems); on object stores the swap is per file (engine/io/commit.py).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from engine.config import Config
 from engine.core.batch_columns import BODY_CANVAS_COLUMNS, explode_boxes
 from engine.io.codecs import heatmap_column, peak_list_columns
 from engine.io.overlays import OverlayCollector
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
 from engine.runtime.udfs import CamSettings
-from engine.summary import StageSummary
 
 CAM_TABLES = ("preds", "heatmaps", "boxes", "meta", "errors")
 

@@ -25,7 +25,8 @@ import schemas
 from engine.config import Config, ConfigError, RayConfig
 from engine.core.batch_columns import QC_BODY_COLUMNS
 from engine.runtime.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
-from engine.runtime.udfs import CamSettings, ClassifyCamStage, decode_batch
+from engine.runtime.decode import decode_batch
+from engine.runtime.udfs import CamSettings, ClassifyCamStage
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address="local", include_dashboard=False, configure_logging=False, **ray_init_options(), **kwargs)
     quiet_driver_loggers()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the stages draw their own (engine/console.py), on the driver
+    ctx.enable_progress_bars = False  # the stages draw their own (engine/runtime/console.py), on the driver
     ctx.print_on_execution_start = False
 
 
@@ -109,12 +110,14 @@ def check_train_fits(cfg: Config, gpu: bool) -> None:
     raise ConfigError(problem)
 
 
-def image_stream(rows: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
+def image_stream(rows: pd.DataFrame, cfg: Config, carry: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Returns a Dataset of letterboxed uint8 canvases + meta + `error` for the given index rows.
 
-    The driver ships only the (small) index rows; workers read the bytes from `data.root`.
+    The driver ships only the (small) index rows; workers read the bytes from `data.root`. `carry` names further
+    columns of `rows` that travel with each image (STREAM_COLUMNS and the QC body box always do).
     """
-    frame = rows.loc[:, [c for c in (*STREAM_COLUMNS, *QC_BODY_COLUMNS) if c in rows]].reset_index(drop=True)
+    names = dict.fromkeys((*STREAM_COLUMNS, *QC_BODY_COLUMNS, *carry))
+    frame = rows.loc[:, [c for c in names if c in rows]].reset_index(drop=True)
     frame["label"] = frame["label"].astype("Float64").fillna(-1).astype(np.int64)  # -1: unlabeled (a clinic's scans)
     udf = partial(
         decode_batch, data_root=cfg.data.root, canvas_h=cfg.canvas.height, canvas_w=cfg.canvas.width,
@@ -141,11 +144,22 @@ def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ra
     host-to-device copy and box extraction overlap another's forward pass (ClassifyCamStage gives each thread
     its own CUDA stream).
     """
+    return actor_stream(ds, ClassifyCamStage, (settings,), cfg, use_gpu=settings.use_gpu)
+
+
+def actor_stream(
+    ds: ray.data.Dataset, udf_cls: type, args: tuple[Any, ...], cfg: Config, use_gpu: bool
+) -> ray.data.Dataset:
+    """Returns `ds` mapped through an actor pool of `udf_cls(*args)` sized by `infer.*` (the model stages' pool).
+
+    `udf_cls` is any batch UDF class (`__init__` loads the heavy state once per actor, `__call__` maps one numpy
+    batch); `infer.num_gpus` GPUs per actor only with `use_gpu`.
+    """
     return ds.map_batches(
-        ClassifyCamStage,
-        fn_constructor_args=(settings,),
+        udf_cls,
+        fn_constructor_args=args,
         batch_size=cfg.infer.batch_size,
-        num_gpus=cfg.infer.num_gpus if settings.use_gpu else 0,
+        num_gpus=cfg.infer.num_gpus if use_gpu else 0,
         num_cpus=cfg.infer.num_cpus,
         compute=ray.data.ActorPoolStrategy(
             size=cfg.infer.actors,
@@ -184,7 +198,7 @@ def progress_queue() -> Any:
 def fit_with_progress(trainer: Any, events: Any, epochs: int, batches: int) -> Any:
     """Runs `trainer.fit()` while the driver shows rank 0's events: a batch bar per epoch and one line per epoch.
 
-    Rank 0 puts `("batches", epoch, done)` and `("epoch", metrics)` on `events` (engine/training.py); the
+    Rank 0 puts `("batches", epoch, done)` and `("epoch", metrics)` on `events` (engine/runtime/training.py); the
     workers' own output stays in Ray's log files unless `log.level=debug`.
     """
     outcome: dict[str, Any] = {}

@@ -1,9 +1,9 @@
 """The Ray Train loop of `make segtrain`: per-worker training on the target stream, rank-0 val, checkpoints, resume.
 
-The shape of engine/training.py (``train_loop_per_worker``): each worker trains on its shard of the train stream,
+The shape of runtime/training.py (``train_loop_per_worker``): each worker trains on its shard of the train stream,
 rank 0 scores the whole val stream, every epoch is reported with a Ray Train checkpoint (model, optimiser,
 scheduler, best so far) and a re-run resumes from the latest one. Epochs count from 1. The best network by pooled
-val Dice against the val pseudo masks goes to `<run_dir>/segnet/best.pt` (``engine.seg_model.save_segnet``).
+val Dice against the val pseudo masks goes to `<run_dir>/segnet/best.pt` (``engine.io.checkpoints.save_segnet``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ STAGE = "segtrain"
 
 @dataclass
 class SegEpochOutputs:
-    """What one worker saw in one epoch (the fields engine.training._split_ok fills are the same)."""
+    """What one worker saw in one epoch (the fields engine.runtime.training._split_ok fills are the same)."""
 
     loss_sum: float = 0.0
     images: int = 0
@@ -168,5 +168,5 @@ def segtrain_loop_per_worker(config: dict[str, Any]) -> None:
         parts = _gather(out, world)
         metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": epoch}
         if rank == 0 and config.get("events") is not None:
-            config["events"].put(("epoch", metrics))  # the driver prints it (engine/pipeline.py fit_with_progress)
+            config["events"].put(("epoch", metrics))  # the driver prints it (runtime/pipeline.py fit_with_progress)
         report_checkpoint(metrics, model, opt, sched, state, rank)

@@ -1,6 +1,6 @@
 """The Ray Train loop: per-worker training on the image stream, per-epoch val, checkpoints, resume.
 
-Runs inside Ray Train workers (`TorchTrainer`); `engine.classify_stages.run_train` builds and starts it.
+Runs inside Ray Train workers (`TorchTrainer`); `engine.stages.train.run_train` builds and starts it.
 Each worker trains on its shard of the train stream; rank 0 alone scores the whole val set, so every val
 image gets exactly one prediction per epoch whatever the number of workers.
 """
@@ -243,5 +243,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         parts = _gather(out, world)
         metrics = record_epoch(parts, ctx, state, time.time() - started) if rank == 0 else {"epoch": index + 1}
         if events is not None:
-            events.put(("epoch", metrics))  # the driver prints it (engine/pipeline.py fit_with_progress)
+            events.put(("epoch", metrics))  # the driver prints it (engine/runtime/pipeline.py fit_with_progress)
         report_checkpoint(metrics, model, opt, sched, state, rank)

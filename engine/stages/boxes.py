@@ -9,13 +9,13 @@ import pandas as pd
 
 from engine.config import Config
 from engine.core.batch_columns import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table
 from engine.stages.common import (
     box_params,
     min_prob,
     save_config,
 )
-from engine.summary import StageSummary
 
 
 def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:

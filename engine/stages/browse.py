@@ -1,8 +1,8 @@
 """`make browse`: a local web page over every image of a run, queried live from the run's tables with DuckDB.
 
 Nothing is precomputed per image: each request runs one DuckDB query over the run's Parquet tables (opened as
-pyarrow datasets, so paths and storage URIs read as in ``engine.tables``) and image pages render their PNGs on
-request (``engine.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
+pyarrow datasets, so paths and storage URIs read as in ``engine.io.tables``) and image pages render their PNGs on
+request (``engine.io.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
 only from under the run dir and the data root.
 """
 
@@ -51,7 +51,7 @@ def duckdb_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in schema if not is_half(f.type)])
 
 
-_PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.localization.pixel_boxes
+_PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.localization.pixel_boxes
 SCORED_SQL = f"""
 CREATE OR REPLACE TEMP VIEW scored AS
 WITH pred AS (

@@ -1,4 +1,4 @@
-"""Streaming model stages: `make infer` (probabilities), `make cam` (+ CAM + boxes), `make boxes`."""
+"""`make cam`: probabilities + CAM + pseudo boxes in one pass of the model actor pool (cam.scope=all: whole index)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 from engine.config import Config
 from engine.core.qc import SHIFT_STATS, domain_shift
 from engine.io.overlays import OverlayCollector
+from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.cam_stream import stream_to_tables
 from engine.stages.common import (
@@ -24,13 +25,12 @@ from engine.stages.common import (
     unsplit,
     view_folders,
 )
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 
 
 def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dict[str, str]:
-    """With `model.from_run`: adds `domain_shift` to the QC flags of images whose statistics (engine.qc.SHIFT_STATS)
+    """With `model.from_run`: adds `domain_shift` to the QC flags of images whose statistics (core.qc.SHIFT_STATS)
     lie outside the range of the model's training images; returns the summary lines (the count, both medians)."""
     reference, here = read_table(cfg.model.from_run, "qc"), read_table(cfg.run.dir, "qc")
     splits = read_table(cfg.model.from_run, "splits")

@@ -1,5 +1,6 @@
-"""The QC pass of `make index`: decode every indexed image and write its `qc` row (engine/qc.py), and how other
-stages read the QC flags back (exclusion from training / threshold / evaluation, flags copied into preds)."""
+"""The run helpers the stages share: the resolved config beside the tables, row selection, the QC flags read back
+(exclusion from training / threshold / evaluation, flags copied into preds), run ids, box and CAM settings, the
+selected threshold and the error rows; every stage imports these from here, never from another stage."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from engine.core.batch_columns import (
 from engine.core.boxes import BoxParams
 from engine.core.metrics import binary_metrics
 from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table, write_part
 from engine.runtime.udfs import CamSettings
-from engine.summary import StageSummary
 
 QC_FLAGS = ("noise_frame", "low_count", "small_body", "body_cut")  # the bool flag columns of schemas/qc.py
 BODY_COLUMNS = ("body_x1", "body_y1", "body_x2", "body_y2")  # the qc table's body box, original px

@@ -1,4 +1,4 @@
-"""Stages over the dataset itself: `make synth`, `make index`, `make split`."""
+"""`make index`: `data.root` -> the `index`, `gt_boxes` and `errors` tables, then the QC pass -> the `qc` table."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from engine.core.qc import QcThresholds
 from engine.io.index_tables import IndexResult
 from engine.io.indexing import build_index, build_layout_index
 from engine.io.layouts import LayoutSettings
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
-from engine.runtime.udfs import qc_batch
+from engine.runtime.decode import qc_batch
 from engine.stages.common import QC_FLAGS, save_config
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 
 
 def run_index(cfg: Config) -> StageSummary:
     """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables, then decodes every
-    indexed image into the `qc` table (+ `errors` stage=qc; engine/qc_stage.py)."""
+    indexed image into the `qc` table (+ `errors` stage=qc; `run_qc` below)."""
     summary = StageSummary("index")
     writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite, split="all")
     writer.check(["index", "gt_boxes", "errors"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from engine.config import Config
+from engine.io.summary import StageSummary
 from engine.io.tables import read_table, write_part
 from engine.runtime.cam_stream import stream_to_tables
 from engine.stages.common import (
@@ -19,7 +20,6 @@ from engine.stages.common import (
     split_metrics,
     unsplit,
 )
-from engine.summary import StageSummary
 
 
 def run_infer(cfg: Config) -> StageSummary:

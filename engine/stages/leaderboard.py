@@ -8,8 +8,8 @@ import pyarrow.fs as pafs
 import schemas
 from engine.config import Config
 from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table
-from engine.summary import StageSummary
 
 
 def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:

@@ -1,6 +1,6 @@
 """`make masks`: pseudo boxes + stored heatmaps + the images -> one pseudo mask (COCO RLE) per box, with QC.
 
-The images stream through ``engine.pipeline.image_stream`` (the decode + letterbox of `make cam`), so boxes,
+The images stream through ``engine.runtime.pipeline.image_stream`` (the decode + letterbox of `make cam`), so boxes,
 heatmaps and images share the canvas frame; each mask is segmented on a crop around its box and mapped back
 to original px. A box whose image is bad or missing becomes an `errors` row: boxes in = masks + errors.
 """
@@ -22,9 +22,9 @@ from engine.core.cam import upsample_heatmap
 from engine.core.mask_metrics import mask_iou
 from engine.core.mask_qc import CropBatch, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
 from engine.core.masks import MODEL_SEGMENTERS, Segmenter, build_segmenter, check_segmenter, encode_rle
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table
 from engine.stages.common import save_config, selected_threshold, write_errors
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 

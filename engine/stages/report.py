@@ -2,7 +2,7 @@
 
 Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
 selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`, grouped and
-explained by ``engine.metric_notes``) and a gallery of overlays in original px for true positives, false positives,
+explained by ``engine.core.metric_notes``) and a gallery of overlays in original px for true positives, false positives,
 false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
 resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
 whose inputs are missing says which stage to run; it never stops the others.
@@ -31,9 +31,9 @@ from engine.io.evaluate_masks import decoded_by_image
 from engine.io.fs import resolve_fs
 from engine.io.heatmap_access import read_scan
 from engine.io.overlays import render_overlay
+from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages.common import view_folders
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """`make segment`: the trained segmentation network over a split (or the whole index) -> table `seg_masks`.
 
-A Ray Data actor-pool stream like `make cam`: ``engine.pipeline.image_stream`` decodes and letterboxes, the
+A Ray Data actor-pool stream like `make cam`: ``engine.runtime.pipeline.image_stream`` decodes and letterboxes, the
 `SegmentStage` actors (one network each, loaded once, weights_only=True) turn each canvas into a probability
-map, its components into COCO RLE rows in original px (``engine.seg_core.component_rows``). Every image of the
+map, its components into COCO RLE rows in original px (``engine.core.seg_core.component_rows``). Every image of the
 trained view is scored (no QC exclusion, as `make cam`); an undecodable image becomes an `errors` row.
 Rows in = images segmented (with or without a component) + errors.
 """
@@ -17,9 +17,9 @@ import numpy as np
 from engine.config import Config
 from engine.config_sections import SegTrainConfig
 from engine.core.seg_core import SEGMENTER, component_rows
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
 from engine.stages.common import save_config, select_rows, write_errors
-from engine.summary import StageSummary
 
 MASK_COLUMNS = ("rank", "rle_h", "rle_w", "area", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "score",
                 "y_prob")  # fmt: skip

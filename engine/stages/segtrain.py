@@ -23,11 +23,11 @@ from engine.core.batch_columns import QC_BODY_COLUMNS
 from engine.core.seg_core import pack_rles, target_canvas
 from engine.core.seg_model import SEGNET_DIR, segnet_arch
 from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
 from engine.io.tables import read_table
+from engine.runtime.decode import decode_batch
 from engine.runtime.pipeline import ordered_ingest
-from engine.runtime.udfs import decode_batch
 from engine.stages.common import add_skipped, run_id, save_config, select_rows
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 STREAM_COLUMNS = ("image_id", "patient_id", "view", "split", "folder", "label", "path", *QC_BODY_COLUMNS)
@@ -79,7 +79,7 @@ def training_rows(cfg: Config, summary: StageSummary) -> tuple[pd.DataFrame, int
 
 
 def target_stream(rows: pd.DataFrame, cfg: Config) -> object:
-    """Returns the Ray Dataset of canvases + targets of `rows` (the decode tasks of ``engine.pipeline.row_stream``)."""
+    """Returns the Ray Dataset of canvases + targets of `rows` (the decode tasks of ``runtime.pipeline.row_stream``)."""
     from engine.runtime.pipeline import row_stream
 
     frame = rows.loc[:, [c for c in (*STREAM_COLUMNS, "target_rles") if c in rows]].reset_index(drop=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from engine.config import Config
 from engine.core.splitting import assign_splits, split_sizes
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table
 from engine.stages.common import save_config
-from engine.summary import StageSummary
 
 
 def run_split(cfg: Config) -> StageSummary:

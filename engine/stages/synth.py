@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from engine.config import Config
+from engine.io.summary import StageSummary
 from engine.io.synth import generate_dataset
-from engine.summary import StageSummary
 
 
 def run_synth(cfg: Config) -> StageSummary:

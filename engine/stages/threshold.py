@@ -9,9 +9,9 @@ import pandas as pd
 from engine.config import Config
 from engine.core.metrics import select_threshold
 from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table
 from engine.stages.common import attach_qc, exclude_flagged
-from engine.summary import StageSummary
 
 
 def _best_info(cfg: Config) -> dict:

@@ -1,4 +1,4 @@
-"""Classification stages: `make train`, `make threshold`, `make infer`, `make leaderboard`."""
+"""`make train`: the classifier trained with Ray Train on the train split (re-run to resume) -> epochs, preds, model."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow.fs as pafs
 
 from engine.config import Config
 from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.pipeline import ordered_ingest
 from engine.stages.common import add_skipped, run_id, save_config, select_rows
-from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The priors use no model: ``centre_prior`` only the image size, ``body_prior`` the scan itself, read from
 ``data.root`` through the stream's own reader (``safe_relative_path`` + ``decode_gray8`` + ``letterbox``). Both
 are scored like our boxes (``score_method``). ``max_box_acc`` is Choe et al.'s threshold-swept box accuracy of the
-run's stored heatmaps (``engine.loc_baselines``).
+run's stored heatmaps (``engine.core.loc_baselines``).
 """
 
 from __future__ import annotations

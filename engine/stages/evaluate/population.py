@@ -1,7 +1,7 @@
 """The images `make evaluate` scores: the trained view's whole-body folders of one split, whatever `make cam` wrote.
 
 `make cam cam.scope=all` writes heatmaps for every folder (the other view, the region crops: they have no XML, so
-they would count as normal images). Evaluation keeps exactly the rows of ``engine.classify_stages.select_rows``
+they would count as normal images). Evaluation keeps exactly the rows of ``engine.stages.common.select_rows``
 (index + splits, the trained view's whole-body folders from ``view_folders(data.view)``) and counts the rest.
 """
 
