@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from typing import Any
@@ -13,6 +14,7 @@ from engine.core.counts import CountScale
 from engine.core.decode import DecodeError, decode_scan
 from engine.core.dicom import split_frame_path
 
+log = logging.getLogger(__name__)
 
 def safe_relative_path(root: str, relative: str) -> str:
     """Returns `root/relative` after checking that it cannot leave `root`.
@@ -54,3 +56,12 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def delete_outputs(run_dir: str, relatives: tuple[str, ...]) -> None:
+    """Deletes each folder `<run_dir>/<relative>` that exists, with a warning naming it (run.overwrite=true)."""
+    fs, root = resolve_fs(run_dir)
+    for path in (f"{root}/{relative}" for relative in relatives):
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            log.warning("run.overwrite=true: deleting %s", path)
+            fs.delete_dir(path)

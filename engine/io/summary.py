@@ -1,4 +1,4 @@
-"""StageSummary: the one-screen account every stage prints and writes as JSON beside its tables."""
+"""StageSummary: the one-screen account every stage prints and writes as JSON beside its tables, and its error rows."""
 
 from __future__ import annotations
 
@@ -164,3 +164,12 @@ def _short(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
     return str(value)
+
+
+def write_errors(writer: TableWriter, files: Any, image_ids: Any, reasons: list[str], splits: Any,
+                 summary: StageSummary) -> None:  # fmt: skip
+    """Writes `errors` rows of this stage and counts them in the summary."""
+    n = len(reasons)
+    writer.write("errors", {"file": list(files), "line": [None] * n, "image_id": list(image_ids),
+                            "stage": [writer.stage] * n, "reason": reasons, "split": list(splits)})  # fmt: skip
+    summary.add_errors(reasons)

@@ -10,7 +10,7 @@ from engine.config import Config
 from engine.core.batch_columns import BODY_CANVAS_COLUMNS, explode_boxes
 from engine.io.codecs import heatmap_column, peak_list_columns
 from engine.io.overlays import OverlayCollector
-from engine.io.summary import StageSummary
+from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
 from engine.runtime.udfs import CamSettings
 
@@ -24,11 +24,8 @@ def _take(batch: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarra
 def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSummary) -> None:
     """Splits one model-stream batch into rows of preds/errors (and heatmaps/meta/boxes with CAM)."""
     bad = np.asarray(batch["error"]) != ""
-    errors, m = _take(batch, bad), int(bad.sum())
-    error_rows = {"file": errors["path"], "line": [None] * m, "image_id": errors["image_id"],
-                  "stage": [writer.stage] * m, "reason": errors["error"], "split": errors["split"]}  # fmt: skip
-    writer.write("errors", error_rows)
-    summary.add_errors(error_rows["reason"])  # the reasons of the rows written, one each
+    errors = _take(batch, bad)
+    write_errors(writer, errors["path"], errors["image_id"], list(errors["error"]), errors["split"], summary)
     ok = _take(batch, ~bad)
     n = len(ok["image_id"])
     flags = ctx.get("qc_flags", {})
@@ -50,31 +47,19 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: dict, summary: StageSumm
 
 
 def stream_to_tables(
-    cfg: Config, stage: str, rows: pd.DataFrame, split: str | None, settings: CamSettings, ctx: dict
-) -> StageSummary:
-    """Streams `rows` through the model into the stage's tables; commits only a balanced account.
+    cfg: Config, writer: TableWriter, summary: StageSummary, rows: pd.DataFrame, settings: CamSettings, ctx: dict
+) -> None:
+    """Streams `rows` through the model actor pool into `writer` (preds + errors; with CAM heatmaps, meta, boxes).
 
-    `split` is the split partition the stage owns, from its configuration (None: all of them), never
-    from the rows: an empty selection commits empty partitions and leaves every other split as it was.
+    The caller owns the writer's check, commit and abort (engine/stages/common.py StageRun), and its `split`: the
+    partition the stage owns, from its configuration, never from the rows.
     """
     from engine.runtime.pipeline import image_stream, iter_results, model_stream
 
-    summary = StageSummary(stage)
-    writer = TableWriter(cfg.run.dir, stage, cfg.run.overwrite, split=split)
-    names = CAM_TABLES if settings.with_cam else ("preds", "errors")
-    writer.check(names)
     summary.rows_in = len(rows)
-    try:
-        if len(rows):
-            for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings), progress=stage,
-                                      total=len(rows)):  # fmt: skip
-                _write_batch(writer, batch, ctx, summary)
-        for name in names:
-            writer.rows.setdefault(name, 0)
-        if ctx.get("overlays"):
-            summary.extra["overlays_rendered"] = ctx["overlays"].render()
-    except BaseException:
-        writer.abort()  # nothing of a failed run is committed
-        raise
-    summary.commit(writer)
-    return summary
+    if len(rows):
+        for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings), progress=writer.stage,
+                                  total=len(rows)):  # fmt: skip
+            _write_batch(writer, batch, ctx, summary)
+    if ctx.get("overlays"):
+        summary.extra["overlays_rendered"] = ctx["overlays"].render()

@@ -9,12 +9,12 @@ import pandas as pd
 
 from engine.config import Config
 from engine.core.batch_columns import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
-from engine.io.summary import StageSummary
+from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
 from engine.stages.common import (
+    StageRun,
     box_params,
     min_prob,
-    save_config,
 )
 
 
@@ -35,20 +35,26 @@ def run_boxes(cfg: Config) -> StageSummary:
 
     A heatmap without its meta row (no letterbox to map boxes back) is an `errors` row (stage=boxes).
     """
-    summary = StageSummary("boxes")
     heat = read_table(cfg.run.dir, "heatmaps")
     if heat.empty:
         raise ValueError(f"{cfg.run.dir}: no heatmaps table; run `make cam` first")
     meta = read_table(cfg.run.dir, "meta").drop(columns=["split", "folder"])
-    writer = TableWriter(cfg.run.dir, "boxes", replace=("boxes", "errors"))
-    writer.check(["boxes", "errors"])
+    with StageRun(cfg, "boxes", ("boxes", "errors"), replace=("boxes", "errors")) as run:
+        _write_boxes(cfg, heat, meta, run.writer, run.summary)
+        run.commit()
+        per_image = run.summary.tables.get("boxes", 0) / max(run.summary.rows_ok, 1)
+        run.summary.extra["boxes_per_image"] = round(per_image, 3)
+    return run.summary
+
+
+def _write_boxes(
+    cfg: Config, heat: pd.DataFrame, meta: pd.DataFrame, writer: TableWriter, summary: StageSummary
+) -> None:
+    """Writes the boxes of every heatmap with a meta row, and an `errors` row for every heatmap without one."""
     summary.rows_in = len(heat)
     orphans = heat.loc[~heat["image_id"].isin(meta["image_id"]), ["image_id", "split"]]
     reasons = [f"missing_meta: heatmap of {i} has no meta row (run `make cam` again)" for i in orphans["image_id"]]
-    n = len(orphans)
-    writer.write("errors", {"file": orphans["image_id"], "line": [None] * n, "image_id": orphans["image_id"],
-                            "stage": ["boxes"] * n, "reason": reasons, "split": orphans["split"]})  # fmt: skip
-    summary.add_errors(reasons)
+    write_errors(writer, orphans["image_id"], orphans["image_id"], reasons, orphans["split"], summary)
     frame = heat.merge(meta, on="image_id", how="inner")
     params, floor = box_params(cfg), min_prob(cfg)
     for start in range(0, len(frame), 4096):
@@ -56,9 +62,3 @@ def run_boxes(cfg: Config) -> StageSummary:
         boxes, counts = pseudo_boxes(maps, batch, params)
         writer.write("boxes", explode_boxes(batch, boxes, counts, params, floor))
         summary.rows_ok += len(counts)  # images whose boxes were computed (a repeated meta row counts twice)
-    writer.rows.setdefault("boxes", 0)
-    summary.commit(writer)
-    summary.extra["boxes_per_image"] = round(summary.tables.get("boxes", 0) / max(summary.rows_ok, 1), 3)
-    save_config(cfg, "boxes")
-    summary.save(cfg.run.dir)
-    return summary.finish()

@@ -28,7 +28,7 @@ from engine.io.browse_pages import FILTERS, SORTABLE, ImageQuery, boxes_png, ima
 from engine.io.fs import resolve_fs, safe_relative_path
 from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
 from engine.io.tables import table_dir
-from engine.stages.common import QC_FLAGS, selected_threshold
+from engine.stages.common import QC_FLAGS, model_run_dir, selected_threshold
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class RunCatalog:
 
 def _thr_note(cfg: Config) -> tuple[float | None, str]:
     try:
-        thr = selected_threshold(cfg)
+        thr = selected_threshold(model_run_dir(cfg))
     except ValueError as exc:
         return None, f"TP/FP/FN/TN need a threshold: {exc}"
     return thr, f"TP/FP/FN/TN at the selected threshold {thr:.4f}; best box: the rank-0 pseudo box vs Abnormal GT."

@@ -12,15 +12,15 @@ from engine.core.qc import SHIFT_STATS, domain_shift
 from engine.io.overlays import OverlayCollector
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.runtime.cam_stream import stream_to_tables
+from engine.runtime.cam_stream import CAM_TABLES, stream_to_tables
 from engine.stages.common import (
+    StageRun,
     adopt_threshold,
     box_params,
     cam_settings,
     flags_by_image,
     min_prob,
     run_id,
-    save_config,
     select_rows,
     unsplit,
     view_folders,
@@ -76,13 +76,13 @@ def run_cam(cfg: Config) -> StageSummary:
     checks = training_range_check(cfg, ctx["qc_flags"]) if cfg.model.from_run else {}
     scope = "all" if whole else cfg.cam.scope
     split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
-    summary = stream_to_tables(cfg, "cam", rows, split, cam_settings(cfg, with_cam=True), ctx)
-    save_config(cfg, "cam")
-    summary.extra["scope"] = scope
-    summary.extra.update(checks)
-    if cfg.model.from_run:
-        summary.extra["model_from_run"] = cfg.model.from_run
-    summary.save(cfg.run.dir)
-    return summary.finish()
+    with StageRun(cfg, "cam", CAM_TABLES, overwrite=cfg.run.overwrite, split=split) as run:
+        stream_to_tables(cfg, run.writer, run.summary, rows, cam_settings(cfg, with_cam=True), ctx)
+        run.commit()
+        run.summary.extra["scope"] = scope
+        run.summary.extra.update(checks)
+        if cfg.model.from_run:
+            run.summary.extra["model_from_run"] = cfg.model.from_run
+    return run.summary
 
 

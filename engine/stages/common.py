@@ -80,6 +80,66 @@ def save_config(cfg: Config, stage: str) -> None:
         out.write(dump_config(cfg).encode())
 
 
+class StageRun:
+    """One stage run as a context manager: its StageSummary, one TableWriter over `tables`, commit or abort, and the
+    resolved config and summary saved beside the tables.
+
+    On entry the writer checks its tables (an existing output fails fast). `commit()` commits them only when rows
+    in = ok + errors + skipped (else aborts and raises AccountError) and saves `config/<stage>.yaml`; leaving the
+    block commits when the stage did not, then writes `summaries/<stage>.json`. An exception inside the block
+    aborts the staged tables and saves nothing. A stage without tables (tables=()) gets the balance check only.
+
+    Args:
+        cfg: the run's config; `run_dir` (default `run.dir`) receives the tables and the summary.
+        stage: the stage name (partition of the tables with a `stage` column, file names of config and summary).
+        tables: the tables this run writes (every one is committed, empty partitions included).
+        overwrite, replace, split: as in TableWriter.
+        config: False for a run whose `run_dir` is not a run (the leaderboard's runs folder).
+    """
+
+    def __init__(
+        self, cfg: Config, stage: str, tables: tuple[str, ...] = (), *, run_dir: str | None = None,
+        overwrite: bool = False, replace: tuple[str, ...] = (), split: str | None = None, config: bool = True,
+    ) -> None:  # fmt: skip
+        self.cfg, self.tables, self.config = cfg, tuple(tables), config
+        self.run_dir = run_dir or cfg.run.dir
+        self.summary = StageSummary(stage)
+        self.writer = TableWriter(self.run_dir, stage, overwrite, replace, split) if self.tables else None
+        self.committed = False
+
+    def __enter__(self) -> StageRun:
+        if self.writer is not None:
+            self.writer.check(self.tables)
+        return self
+
+    def commit(self) -> dict[str, int]:
+        """Commits the staged tables of a balanced account and saves the config; returns rows per table.
+
+        Raises:
+            AccountError: rows in != ok + errors + skipped; the staged tables are deleted, nothing is committed.
+        """
+        if self.committed:
+            return self.summary.tables
+        if self.writer is None:
+            self.summary.require_balanced()
+        else:
+            for name in self.tables:
+                self.writer.rows.setdefault(name, 0)
+            self.summary.commit(self.writer)
+        self.committed = True
+        if self.config:
+            save_config(self.cfg, self.summary.stage)
+        return self.summary.tables
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None:
+            if self.writer is not None and not self.committed:
+                self.writer.abort()  # nothing of a failed run is committed
+            return
+        self.commit()
+        self.summary.save(self.run_dir)
+
+
 UNSPLIT = "all"  # the split of a run's rows when it has no splits table and is scored with model.from_run
 
 
@@ -101,7 +161,7 @@ def select_rows(
     """
     index = read_table(cfg.run.dir, "index")
     split_table = read_table(cfg.run.dir, "splits")
-    if not index.empty and split_table.empty and cfg.model.from_run and splits is None:
+    if not index.empty and splits is None and unsplit(cfg, split_table):
         split_table = pd.DataFrame({"image_id": index["image_id"], "split": UNSPLIT})  # new scans, another's model
     if index.empty or split_table.empty:
         raise ValueError(f"{cfg.run.dir}: index/splits tables missing; run `make index` and `make split` first")
@@ -133,9 +193,14 @@ def model_run_dir(cfg: Config) -> str:
     return cfg.model.from_run or cfg.run.dir
 
 
-def selected_threshold(cfg: Config) -> float:
-    """Returns the threshold chosen by `make threshold` for the run that owns the model (model_run_dir)."""
-    run_dir = model_run_dir(cfg)
+def selected_threshold(run_dir: str) -> float:
+    """Returns the threshold `make threshold` chose for `run_dir` (the last `thresholds` row): the one reader.
+
+    Stages that score with the run's model pass `model_run_dir(cfg)`.
+
+    Raises:
+        ValueError: the run has no selected threshold.
+    """
     table = read_table(run_dir, "thresholds")
     if table.empty:
         raise ValueError(f"{run_dir}: no selected threshold; run `make threshold` first")
@@ -191,21 +256,35 @@ def cam_settings(cfg: Config, with_cam: bool) -> CamSettings:
     )  # fmt: skip
 
 
-def unsplit(cfg: Config) -> bool:
-    """True for new scans scored with another run's model: `model.from_run` set and no splits table here."""
-    return bool(cfg.model.from_run) and read_table(cfg.run.dir, "splits").empty
+def unsplit(cfg: Config, splits: pd.DataFrame | None = None) -> bool:
+    """True for new scans scored with another run's model: `model.from_run` set and no splits table here.
+
+    `splits` is the run's splits table when the caller has read it already.
+    """
+    table = read_table(cfg.run.dir, "splits") if splits is None else splits
+    return bool(cfg.model.from_run) and table.empty
 
 
 def min_prob(cfg: Config) -> float:
     if cfg.cam.min_prob not in ("all", "threshold"):
         raise ValueError(f"cam.min_prob={cfg.cam.min_prob!r}: expected 'all' or 'threshold'")
-    return selected_threshold(cfg) if cfg.cam.min_prob == "threshold" else float("-inf")
+    return selected_threshold(model_run_dir(cfg)) if cfg.cam.min_prob == "threshold" else float("-inf")
 
 
-def write_errors(writer: TableWriter, files: Any, image_ids: Any, reasons: list[str], splits: Any,
-                 summary: StageSummary) -> None:  # fmt: skip
-    """Writes `errors` rows of this stage and counts them in the summary."""
-    n = len(reasons)
-    writer.write("errors", {"file": list(files), "line": [None] * n, "image_id": list(image_ids),
-                            "stage": [writer.stage] * n, "reason": reasons, "split": list(splits)})  # fmt: skip
-    summary.add_errors(reasons)
+def count_training_rows(
+    cfg: Config, summary: StageSummary, epochs: pd.DataFrame, n_train: int, n_val: int, val_scored: int
+) -> int:
+    """Fills the account of a Ray Train stage (`summary.stage`); returns the train rows its last epoch trained on.
+
+    Rows in = the train + val rows selected; ok = the last epoch's train rows + the `val_scored` val rows; errors =
+    the stage's `errors` rows; skipped `equal_split` = the train rows Ray's equal split dropped (up to
+    num_workers - 1 per epoch, so that every worker steps alike).
+    """
+    errors = read_table(cfg.run.dir, "errors")
+    errors = errors[errors["stage"] == summary.stage]
+    summary.add_errors(errors["reason"])
+    trained = int(epochs["images"].iloc[-1]) if len(epochs) else 0
+    summary.rows_in = n_train + n_val
+    summary.rows_ok = trained + val_scored
+    summary.add_skipped("equal_split", n_train - trained - int((errors["split"] == "train").sum()))
+    return trained

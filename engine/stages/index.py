@@ -17,7 +17,7 @@ from engine.io.layouts import LayoutSettings
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
 from engine.runtime.decode import qc_batch
-from engine.stages.common import QC_FLAGS, save_config
+from engine.stages.common import QC_FLAGS, StageRun
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +25,23 @@ log = logging.getLogger(__name__)
 def run_index(cfg: Config) -> StageSummary:
     """Indexes `data.root` into the `index`, `gt_boxes` and `errors` (stage=index) tables, then decodes every
     indexed image into the `qc` table (+ `errors` stage=qc; `run_qc` below)."""
-    summary = StageSummary("index")
-    writer = TableWriter(cfg.run.dir, "index", cfg.run.overwrite, split="all")
-    writer.check(["index", "gt_boxes", "errors"])
-    result = _build_index(cfg)
-    writer.write("index", result.index)
-    writer.write("gt_boxes", result.gt_boxes)
-    writer.write("errors", result.errors.assign(split="all"))
-    listing_errors = result.listing_errors()
-    summary.rows_in = result.lines_listed
-    summary.rows_ok = len(result.index)
-    summary.add_errors(listing_errors["reason"])
-    summary.commit(writer)
-    run_qc(cfg, result.index, summary)
-    save_config(cfg, "index")
-    other = result.errors.drop(listing_errors.index)
-    summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())
-    summary.extra["images_by_view"] = dict(result.index["view"].value_counts().sort_index())
-    summary.extra["gt_boxes_by_class"] = dict(result.gt_boxes["cls"].value_counts().sort_index())
-    summary.save(cfg.run.dir)
-    return summary.finish()
+    with StageRun(cfg, "index", ("index", "gt_boxes", "errors"), overwrite=cfg.run.overwrite, split="all") as run:
+        summary = run.summary
+        result = _build_index(cfg)
+        run.writer.write("index", result.index)
+        run.writer.write("gt_boxes", result.gt_boxes)
+        run.writer.write("errors", result.errors.assign(split="all"))
+        listing_errors = result.listing_errors()
+        summary.rows_in = result.lines_listed
+        summary.rows_ok = len(result.index)
+        summary.add_errors(listing_errors["reason"])
+        run.commit()
+        run_qc(cfg, result.index, summary)
+        other = result.errors.drop(listing_errors.index)
+        summary.extra["other_findings"] = dict(other["reason"].str.split(":").str[0].value_counts().sort_index())
+        summary.extra["images_by_view"] = dict(result.index["view"].value_counts().sort_index())
+        summary.extra["gt_boxes_by_class"] = dict(result.gt_boxes["cls"].value_counts().sort_index())
+    return summary
 
 
 def _build_index(cfg: Config) -> IndexResult:

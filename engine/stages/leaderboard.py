@@ -9,7 +9,8 @@ import schemas
 from engine.config import Config
 from engine.io.fs import resolve_fs
 from engine.io.summary import StageSummary
-from engine.io.tables import TableWriter, read_table
+from engine.io.tables import read_table
+from engine.stages.common import StageRun
 
 
 def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:
@@ -36,16 +37,13 @@ def run_leaderboard(cfg: Config) -> StageSummary:
     Raises:
         ValueError: no run under `leaderboard.runs` has test metrics yet.
     """
-    summary = StageSummary("leaderboard")
     board, missing = leaderboard_frame(cfg.leaderboard.runs)
     if board.empty:
         raise ValueError(f"no run under {cfg.leaderboard.runs} has test metrics yet (run `make infer` first)")
-    writer = TableWriter(cfg.leaderboard.runs, "leaderboard", replace=("leaderboard",))
-    writer.check(["leaderboard"])
-    summary.rows_in = len(board) + len(missing)
-    summary.rows_ok = writer.write("leaderboard", board)
-    summary.add_errors([f"no_test_metrics: {run}" for run in missing])
-    summary.commit(writer)
-    summary.extra["leaderboard"] = "\n" + board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    summary.save(cfg.leaderboard.runs)
-    return summary.finish()
+    with StageRun(cfg, "leaderboard", ("leaderboard",), run_dir=cfg.leaderboard.runs, replace=("leaderboard",),
+                  config=False) as run:  # fmt: skip
+        run.summary.rows_in = len(board) + len(missing)
+        run.summary.rows_ok = run.writer.write("leaderboard", board)
+        run.summary.add_errors([f"no_test_metrics: {name}" for name in missing])
+        run.summary.extra["leaderboard"] = "\n" + board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    return run.summary

@@ -22,9 +22,9 @@ from engine.core.cam import upsample_heatmap
 from engine.core.mask_metrics import mask_iou
 from engine.core.mask_qc import CropBatch, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
 from engine.core.masks import MODEL_SEGMENTERS, Segmenter, build_segmenter, check_segmenter, encode_rle
-from engine.io.summary import StageSummary
+from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
-from engine.stages.common import save_config, selected_threshold, write_errors
+from engine.stages.common import StageRun, model_run_dir, selected_threshold
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +206,11 @@ def run_masks(cfg: Config) -> StageSummary:
     mcfg = cfg.masks
     for name in (mcfg.segmenter, *([mcfg.second] if mcfg.second else [])):
         check_segmenter(name, mcfg)  # fail fast: unknown name, missing package or checkpoint
-    thr = selected_threshold(cfg) if mcfg.min_prob == "threshold" else float("-inf")
-    summary = StageSummary("masks")
+    thr = selected_threshold(model_run_dir(cfg)) if mcfg.min_prob == "threshold" else float("-inf")
     boxes, frame, index = _inputs(cfg)
-    writer = TableWriter(cfg.run.dir, "masks", replace=("masks", "errors"))
-    writer.check(["masks", "errors"])
-    summary.rows_in = len(boxes)
-    try:
+    with StageRun(cfg, "masks", ("masks", "errors"), replace=("masks", "errors")) as run:
+        summary, writer = run.summary, run.writer
+        summary.rows_in = len(boxes)
         boxes = _unmatched(writer, boxes, set(frame["image_id"]) & set(index["image_id"]), summary)
         lookup = build_lookup(boxes, frame)
         ids = sorted(lookup)
@@ -224,15 +222,8 @@ def run_masks(cfg: Config) -> StageSummary:
             part = {i: lookup[i] for i in chunk["image_id"]}
             for out in iter_results(_stream(cfg, chunk, part, thr)):
                 _write(writer, out, summary)
-        for name in ("masks", "errors"):
-            writer.rows.setdefault(name, 0)
-    except BaseException:
-        writer.abort()
-        raise
-    summary.tables = writer.commit()
-    summary.extra.update({"segmenter": mcfg.segmenter, "images_with_boxes": len(lookup),
-                          "images_without_boxes": int((~frame["image_id"].isin(boxes["image_id"])).sum()),
-                          "qc_flags": dict(summary.extra.get("qc_flags", {}))})  # fmt: skip
-    save_config(cfg, "masks")
-    summary.save(cfg.run.dir)
-    return summary.finish()
+        run.commit()
+        summary.extra.update({"segmenter": mcfg.segmenter, "images_with_boxes": len(lookup),
+                              "images_without_boxes": int((~frame["image_id"].isin(boxes["image_id"])).sum()),
+                              "qc_flags": dict(summary.extra.get("qc_flags", {}))})  # fmt: skip
+    return summary

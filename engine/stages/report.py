@@ -33,7 +33,7 @@ from engine.io.heatmap_access import read_scan
 from engine.io.overlays import render_overlay
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import view_folders
+from engine.stages.common import StageRun, selected_threshold, view_folders
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ def scored_preds(cfg: Config) -> tuple[pd.DataFrame, str]:
 
 def selected_thr(cfg: Config) -> float:
     """Returns the run's selected threshold; raises ReportInputError without one."""
-    table = read_table(cfg.run.dir, "thresholds")
-    if table.empty:
-        raise ReportInputError("no selected threshold: run `make threshold` first")
-    return float(table["thr"].iloc[-1])
+    try:
+        return selected_threshold(cfg.run.dir)
+    except ValueError as exc:
+        raise ReportInputError("no selected threshold: run `make threshold` first") from exc
 
 
 def _classification(cfg: Config, out: _Out) -> str:
@@ -272,19 +272,19 @@ def page(cfg: Config, sections: list[tuple[str, str]]) -> str:
 
 def run_report(cfg: Config) -> StageSummary:
     """Writes `<run.dir>/report/index.html` and its PNGs; one summary row per section."""
-    summary = StageSummary("report")
-    out = _Out(cfg.run.dir)
-    sections = []
-    for title, build in SECTIONS:
-        summary.rows_in += 1
-        try:
-            sections.append((title, build(cfg, out)))
-            summary.rows_ok += 1
-        except ReportInputError as exc:
-            sections.append((title, f'<p class="missing">{html.escape(str(exc))}</p>'))
-            summary.add_errors([f"missing_input: {exc}"])
-    out.write("index.html", page(cfg, sections).encode())
-    summary.tables = {"report files": len(out.files)}
-    summary.extra["report"] = f"{out.root}/index.html"
-    summary.save(cfg.run.dir)
-    return summary.finish()
+    with StageRun(cfg, "report") as run:  # no tables: the page and its PNGs are files under report/
+        summary = run.summary
+        out = _Out(cfg.run.dir)
+        sections = []
+        for title, build in SECTIONS:
+            summary.rows_in += 1
+            try:
+                sections.append((title, build(cfg, out)))
+                summary.rows_ok += 1
+            except ReportInputError as exc:
+                sections.append((title, f'<p class="missing">{html.escape(str(exc))}</p>'))
+                summary.add_errors([f"missing_input: {exc}"])
+        out.write("index.html", page(cfg, sections).encode())
+        summary.tables = {"report files": len(out.files)}
+        summary.extra["report"] = f"{out.root}/index.html"
+    return summary

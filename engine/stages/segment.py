@@ -17,9 +17,9 @@ import numpy as np
 from engine.config import Config
 from engine.config_sections import SegTrainConfig
 from engine.core.seg_core import SEGMENTER, component_rows
-from engine.io.summary import StageSummary
+from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
-from engine.stages.common import save_config, select_rows, write_errors
+from engine.stages.common import StageRun, select_rows
 
 MASK_COLUMNS = ("rank", "rle_h", "rle_w", "area", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "score",
                 "y_prob")  # fmt: skip
@@ -134,27 +134,18 @@ def run_segment(cfg: Config) -> StageSummary:
 
     load_segnet(cfg.run.dir)  # fail fast: no network, or one that does not load
     split = None if cfg.segtrain.split == "all" else cfg.segtrain.split
-    summary = StageSummary("segment")
     rows = select_rows(cfg, None if split is None else (split,), qc_exclude=False)
-    writer = TableWriter(cfg.run.dir, "segment", replace=("seg_masks", "errors"), split=split)
-    writer.check(["seg_masks", "errors"])
-    summary.rows_in = len(rows)
-    try:
+    with StageRun(cfg, "segment", ("seg_masks", "errors"), replace=("seg_masks", "errors"), split=split) as run:
+        summary = run.summary
+        summary.rows_in = len(rows)
         init_ray(cfg.ray)
         gpu = use_gpu(cfg.train.use_gpu)
         settings = SegmentSettings(cfg.run.dir, cfg.segtrain, gpu, cfg.train.amp, max(1, int(cfg.infer.num_cpus)))
         seen: dict[str, set] = {"ok": set(), "with_masks": set()}
         if len(rows):
             for out in iter_results(_stream(cfg, rows, settings)):
-                _write(writer, out, summary, seen)
-        for name in ("seg_masks", "errors"):
-            writer.rows.setdefault(name, 0)
-    except BaseException:
-        writer.abort()
-        raise
-    summary.tables = writer.commit()
-    summary.extra.update(split=cfg.segtrain.split, images_with_masks=len(seen["with_masks"]),
-                         threshold=cfg.segtrain.threshold)  # fmt: skip
-    save_config(cfg, "segment")
-    summary.save(cfg.run.dir)
-    return summary.finish()
+                _write(run.writer, out, summary, seen)
+        run.commit()
+        summary.extra.update(split=cfg.segtrain.split, images_with_masks=len(seen["with_masks"]),
+                             threshold=cfg.segtrain.threshold)  # fmt: skip
+    return summary

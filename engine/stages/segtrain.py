@@ -9,29 +9,29 @@ unlabeled one. Rows in = trained + val scored + errors + skipped.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from functools import partial
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 
 from engine.config import Config
 from engine.core.batch_columns import QC_BODY_COLUMNS
 from engine.core.seg_core import pack_rles, target_canvas
 from engine.core.seg_model import SEGNET_DIR, segnet_arch
-from engine.io.fs import resolve_fs
+from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.decode import decode_batch
 from engine.runtime.pipeline import ordered_ingest
-from engine.stages.common import add_skipped, run_id, save_config, select_rows
+from engine.stages.common import add_skipped, count_training_rows, run_id, save_config, select_rows
 
-log = logging.getLogger(__name__)
 STREAM_COLUMNS = ("image_id", "patient_id", "view", "split", "folder", "label", "path", *QC_BODY_COLUMNS)
 
+
+# What segtrain leaves in its run dir: deleted with run.overwrite=true (else a re-run resumes from it).
+SEGTRAIN_OUTPUTS = ("segtrain_state", SEGNET_DIR, "tables/seg_epochs", "tables/errors/stage=segtrain")
 
 def decode_with_targets(batch: dict[str, np.ndarray], data_root: str, canvas_h: int, canvas_w: int,
                         count_scale: str) -> dict[str, np.ndarray]:  # fmt: skip
@@ -99,7 +99,7 @@ def run_segtrain(cfg: Config) -> StageSummary:
 
     summary = StageSummary("segtrain")
     if cfg.run.overwrite:
-        _clear(cfg)
+        delete_outputs(cfg.run.dir, SEGTRAIN_OUTPUTS)  # otherwise a re-run resumes
     init_ray(cfg.ray)
     gpu = use_gpu(cfg.train.use_gpu)
     check_train_fits(cfg, gpu)
@@ -135,15 +135,9 @@ def run_segtrain(cfg: Config) -> StageSummary:
 def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) -> None:
     """Fills the summary: rows in = train + val rows; ok = rows the last epoch trained on or scored."""
     epochs = read_table(cfg.run.dir, "seg_epochs").sort_values("epoch")
-    errors = read_table(cfg.run.dir, "errors")
-    errors = errors[errors["stage"] == "segtrain"]
-    summary.add_errors(errors["reason"])
-    last = epochs.iloc[-1] if len(epochs) else None
-    trained = 0 if last is None else int(last["images"])
-    summary.rows_in = n_train + n_val
-    summary.rows_ok = trained + (0 if last is None else int(last["val_images"]))
+    val_scored = int(epochs["val_images"].iloc[-1]) if len(epochs) else 0
+    count_training_rows(cfg, summary, epochs, n_train, n_val, val_scored)
     summary.tables = {"seg_epochs": len(epochs)}
-    summary.add_skipped("equal_split", n_train - trained - int((errors["split"] == "train").sum()))
     best = epochs.loc[epochs["val_dice"].idxmax()] if epochs["val_dice"].notna().any() else None
     summary.extra.update(
         epochs=len(epochs), best_epoch=None if best is None else int(best["epoch"]),
@@ -152,13 +146,3 @@ def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) ->
         best_val_fp_normal=None if best is None else round(float(best["val_fp_normal"]), 4),
         seconds_per_epoch=round(float(epochs["seconds"].mean()), 2) if len(epochs) else None,
     )  # fmt: skip
-
-
-def _clear(cfg: Config) -> None:
-    """Deletes the run's segtrain state and outputs (run.overwrite=true); otherwise a re-run resumes."""
-    fs, root = resolve_fs(cfg.run.dir)
-    for path in (f"{root}/segtrain_state", f"{root}/{SEGNET_DIR}", f"{root}/tables/seg_epochs",
-                 f"{root}/tables/errors/stage=segtrain"):  # fmt: skip
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            log.warning("run.overwrite=true: deleting %s", path)
-            fs.delete_dir(path)

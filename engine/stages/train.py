@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
-import pyarrow.fs as pafs
-
 from engine.config import Config
-from engine.io.fs import resolve_fs
+from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.pipeline import ordered_ingest
-from engine.stages.common import add_skipped, run_id, save_config, select_rows
+from engine.stages.common import add_skipped, count_training_rows, run_id, save_config, select_rows
 
-log = logging.getLogger(__name__)
-
+# What a training run leaves in its run dir: deleted with run.overwrite=true (else a re-run resumes from it).
+TRAINING_OUTPUTS = ("train_state", "model", "tables/epochs", "tables/preds/stage=train", "tables/errors/stage=train")
 
 def run_train(cfg: Config) -> StageSummary:
     """Trains the classifier with Ray Train on the train split; re-running resumes the same run.
@@ -39,7 +36,7 @@ def run_train(cfg: Config) -> StageSummary:
 
     summary = StageSummary("train")
     if cfg.run.overwrite:
-        _clear_training(cfg)
+        delete_outputs(cfg.run.dir, TRAINING_OUTPUTS)  # otherwise a re-run resumes
     init_ray(cfg.ray)
     gpu = use_gpu(cfg.train.use_gpu)
     check_train_fits(cfg, gpu)
@@ -83,17 +80,10 @@ def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) ->
     import pyarrow.dataset as pads
 
     epochs = read_table(cfg.run.dir, "epochs").sort_values("epoch")
-    errors = read_table(cfg.run.dir, "errors")
-    errors = errors[errors["stage"] == "train"]
-    summary.add_errors(errors["reason"])
     last = int(epochs["epoch"].iloc[-1]) if len(epochs) else -1
     preds = read_table(cfg.run.dir, "preds", (pads.field("stage") == "train") & (pads.field("epoch") == last))
-    trained = int(epochs["images"].iloc[-1]) if len(epochs) else 0
-    summary.rows_in = n_train + n_val
-    summary.rows_ok = trained + len(preds)
+    trained = count_training_rows(cfg, summary, epochs, n_train, n_val, len(preds))
     summary.tables = {"epochs": len(epochs), "preds (stage=train)": int(n_val * len(epochs))}
-    # Ray's equal split drops up to num_workers - 1 train rows per epoch so that every worker steps alike.
-    summary.add_skipped("equal_split", n_train - trained - int((errors["split"] == "train").sum()))
     best = epochs.loc[epochs["val_auc"].idxmax()] if epochs["val_auc"].notna().any() else None
     summary.extra.update(
         epochs=len(epochs), train_rows_seen=trained, val_rows_scored=len(preds),
@@ -101,15 +91,3 @@ def _count_rows(cfg: Config, summary: StageSummary, n_train: int, n_val: int) ->
         best_val_auc=None if best is None else float(best["val_auc"]),
         train_img_per_s=float(epochs["img_per_s"].mean()) if len(epochs) else 0.0,
     )  # fmt: skip
-
-
-def _clear_training(cfg: Config) -> None:
-    """Deletes a run's training state and outputs (run.overwrite=true); otherwise a re-run resumes."""
-    fs, root = resolve_fs(cfg.run.dir)
-    for path in (f"{root}/train_state", f"{root}/model", f"{root}/tables/epochs", f"{root}/tables/preds/stage=train",
-                 f"{root}/tables/errors/stage=train"):  # fmt: skip
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            log.warning("run.overwrite=true: deleting %s", path)
-            fs.delete_dir(path)
-
-

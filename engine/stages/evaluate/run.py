@@ -52,8 +52,8 @@ from engine.core.evaluate_methods import (
 from engine.core.localization import LocSettings, cam_peak_original
 from engine.io.evaluate_masks import mask_methods
 from engine.io.summary import StageSummary
-from engine.io.tables import TableWriter, read_table
-from engine.stages.common import run_id, save_config
+from engine.io.tables import read_table
+from engine.stages.common import StageRun, run_id, selected_threshold
 from engine.stages.evaluate.baselines import body_prior_method, centre_prior_method, max_box_acc_method
 from engine.stages.evaluate.outputs import export_coco, write_json
 from engine.stages.evaluate.population import scored_population
@@ -83,11 +83,11 @@ def loc_settings(cfg: Config) -> LocSettings:
 
 
 def _threshold(run_dir: str, notes: dict, key: str) -> float:
-    table = read_table(run_dir, "thresholds")
-    if table.empty:
+    try:
+        return selected_threshold(run_dir)
+    except ValueError:
         notes[key] = f"{run_dir}: no selected threshold (run `make threshold`); cutoff 0.5 used"
         return 0.5
-    return float(table["thr"].iloc[-1])
 
 
 def stored_box_params(boxes: pd.DataFrame, cfg: Config) -> tuple[BoxParams, str]:
@@ -237,9 +237,25 @@ def run_evaluate(cfg: Config) -> StageSummary:
                                     "no labelled split to score; nothing written")  # fmt: skip
         summary.save(cfg.run.dir)
         return summary.finish()
-    notes: dict[str, Any] = {"population": {}}
-    ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
-                      _threshold(cfg.run.dir, notes, "threshold"), notes)  # fmt: skip
+    with StageRun(cfg, "evaluate", ("loc_metrics",), replace=("loc_metrics",)) as run:
+        notes: dict[str, Any] = {"population": {}}
+        ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+                          _threshold(cfg.run.dir, notes, "threshold"), notes)  # fmt: skip
+        runs = _scored_methods(ctx, run.summary)
+        table = pd.concat([method_rows(r, run_id(cfg), cfg.evaluate.tolerance_px) for r in runs], ignore_index=True)
+        run.writer.write("loc_metrics", table)
+        run.commit()
+        if cfg.evaluate.coco:
+            notes["coco"] = export_coco(cfg, notes.get("tuning", {}))
+        write_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
+        run.summary.extra.update(_headline(runs, cfg.evaluate.split))
+        run.summary.extra.update(_account(notes))
+    return run.summary
+
+
+def _scored_methods(ctx: EvalContext, summary: StageSummary) -> list[MethodRun]:
+    """Returns every method's run over the scored population of `evaluate.split`; fills the summary's account."""
+    cfg, notes = ctx.cfg, ctx.notes
     population = scored_population(cfg, cfg.run.dir, cfg.evaluate.split)
     notes["population"][cfg.evaluate.split] = population.note()
     test = population.frame
@@ -256,19 +272,7 @@ def run_evaluate(cfg: Config) -> StageSummary:
     runs.append(seed_rule_boxes("seed_rule", test, ctx.gt, ctx.settings, seed_params(cfg), ctx.thr, cfg.run.dir))
     runs += _method_baseline(ctx, test)
     runs += _baselines(ctx, test, params)
-    table = pd.concat([method_rows(r, run_id(cfg), cfg.evaluate.tolerance_px) for r in runs], ignore_index=True)
-    writer = TableWriter(cfg.run.dir, "evaluate", replace=("loc_metrics",))
-    writer.check(["loc_metrics"])
-    writer.write("loc_metrics", table)
-    summary.tables = writer.commit()
-    if cfg.evaluate.coco:
-        notes["coco"] = export_coco(cfg, notes.get("tuning", {}))
-    write_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
-    save_config(cfg, "evaluate")
-    summary.extra.update(_headline(runs, cfg.evaluate.split))
-    summary.extra.update(_account(notes))
-    summary.save(cfg.run.dir)
-    return summary.finish()
+    return runs
 
 
 def _account(notes: dict[str, Any]) -> dict[str, Any]:
