@@ -15,14 +15,14 @@ Fraction = Annotated[float, Range(0.0, 1.0)]
 NonNegative = Annotated[float, Range(0.0)]
 Count = Annotated[int, Range(0)]
 Positive = Annotated[int, Range(1)]
-# View from a path: the last whole-word ANT/anterior or POST/posterior (any case); see engine/layouts.py.
+# View from a path: the last whole-word ANT/anterior or POST/posterior (any case); see engine/io/layouts.py.
 DEFAULT_VIEW_PATTERN = r"(?i)(?<![a-z])(?:(?P<ANT>ant|anterior)|(?P<POST>post|posterior))(?![a-z])"
 QcFlag = Literal["noise_frame", "low_count", "small_body", "body_cut", "domain_shift"]
 
 
 @dataclass(frozen=True)
 class QcConfig:
-    """Image QC thresholds (engine/qc.py) and which flags keep an image out of training and scoring."""
+    """Image QC thresholds (engine/core/qc.py) and which flags keep an image out of training and scoring."""
 
     blur_sigma_px: NonNegative = 6.0  # Gaussian sigma of the body blob's blur, px (as in the real-scan measurement)
     level_factor: NonNegative = 0.25  # body blob: blur > level_factor * mean grey + level_offset
@@ -72,7 +72,7 @@ class BrowseConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """What a job prints (engine/console.py)."""
+    """What a job prints (engine/runtime/console.py)."""
 
     level: Literal["info", "debug"] = "info"  # info: stage lines, progress, epochs, summary; debug: also Ray's logs
     progress_s: Annotated[float, Range(0.0, low_open=True)] = 30.0  # no terminal: seconds between progress lines
@@ -80,7 +80,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    """`make segtrain` / `make segment`: a segmentation network trained on the kept pseudo masks (engine/seg_model.py).
+    """`make segtrain` / `make segment`: a segmentation network trained on the kept pseudo masks (core/seg_model.py).
 
     Workers, CPUs, GPU use, bf16 and the augmentation come from `train.*`, like `make train`.
     """

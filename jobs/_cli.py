@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from engine.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from engine.summary import StageSummary
+    from engine.io.summary import StageSummary
 
 StageRef = Callable[[Config], "StageSummary"] | str  # a stage function, or "module:function" imported when run
 
@@ -66,8 +66,8 @@ def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str
 
     Bad configuration, missing inputs and refused inputs are one clear line on stderr and exit code 2.
     """
-    from engine import console
     from engine.preflight import preflight
+    from engine.runtime import console
 
     native_log = ""
     try:

@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.bench_stage:run_bench", __doc__, "bench")
+main = job_main("engine.bench.run:run_bench", __doc__, "bench")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.cam_stages:run_boxes", __doc__, "boxes")
+main = job_main("engine.stages.boxes:run_boxes", __doc__, "boxes")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_config(argv, __doc__, "browse")
-        from engine.browse import serve  # after the config: a typo is reported before the server's imports
+        from engine.stages.browse import serve
 
         serve(cfg, cfg.browse)
     except KeyboardInterrupt:

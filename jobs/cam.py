@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.cam_stages:run_cam", __doc__, "cam")
+main = job_main("engine.stages.cam:run_cam", __doc__, "cam")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.evaluate_stage:run_evaluate", __doc__, "evaluate")
+main = job_main("engine.stages.evaluate.run:run_evaluate", __doc__, "evaluate")
 
 if __name__ == "__main__":
     raise SystemExit(main())

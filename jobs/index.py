@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.data_stages:run_index", __doc__, "index")
+main = job_main("engine.stages.index:run_index", __doc__, "index")
 
 if __name__ == "__main__":
     raise SystemExit(main())

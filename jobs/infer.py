@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.cam_stages:run_infer", __doc__, "infer")
+main = job_main("engine.stages.infer:run_infer", __doc__, "infer")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.classify_stages:run_leaderboard", __doc__, "leaderboard")
+main = job_main("engine.stages.leaderboard:run_leaderboard", __doc__, "leaderboard")
 
 if __name__ == "__main__":
     raise SystemExit(main())

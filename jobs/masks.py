@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.masks_stage:run_masks", __doc__, "masks")
+main = job_main("engine.stages.masks:run_masks", __doc__, "masks")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.report:run_report", __doc__, "report")
+main = job_main("engine.stages.report:run_report", __doc__, "report")
 
 if __name__ == "__main__":
     raise SystemExit(main())

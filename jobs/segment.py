@@ -1,6 +1,6 @@
 """`make segment`: The trained segmentation network's masks (COCO RLE, original px) for a split -> seg_masks."""
 
-from engine.segment_stage import run_segment
+from engine.stages.segment import run_segment
 from jobs._cli import job_main
 
 main = job_main(run_segment, __doc__)

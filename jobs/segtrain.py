@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from engine.config import ConfigError
-from engine.segtrain_stage import run_segtrain
+from engine.stages.segtrain import run_segtrain
 from jobs._cli import parse_config, run_job
 
 CHECK = "--check-enabled"

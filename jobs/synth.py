@@ -8,14 +8,14 @@ from jobs._cli import job_main
 
 if TYPE_CHECKING:
     from engine.config import Config
-    from engine.summary import StageSummary
+    from engine.io.summary import StageSummary
 
 
 def synth_with_statistics(cfg: Config) -> StageSummary:
-    """Runs `make synth`, then adds the whole-body QC medians (engine/qc.py) and the real-scan medians."""
-    from engine.data_stages import run_synth
-    from engine.qc import REAL_SCAN_MEDIANS
-    from engine.synth import whole_body_statistics
+    """Runs `make synth`, then adds the whole-body QC medians (engine/core/qc.py) and the real-scan medians."""
+    from engine.core.qc import REAL_SCAN_MEDIANS
+    from engine.io.synth import whole_body_statistics
+    from engine.stages.synth import run_synth
 
     summary = run_synth(cfg)
     stats = whole_body_statistics(cfg.synth.out)

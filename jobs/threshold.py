@@ -2,7 +2,7 @@
 
 from jobs._cli import job_main
 
-main = job_main("engine.classify_stages:run_threshold", __doc__, "threshold")
+main = job_main("engine.stages.threshold:run_threshold", __doc__, "threshold")
 
 if __name__ == "__main__":
     raise SystemExit(main())

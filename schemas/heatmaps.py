@@ -1,4 +1,4 @@
-"""Table `heatmaps`: the CAM per image at feature resolution, inline (engine.cam.upsample_heatmap)."""
+"""Table `heatmaps`: the CAM per image at feature resolution, inline (engine.core.cam.upsample_heatmap)."""
 
 import pyarrow as pa
 
@@ -13,12 +13,12 @@ SCHEMA = pa.schema(
         pa.field("raw_min", pa.float32()),  # un-normalised minimum (0 unless the whole map is positive)
         pa.field("raw_max", pa.float32()),  # un-normalised maximum: compares across images
         pa.field("y_prob", pa.float32()),
-        pa.field("cam_method", pa.string()),
+        pa.field("cam_method", pa.string()),  # fused (forward-only, exact for GAP+linear) or gradcam (autograd)
         # cam.refine: the best body peaks (flat cell index r * heatmap_w + c, best first) and where the input
-        # evidence puts each of them, canvas px; null when the pass did not refine (engine.cam.refine_cell_centres)
+        # evidence puts each of them, canvas px; null when the pass did not refine (engine.core.cam.refine_cell_centres)
         pa.field("peak_index", pa.list_(pa.int32())),
         pa.field("peak_x", pa.list_(pa.float32())),
-        pa.field("peak_y", pa.list_(pa.float32())),  # fused (forward-only, exact for GAP+linear) or gradcam (autograd)
+        pa.field("peak_y", pa.list_(pa.float32())),
         pa.field("overlay_canvas", pa.string()),  # PNG path relative to the run dir, or null
         pa.field("overlay_orig", pa.string()),
         pa.field("split", pa.string(), nullable=False),

@@ -1,4 +1,4 @@
-"""Table `index`: one row per image listed in a label file, image file or DICOM frame (engine/layouts.py)."""
+"""Table `index`: one row per image listed in a label file, image file or DICOM frame (engine/io/layouts.py)."""
 
 import pyarrow as pa
 

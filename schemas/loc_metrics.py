@@ -7,7 +7,7 @@ PARTITION_COLS: tuple[str, ...] = ()
 SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string()),
-        pa.field("method", pa.string(), nullable=False),  # peaks, masks_tight, masks, seed, ... (engine.evaluate_stage)
+        pa.field("method", pa.string(), nullable=False),  # peaks, masks_tight, masks, seed, ... (stages/evaluate)
         pa.field("split", pa.string(), nullable=False),  # split scored (val rows only record the tuning)
         pa.field("view", pa.string(), nullable=False),  # ANT or POST
         pa.field("folder", pa.string(), nullable=False),  # "*" = every folder of the view

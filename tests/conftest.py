@@ -45,7 +45,7 @@ def ray_session():
     import ray
 
     from engine.config import RayConfig
-    from engine.pipeline import init_ray
+    from engine.runtime.pipeline import init_ray
 
     init_ray(RayConfig(num_cpus=2))
     yield ray
@@ -55,7 +55,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated BS-80K-shaped dataset of 60 patients."""
-    from engine.synth import generate_dataset
+    from engine.io.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("bs80k") / "data"
     generate_dataset(root, patients=60, seed=3)
@@ -65,7 +65,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def split_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with the index and splits tables of `data_root`."""
-    from engine.data_stages import run_index, run_split
+    from engine.stages.index import run_index
+    from engine.stages.split import run_split
 
     run_dir = tmp_path_factory.mktemp("runs") / "base"
     cfg = test_config(data_root, run_dir)
@@ -79,7 +80,8 @@ def trained_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory:
     """The split run trained for 2 epochs with a selected threshold: trained once per session; copy to modify."""
     import shutil
 
-    from engine.classify_stages import run_threshold, run_train
+    from engine.stages.threshold import run_threshold
+    from engine.stages.train import run_train
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     shutil.copytree(split_run, run_dir)
@@ -94,7 +96,7 @@ def scored_run(data_root: Path, trained_run: Path, tmp_path_factory: pytest.Temp
     """A copy of `trained_run` after `make cam` over its test split (once per session; copy to modify)."""
     import shutil
 
-    from engine.cam_stages import run_cam
+    from engine.stages.cam import run_cam
 
     run_dir = tmp_path_factory.mktemp("scored") / "run"
     shutil.copytree(trained_run, run_dir)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.basins import cam_basins
-from engine.boxes import BoxParams, extract_pseudo_boxes, refined_peaks
-from engine.cam import CamError, normalize_cams, refine_cell_centres
+from engine.core.basins import cam_basins
+from engine.core.boxes import BoxParams, extract_pseudo_boxes, refined_peaks
+from engine.core.cam import CamError, normalize_cams, refine_cell_centres
 
 
 def test_cam_basins_follow_steepest_ascent_to_each_local_maximum():

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.bench_stage import run_bench
+from engine.bench.run import run_bench
 from engine.config import load_config
-from engine.tables import read_table
+from engine.io.tables import read_table
 from tests.conftest import REPO
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
-from engine.boxes import BoxParams, boxes_for_batch
-from engine.letterbox import letterbox_meta
-from engine.stages import explode_boxes
-from engine.tables import to_arrow
+from engine.core.batch_columns import explode_boxes
+from engine.core.boxes import BoxParams, boxes_for_batch
+from engine.core.letterbox import letterbox_meta
+from engine.io.tables import to_arrow
 
 
 def two_image_batch() -> tuple[dict, np.ndarray, np.ndarray, BoxParams]:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.boxes import (
+from engine.core.boxes import (
     BoxError,
     BoxParams,
     box_iou,
@@ -17,7 +17,7 @@ from engine.boxes import (
     refined_peaks,
     top_pixel_boxes,
 )
-from engine.cam import upsample_heatmap
+from engine.core.cam import upsample_heatmap
 
 DEFAULT_BODY = (128, 0, 384, 1024)  # 256 x 1024 scan on the 1024 x 512 canvas
 

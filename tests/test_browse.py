@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from werkzeug.serving import make_server
 
-from engine.browse import RunCatalog, create_app
-from engine.browse_pages import ImageQuery, draw_boxes, parse_query
 from engine.config import ConfigError
 from engine.config_sections import BrowseConfig
-from engine.localization import overlap_areas, pixel_boxes
-from engine.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR
-from engine.tables import TableWriter, read_table
+from engine.core.localization import overlap_areas, pixel_boxes
+from engine.io.browse_pages import ImageQuery, draw_boxes, parse_query
+from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR
+from engine.io.tables import TableWriter, read_table
+from engine.stages.browse import RunCatalog, create_app
 from tests.conftest import test_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

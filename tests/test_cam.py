@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from engine.cam import (
+from engine.core.cam import (
     CamError,
     fused_cam,
     fused_cam_with_evidence,
@@ -17,7 +17,7 @@ from engine.cam import (
     refine_cell_centres,
     upsample_heatmap,
 )
-from engine.letterbox import letterbox, letterbox_meta
+from engine.core.letterbox import letterbox, letterbox_meta
 
 
 def make_model(name: str) -> nn.Module:

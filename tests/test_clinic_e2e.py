@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.cam_stages import run_cam, run_infer
-from engine.data_stages import run_index
-from engine.evaluate_stage import run_evaluate
-from engine.report import run_report
-from engine.tables import read_table
+from engine.io.tables import read_table
+from engine.stages.cam import run_cam
+from engine.stages.evaluate.run import run_evaluate
+from engine.stages.index import run_index
+from engine.stages.infer import run_infer
+from engine.stages.report import run_report
 from tests.conftest import test_config
 from tests.test_dicom import write_nm
 

@@ -26,9 +26,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from engine.classify_stages import select_rows
 from engine.config import load_config
-from engine.tables import read_table
+from engine.io.tables import read_table
+from engine.stages.common import select_rows
 from tests.conftest import REPO, TEST_OVERRIDES, test_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

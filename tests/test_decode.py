@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.counts import MAX_SCALE, CountScale, counts_to_gray8, parse_count_scale, percentile_counts
-from engine.decode import MAX_SIDE_PX, DecodeError, decode_gray8, decode_scan
+from engine.core.counts import MAX_SCALE, CountScale, counts_to_gray8, parse_count_scale, percentile_counts
+from engine.core.decode import MAX_SIDE_PX, DecodeError, decode_gray8, decode_scan
 
 COUNTS = np.array([[0, 50], [100, 200]], np.uint16)  # hand-worked below
 

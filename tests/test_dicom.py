@@ -9,13 +9,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from engine.counts import counts_to_gray8, parse_count_scale
-from engine.dicom import DicomError, read_frame_counts, read_nm_frames, split_frame_path
-from engine.indexing import build_index
-from engine.layouts import LayoutSettings
-from engine.letterbox import letterbox
-from engine.stages import decode_batch
-from engine.tables import TableWriter, read_table
+from engine.core.counts import counts_to_gray8, parse_count_scale
+from engine.core.dicom import DicomError, read_frame_counts, read_nm_frames, split_frame_path
+from engine.core.letterbox import letterbox
+from engine.io.indexing import build_index
+from engine.io.layouts import LayoutSettings
+from engine.io.tables import TableWriter, read_table
+from engine.runtime.decode import decode_batch
 
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage SOP class
 DICOM = LayoutSettings(layout="dicom")

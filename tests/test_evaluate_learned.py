@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from engine.cam_stages import run_cam
-from engine.classify_stages import run_threshold, run_train
-from engine.data_stages import run_index, run_split
-from engine.evaluate_stage import run_evaluate
-from engine.synth import generate_dataset
-from engine.tables import read_table
+from engine.io.synth import generate_dataset
+from engine.io.tables import read_table
+from engine.stages.cam import run_cam
+from engine.stages.evaluate.run import run_evaluate
+from engine.stages.index import run_index
+from engine.stages.split import run_split
+from engine.stages.threshold import run_threshold
+from engine.stages.train import run_train
 from tests.conftest import test_config
 from tests.eval_recount import recount
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from pycocotools.coco import COCO
 
-from engine.evaluate_masks import MaskQualityAccumulator, gt_box_scores, read_truth, tight_boxes
-from engine.evaluate_outputs import CATEGORIES, coco_images, mask_segments, prediction_annotations
-from engine.masks import encode_rle
-from engine.overlays import MASK_COLOUR, render_overlay
-from engine.synth import lesion_mask_path
+from engine.core.masks import encode_rle
+from engine.io.evaluate_masks import MaskQualityAccumulator, gt_box_scores, read_truth, tight_boxes
+from engine.io.overlays import MASK_COLOUR, render_overlay
+from engine.io.synth import lesion_mask_path
+from engine.stages.evaluate.outputs import CATEGORIES, coco_images, mask_segments, prediction_annotations
 
 
 def square(h: int, w: int, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.boxes import BoxParams
-from engine.evaluate_stage import stored_box_params
+from engine.core.boxes import BoxParams
+from engine.stages.evaluate.run import stored_box_params
 from tests.conftest import test_config
 
 

@@ -18,18 +18,19 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import schemas
-from engine.boxes import BoxParams
-from engine.browse import create_app
-from engine.cam_stages import heatmap_column, run_cam
 from engine.config_sections import BrowseConfig
-from engine.evaluate_methods import gt_by_image, meta_of, score_method, valid_heatmaps
-from engine.evaluate_outputs import export_coco
-from engine.evaluate_population import scored_frame
-from engine.evaluate_stage import run_evaluate
-from engine.letterbox import original_to_canvas
-from engine.localization import LocSettings
-from engine.report import run_report
-from engine.tables import TableWriter, read_table
+from engine.core.boxes import BoxParams
+from engine.core.evaluate_methods import gt_by_image, meta_of, score_method, valid_heatmaps
+from engine.core.letterbox import original_to_canvas
+from engine.core.localization import LocSettings
+from engine.io.codecs import heatmap_column
+from engine.io.tables import TableWriter, read_table
+from engine.stages.browse import create_app
+from engine.stages.cam import run_cam
+from engine.stages.evaluate.outputs import export_coco
+from engine.stages.evaluate.population import scored_frame
+from engine.stages.evaluate.run import run_evaluate
+from engine.stages.report import run_report
 from tests.conftest import test_config
 from tests.eval_recount import recount
 from tests.test_browse import chrome

@@ -13,11 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.cam_stages import _settings, cam_rows, run_boxes, run_cam
-from engine.model import arch_info, build_classifier, save_model
-from engine.pipeline import image_stream, iter_results, model_stream
-from engine.summary import AccountError
-from engine.tables import OutputError, TableWriter, read_table, write_part
+from engine.core.model import arch_info, build_classifier
+from engine.io.checkpoints import save_model
+from engine.io.summary import AccountError
+from engine.io.tables import OutputError, TableWriter, read_table, write_part
+from engine.runtime.pipeline import image_stream, iter_results, model_stream
+from engine.stages.boxes import run_boxes
+from engine.stages.cam import cam_rows, run_cam
+from engine.stages.common import cam_settings as _settings
 from tests.conftest import REPO, test_config
 
 

@@ -12,11 +12,11 @@ import pytest
 
 import engine
 import schemas
-from engine.cam_stages import heatmap_column
-from engine.heatmap_access import HeatmapNotFoundError, load_heatmap
-from engine.letterbox import LetterboxMeta, canvas_to_original
-from engine.stages import META_COLUMNS
-from engine.tables import TableWriter, read_table
+from engine.core.batch_columns import META_COLUMNS
+from engine.core.letterbox import LetterboxMeta, canvas_to_original
+from engine.io.codecs import heatmap_column
+from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap
+from engine.io.tables import TableWriter, read_table
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.indexing import ERROR_COLUMNS, GT_BOX_COLUMNS, INDEX_COLUMNS, build_index
-from engine.parsing import DataError
+from engine.core.parsing import DataError
+from engine.io.index_tables import ERROR_COLUMNS, GT_BOX_COLUMNS, INDEX_COLUMNS
+from engine.io.indexing import build_index
 
 ANT_TXT = "wholeBodyANT/wholeBodyANT.txt"
 OPENED: list[str] = []  # paths opened or listed while `record_file_access` is active

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.indexing import build_index
-from engine.layouts import LayoutSettings, check_layout, patient_of, view_of
-from engine.stages import decode_batch
+from engine.io.indexing import build_index
+from engine.io.layouts import LayoutSettings, check_layout, patient_of, view_of
+from engine.runtime.decode import decode_batch
 
 IMAGES = LayoutSettings(layout="images")
 VIEW = check_layout(IMAGES).view

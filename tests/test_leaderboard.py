@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from engine.tables import read_table, write_part
+from engine.io.tables import read_table, write_part
 from jobs.leaderboard import main
 from tests.conftest import REPO
 

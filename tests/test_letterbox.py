@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.letterbox import (
+from engine.core.letterbox import (
     LetterboxError,
     canvas_to_original,
     canvas_to_original_batch,

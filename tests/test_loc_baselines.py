@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.boxes import BoxParams
-from engine.letterbox import letterbox_meta
-from engine.loc_baselines import (
+from engine.core.boxes import BoxParams
+from engine.core.letterbox import letterbox_meta
+from engine.core.loc_baselines import (
     BoxAccuracyAccumulator,
     box_accuracy_hits,
     box_accuracy_thresholds,

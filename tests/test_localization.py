@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.boxes import box_iou
-from engine.evaluate_stage import f1_score
-from engine.letterbox import letterbox_meta
-from engine.localization import (
+from engine.core.boxes import box_iou
+from engine.core.letterbox import letterbox_meta
+from engine.core.localization import (
     ImageCase,
     LocalizationAccumulator,
     LocSettings,
@@ -30,6 +29,7 @@ from engine.localization import (
     pointing_chance_pixels,
     score_image,
 )
+from engine.stages.evaluate.run import f1_score
 
 SIDE = 12  # brute-force image side, px
 NONE = np.zeros((0, 4))

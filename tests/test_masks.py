@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from engine.mask_metrics import PxapAccumulator, dice, inside_fraction, mask_box_iou, mask_iou, pxap
-from engine.mask_qc import MaskMeasures, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
-from engine.masks import SEGMENTERS, MaskError, MasksConfig, build_segmenter, decode_rle, encode_rle, peak_component
+from engine.config_sections import MasksConfig
+from engine.core.mask_metrics import PxapAccumulator, dice, inside_fraction, mask_box_iou, mask_iou, pxap
+from engine.core.mask_qc import MaskMeasures, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
+from engine.core.masks import SEGMENTERS, MaskError, build_segmenter, decode_rle, encode_rle, peak_component
 
 CFG = MasksConfig()
 

@@ -18,15 +18,16 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 import schemas
-from engine.classify_stages import view_folders
 from engine.config import Config
-from engine.evaluate_stage import run_evaluate
-from engine.masks import MasksConfig, decode_rle
-from engine.masks_stage import run_masks
-from engine.overlays import MASK_COLOUR
-from engine.report import run_report
-from engine.synth import lesion_mask_path
-from engine.tables import read_table
+from engine.config_sections import MasksConfig
+from engine.core.masks import decode_rle
+from engine.io.overlays import MASK_COLOUR
+from engine.io.synth import lesion_mask_path
+from engine.io.tables import read_table
+from engine.stages.common import view_folders
+from engine.stages.evaluate.run import run_evaluate
+from engine.stages.masks import run_masks
+from engine.stages.report import run_report
 from jobs.masks import main as masks_main
 from tests.conftest import TEST_OVERRIDES, test_config
 

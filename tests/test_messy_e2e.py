@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.cam_stages import run_boxes, run_cam
-from engine.classify_stages import run_train
-from engine.data_stages import run_index, run_split
-from engine.model import load_model
-from engine.tables import read_table
+from engine.io.checkpoints import load_model
+from engine.io.tables import read_table
+from engine.stages.boxes import run_boxes
+from engine.stages.cam import run_cam
+from engine.stages.index import run_index
+from engine.stages.split import run_split
+from engine.stages.train import run_train
 from tests.conftest import test_config
 
 POST = "wholeBodyPOST"

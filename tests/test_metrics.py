@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from engine.metrics import THRESHOLD_GRID, BinaryMetrics, MetricsError, ThresholdError, binary_metrics, select_threshold
+from engine.core.metrics import (
+    THRESHOLD_GRID,
+    BinaryMetrics,
+    MetricsError,
+    ThresholdError,
+    binary_metrics,
+    select_threshold,
+)
 
 
 def test_threshold_grid_is_0_001_to_0_999():

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.model import ModelError, arch_info, build_classifier, load_model, probe_cell_centre, save_model
+from engine.core.model import ModelError, arch_info, build_classifier, probe_cell_centre
+from engine.io.checkpoints import load_model, save_model
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])

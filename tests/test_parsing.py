@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.parsing import (
+from engine.core.parsing import (
     FolderInfo,
     LabelLine,
     VocBox,

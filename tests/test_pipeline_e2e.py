@@ -14,10 +14,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import schemas
-from engine.cam_stages import CAM_TABLES, run_boxes, run_cam, run_infer
-from engine.classify_stages import select_rows
-from engine.model import load_model
-from engine.tables import read_table
+from engine.io.checkpoints import load_model
+from engine.io.tables import read_table
+from engine.runtime.cam_stream import CAM_TABLES
+from engine.stages.boxes import run_boxes
+from engine.stages.cam import run_cam
+from engine.stages.common import select_rows
+from engine.stages.infer import run_infer
 from tests.conftest import test_config
 
 

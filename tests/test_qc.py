@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.qc import (
+from engine.core.qc import (
     REAL_SCAN_MEDIANS,
     QcThresholds,
     body_box,
@@ -20,7 +20,7 @@ from engine.qc import (
     total_counts,
     zero_fraction,
 )
-from engine.synth import generate_dataset, whole_body_qc
+from engine.io.synth import generate_dataset, whole_body_qc
 from schemas.qc import SCHEMA
 
 H, W = 1024, 256

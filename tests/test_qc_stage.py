@@ -12,11 +12,12 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.boxes import BoxParams
-from engine.classify_stages import run_threshold, select_rows
-from engine.letterbox import letterbox_meta
-from engine.stages import BODY_CANVAS_COLUMNS, META_COLUMNS, body_canvas_columns, pseudo_boxes
-from engine.tables import read_table, write_part
+from engine.core.batch_columns import BODY_CANVAS_COLUMNS, META_COLUMNS, body_canvas_columns, pseudo_boxes
+from engine.core.boxes import BoxParams
+from engine.core.letterbox import letterbox_meta
+from engine.io.tables import read_table, write_part
+from engine.stages.common import select_rows
+from engine.stages.threshold import run_threshold
 from tests.conftest import test_config
 
 
@@ -32,7 +33,7 @@ def test_index_writes_one_qc_row_per_image_and_flags_exactly_the_generated_noise
     assert len(qc) + int((errors["stage"] == "qc").sum()) == len(index)
     assert set(qc["image_id"]) <= set(index["image_id"]) and qc["image_id"].is_unique
     drawn = truth(data_root).set_index("image_id")["noise_frame"]
-    # region crops are cut from their whole-body view (engine/synth.py): a crop of a noise frame is noise too
+    # region crops are cut from their whole-body view (engine/io/synth.py): a crop of a noise frame is noise too
     folder, name = qc["image_id"].str.split("/", n=1).str[0], qc["image_id"].str.split("/", n=1).str[1]
     source = "wholeBody" + folder.str.extract("(ANT|POST)$", expand=False) + "/" + name
     expected = set(qc.loc[source.map(drawn).fillna(False).astype(bool).to_numpy(), "image_id"])

@@ -11,13 +11,19 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from engine.evaluate_outputs import CATEGORIES, coco_images, gt_annotations, mask_segments, prediction_annotations
-from engine.localization import LocalizationAccumulator, LocSettings
-from engine.masks import encode_rle
-from engine.metric_notes import GROUP_ORDER, describe
-from engine.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
-from engine.report import browse_link, spread_pick
-from engine.report_tables import group_table_html, grouped_metrics
+from engine.core.localization import LocalizationAccumulator, LocSettings
+from engine.core.masks import encode_rle
+from engine.core.metric_notes import GROUP_ORDER, describe
+from engine.core.report_tables import group_table_html, grouped_metrics
+from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
+from engine.stages.evaluate.outputs import (
+    CATEGORIES,
+    coco_images,
+    gt_annotations,
+    mask_segments,
+    prediction_annotations,
+)
+from engine.stages.report import browse_link, spread_pick
 
 
 def test_spread_pick_spans_the_probability_order_and_ignores_row_order() -> None:

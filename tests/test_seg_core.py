@@ -12,8 +12,8 @@ from pycocotools import mask as coco_mask
 
 from engine.config import load_config
 from engine.config_sections import SegTrainConfig
-from engine.masks import encode_rle
-from engine.seg_core import (
+from engine.core.masks import encode_rle
+from engine.core.seg_core import (
     SegDiceAccumulator,
     component_masks,
     component_rows,
@@ -21,9 +21,9 @@ from engine.seg_core import (
     target_canvas,
     unpack_rles,
 )
-from engine.segment_stage import image_rows, row_columns
-from engine.segtrain_loop import augment_pair
-from engine.segtrain_stage import decode_with_targets
+from engine.runtime.segtrain_loop import augment_pair
+from engine.stages.segment import image_rows, row_columns
+from engine.stages.segtrain import decode_with_targets
 from tests.conftest import REPO
 
 
@@ -128,7 +128,7 @@ def test_decode_with_targets_turns_a_mask_of_the_wrong_size_into_an_error(tmp_pa
 
 
 def test_mask_quality_counts_false_positive_masks_on_normal_images() -> None:
-    from engine.evaluate_masks import MaskQualityAccumulator
+    from engine.io.evaluate_masks import MaskQualityAccumulator
 
     empty = np.zeros((0, 4))
     acc = MaskQualityAccumulator(iou_threshold=0.3)
@@ -142,7 +142,7 @@ def test_mask_quality_counts_false_positive_masks_on_normal_images() -> None:
 
 
 def test_painted_scores_take_the_best_component_score_per_pixel() -> None:
-    from engine.evaluate_masks import painted_scores
+    from engine.io.evaluate_masks import painted_scores
 
     scores = painted_scores([_rect(4, 4, 0, 2, 0, 2), _rect(4, 4, 1, 3, 1, 3)], [0.4, 0.7], (4, 4))
     assert scores[0, 0] == pytest.approx(0.4) and scores[1, 1] == pytest.approx(0.7) and scores[3, 3] == 0.0

@@ -17,14 +17,15 @@ import torch
 from pycocotools import mask as coco_mask
 
 import schemas
-from engine.cam_stages import run_cam
-from engine.evaluate_stage import run_evaluate
-from engine.masks_stage import run_masks
-from engine.model import ModelError
-from engine.seg_model import build_segnet, init_encoder_from_classifier, load_segnet, segnet_arch
-from engine.segment_stage import run_segment
-from engine.segtrain_stage import run_segtrain
-from engine.tables import read_table
+from engine.core.model import ModelError
+from engine.core.seg_model import build_segnet, segnet_arch
+from engine.io.checkpoints import init_encoder_from_classifier, load_segnet
+from engine.io.tables import read_table
+from engine.stages.cam import run_cam
+from engine.stages.evaluate.run import run_evaluate
+from engine.stages.masks import run_masks
+from engine.stages.segment import run_segment
+from engine.stages.segtrain import run_segtrain
 from tests.conftest import REPO, TEST_OVERRIDES, test_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture chain trains twice on 2 shared CPUs

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.indexing import build_index
-from engine.splitting import SPLITS, assign_splits, patient_groups, split_sizes
-from engine.synth import generate_dataset
+from engine.core.splitting import SPLITS, assign_splits, patient_groups, split_sizes
+from engine.io.indexing import build_index
+from engine.io.synth import generate_dataset
 
 REGION_FOLDERS = ("kneeLANT", "chestRPOST", "headANT")
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.classify_stages import select_rows
-from engine.pipeline import image_stream, iter_results
+from engine.runtime.pipeline import image_stream, iter_results
+from engine.stages.common import select_rows
 from tests.conftest import test_config
 
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from engine.classify_stages import run_threshold
 from engine.config import load_config
-from engine.summary import AccountError, StageSummary
-from engine.tables import TableWriter, write_part
+from engine.io.summary import AccountError, StageSummary
+from engine.io.tables import TableWriter, write_part
+from engine.stages.threshold import run_threshold
 from tests.conftest import REPO
 
 

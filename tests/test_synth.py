@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.synth import (
+from engine.io.synth import (
     REGION_FOLDERS,
     WHOLE_BODY_FOLDERS,
     generate_dataset,

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from engine.tables import OutputError, TableWriter, read_table, resolve_fs, table_dir, to_arrow, write_part
+from engine.io.fs import resolve_fs
+from engine.io.tables import OutputError, TableWriter, read_table, table_dir, to_arrow, write_part
 
 STAGE = "infer"
 PARTITION_VALUES = {

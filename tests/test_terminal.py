@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.console import Progress, done_line, epoch_line, format_duration, native_log_path, progress_line
+from engine.runtime.console import Progress, done_line, epoch_line, format_duration, native_log_path, progress_line
 from tests.conftest import REPO, TEST_OVERRIDES
 
 # Lines only Ray itself writes: actor/worker prefixes, C++ core logs, Ray Data / Train internals, Ray's warnings.
@@ -22,7 +22,7 @@ RAY_INTERNAL = re.compile(
     r"Wrapping provided model|Started training worker group|execution finished"
 )
 # Ray 2.60's driver core worker logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733):
-# a quiet job routes it to its native log file (engine/console.py)
+# a quiet job routes it to its native log file (engine/runtime/console.py)
 RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.tables import read_table
+from engine.io.tables import read_table
 from tests.conftest import REPO, TEST_OVERRIDES
 
 EPOCHS = 2
@@ -68,7 +68,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(
 
 
 def test_checkpoints_count_done_epochs_old_0_based_ones_included() -> None:
-    from engine.training import epochs_done
+    from engine.runtime.training import epochs_done
 
     assert epochs_done({"epoch": 2, "epochs_done": 2}) == 2  # epoch 2 (counted from 1) done: resume at the third
     assert epochs_done({"epoch": 0}) == 1  # a run trained before epochs counted from 1 stored its 0-based index

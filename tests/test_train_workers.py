@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.classify_stages import run_train, select_rows
 from engine.config import ConfigError
-from engine.data_stages import run_split
-from engine.pipeline import train_fit_problem
-from engine.tables import read_table
+from engine.io.tables import read_table
+from engine.runtime.pipeline import train_fit_problem
+from engine.stages.common import select_rows
+from engine.stages.split import run_split
+from engine.stages.train import run_train
 from tests.conftest import test_config
 
 # Split fractions tried in turn until the session's generated data gives odd train and val counts of

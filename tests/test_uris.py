@@ -14,13 +14,16 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from engine.cam_stages import run_cam
-from engine.classify_stages import run_train, select_rows
-from engine.data_stages import run_index, run_split
-from engine.indexing import IndexResult, build_index
-from engine.parsing import DataError
-from engine.stages import decode_batch
-from engine.tables import TableWriter, read_table
+from engine.core.parsing import DataError
+from engine.io.index_tables import IndexResult
+from engine.io.indexing import build_index
+from engine.io.tables import TableWriter, read_table
+from engine.runtime.decode import decode_batch
+from engine.stages.cam import run_cam
+from engine.stages.common import select_rows
+from engine.stages.index import run_index
+from engine.stages.split import run_split
+from engine.stages.train import run_train
 from tests.conftest import test_config
 
 

@@ -1,0 +1,1 @@
+"""The filesystem and the tables: paths, Parquet, checkpoints, the columns <-> arrays codecs."""

@@ -1,0 +1,67 @@
+"""The filesystem of a run and of its data: one resolver for local paths and URIs, safe paths, reading one scan."""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from engine.core.counts import CountScale
+from engine.core.decode import DecodeError, decode_scan
+from engine.core.dicom import split_frame_path
+
+log = logging.getLogger(__name__)
+
+def safe_relative_path(root: str, relative: str) -> str:
+    """Returns `root/relative` after checking that it cannot leave `root`.
+
+    Raises:
+        DecodeError: `unsafe_path` for absolute paths, `..` parts or (local roots) symlinks leaving root.
+    """
+    norm = posixpath.normpath(relative.replace("\\", "/"))
+    if relative.startswith(("/", "\\")) or norm.startswith("..") or ":" in norm.split("/")[0]:
+        raise DecodeError(f"unsafe_path: '{relative}' leaves the data root")
+    full = f"{root.rstrip('/')}/{norm}"
+    if "://" not in root and os.path.exists(full):
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+            raise DecodeError(f"unsafe_path: '{relative}' resolves outside the data root")
+    return full
+
+
+def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.ndarray | None, float, str]:
+    """Returns (uint8 (H, W) image or None, counts per grey level or NaN, error "" or `reason: detail`) of one path.
+
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); `relative` never leaves `root`.
+    """
+    file, frame = split_frame_path(relative)
+    try:
+        with fs.open_input_file(safe_relative_path(root, file)) as handle:
+            image, factor = decode_scan(handle.read(), frame, scale)
+        return image, factor, ""
+    except DecodeError as exc:
+        return None, float("nan"), str(exc)
+    except FileNotFoundError:
+        return None, float("nan"), f"missing_file: {relative}"
+    except OSError as exc:
+        return None, float("nan"), f"read_error: {type(exc).__name__}: {exc}"
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns (filesystem, path) for a local path or a storage URI (file://, s3://, gs://, ...)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def delete_outputs(run_dir: str, relatives: tuple[str, ...]) -> None:
+    """Deletes each folder `<run_dir>/<relative>` that exists, with a warning naming it (run.overwrite=true)."""
+    fs, root = resolve_fs(run_dir)
+    for path in (f"{root}/{relative}" for relative in relatives):
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            log.warning("run.overwrite=true: deleting %s", path)
+            fs.delete_dir(path)

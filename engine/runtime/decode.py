@@ -1,0 +1,85 @@
+"""Batch UDFs that read images on the decode tasks: decode + letterbox for the model stream, and the QC pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine.core.batch_columns import (
+    META_COLUMNS,
+    QC_BODY_COLUMNS,
+    body_canvas_columns,
+)
+from engine.core.counts import CountScale, parse_count_scale
+from engine.core.letterbox import letterbox
+from engine.core.qc import QcThresholds, image_qc, qc_row
+from engine.io.fs import load_scan, resolve_fs
+from engine.io.indexing import WHOLE_BODY_PART
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], data_root: str, canvas_h: int, canvas_w: int, count_scale: str | CountScale = "max"
+) -> dict[str, np.ndarray]:
+    """Reads, decodes and letterboxes every row's `path`; a failure fills `error` and a zero canvas.
+
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); image files and DICOM frames
+    become grey levels through the same `count_scale` rule (engine/core/counts.py).
+
+    Returns the input columns plus `canvas` (B, canvas_h, canvas_w) uint8, the letterbox meta
+    columns (META_COLUMNS), `count_rule` (the rule string), `counts_per_grey` (float32 divisor used,
+    NaN on failed rows) and `error` ("" when the row is fine, else `reason: detail`).
+    """
+    scale = parse_count_scale(count_scale) if isinstance(count_scale, str) else count_scale
+    fs, root = resolve_fs(data_root)
+    n = len(batch["path"])
+    canvas = np.zeros((n, canvas_h, canvas_w), dtype=np.uint8)
+    meta = {name: np.zeros(n, dtype=np.float32 if name == "scale" else np.int32) for name in META_COLUMNS}
+    factors = np.full(n, np.nan, dtype=np.float32)
+    errors = np.full(n, "", dtype=object)
+    for i, relative in enumerate(batch["path"]):
+        image, factors[i], errors[i] = load_scan(fs, root, str(relative), scale)
+        if image is None:
+            continue
+        canvas[i], lb = letterbox(image, canvas_h, canvas_w)
+        for name in META_COLUMNS:
+            meta[name][i] = getattr(lb, name)
+    meta["canvas_h"][:] = canvas_h
+    meta["canvas_w"][:] = canvas_w
+    rules = np.full(n, scale.rule, dtype=object)
+    out = {**batch, "canvas": canvas, **meta, "count_rule": rules, "counts_per_grey": factors, "error": errors}
+    if all(k in batch for k in QC_BODY_COLUMNS):
+        out.update(body_canvas_columns(out))
+    return out
+
+
+def qc_batch(
+    batch: dict[str, np.ndarray], data_root: str, thresholds: QcThresholds, count_scale: str = "max"
+) -> dict[str, np.ndarray]:
+    """Ray Data UDF: index rows -> one `qc` row each as columns, plus `error` ("" or `reason: detail`) and `path`.
+
+    Images are read as the model stream reads them (engine.io.fs.load_scan, the same `data.count_scale` rule).
+    Rows whose `part` names a region crop get only the flags that apply to a crop (engine.core.qc.image_qc).
+    """
+    fs, root = resolve_fs(data_root)
+    scale = parse_count_scale(count_scale)
+    rows, errors = [], []
+    parts = batch["part"] if "part" in batch else np.full(len(batch["image_id"]), None)
+    for image_id, folder, relative, part in zip(batch["image_id"], batch["folder"], batch["path"], parts, strict=True):
+        image, _, error = load_scan(fs, root, str(relative), scale)
+        whole_body = part is None or part != part or part == WHOLE_BODY_PART  # clinic layouts: no part (None/NaN)
+        try:
+            qc = None if image is None else image_qc(image, thresholds, whole_body)
+        except ValueError as exc:  # an image QC cannot measure (not 2-D uint8)
+            qc, error = None, f"bad_image: {exc}"
+        rows.append(qc_row(str(image_id), str(folder), qc) if qc is not None else {"image_id": str(image_id)})
+        errors.append(error)
+    frame = pd.DataFrame(rows)
+    out = {name: frame[name].to_numpy() if name in frame else np.full(len(rows), None) for name in _qc_names()}
+    return {**out, "folder": np.asarray(batch["folder"]), "path": np.asarray(batch["path"]),
+            "error": np.asarray(errors, dtype=object)}  # fmt: skip
+
+
+def _qc_names() -> list[str]:
+    import schemas
+
+    return schemas.TABLES["qc"].SCHEMA.names

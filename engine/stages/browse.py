@@ -1,0 +1,263 @@
+"""`make browse`: a local web page over every image of a run, queried live from the run's tables with DuckDB.
+
+Nothing is precomputed per image: each request runs one DuckDB query over the run's Parquet tables (opened as
+pyarrow datasets, so paths and storage URIs read as in ``engine.io.tables``) and image pages render their PNGs on
+request (``engine.io.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
+only from under the run dir and the data root.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import threading
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+from flask import Flask, Response, abort, request
+from werkzeug.serving import make_server
+
+import schemas
+from engine.config import Config
+from engine.config_sections import BrowseConfig
+from engine.core.decode import DecodeError
+from engine.io.browse_pages import FILTERS, SORTABLE, ImageQuery, boxes_png, image_page, parse_query, table_page
+from engine.io.fs import resolve_fs, safe_relative_path
+from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
+from engine.io.tables import table_dir
+from engine.stages.common import QC_FLAGS, model_run_dir, selected_threshold
+
+log = logging.getLogger(__name__)
+
+
+READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
+def qc_sql(columns: list[str]) -> str:
+    """Returns the SELECT of per-image QC flags (the raised flags' names, comma-separated; NULL when none)."""
+    cases = ", ".join(f"CASE WHEN \"{flag}\" THEN '{flag}' END" for flag in QC_FLAGS if flag in columns)
+    if not cases:
+        return "SELECT image_id, NULL::VARCHAR AS qc FROM t_qc"
+    return f"SELECT image_id, nullif(concat_ws(', ', {cases}), '') AS qc FROM t_qc"
+
+
+def duckdb_schema(schema: pa.Schema) -> pa.Schema:
+    """Returns `schema` less the float16 columns DuckDB cannot scan (heatmap values: `load_heatmap` reads them)."""
+
+    def is_half(kind: pa.DataType) -> bool:
+        return pa.types.is_float16(kind) or (pa.types.is_list(kind) and is_half(kind.value_type))
+
+    return pa.schema([f for f in schema if not is_half(f.type)])
+
+
+_PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.localization.pixel_boxes
+SCORED_SQL = f"""
+CREATE OR REPLACE TEMP VIEW scored AS
+WITH pred AS (
+  SELECT image_id, y_prob FROM t_preds WHERE stage IN ('cam', 'infer')
+  QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY (stage = 'cam') DESC) = 1),
+best AS (
+  SELECT image_id, {_PIXEL.format(c="x1_orig")} AS bx1, {_PIXEL.format(c="y1_orig")} AS by1,
+         {_PIXEL.format(c="x2_orig")} AS bx2, {_PIXEL.format(c="y2_orig")} AS by2
+  FROM t_boxes WHERE "rank" = 0 QUALIFY row_number() OVER (PARTITION BY image_id) = 1),
+gt AS (
+  SELECT image_id, count(*) FILTER (WHERE cls = 'Abnormal') AS n_abnormal,
+         count(*) FILTER (WHERE cls = 'Normal') AS n_normal FROM t_gt_boxes GROUP BY 1),
+hit AS (
+  SELECT b.image_id, bool_or(least(b.bx2, g.x2) > greatest(b.bx1, g.x1)
+                             AND least(b.by2, g.y2) > greatest(b.by1, g.y1)) AS is_hit
+  FROM best b JOIN t_gt_boxes g ON g.image_id = b.image_id AND g.cls = 'Abnormal' GROUP BY 1)
+SELECT i.image_id, i.folder, i.view, i.patient_id, i.part, i.side, i.path, s.split, i.label, p.y_prob,
+  CASE WHEN p.y_prob IS NULL OR i.label IS NULL OR thr.value IS NULL THEN NULL
+       WHEN p.y_prob >= thr.value THEN CASE WHEN i.label = 1 THEN 'TP' ELSE 'FP' END
+       ELSE CASE WHEN i.label = 1 THEN 'FN' ELSE 'TN' END END AS outcome,
+  CASE WHEN coalesce(gt.n_abnormal, 0) = 0 THEN NULL WHEN b.image_id IS NULL THEN 'no box'
+       WHEN h.is_hit THEN 'hit' ELSE 'miss' END AS best_box,
+  coalesce(gt.n_abnormal, 0) AS n_abnormal, coalesce(gt.n_normal, 0) AS n_normal, q.qc
+FROM t_index i CROSS JOIN run_thr thr
+LEFT JOIN t_splits s ON s.image_id = i.image_id LEFT JOIN pred p ON p.image_id = i.image_id
+LEFT JOIN best b ON b.image_id = i.image_id LEFT JOIN gt ON gt.image_id = i.image_id
+LEFT JOIN hit h ON h.image_id = i.image_id LEFT JOIN qc_flags q ON q.image_id = i.image_id
+"""
+
+
+class RunCatalog:
+    """DuckDB over one run's tables: the image table (sorted, filtered, paged) and one image's rows."""
+
+    def __init__(self, run_dir: str, thr: float | None) -> None:
+        self.run_dir = run_dir
+        self.thr = thr
+        self.lock = threading.Lock()  # one DuckDB connection, shared by the server's request threads
+        self.con = duckdb.connect()
+        fs, root = resolve_fs(run_dir)
+        for name in READ_TABLES:
+            path = table_dir(root, name)
+            schema = duckdb_schema(schemas.TABLES[name].SCHEMA)
+            exists = fs.get_file_info(path).type == pafs.FileType.Directory
+            data = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)\
+                if exists else schema.empty_table()  # fmt: skip
+            self.con.register(f"t_{name}", data)
+        qc_path = table_dir(root, "qc")
+        self.has_qc = fs.get_file_info(qc_path).type == pafs.FileType.Directory
+        if self.has_qc:
+            qc = pads.dataset(qc_path, filesystem=fs, format="parquet", partitioning="hive")
+            self.con.register("t_qc", qc)
+            self.con.execute(f"CREATE TEMP VIEW qc_flags AS {qc_sql(qc.schema.names)}")
+        else:
+            self.con.execute("CREATE TEMP VIEW qc_flags AS SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS qc")
+        self.con.execute("CREATE TEMP TABLE run_thr AS SELECT ?::DOUBLE AS value", [thr])
+        self.con.execute(SCORED_SQL)
+
+    def _frame(self, sql: str, params: list) -> pd.DataFrame:
+        with self.lock:
+            return self.con.execute(sql, params).df()
+
+    def images(self, query: ImageQuery, page_size: int) -> tuple[pd.DataFrame, int]:
+        """Returns (one page of image rows, rows matching the filters)."""
+        where, params = ["TRUE"], []
+        for column, value in query.filters.items():
+            where.append(f"CAST({column} AS VARCHAR) = ?")
+            params.append(value)
+        if query.text:
+            where.append("image_id ILIKE ?")
+            params.append(f"%{query.text}%")
+        if query.has_qc:
+            where.append("qc IS NOT NULL")
+        if query.sort not in SORTABLE:
+            raise ValueError(f"sort={query.sort!r}: expected one of {SORTABLE}")
+        clause = " AND ".join(where)
+        total = int(self._frame(f"SELECT count(*) AS n FROM scored WHERE {clause}", params)["n"].iloc[0])
+        order = f"{query.sort} {'DESC' if query.descending else 'ASC'} NULLS LAST, image_id"
+        sql = f"SELECT * FROM scored WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
+        return self._frame(sql, [*params, page_size, query.page * page_size]), total
+
+    def choices(self) -> dict[str, list[str]]:
+        """Returns the distinct values of each exact-match filter column."""
+        out = {}
+        for column in FILTERS:
+            sql = f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored WHERE {column} IS NOT NULL ORDER BY 1"
+            out[column] = self._frame(sql, [])["v"].tolist()
+        return out
+
+    def patient_views(self, image_id: str) -> pd.DataFrame:
+        """Returns the scored rows of `image_id` and of its patient's other view (same part and side), by view."""
+        sql = """SELECT o.* FROM scored s JOIN scored o ON o.patient_id = s.patient_id
+                 AND o.part IS NOT DISTINCT FROM s.part AND o.side IS NOT DISTINCT FROM s.side
+                 AND (o.image_id = s.image_id OR o.view IS DISTINCT FROM s.view)
+                 WHERE s.image_id = ? ORDER BY o.view, o.image_id"""
+        return self._frame(sql, [image_id])
+
+    def boxes(self, image_id: str) -> pd.DataFrame:
+        """Returns the pseudo boxes of an image, best first (original px)."""
+        sql = """SELECT "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM t_boxes WHERE image_id = ?
+                 ORDER BY "rank" """
+        return self._frame(sql, [image_id])
+
+    def gt_boxes(self, image_id: str) -> pd.DataFrame:
+        """Returns the GT boxes of an image (cls Abnormal / Normal, original px)."""
+        return self._frame("SELECT cls, x1, y1, x2, y2 FROM t_gt_boxes WHERE image_id = ? ORDER BY cls, x1, y1",
+                           [image_id])  # fmt: skip
+
+    def view(self, row: dict) -> dict:
+        """Returns what an image page shows of one scored row: its boxes, GT boxes and stored CAM outputs."""
+        image_id = row["image_id"]
+        stored = self._frame("SELECT overlay_orig, overlay_canvas FROM t_heatmaps WHERE image_id = ?", [image_id])
+        overlays = [str(v) for v in stored.to_numpy().ravel() if isinstance(v, str) and v]
+        return {"row": row, "boxes": self.boxes(image_id), "gt": self.gt_boxes(image_id), "overlays": overlays,
+                "has_heatmap": not stored.empty}
+
+
+def _thr_note(cfg: Config) -> tuple[float | None, str]:
+    try:
+        thr = selected_threshold(model_run_dir(cfg))
+    except ValueError as exc:
+        return None, f"TP/FP/FN/TN need a threshold: {exc}"
+    return thr, f"TP/FP/FN/TN at the selected threshold {thr:.4f}; best box: the rank-0 pseudo box vs Abnormal GT."
+
+
+def read_under(root: str, relative: str) -> bytes:
+    """Returns the bytes of file `relative` under `root`; 403 for paths leaving root, 404 for missing ones."""
+    fs, base = resolve_fs(root)
+    try:
+        full = safe_relative_path(base, relative)
+    except DecodeError:
+        abort(403)
+    try:
+        with fs.open_input_file(full) as handle:
+            return handle.read()
+    except OSError:  # missing, a folder, unreadable
+        abort(404)
+
+
+def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) -> bytes:
+    """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay."""
+    rows = catalog.patient_views(image_id)
+    if kind not in ("boxes", "cam") or rows.empty:
+        abort(404)
+    try:
+        if kind == "cam":
+            scan, heat = load_heatmap(catalog.run_dir, image_id, "orig", data_root=data_root)
+        else:
+            path = rows.loc[rows["image_id"] == image_id, "path"].iloc[0]
+            scan, heat = read_scan(data_root, str(path)), None
+    except (HeatmapNotFoundError, DecodeError, OSError):
+        abort(404)
+    return boxes_png(scan, heat, catalog.boxes(image_id), catalog.gt_boxes(image_id))
+
+
+def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
+    """Returns the Flask app of `make browse` over `cfg.run.dir`, scans read from the run's saved data root."""
+    run_dir = cfg.run.dir
+    try:
+        data_root = saved_data_root(run_dir)
+    except HeatmapNotFoundError:
+        data_root = cfg.data.root
+    thr, note = _thr_note(cfg)
+    catalog = RunCatalog(run_dir, thr)
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False  # `//etc/passwd` must not be redirected into a relative path
+
+    @app.get("/")
+    def table() -> str:
+        query = parse_query(request.args)
+        rows, total = catalog.images(query, browse.page_size)
+        return table_page(rows, total, query, catalog.choices(), browse.page_size, note, catalog.has_qc)
+
+    @app.get("/image/<path:image_id>")
+    def image(image_id: str) -> str:
+        rows = catalog.patient_views(image_id)
+        if rows.empty:
+            abort(404)
+        return image_page(image_id, [catalog.view(row) for row in rows.to_dict("records")])
+
+    @app.get("/render/<kind>/<path:image_id>")
+    def render(kind: str, image_id: str) -> Response:
+        return Response(render_png(catalog, data_root, kind, image_id), mimetype="image/png")
+
+    @app.get("/report/")
+    @app.get("/report/<path:relative>")
+    def report(relative: str = "index.html") -> Response:  # `make report`'s page: its gallery links ../image/<id>
+        mimetype = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        return Response(read_under(run_dir, f"report/{relative}"), mimetype=mimetype)
+
+    @app.get("/files/<base>/<path:relative>")
+    def files(base: str, relative: str) -> Response:
+        roots = {"run": run_dir, "data": data_root}
+        if base not in roots:
+            abort(404)
+        mimetype = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        return Response(read_under(roots[base], relative), mimetype=mimetype)
+
+    return app
+
+
+def serve(cfg: Config, browse: BrowseConfig) -> None:
+    """Serves `make browse` on browse.host:browse.port until interrupted."""
+    server = make_server(browse.host, browse.port, create_app(cfg, browse), threaded=True)
+    print(f"browse: http://{browse.host}:{server.port}/ over {cfg.run.dir}, its report at /report/ (Ctrl-C stops)",
+          flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

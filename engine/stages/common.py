@@ -1,0 +1,290 @@
+"""The run helpers the stages share: the resolved config beside the tables, row selection, the QC flags read back
+(exclusion from training / threshold / evaluation, flags copied into preds), run ids, box and CAM settings, the
+selected threshold and the error rows; every stage imports these from here, never from another stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import Config, dump_config
+from engine.core.batch_columns import (
+    QC_BODY_COLUMNS,
+)
+from engine.core.boxes import BoxParams
+from engine.core.metrics import binary_metrics
+from engine.io.fs import resolve_fs
+from engine.io.summary import StageSummary
+from engine.io.tables import TableWriter, read_table, write_part
+from engine.runtime.udfs import CamSettings
+
+QC_FLAGS = ("noise_frame", "low_count", "small_body", "body_cut")  # the bool flag columns of schemas/qc.py
+BODY_COLUMNS = ("body_x1", "body_y1", "body_x2", "body_y2")  # the qc table's body box, original px
+
+
+def qc_frame(cfg: Config) -> pd.DataFrame | None:
+    """Returns the run's qc table (image_id, the flags, the body box as QC_BODY_COLUMNS), or None before QC."""
+    qc = read_table(cfg.run.dir, "qc")
+    if qc.empty:
+        return None
+    renamed = dict(zip(BODY_COLUMNS, QC_BODY_COLUMNS, strict=True))
+    return qc[["image_id", *QC_FLAGS, *BODY_COLUMNS]].rename(columns=renamed).drop_duplicates("image_id")
+
+
+def attach_qc(cfg: Config, rows: pd.DataFrame) -> pd.DataFrame:
+    """Returns `rows` with the QC flag columns (nullable bool) and QC_BODY_COLUMNS (float, NaN without a body box).
+
+    A run indexed before QC existed has no qc table: every flag is null, every body box NaN.
+    """
+    qc = qc_frame(cfg)
+    if qc is None:
+        return rows.assign(**{f: pd.NA for f in QC_FLAGS}, **{c: np.nan for c in QC_BODY_COLUMNS})
+    merged = rows.merge(qc, on="image_id", how="left")
+    for c in QC_BODY_COLUMNS:
+        merged[c] = merged[c].astype("float64")
+    return merged
+
+
+def exclude_flagged(rows: pd.DataFrame, exclude: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Returns (rows without those flagged by any of `exclude`, rows left out per `qc_<flag>`).
+
+    A row flagged twice counts under its first flag in `exclude` order; null flags (no qc row) never exclude.
+    """
+    keep = pd.Series(True, index=rows.index)
+    skipped: dict[str, int] = {}
+    for flag in exclude:
+        hit = keep & rows[flag].fillna(False).astype(bool) if flag in rows else keep & False
+        skipped[f"qc_{flag}"] = int(hit.sum())
+        keep &= ~hit
+    return rows[keep], skipped
+
+
+def qc_flag_lists(rows: pd.DataFrame) -> list[list[str] | None]:
+    """Returns each row's raised QC flags (a list, maybe empty), or None where the row has no qc row."""
+    if not len(rows):
+        return []
+    known = rows[QC_FLAGS[0]].notna().to_numpy()
+    raised = [[f for f in QC_FLAGS if bool(rows[f].iloc[i])] if known[i] else None for i in range(len(rows))]
+    return raised
+
+
+def save_config(cfg: Config, stage: str) -> None:
+    """Writes the resolved config beside the run's tables (`<run.dir>/config/<stage>.yaml`)."""
+    fs, root = resolve_fs(cfg.run.dir)
+    fs.create_dir(f"{root}/config", recursive=True)
+    with fs.open_output_stream(f"{root}/config/{stage}.yaml") as out:
+        out.write(dump_config(cfg).encode())
+
+
+class StageRun:
+    """One stage run as a context manager: its StageSummary, one TableWriter over `tables`, commit or abort, and the
+    resolved config and summary saved beside the tables.
+
+    On entry the writer checks its tables (an existing output fails fast). `commit()` commits them only when rows
+    in = ok + errors + skipped (else aborts and raises AccountError) and saves `config/<stage>.yaml`; leaving the
+    block commits when the stage did not, then writes `summaries/<stage>.json`. An exception inside the block
+    aborts the staged tables and saves nothing. A stage without tables (tables=()) gets the balance check only.
+
+    Args:
+        cfg: the run's config; `run_dir` (default `run.dir`) receives the tables and the summary.
+        stage: the stage name (partition of the tables with a `stage` column, file names of config and summary).
+        tables: the tables this run writes (every one is committed, empty partitions included).
+        overwrite, replace, split: as in TableWriter.
+        config: False for a run whose `run_dir` is not a run (the leaderboard's runs folder).
+    """
+
+    def __init__(
+        self, cfg: Config, stage: str, tables: tuple[str, ...] = (), *, run_dir: str | None = None,
+        overwrite: bool = False, replace: tuple[str, ...] = (), split: str | None = None, config: bool = True,
+    ) -> None:  # fmt: skip
+        self.cfg, self.tables, self.config = cfg, tuple(tables), config
+        self.run_dir = run_dir or cfg.run.dir
+        self.summary = StageSummary(stage)
+        self.writer = TableWriter(self.run_dir, stage, overwrite, replace, split) if self.tables else None
+        self.committed = False
+
+    def __enter__(self) -> StageRun:
+        if self.writer is not None:
+            self.writer.check(self.tables)
+        return self
+
+    def commit(self) -> dict[str, int]:
+        """Commits the staged tables of a balanced account and saves the config; returns rows per table.
+
+        Raises:
+            AccountError: rows in != ok + errors + skipped; the staged tables are deleted, nothing is committed.
+        """
+        if self.committed:
+            return self.summary.tables
+        if self.writer is None:
+            self.summary.require_balanced()
+        else:
+            for name in self.tables:
+                self.writer.rows.setdefault(name, 0)
+            self.summary.commit(self.writer)
+        self.committed = True
+        if self.config:
+            save_config(self.cfg, self.summary.stage)
+        return self.summary.tables
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None:
+            if self.writer is not None and not self.committed:
+                self.writer.abort()  # nothing of a failed run is committed
+            return
+        self.commit()
+        self.summary.save(self.run_dir)
+
+
+UNSPLIT = "all"  # the split of a run's rows when it has no splits table and is scored with model.from_run
+
+
+def view_folders(view: str) -> list[str]:
+    """Returns the whole-body folders of `data.view` (ANT, POST or BOTH)."""
+    views = {"ANT": ["ANT"], "POST": ["POST"], "BOTH": ["ANT", "POST"]}
+    if view not in views:
+        raise ValueError(f"data.view={view!r}: expected one of {sorted(views)}")
+    return [f"wholeBody{v}" for v in views[view]]
+
+
+def select_rows(
+    cfg: Config, splits: tuple[str, ...] | None, whole_body_view_only: bool = True, qc_exclude: bool = True
+) -> pd.DataFrame:
+    """Returns index rows joined with their split and QC columns, filtered by split and (optionally) the trained view.
+
+    With `qc_exclude` the rows flagged by any of `qc.exclude` are left out (train, threshold, evaluate; cam and
+    infer score every image); `rows.attrs["skipped"]` counts them per `qc_<flag>` for StageSummary.add_skipped.
+    """
+    index = read_table(cfg.run.dir, "index")
+    split_table = read_table(cfg.run.dir, "splits")
+    if not index.empty and splits is None and unsplit(cfg, split_table):
+        split_table = pd.DataFrame({"image_id": index["image_id"], "split": UNSPLIT})  # new scans, another's model
+    if index.empty or split_table.empty:
+        raise ValueError(f"{cfg.run.dir}: index/splits tables missing; run `make index` and `make split` first")
+    rows = index.merge(split_table[["image_id", "split"]], on="image_id", how="inner")
+    if whole_body_view_only:
+        rows = rows[rows["folder"].isin(view_folders(cfg.data.view))]
+    if splits is not None:
+        rows = rows[rows["split"].isin(splits)]
+    rows, skipped = exclude_flagged(attach_qc(cfg, rows), cfg.qc.exclude if qc_exclude else ())
+    rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    rows.attrs["skipped"] = skipped
+    return rows
+
+
+def add_skipped(summary: StageSummary, rows: pd.DataFrame) -> int:
+    """Counts `select_rows`' QC exclusions into `summary`; returns how many rows were left out."""
+    skipped = rows.attrs.get("skipped", {})
+    for reason, count in skipped.items():
+        summary.add_skipped(reason, count)
+    return sum(skipped.values())
+
+
+def run_id(cfg: Config) -> str:
+    return os.path.basename(cfg.run.dir.rstrip("/")) or "run"
+
+
+def model_run_dir(cfg: Config) -> str:
+    """Returns the run whose model/best.pt and threshold score this run: `model.from_run`, else `run.dir`."""
+    return cfg.model.from_run or cfg.run.dir
+
+
+def selected_threshold(run_dir: str) -> float:
+    """Returns the threshold `make threshold` chose for `run_dir` (the last `thresholds` row): the one reader.
+
+    Stages that score with the run's model pass `model_run_dir(cfg)`.
+
+    Raises:
+        ValueError: the run has no selected threshold.
+    """
+    table = read_table(run_dir, "thresholds")
+    if table.empty:
+        raise ValueError(f"{run_dir}: no selected threshold; run `make threshold` first")
+    return float(table["thr"].iloc[-1])
+
+
+def adopt_threshold(cfg: Config) -> None:
+    """Copies the threshold of `model.from_run` into this run (`thresholds`, `threshold.json` with `from_run`).
+
+    A run scored with another run's model then holds the operating point its preds were scored at, so that
+    masks, evaluate, report and browse read it from the run itself. A run with its own threshold keeps it.
+    """
+    if not cfg.model.from_run or not read_table(cfg.run.dir, "thresholds").empty:
+        return
+    chosen = read_table(cfg.model.from_run, "thresholds")
+    if chosen.empty:
+        raise ValueError(f"model.from_run={cfg.model.from_run}: no selected threshold; run `make threshold` there")
+    write_part(cfg.run.dir, "thresholds", chosen.tail(1).reset_index(drop=True), "from_run")
+    record = {**chosen.iloc[-1].to_dict(), "from_run": cfg.model.from_run}
+    fs, root = resolve_fs(cfg.run.dir)
+    with fs.open_output_stream(f"{root}/threshold.json") as out:
+        out.write(json.dumps(record, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)).encode())
+
+
+def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> dict:
+    """Returns the `metrics` row of one split's predictions at `thr` (scikit-learn metrics)."""
+    m = binary_metrics(preds["y_true"].to_numpy(), preds["y_prob"].to_numpy(), thr)
+    return {"run_id": run_id(cfg), "split": split, "view": cfg.data.view, **m.to_dict()}
+
+
+def box_params(cfg: Config) -> BoxParams:
+    """Returns the pseudo-box parameters from `boxes.*`."""
+    return BoxParams(size=cfg.boxes.size, max_boxes=cfg.boxes.max, nms_iou=cfg.boxes.nms_iou,
+                     min_score=cfg.boxes.min_score)  # fmt: skip
+
+
+def flags_by_image(rows: pd.DataFrame) -> dict[str, list[str] | None]:
+    """Returns image_id -> the QC flags raised on it (None without a qc row), for the preds `qc_flags` column."""
+    return dict(zip(rows["image_id"].astype(str), qc_flag_lists(rows), strict=True))
+
+
+def cam_settings(cfg: Config, with_cam: bool) -> CamSettings:
+    from engine.runtime.pipeline import init_ray, use_gpu
+
+    init_ray(cfg.ray)
+    return CamSettings(
+        run_dir=model_run_dir(cfg), model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
+        with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
+        cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
+        refine_power=cfg.cam.refine_power, refine_peaks=cfg.cam.refine_peaks,
+        warmup=(cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width),
+    )  # fmt: skip
+
+
+def unsplit(cfg: Config, splits: pd.DataFrame | None = None) -> bool:
+    """True for new scans scored with another run's model: `model.from_run` set and no splits table here.
+
+    `splits` is the run's splits table when the caller has read it already.
+    """
+    table = read_table(cfg.run.dir, "splits") if splits is None else splits
+    return bool(cfg.model.from_run) and table.empty
+
+
+def min_prob(cfg: Config) -> float:
+    if cfg.cam.min_prob not in ("all", "threshold"):
+        raise ValueError(f"cam.min_prob={cfg.cam.min_prob!r}: expected 'all' or 'threshold'")
+    return selected_threshold(model_run_dir(cfg)) if cfg.cam.min_prob == "threshold" else float("-inf")
+
+
+def count_training_rows(
+    cfg: Config, summary: StageSummary, epochs: pd.DataFrame, n_train: int, n_val: int, val_scored: int
+) -> int:
+    """Fills the account of a Ray Train stage (`summary.stage`); returns the train rows its last epoch trained on.
+
+    Rows in = the train + val rows selected; ok = the last epoch's train rows + the `val_scored` val rows; errors =
+    the stage's `errors` rows; skipped `equal_split` = the train rows Ray's equal split dropped (up to
+    num_workers - 1 per epoch, so that every worker steps alike).
+    """
+    errors = read_table(cfg.run.dir, "errors")
+    errors = errors[errors["stage"] == summary.stage]
+    summary.add_errors(errors["reason"])
+    trained = int(epochs["images"].iloc[-1]) if len(epochs) else 0
+    summary.rows_in = n_train + n_val
+    summary.rows_ok = trained + val_scored
+    summary.add_skipped("equal_split", n_train - trained - int((errors["split"] == "train").sum()))
+    return trained

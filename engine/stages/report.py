@@ -1,0 +1,290 @@
+"""`make report`: one self-contained offline HTML page of a run (`<run.dir>/report/index.html`), PNGs beside it.
+
+Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
+selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`, grouped and
+explained by ``engine.core.metric_notes``) and a gallery of overlays in original px for true positives, false positives,
+false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
+resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
+whose inputs are missing says which stage to run; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from engine.config import Config
+from engine.core import report_plots as plots
+from engine.core.cam import heatmap_to_original, upsample_heatmap
+from engine.core.decode import DecodeError
+from engine.core.evaluate_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
+from engine.core.metrics import binary_metrics
+from engine.core.report_tables import classification_html, group_table_html, grouped_metrics, methods_html, parameters
+from engine.io.evaluate_masks import decoded_by_image
+from engine.io.fs import resolve_fs
+from engine.io.heatmap_access import read_scan
+from engine.io.overlays import render_overlay
+from engine.io.summary import StageSummary
+from engine.io.tables import read_table
+from engine.stages.common import StageRun, selected_threshold, view_folders
+
+log = logging.getLogger(__name__)
+
+LOC_PLOTTED = ("pointing_game", "pointing_chance", "hit@1", "hit@5", "precision@iou0.3", "recall@iou0.3",
+               "precision@iou0.5", "recall@iou0.5", "max_box_acc@iou0.3", "max_box_acc@iou0.5")  # fmt: skip
+OUTCOMES = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True),
+            ("fn", "False negatives", 1, False), ("tn", "True negatives", 0, False))  # key, title, label, called
+STYLE = """body{font-family:sans-serif;margin:16px;max-width:800px;color:#222}h1{font-size:20px;word-break:break-all}
+h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-collapse:collapse;font-size:12px;
+margin:6px 0}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right;vertical-align:top}th{background:#f3f3f3}
+td:first-child{text-align:left}td.name{max-width:230px}td.text{text-align:left}small{color:#555}
+.plots img{max-width:48%;margin:4px}.gallery{display:flex;flex-wrap:wrap;gap:10px}.missing{color:#a33}
+figure{margin:0;font-size:12px;max-width:530px}figure img{max-width:49%;margin-right:4px;border:1px solid #999}
+.methods{font-size:12px}.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"""
+
+
+class ReportInputError(ValueError):
+    """A report section whose input table or file is missing: names the stage that writes it."""
+
+
+class _Out:
+    """Writes report files under `<run.dir>/report/` (path or URI); remembers what it wrote."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.fs, root = resolve_fs(run_dir)
+        self.root = f"{root}/report"
+        self.files: list[str] = []
+
+    def write(self, relative: str, data: bytes) -> str:
+        path = f"{self.root}/{relative}"
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+        self.files.append(relative)
+        return relative
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+
+
+def _table(frame: pd.DataFrame, index: bool = True) -> str:
+    frame = frame.rename_axis(index=[None] * frame.index.nlevels, columns=None) if index else frame
+    return frame.to_html(border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True, index=index)
+
+
+def scored_preds(cfg: Config) -> tuple[pd.DataFrame, str]:
+    """Returns the classification predictions shown (make infer's split, else make cam's) and their source."""
+    preds = read_table(cfg.run.dir, "preds")
+    preds = preds[preds["folder"].isin(view_folders(cfg.data.view))]  # `make cam cam.scope=all` scores every folder
+    for stage, split in (("infer", cfg.infer.split), ("cam", cfg.evaluate.split)):
+        chosen = preds[(preds["stage"] == stage) & (preds["split"] == split)]
+        if len(chosen):
+            return chosen, f"stage={stage}, split={split}"
+    raise ReportInputError("no test predictions: run `make infer` (or `make cam`) first")
+
+
+def selected_thr(cfg: Config) -> float:
+    """Returns the run's selected threshold; raises ReportInputError without one."""
+    try:
+        return selected_threshold(cfg.run.dir)
+    except ValueError as exc:
+        raise ReportInputError("no selected threshold: run `make threshold` first") from exc
+
+
+def _classification(cfg: Config, out: _Out) -> str:
+    preds, source = scored_preds(cfg)
+    thr = selected_thr(cfg)
+    finite = np.isfinite(preds["y_prob"].to_numpy(dtype=np.float64))
+    y_true, y_prob = preds["y_true"].to_numpy()[finite], preds["y_prob"].to_numpy(dtype=np.float64)[finite]
+    if len(np.unique(y_true)) < 2:
+        raise ReportInputError(f"predictions ({source}) hold one class only: no ROC")
+    m = binary_metrics(y_true, y_prob, thr)
+    dpi = cfg.report.dpi
+    names = [out.write("roc.png", plots.roc_png(y_true, y_prob, thr, dpi)),
+             out.write("pr.png", plots.pr_png(y_true, y_prob, thr, dpi)),
+             out.write("sens_spec.png", plots.sens_spec_png(y_true, y_prob, thr, dpi)),
+             out.write("confusion.png", plots.confusion_png(m.tn, m.fp, m.fn, m.tp, thr, dpi))]  # fmt: skip
+    row = {k: getattr(m, k) for k in ("n", "auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "thr")}
+    note = f"<p>Predictions: {html.escape(source)}; {int((~finite).sum())} without a finite probability left out.</p>"
+    plots_html = '<div class="plots">' + "".join(_img(n, n) for n in names) + "</div>"
+    return note + classification_html(row) + plots_html
+
+
+def _training(cfg: Config, out: _Out) -> str:
+    epochs = read_table(cfg.run.dir, "epochs")
+    if epochs.empty:
+        raise ReportInputError("no epochs table: run `make train` first")
+    name = out.write("epochs.png", plots.epochs_png(epochs, cfg.report.dpi))
+    shown = epochs.sort_values("epoch")[["epoch", "train_loss", "val_loss", "val_auc", "lr", "img_per_s", "is_best"]]
+    return f'<div class="plots">{_img(name, "epochs")}</div>' + _table(shown.set_index("epoch"))
+
+
+def _localisation(cfg: Config, out: _Out) -> str:
+    loc = read_table(cfg.run.dir, "loc_metrics")
+    if loc.empty:
+        raise ReportInputError("no loc_metrics table: run `make evaluate` first")
+    split = cfg.evaluate.split
+    parts = [f"<p>Scored on split <b>{html.escape(split)}</b> against the Abnormal GT boxes (original px). "
+             "Cells: value over numerator/denominator; plain counts alone. Rows of the tuning split are in "
+             "<code>loc_metrics</code> (and <code>evaluate.json</code>).</p>"]  # fmt: skip
+    chart = loc[(loc["split"] == split) & (loc["folder"] == "*")]
+    view = "all" if (chart["view"] == "all").any() else chart["view"].iloc[0] if len(chart) else None
+    if view is not None:
+        values = chart[chart["view"] == view].pivot(index="metric", columns="method", values="value")
+        name = out.write("localisation.png", plots.localisation_png(values, LOC_PLOTTED, cfg.report.dpi))
+        parts.append(f'<div class="plots">{_img(name, "localisation")}</div>')
+    parts.append("<h3>Methods</h3>" + methods_html(list(dict.fromkeys(loc.loc[loc["split"] == split, "method"]))))
+    for name, groups in grouped_metrics(loc, split).items():
+        parts.append(f"<h3>{html.escape(name)}</h3>")
+        parts += [f"<h4>{html.escape(group)}</h4>" + group_table_html(rows) for group, rows in groups.items()]
+    parts.append("<h3>Box parameters per method</h3>" + _table(parameters(loc, cfg.run.dir)))
+    return "".join(parts) + _tuning_note(cfg)
+
+
+def _tuning_note(cfg: Config) -> str:
+    fs, root = resolve_fs(cfg.run.dir)
+    try:
+        with fs.open_input_stream(f"{root}/evaluate.json") as stream:
+            tuning = json.loads(stream.read()).get("tuning", {})
+    except (FileNotFoundError, ValueError):
+        return ""
+    if "chosen" not in tuning:
+        return f"<p>Tuning: {html.escape(str(tuning.get('skipped', 'not run')))}</p>"
+    return (f"<p>Tuned on <b>{html.escape(tuning['split'])}</b> only ({tuning['images']} images; "
+            f"{html.escape(tuning['objective'])}): {html.escape(json.dumps(tuning['chosen']))}. "
+            "Reproduce the boxes: <code>make boxes ARGS=&quot;"
+            f"{html.escape(tuning['make_boxes_args'])}&quot;</code></p>")  # fmt: skip
+
+
+def _gallery_rows(cfg: Config, thr: float) -> pd.DataFrame:
+    only = pads.field("split") == cfg.evaluate.split
+    heat = read_table(cfg.run.dir, "heatmaps", only)
+    heat = heat[heat["folder"].isin(view_folders(cfg.data.view))]  # the population `make evaluate` scores
+    if heat.empty:
+        raise ReportInputError(f"no heatmaps for split={cfg.evaluate.split}: run `make cam` first")
+    meta = read_table(cfg.run.dir, "meta", only).drop(columns=["split", "folder"])
+    index = read_table(cfg.run.dir, "index")[["image_id", "label", "path"]]
+    frame = heat.merge(meta, on="image_id").merge(index, on="image_id")
+    return frame.assign(is_positive=frame["y_prob"] >= thr)
+
+
+def spread_pick(frame: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Returns up to `count` rows evenly spread over `frame` ordered by y_prob (highest first, then image_id).
+
+    Deterministic: the most and the least confident row of the group are always among them (count >= 2).
+    """
+    ordered = frame.sort_values(["y_prob", "image_id"], ascending=[False, True], kind="stable")
+    if len(ordered) <= count:
+        return ordered
+    return ordered.iloc[np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))]
+
+
+def browse_link(image_id: str) -> str:
+    """Returns the image's page in `make browse` relative to the report served there at ``/report/``."""
+    return "../image/" + quote(image_id, safe="/")
+
+
+def _overlay(
+    cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame
+) -> tuple[bytes, bytes]:
+    """Returns the PNGs of one scan in original px: the raw grey levels the model saw, and the overlay of its CAM,
+    pseudo boxes, GT boxes and kept mask contours."""
+    image = read_scan(cfg.data.root, str(row.path), cfg.data.count_scale)  # as the model stream read it
+    meta = meta_of(row)
+    heat = heatmap_to_original(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), meta)
+    abnormal, normal = gt.get(row.image_id, (np.zeros((0, 4)), np.zeros((0, 4))))
+    own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[list(ORIG_COLUMNS)].to_numpy()
+    kept = tuple(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []))
+    overlay = render_overlay(image, heat, own, caption, (abnormal, normal), kept)
+    return cv2.imencode(".png", image)[1].tobytes(), cv2.imencode(".png", overlay)[1].tobytes()
+
+
+def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place: tuple[int, int]) -> str:
+    """Returns one gallery figure (the overlay linked to its browse page); raises OSError/DecodeError.
+
+    `place`: (position by probability within its group, counted from 1; the group's size).
+    """
+    raw, png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2])
+    raw_name = out.write(f"gallery/{key}_{place[0]}_raw.png", raw)
+    name = out.write(f"gallery/{key}_{place[0]}.png", png)
+    link = html.escape(browse_link(row.image_id))
+    return (f'<figure><a href="{link}">{_img(raw_name, "raw " + row.image_id)}{_img(name, row.image_id)}</a>'
+            f"<figcaption>{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of {place[1]} "
+            "by p); left: the raw scan as the model saw it, right: CAM and boxes</figcaption></figure>")  # fmt: skip
+
+
+def _gallery(cfg: Config, out: _Out) -> str:
+    thr = selected_thr(cfg)
+    frame = _gallery_rows(cfg, thr)
+    masks = read_table(cfg.run.dir, "masks", pads.field("split") == cfg.evaluate.split)
+    inputs = (read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split),
+              gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+              masks[masks["kept"].fillna(False).astype(bool)])  # none without `make masks`: no contours  # fmt: skip
+    parts, failed = [], 0
+    for key, title, label, is_positive in OUTCOMES:
+        group = frame[(frame["label"] == label) & (frame["is_positive"] == is_positive)]
+        order = {image_id: n + 1 for n, image_id in enumerate(spread_pick(group, len(group))["image_id"])}
+        figures = []
+        for row in spread_pick(group, cfg.report.gallery).itertuples(index=False):
+            try:
+                figures.append(_figure(cfg, out, row, inputs, key, (order[row.image_id], len(group))))
+            except (OSError, DecodeError) as exc:
+                failed += 1
+                log.warning("gallery: %s (image_id=%s): %s", row.path, row.image_id, exc)
+        body = "".join(figures) or "<p>none</p>"
+        parts.append(f'<h3 id="gallery-{key}">{title} ({key.upper()}): {len(figures)} shown of {len(group)}</h3>'
+                     f'<div class="gallery">{body}</div>')  # fmt: skip
+    unread = f'<p class="missing">{failed} images could not be read.</p>' if failed else ""
+    return _gallery_key(cfg, thr) + unread + "".join(parts)
+
+
+def _gallery_key(cfg: Config, thr: float) -> str:
+    return (f"<p>Outcomes at the selected threshold {thr:.3f} (called abnormal when p &gt;= thr); per group up to "
+            f"{cfg.report.gallery} images evenly spread from the most to the least confident, at 1x in original px. "
+            "Each image opens its page in <code>make browse</code> when this report is served there "
+            f"(http://127.0.0.1:{cfg.browse.port}/report/); opened as a file, the links lead nowhere.</p>"
+            '<p class="key"><span style="background:red"></span>pseudo boxes (rank)'
+            '<span style="background:lime"></span>GT Abnormal (solid)<span style="background:cyan"></span>GT Normal '
+            '(dashed)<span style="background:magenta"></span>kept pseudo masks; CAM in JET</p>')  # fmt: skip
+
+
+SECTIONS = (("Classification", _classification), ("Training", _training), ("Localisation", _localisation),
+            ("Gallery", _gallery))  # fmt: skip
+
+
+def page(cfg: Config, sections: list[tuple[str, str]]) -> str:
+    """Returns the report's HTML text: inline CSS, relative image links, no scripts or remote resources."""
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
+    title = html.escape(f"BS-80K run report: {cfg.run.dir}")
+    canvas = f"canvas {cfg.canvas.height} x {cfg.canvas.width}"
+    about = html.escape(f"model {cfg.model.name}, view {cfg.data.view}, {canvas}")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1><p>{about}</p>{body}</body></html>")  # fmt: skip
+
+
+def run_report(cfg: Config) -> StageSummary:
+    """Writes `<run.dir>/report/index.html` and its PNGs; one summary row per section."""
+    with StageRun(cfg, "report") as run:  # no tables: the page and its PNGs are files under report/
+        summary = run.summary
+        out = _Out(cfg.run.dir)
+        sections = []
+        for title, build in SECTIONS:
+            summary.rows_in += 1
+            try:
+                sections.append((title, build(cfg, out)))
+                summary.rows_ok += 1
+            except ReportInputError as exc:
+                sections.append((title, f'<p class="missing">{html.escape(str(exc))}</p>'))
+                summary.add_errors([f"missing_input: {exc}"])
+        out.write("index.html", page(cfg, sections).encode())
+        summary.tables = {"report files": len(out.files)}
+        summary.extra["report"] = f"{out.root}/index.html"
+    return summary
