@@ -32,6 +32,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "leaderboard": ("leaderboard",),
     "bench": ("bench", "ray", "canvas", "model", "infer"),
     "browse": ("browse",),
+    "segtrain": ("ray", "canvas", "model", "train", "segtrain"),
+    "segment": ("ray", "canvas", "model", "segtrain"),
 }
 
 

@@ -41,6 +41,8 @@ STAGE_NEEDS: dict[str, tuple[Need, ...]] = {
     "boxes": (HEATMAPS,),
     "masks": (HEATMAPS, Need("tables/boxes", "make cam")),
     "evaluate": (INDEX, HEATMAPS),  # a run without splits (new scans) is reported as skipped by evaluate itself
+    "segtrain": (INDEX, SPLITS, Need("tables/masks", "make masks")),
+    "segment": (INDEX, SPLITS, Need("segnet/best.pt", "make segtrain")),
 }
 FROM_RUN = (MODEL, THRESHOLD)  # read from `model.from_run` when it is set
 
@@ -50,6 +52,8 @@ def stage_needs(stage: str, cfg: Config) -> tuple[Need, ...]:
     needs = STAGE_NEEDS.get(stage, ())
     if stage == "cam" and cfg.cam.min_prob == "threshold":
         needs = (*needs, THRESHOLD)
+    if stage == "segtrain" and cfg.segtrain.init_from_classifier:
+        needs = (*needs, MODEL)
     return needs
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 
 from engine.config import ConfigError
-from engine.stages.segtrain import run_segtrain
 from jobs._cli import parse_config, run_job
 
 CHECK = "--check-enabled"
@@ -18,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs `make segtrain`, or with --check-enabled only reports `segtrain.enabled` in the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if CHECK not in args:
-        return run_job(args, __doc__, run_segtrain)
+        return run_job(args, __doc__, "engine.stages.segtrain:run_segtrain", "segtrain")
     args.remove(CHECK)
     try:
-        return 0 if parse_config(args, __doc__).segtrain.enabled else 1
+        return 0 if parse_config(args, __doc__, "segtrain").segtrain.enabled else 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,6 +55,15 @@ def test_train_without_splits_is_one_line_naming_make_split(data_root: Path, spl
     assert "ray" not in imported.split()
 
 
+def test_segtrain_without_masks_and_segment_without_a_network_name_the_commands(data_root, split_copy) -> None:
+    code, output, imported = _job("segtrain", data_root, split_copy)
+    _assert_one_error(code, output, "tables/masks missing", "make masks")
+    assert "ray" not in imported.split() and "torch" not in imported.split()
+    code, output, imported = _job("segment", data_root, split_copy)
+    _assert_one_error(code, output, "segnet/best.pt missing", "make segtrain")
+    assert "ray" not in imported.split() and "torch" not in imported.split()
+
+
 def test_a_bad_enum_value_is_refused_before_ray_torch_or_timm_load(data_root: Path, split_copy: Path) -> None:
     code, output, imported = _job("cam", data_root, split_copy, "cam.scope=everything")
     _assert_one_error(code, output, "cam.scope", "split, all")

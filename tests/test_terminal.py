@@ -64,7 +64,7 @@ def test_progress_without_a_terminal_writes_few_plain_lines() -> None:
 
 def test_native_stderr_goes_to_the_log_and_python_stderr_stays_on_the_terminal() -> None:
     script = ("import os, sys\n"
-              "from engine.console import route_native_stderr\n"
+              "from engine.runtime.console import route_native_stderr\n"
               "path = route_native_stderr('probe')\n"
               "os.write(2, b'native line\\n')\n"
               "print('python line', file=sys.stderr)\n"

@@ -9,7 +9,6 @@ scripts" says why it is replaced (its boxes cluster on the brightest blob, land 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np

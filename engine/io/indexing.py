@@ -79,7 +79,7 @@ def build_index(
 
 
 def build_layout_index(data_root: str, layout: LayoutSettings) -> IndexResult:
-    """Returns build_index(data_root, layout=layout): positional, for engine.pipeline.run_on_worker."""
+    """Returns build_index(data_root, layout=layout): positional, for engine.runtime.pipeline.run_on_worker."""
     return build_index(data_root, layout=layout)
 
 

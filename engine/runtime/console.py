@@ -76,10 +76,12 @@ def route_native_stderr(stage: str) -> str:
     """Points file descriptor 2 at the job's native log, keeps `sys.stderr` on the terminal; returns the log's path.
 
     A no-op returning "" when verbose (Ray's own lines stay on the terminal) or when `sys.stderr` is not the
-    process's own (pytest, a notebook: the embedding program keeps its streams). Child processes started afterwards
+    process's own (pytest, a notebook: the embedding program keeps its streams) or under `python -X importtime`
+    (the import profile is what the caller asked to see on stderr). Child processes started afterwards
     (Ray's raylet, GCS, workers) inherit the log file as their stderr. An empty log is removed at exit.
     """
-    if is_verbose() or sys.stderr is not sys.__stderr__ or _settings.get("native_log"):
+    embedded = sys.stderr is not sys.__stderr__ or "importtime" in sys._xoptions
+    if is_verbose() or embedded or _settings.get("native_log"):
         return str(_settings.get("native_log", ""))
     path = native_log_path(stage)
     sys.stderr.flush()
