@@ -12,12 +12,13 @@ import json
 import time
 from pathlib import Path
 
+from engine.io.summary import pack_items
+
 # the headline methods (every method and baseline: the evaluate summary above it, or tables/loc_metrics)
 FIGURES = ("peaks", "masks_tight", "masks", "segnet_tight", "segnet", "peaks_tuned", "seed", "body_prior",
            "max_box_acc")  # fmt: skip
 STAGE_ORDER = ("synth", "index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
                "evaluate", "report")
-LINE_WIDTH = 110
 
 
 def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
@@ -27,16 +28,10 @@ def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
         lines.append(f"classification on the {infer.get('split', 'test')} split: auc {infer['auc']:.3f}, sensitivity "
                      f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
                      f"({infer['n']} images)")  # fmt: skip
-    figures = [f"  {k}: {_value(evaluate[k])}" for k in FIGURES if k in evaluate]
+    figures = [f"  {k}: {evaluate[k]}" for k in FIGURES if k in evaluate]  # evaluate stores them formatted
     if figures:
         lines += ["localisation on the test split (all methods: evaluate's summary above):", *figures]
     return lines
-
-
-def _value(value: object) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
-    return str(value)
 
 
 def timing_lines(run_dirs: list[Path], started: float | None, now: float) -> list[str]:
@@ -45,14 +40,8 @@ def timing_lines(run_dirs: list[Path], started: float | None, now: float) -> lis
     for run_dir in run_dirs:
         found = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "summaries").glob("*.json"))}
         ordered = sorted(found, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
-        line = f"  {run_dir.name}:"
-        for stage in ordered:
-            item = f" {stage} {found[stage].get('seconds', 0.0):.0f} s,"
-            if len(line) + len(item) > LINE_WIDTH:
-                lines.append(line.rstrip(","))
-                line = " " * (len(run_dir.name) + 3)
-            line += item
-        lines.append(line.rstrip(","))
+        items = [f"{stage} {found[stage].get('seconds', 0.0):.0f} s" for stage in ordered]
+        lines += pack_items(items, first=f"  {run_dir.name}: ", rest=" " * (len(run_dir.name) + 4), sep=", ")
     if started is not None:
         lines.append(f"total wall time: {(now - started) / 60:.1f} min (process start-ups included)")
     return lines

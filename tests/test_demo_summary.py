@@ -38,7 +38,7 @@ def test_a_long_run_wraps_its_stage_times_and_keeps_every_stage(tmp_path: Path) 
 
 def test_figures_are_printed_from_the_evaluate_and_infer_summaries(tmp_path: Path, capsys) -> None:
     demo = tmp_path / "demo"
-    _summary(demo, "evaluate", 5.0, 40, peaks={"pointing_game": 0.9, "n": 3}, centre_prior={"pointing_game": 0.1})
+    _summary(demo, "evaluate", 5.0, 40, peaks="pointing_game=0.900, n=3", centre_prior="pointing_game=0.100")
     _summary(demo, "infer", 2.0, 40, split="test", auc=0.91843, sensitivity=0.875, specificity=0.7625, thr=0.839, n=40)
     assert figure_lines({"peaks": 1, "unrelated": 2})[1:] == ["  peaks: 1"]
     assert main([str(demo)]) == 0

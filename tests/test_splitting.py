@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.splitting import SPLITS, assign_splits, patient_groups, split_sizes
+from engine.core.splitting import SPLITS, assign_splits, patient_groups, split_sizes, split_sizes_line
 from engine.io.indexing import build_index
 from engine.io.synth import generate_dataset
 
@@ -175,6 +175,8 @@ def test_split_sizes_counts_images_per_split_view_and_label():
     assert list(sizes.index) == [("train", "ANT"), ("train", "POST"), ("val", "ANT"), ("test", "POST")]
     assert sizes.loc[("train", "ANT")].to_dict() == {0: 1, 1: 1}
     assert sizes.loc[("test", "POST")].to_dict() == {0: 1, 1: 0}
+    assert split_sizes_line(sizes) == "train ANT 1/1, POST 0/1; val ANT 1/0; test POST 1/0"
+    assert split_sizes_line(split_sizes(splits[splits["label"] == 0])) == "train ANT 1/0; val ANT 1/0; test POST 1/0"
 
 
 @pytest.fixture(scope="module")

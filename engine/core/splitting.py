@@ -82,3 +82,13 @@ def split_sizes(splits: pd.DataFrame) -> pd.DataFrame:
     """Returns image counts per split x view x label (rows: split, view; columns: label)."""
     table = splits.pivot_table(index=["split", "view"], columns="label", values="image_id", aggfunc="count")
     return table.fillna(0).astype(int).reindex(SPLITS, level=0)
+
+
+def split_sizes_line(sizes: pd.DataFrame) -> str:
+    """Returns `split_sizes` as one line of normal/abnormal counts: `train ANT 92/43, POST 90/45; val ...`."""
+    counts = sizes.reindex(columns=[0, 1], fill_value=0)
+    parts = []
+    for split in counts.index.unique(level=0):
+        views = ", ".join(f"{view} {normal}/{abnormal}" for view, (normal, abnormal) in counts.loc[split].iterrows())
+        parts.append(f"{split} {views}")
+    return "; ".join(parts)

@@ -134,28 +134,41 @@ def _jsonable(value: Any) -> Any:
 LINE_WIDTH = 110  # scalar extras share a line up to this width ("   epochs: 4; best_epoch: 3; ...")
 
 
+def pack_items(items: list[str], first: str = "   ", rest: str = "   ", sep: str = "; ",
+               width: int = LINE_WIDTH) -> list[str]:  # fmt: skip
+    """Returns `items` joined by `sep` on lines of at most `width` characters, greedily, in order.
+
+    The first line starts with `first`, the others with `rest`; an item longer than a line gets a line of its own.
+    """
+    lines: list[str] = []
+    line = ""
+    for item in items:
+        prefix = rest if lines else first
+        if line and len(prefix + line + sep + item) > width:
+            lines.append(prefix + line)
+            line = item
+        else:
+            line = f"{line}{sep}{item}" if line else item
+    return lines + ([(rest if lines else first) + line] if line else [])
+
+
 def _packed_extras(extra: dict[str, Any]) -> list[str]:
     """Returns the extras as lines: scalars packed `key: value; key: value` to LINE_WIDTH, a dict per line.
 
     Empty values are left out (the JSON summary keeps them); a multi-line value keeps its own lines.
     """
     lines: list[str] = []
-    current = ""
+    scalars: list[str] = []
     for key, value in extra.items():
         text = _short(value)
         if text == "":
             continue
-        item = f"{key}: {text}"
         if isinstance(value, dict) or "\n" in text:
-            lines.extend([f"   {current}"] if current else [])
-            lines.append(f"   {item}")
-            current = ""
-        elif current and len(current) + 2 + len(item) + 3 <= LINE_WIDTH:
-            current = f"{current}; {item}"
+            lines += [*pack_items(scalars), f"   {key}: {text}"]
+            scalars = []
         else:
-            lines.extend([f"   {current}"] if current else [])
-            current = item
-    return lines + ([f"   {current}"] if current else [])
+            scalars.append(f"{key}: {text}")
+    return lines + pack_items(scalars)
 
 
 def _short(value: Any) -> str:

@@ -1,7 +1,7 @@
 """What a job prints: Ray's own logs quiet unless asked for, progress lines, one line per epoch.
 
 Ray's chatter is switched off with Ray's own settings, never by filtering text: `ray.init(log_to_driver=False)`
-keeps every worker's and actor's output in the session's log files (/tmp/ray/session_latest/logs), the
+keeps every worker's and actor's output in the Ray session's log files (Ray's temp dir, `session_latest/logs`), the
 driver's `ray` loggers (ray.data's included, which sets its own level) are raised to ERROR.
 
 Ray's C++ core (the driver's core worker) writes straight to file descriptor 2, below Python: on stages with a

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.config import Config
-from engine.core.splitting import assign_splits, split_sizes
+from engine.core.splitting import assign_splits, split_sizes, split_sizes_line
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages.common import StageRun
@@ -20,10 +20,6 @@ def run_split(cfg: Config) -> StageSummary:
         run.summary.rows_ok = run.writer.write("splits", splits)
         run.commit()
         whole_body = splits[splits["folder"].str.startswith("wholeBody")]
-        sizes = split_sizes(whole_body).reindex(columns=[0, 1], fill_value=0)
-        run.summary.extra["whole_body_images normal/abnormal"] = "; ".join(
-            f"{split} " + ", ".join(f"{view} {'/'.join(str(n) for n in counts)}" for view, counts in rows.iterrows())
-            for split, rows in ((split, sizes.loc[split]) for split in sizes.index.unique(level=0))
-        )  # "train ANT 92/43, POST 90/45; val ..."
+        run.summary.extra["whole_body_images normal/abnormal"] = split_sizes_line(split_sizes(whole_body))
         run.summary.extra["patients_per_split"] = dict(splits.groupby("split")["patient_id"].nunique())
     return run.summary
