@@ -9,7 +9,7 @@ ARGS ?=
 DEMO := CONF=conf/demo.yaml
 STAGES := synth index split train threshold infer cam boxes masks segtrain segment evaluate report leaderboard bench browse
 
-.PHONY: help setup test demo demo-seg all lint clean-demo $(STAGES)
+.PHONY: help setup test demo demo-seg all lint clean-demo bench-feed bench-gpu $(STAGES)
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -76,8 +76,14 @@ all: setup ## every stage on the configured data: index split train threshold in
 	$(PY) -m jobs.report --config $(CONF) $(ARGS)
 browse: setup ## local web page over every image of a run: sortable table, per-image CAM + GT/pseudo boxes (browse.port=8765)
 	$(PY) -m jobs.browse --config $(CONF) $(ARGS)
-bench: setup ## model-only vs plain loop vs engine, memory at N and 10 x N (CONF=conf/bench_gpu.yaml on a GPU)
-	$(PY) -m jobs.bench --config $(if $(filter command line,$(origin CONF)),$(CONF),conf/bench.yaml) $(ARGS)
+BENCH_CONF = $(if $(filter command line,$(origin CONF)),$(CONF),conf/bench.yaml)
+bench: setup ## the feed, then model-only vs plain loop vs engine, memory at N and 10 x N (CONF=conf/bench_gpu.yaml on a GPU)
+	$(PY) -m jobs.bench --config $(BENCH_CONF) $(ARGS)
+bench-gpu: setup ## make bench on one GPU (conf/bench_gpu.yaml), cam.refine on and then off: the figures BENCHMARKS.md asks for
+	$(PY) -m jobs.bench --config conf/bench_gpu.yaml $(ARGS)
+	$(PY) -m jobs.bench --config conf/bench_gpu.yaml cam.refine=false $(ARGS)
+bench-feed: setup ## the feed alone: plain decode + letterbox per core vs the engine's stream into a null model actor
+	$(PY) -m jobs.bench --config $(BENCH_CONF) bench.only=feed $(ARGS)
 
 # DEMO_SEED: the seed's landscape canvas (512 x 1024 at full scale, half of it here) and the published stride 32,
 # trained the same way, so that `make evaluate` scores the seed's settings on the same data beside ours.

@@ -148,6 +148,11 @@ class InferConfig:
     num_gpus: NonNegative = 1.0  # GPUs per model actor when CUDA exists (0 on CPU)
     num_cpus: NonNegative = 1.0  # CPUs per model actor
     calls_per_actor: Positive = 1  # batches one actor works on at once (threads; on GPU each has its own CUDA stream)
+    decode: Literal["tasks", "actor"] = "actor"  # where images are decoded + letterboxed: in the model actor (only
+    # index rows cross the object store) or in Ray Data decode tasks that ship canvases to it (BENCHMARKS.md, feed)
+    decode_threads: Count = 0  # threads a model actor decodes on (infer.decode=actor); 0: its num_cpus, at least 1
+    call_batches: Positive = 4  # model batches per actor call: its rows are decoded together, then scored batch by
+    # batch (fewer, larger calls: Ray's fixed cost per call is paid once per call_batches x batch_size rows)
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,10 @@ class BenchConfig:
     scale: Positive = 10  # the large run scores scale x N images (memory flat in N)
     model_batches: Positive = 10  # batches timed for the model-only figure
     out: str = "BENCHMARKS.md"  # results file appended to (kept in the repo)
+    only: Literal["all", "feed"] = "all"  # feed: only the feed figures (make bench-feed); all: model, loop, engine too
+    feed_images: Positive = 9600  # N of the feed measurement (whole-body images of bench.data_root, repeated)
+    feed_scale: Positive = 4  # the feed's memory check streams feed_scale x N images
+    feed_canvas: tuple[Positive, ...] = (1024, 512)  # (height, width) of the feed: the engine's default canvas
 
 
 @dataclass(frozen=True)

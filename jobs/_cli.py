@@ -76,7 +76,8 @@ def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str
         native_log = console.route_native_stderr(name)  # Ray's C++ lines to a file, Python's to the terminal
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         preflight(name, cfg)
-        print(f"-> {name or 'stage'}: run {cfg.run.dir}, data {cfg.data.root}", flush=True)
+        data = cfg.bench.data_root if name == "bench" else cfg.data.root  # bench generates and reads its own data
+        print(f"-> {name or 'stage'}: run {cfg.run.dir}, data {data}", flush=True)
         summary = _resolve(stage)(cfg)
     except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

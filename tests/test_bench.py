@@ -18,7 +18,8 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
     cfg = load_config(REPO / "conf" / "bench.yaml", [
         f"run.dir={run_dir}", f"bench.data_root={tmp_path / 'data'}", "bench.patients=3", "bench.images=12",
         "bench.scale=2", "bench.model_batches=1", f"bench.out={results}", "canvas.height=256", "canvas.width=128",
-        "boxes.size=12", "infer.batch_size=4", "infer.actors=1",
+        "boxes.size=12", "infer.batch_size=4", "infer.actors=1", "bench.feed_images=40", "bench.feed_scale=2",
+        "bench.feed_canvas=[256, 128]",
     ])  # fmt: skip
     summary = run_bench(cfg)
     figures = summary.extra
@@ -26,7 +27,15 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
         assert figures[key] > 0, key
     assert figures["large_images"] == 24
     account = summary.to_dict()
-    assert (account["rows_in"], account["rows_ok"] + account["errors"], account["balanced"]) == (36, 36, True)
+    feed_rows = 2 * (40 + 80)  # two feeds (tasks, actor), each at N and 2 x N
+    in_and_out = (account["rows_in"], account["rows_ok"] + account["errors"])
+    assert in_and_out == (36 + feed_rows, 36 + feed_rows) and account["balanced"]
+    for mode in ("tasks", "actor"):
+        assert figures[f"feed_{mode}_img_per_s"] > 0 and figures[f"feed_efficiency_{mode}"] > 0, mode
+    assert figures["feed_plain_per_core_img_per_s"] > 0 and figures["feed_canvas"] == "256x128"
+    # decode tasks ship each 256 x 128 canvas through the object store; an actor that decodes gets index rows only
+    assert figures["feed_tasks_store_kb_per_image"] >= 256 * 128 / 1024
+    assert figures["feed_actor_store_kb_per_image"] < 1
     assert set(figures["plain_loop_profile_s"]) >= {"decode", "letterbox", "forward", "cam", "boxes", "write"}
     assert "engine_over_plain_loop" in results.read_text()
     plain = read_table(str(run_dir / "bench_plain"), "heatmaps").set_index("image_id").sort_index()

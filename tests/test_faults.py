@@ -17,7 +17,7 @@ from engine.core.model import arch_info, build_classifier
 from engine.io.checkpoints import save_model
 from engine.io.summary import AccountError
 from engine.io.tables import OutputError, TableWriter, read_table, write_part
-from engine.runtime.pipeline import image_stream, iter_results, model_stream
+from engine.runtime.pipeline import iter_results, scored_stream
 from engine.stages.boxes import run_boxes
 from engine.stages.cam import cam_rows, run_cam
 from engine.stages.common import cam_settings as _settings
@@ -48,10 +48,11 @@ def _model_actor_pids() -> list[int]:
 
 
 def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_session, untrained_run, data_root) -> None:
-    cfg = test_config(data_root, untrained_run, "cam.scope=all", "cam.limit=48", "infer.batch_size=4",
-                      "ray.decode_batch_size=4")  # 12 batches: the kill lands mid-stream
+    cfg = test_config(
+        data_root, untrained_run, "cam.scope=all", "cam.limit=48", "infer.batch_size=4", "infer.call_batches=1"
+    )  # 12 batches: the kill lands mid-stream
     rows = cam_rows(cfg)
-    stream = iter_results(model_stream(image_stream(rows, cfg), cfg, _settings(cfg, with_cam=True)), batch_size=4)
+    stream = iter_results(scored_stream(rows, cfg, _settings(cfg, with_cam=True)), batch_size=4)
     seen: list[str] = list(next(stream)["image_id"])
     killed = _model_actor_pids()
     assert killed, "no model actor process found"

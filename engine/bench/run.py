@@ -11,12 +11,14 @@ import ray
 import timm
 import torch
 
+from engine.bench.feed import run_feed
 from engine.bench.measure import engine_run, model_only, plain_loop
 from engine.config import Config
 from engine.core.model import arch_info, build_classifier
 from engine.io.checkpoints import save_model
 from engine.io.summary import StageSummary
 from engine.io.synth import generate_dataset
+from engine.io.tables import read_table
 from engine.stages.common import select_rows
 from engine.stages.index import run_index
 from engine.stages.split import run_split
@@ -56,25 +58,36 @@ def device_name() -> str:
 
 
 def run_bench(cfg: Config) -> StageSummary:
-    """Measures model-only, plain loop and engine (N and scale x N images) in one run; appends the results file."""
+    """Measures the feed, then model-only, plain loop and engine (N and scale x N images) in one run; appends the
+    results file. `bench.only=feed` measures the feed alone."""
     summary = StageSummary("bench")
     cfg = _prepare(cfg)
+    feed = run_feed(cfg, read_table(cfg.run.dir, "index"), summary)
+    if cfg.bench.only == "feed":
+        summary.require_balanced()
+        summary.extra.update(device=device_name(), **feed)
+        _append_results(cfg, summary)
+        return summary.finish()
     n = cfg.bench.images
     rows = select_rows(cfg, None, False, qc_exclude=False).head(n)  # as cam.scope=all: every image
     figures = {"model_only_eager": model_only(cfg)}
     if cfg.model.compile and torch.cuda.is_available():
         figures["model_only_compiled"] = model_only(cfg, compiled=True)
     if cfg.cam.refine:  # what the refinement's backward pass costs: the forward-only CAM beside it
-        forward_only = model_only(dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, refine=False)))
+        no_refine = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, refine=False))
+        forward_only = model_only(no_refine)
+        if "model_only_compiled" in figures:
+            figures["model_only_compiled_without_refine"] = model_only(no_refine, compiled=True)
     plain_rate, profile = plain_loop(cfg, rows, os.path.join(cfg.run.dir, "bench_plain"))
     figures["plain_loop"] = plain_rate
     small = engine_run(cfg, n)
     large = engine_run(cfg, n * cfg.bench.scale)
     figures["engine"] = small["img_per_s"]
-    model_best = max(v for k, v in figures.items() if k.startswith("model_only"))
-    summary.rows_in, summary.rows_ok = small["images"] + large["images"], small["ok"] + large["ok"]
-    summary.errors = small["errors"] + large["errors"]
-    summary.require_balanced()  # each engine run committed only a balanced account: a check that they add up
+    model_best = max(v for k, v in figures.items() if k.startswith("model_only") and "without_refine" not in k)
+    summary.rows_in += small["images"] + large["images"]
+    summary.rows_ok += small["ok"] + large["ok"]
+    summary.errors.update(small["errors"] + large["errors"])
+    summary.require_balanced()  # the feed's rows and each engine run's committed account: a check that they add up
     summary.extra.update(
         device=device_name(), model=cfg.model.name, canvas=f"{cfg.canvas.height}x{cfg.canvas.width}",
         batch_size=cfg.infer.batch_size, actors=cfg.infer.actors, images=n,
@@ -89,6 +102,7 @@ def run_bench(cfg: Config) -> StageSummary:
         mem_large_over_small=round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
         table_bytes_per_image=bytes_per_image(cfg.run.dir, large["images"]),
         plain_loop_profile_s={k: round(v, 3) for k, v in sorted(profile.items(), key=lambda kv: -kv[1])},
+        **feed,
     )  # fmt: skip
     _append_results(cfg, summary)
     return summary.finish()

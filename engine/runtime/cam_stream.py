@@ -54,11 +54,11 @@ def stream_to_tables(
     The caller owns the writer's check, commit and abort (engine/stages/common.py StageRun), and its `split`: the
     partition the stage owns, from its configuration, never from the rows.
     """
-    from engine.runtime.pipeline import image_stream, iter_results, model_stream
+    from engine.runtime.pipeline import iter_results, scored_stream
 
     summary.rows_in = len(rows)
     if len(rows):
-        for batch in iter_results(model_stream(image_stream(rows, cfg), cfg, settings), progress=writer.stage,
+        for batch in iter_results(scored_stream(rows, cfg, settings), progress=writer.stage,
                                   total=len(rows)):  # fmt: skip
             _write_batch(writer, batch, ctx, summary)
     if ctx.get("overlays"):

@@ -1,6 +1,10 @@
-"""Batch UDFs that read images on the decode tasks: decode + letterbox for the model stream, and the QC pass."""
+"""Batch UDFs that read images: decode + letterbox for the model stream (on decode tasks or inside the model
+actor, `infer.decode`), and the QC pass."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -50,6 +54,43 @@ def decode_batch(
     if all(k in batch for k in QC_BODY_COLUMNS):
         out.update(body_canvas_columns(out))
     return out
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What `decode_batch` needs, carried to a model actor that decodes its own rows (`infer.decode=actor`)."""
+
+    data_root: str
+    canvas_h: int
+    canvas_w: int
+    count_scale: str = "max"
+    threads: int = 1  # rows of one batch are decoded on this many threads (OpenCV and file reads release the GIL)
+
+
+class BatchDecoder:
+    """`decode_batch` over a batch's rows split across a thread pool; the same columns, rows and errors in order.
+
+    One instance per model actor: concurrent calls (`infer.calls_per_actor`) share its threads.
+    """
+
+    def __init__(self, settings: DecodeSettings) -> None:
+        self.settings = settings
+        self.scale = parse_count_scale(settings.count_scale)
+        self.threads = max(1, settings.threads)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode") if self.threads > 1 else None
+
+    def _decode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        s = self.settings
+        return decode_batch(batch, s.data_root, s.canvas_h, s.canvas_w, self.scale)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["path"])
+        if self.pool is None or n < 2:
+            return self._decode(batch)
+        step = -(-n // self.threads)
+        parts = list(self.pool.map(self._decode, [{k: v[i : i + step] for k, v in batch.items()}
+                                                  for i in range(0, n, step)]))  # fmt: skip
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def qc_batch(

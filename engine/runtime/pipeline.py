@@ -6,6 +6,7 @@ The only module that imports `ray.data`. On one machine Ray starts embedded; wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -24,8 +25,9 @@ import engine
 import schemas
 from engine.config import Config, ConfigError, RayConfig
 from engine.core.batch_columns import QC_BODY_COLUMNS
+from engine.core.sizing import index_block_rows
 from engine.runtime.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
-from engine.runtime.decode import decode_batch
+from engine.runtime.decode import DecodeSettings, decode_batch
 from engine.runtime.udfs import CamSettings, ClassifyCamStage
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,9 @@ def use_gpu(setting: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def train_fit_problem(cluster: dict[str, float], workers: int, cpus_per_worker: float, decode_cpus: float,
-                      gpu: bool) -> str | None:
+def train_fit_problem(
+    cluster: dict[str, float], workers: int, cpus_per_worker: float, decode_cpus: float, gpu: bool
+) -> str | None:
     """Returns why `make train` cannot run on a cluster of these resources, or None when it fits.
 
     The Train workers hold their resources for the whole run and Ray Data schedules the decode tasks
@@ -110,31 +113,70 @@ def check_train_fits(cfg: Config, gpu: bool) -> None:
     raise ConfigError(problem)
 
 
+def stream_frame(rows: pd.DataFrame, carry: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Returns the index columns that travel with each image: STREAM_COLUMNS, the QC body box and `carry`.
+
+    `label` becomes int64 with -1 for unlabeled rows (a clinic's scans).
+    """
+    names = dict.fromkeys((*STREAM_COLUMNS, *QC_BODY_COLUMNS, *carry))
+    frame = rows.loc[:, [c for c in names if c in rows]].reset_index(drop=True)
+    frame["label"] = frame["label"].astype("Float64").fillna(-1).astype(np.int64)
+    return frame
+
+
+def decode_settings(cfg: Config) -> DecodeSettings:
+    """Returns the decode + letterbox settings of `cfg`; `threads` is what a decoding model actor uses."""
+    threads = cfg.infer.decode_threads or max(1, math.ceil(cfg.infer.num_cpus))
+    return DecodeSettings(data_root=cfg.data.root, canvas_h=cfg.canvas.height, canvas_w=cfg.canvas.width,
+                          count_scale=cfg.data.count_scale, threads=threads)  # fmt: skip
+
+
 def image_stream(rows: pd.DataFrame, cfg: Config, carry: tuple[str, ...] = ()) -> ray.data.Dataset:
-    """Returns a Dataset of letterboxed uint8 canvases + meta + `error` for the given index rows.
+    """Returns a Dataset of letterboxed uint8 canvases + meta + `error` for the given index rows (decode tasks).
 
     The driver ships only the (small) index rows; workers read the bytes from `data.root`. `carry` names further
     columns of `rows` that travel with each image (STREAM_COLUMNS and the QC body box always do).
     """
-    names = dict.fromkeys((*STREAM_COLUMNS, *QC_BODY_COLUMNS, *carry))
-    frame = rows.loc[:, [c for c in names if c in rows]].reset_index(drop=True)
-    frame["label"] = frame["label"].astype("Float64").fillna(-1).astype(np.int64)  # -1: unlabeled (a clinic's scans)
-    udf = partial(
-        decode_batch, data_root=cfg.data.root, canvas_h=cfg.canvas.height, canvas_w=cfg.canvas.width,
-        count_scale=cfg.data.count_scale,
-    )
-    return row_stream(frame, cfg, udf)
+    s = decode_settings(cfg)
+    udf = partial(decode_batch, data_root=s.data_root, canvas_h=s.canvas_h, canvas_w=s.canvas_w,
+                  count_scale=s.count_scale)  # fmt: skip
+    return row_stream(stream_frame(rows, carry), cfg, udf)
+
+
+def index_stream(frame: pd.DataFrame, cfg: Config, block_rows: int = 0) -> ray.data.Dataset:
+    """Returns a Dataset of `frame`'s rows in blocks of `block_rows` (0: decode-task blocks, at most
+    `ray.max_input_blocks` of them); no work on them yet."""
+    batch_rows = max(cfg.ray.decode_batch_size, 1)
+    # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
+    block_rows = block_rows or max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
+    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
+    return ray.data.from_pandas(chunks)
 
 
 def row_stream(frame: pd.DataFrame, cfg: Config, udf: Callable[[dict], dict]) -> ray.data.Dataset:
     """Returns a Dataset of `udf` mapped over numpy batches of `frame` (decode tasks, `ray.decode_*` sizes)."""
-    batch_rows = max(cfg.ray.decode_batch_size, 1)
-    # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
-    block_rows = max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
-    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
-    return ray.data.from_pandas(chunks).map_batches(
-        udf, batch_size=batch_rows, num_cpus=cfg.ray.decode_num_cpus, batch_format="numpy"
+    return index_stream(frame, cfg).map_batches(
+        udf, batch_size=max(cfg.ray.decode_batch_size, 1), num_cpus=cfg.ray.decode_num_cpus, batch_format="numpy"
     )
+
+
+def scored_stream(rows: pd.DataFrame, cfg: Config, settings: CamSettings) -> ray.data.Dataset:
+    """Returns the model stream of `make infer` / `make cam` over index `rows`, decoding where `infer.decode` says.
+
+    `tasks`: Ray Data decode tasks letterbox the images and ship the canvases to the model actors through the
+    object store. `actor`: only the index rows travel; each model actor decodes its batch on `infer.decode_threads`
+    threads before the model runs. Both give the same rows, errors included (`decode_batch` either way).
+    """
+    if cfg.infer.decode == "tasks":
+        return model_stream(image_stream(rows, cfg), cfg, settings)
+    settings = dataclasses.replace(settings, decode=decode_settings(cfg))
+    return model_stream(actor_index_stream(stream_frame(rows), cfg), cfg, settings)
+
+
+def actor_index_stream(frame: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
+    """Returns `frame`'s index rows for model actors that decode them (engine.core.sizing.index_block_rows)."""
+    workers = cfg.infer.actors * cfg.infer.calls_per_actor
+    return index_stream(frame, cfg, index_block_rows(len(frame), call_rows(cfg), workers))
 
 
 def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ray.data.Dataset:
@@ -144,7 +186,13 @@ def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ra
     host-to-device copy and box extraction overlap another's forward pass (ClassifyCamStage gives each thread
     its own CUDA stream).
     """
+    settings = dataclasses.replace(settings, model_batch=cfg.infer.batch_size)
     return actor_stream(ds, ClassifyCamStage, (settings,), cfg, use_gpu=settings.use_gpu)
+
+
+def call_rows(cfg: Config) -> int:
+    """Returns the rows of one model actor call: `infer.call_batches` model batches of `infer.batch_size`."""
+    return cfg.infer.batch_size * cfg.infer.call_batches
 
 
 def actor_stream(
@@ -153,12 +201,12 @@ def actor_stream(
     """Returns `ds` mapped through an actor pool of `udf_cls(*args)` sized by `infer.*` (the model stages' pool).
 
     `udf_cls` is any batch UDF class (`__init__` loads the heavy state once per actor, `__call__` maps one numpy
-    batch); `infer.num_gpus` GPUs per actor only with `use_gpu`.
+    batch of `call_rows(cfg)` rows); `infer.num_gpus` GPUs per actor only with `use_gpu`.
     """
     return ds.map_batches(
         udf_cls,
         fn_constructor_args=args,
-        batch_size=cfg.infer.batch_size,
+        batch_size=call_rows(cfg),
         num_gpus=cfg.infer.num_gpus if use_gpu else 0,
         num_cpus=cfg.infer.num_cpus,
         compute=ray.data.ActorPoolStrategy(

@@ -17,6 +17,7 @@ from engine.core.batch_columns import (
     refined_peak_columns,
 )
 from engine.core.boxes import BoxParams
+from engine.runtime.decode import BatchDecoder, DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class CamSettings:
     refine_power: float = 4.0
     refine_peaks: int = 32
     warmup: tuple[int, int, int] = (0, 0, 0)  # (batch, canvas_h, canvas_w): compile before the first real batch
+    decode: DecodeSettings | None = None  # set: the actor gets index rows and decodes them itself (infer.decode)
+    model_batch: int = 0  # rows per model call within one actor call (infer.batch_size); 0: the whole call
 
 
 class ClassifyCamStage:
@@ -75,6 +78,7 @@ class ClassifyCamStage:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.features = torch.compile(self.model.forward_features) if compiled else self.model.forward_features
         self.refine = settings.with_cam and settings.refine and self.method == "fused"
+        self.decoder = BatchDecoder(settings.decode) if settings.decode is not None else None
         self.local = threading.local()  # per calling thread: its CUDA stream (infer.calls_per_actor > 1)
         if compiled and min(settings.warmup) > 0:  # compile once here, not in concurrent first calls
             try:
@@ -133,8 +137,19 @@ class ClassifyCamStage:
         return logits.detach().float(), cams.detach().float(), None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Decodes the call's rows when the actor does (infer.decode=actor), then scores them `model_batch` rows
+        at a time; returns the rows in order."""
+        if self.decoder is not None:
+            batch = self.decoder(batch)
+        n = len(batch["image_id"])
+        step = self.settings.model_batch or n
+        parts = []
         with self._stream():
-            return self._process(batch)
+            for first in range(0, n, max(step, 1)):
+                parts.append(self._process({k: v[first : first + step] for k, v in batch.items()}))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
     def _model_input(self, canvas: Any) -> Any:
         """Returns the normalised model input of uint8 (B, H, W) canvases on the device (channels_last on GPU)."""
@@ -225,5 +240,3 @@ class ClassifyCamStage:
         h, w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
         reduction = self.model.feature_info[-1]["reduction"]
         return -(-h // reduction), -(-w // reduction)
-
-

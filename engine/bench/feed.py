@@ -1,0 +1,175 @@
+"""The feed benchmark: what the image stream costs per image, against a plain decode + letterbox loop.
+
+Every path does the same work on the same whole-body images: read the file, `decode_batch` (decode, count
+scale, letterbox onto the canvas). The model is replaced by `NullModelStage`, which does nothing, so that
+what is left is the stream's own cost. `feed_efficiency` = stream img/s / (decode CPUs x plain img/s per core).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import Config
+from engine.io.summary import StageSummary
+from engine.runtime.decode import BatchDecoder, DecodeSettings
+
+
+def batch_nbytes(batch: dict[str, np.ndarray]) -> int:
+    """Returns the bytes a numpy batch carries: array buffers, and the UTF-8 bytes of its string cells."""
+    total = 0
+    for values in batch.values():
+        array = np.asarray(values)
+        if array.dtype != object:
+            total += array.nbytes
+        else:
+            total += sum(len(v.encode()) if isinstance(v, str) else 8 for v in array.ravel())
+    return total
+
+
+class NullModelStage:
+    """A model actor without a model: it decodes its rows when given `decode` (as `infer.decode=actor` does),
+    counts the bytes it was sent, and returns each row's id, error and that byte count."""
+
+    def __init__(self, decode: DecodeSettings | None) -> None:
+        self.decoder = BatchDecoder(decode) if decode is not None else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        n = len(batch["image_id"])
+        sent = batch_nbytes(batch)
+        if self.decoder is not None:
+            batch = self.decoder(batch)
+        busy = np.full(n, (time.perf_counter() - start) / max(n, 1))  # seconds inside this call, per row
+        return {
+            "image_id": batch["image_id"],
+            "error": batch["error"],
+            "sent_bytes": np.full(n, sent / max(n, 1)),
+            "busy_s": busy,
+        }
+
+
+def feed_rows(index: pd.DataFrame, images: int) -> pd.DataFrame:
+    """Returns `images` whole-body index rows (the index's whole-body rows repeated), split set to `test`."""
+    whole = index[index["part"] == "wholeBody"] if "part" in index else index
+    if whole.empty:
+        raise ValueError("the feed benchmark needs whole-body images in the index")
+    rows = pd.concat([whole] * -(-images // len(whole)), ignore_index=True).head(images)
+    return rows.assign(split="test")
+
+
+def plain_rate(frame: pd.DataFrame, settings: DecodeSettings, batch_rows: int) -> float:
+    """Returns img/s of `decode_batch` over `frame` in this process on one thread (after one warm-up batch)."""
+    columns = {c: frame[c].to_numpy() for c in frame}
+    decode = BatchDecoder(dataclasses.replace(settings, threads=1))
+    decode({k: v[:batch_rows] for k, v in columns.items()})  # imports, page cache
+    start = time.perf_counter()
+    for first in range(0, len(frame), batch_rows):
+        decode({k: v[first : first + batch_rows] for k, v in columns.items()})
+    return len(frame) / (time.perf_counter() - start)
+
+
+def feed_config(cfg: Config) -> Config:
+    """Returns `cfg` at the feed's canvas (`bench.feed_canvas`, the engine's default canvas unless set)."""
+    height, width = cfg.bench.feed_canvas
+    return dataclasses.replace(cfg, canvas=dataclasses.replace(cfg.canvas, height=height, width=width))
+
+
+def stream_rate(rows: pd.DataFrame, cfg: Config, mode: str, cpus: int) -> dict[str, Any]:
+    """Streams `rows` through `infer.actors` NullModelStage actors to the driver; returns rates, bytes, peak memory.
+
+    `tasks`: decode tasks (`ray.decode_num_cpus` each) ship canvases to actors that hold no CPU, as GPU actors are
+    fed. `actor`: index rows go to actors sharing the `cpus` CPUs, each decoding on as many threads as it holds.
+    `actor_busy`: the share of the wall time each actor spent inside its calls.
+    """
+    from engine.bench.measure import MemorySampler  # torch: on the driver only, not in the null actor
+    from engine.runtime.pipeline import actor_index_stream, actor_stream, decode_settings, image_stream, stream_frame
+
+    actors = cfg.infer.actors
+    if mode == "tasks":
+        infer = dataclasses.replace(cfg.infer, num_cpus=0, calls_per_actor=1)
+        ds, decode = image_stream(rows, cfg), None
+    else:
+        share = cpus / actors
+        infer = dataclasses.replace(cfg.infer, num_cpus=share, decode_threads=max(1, round(share)), calls_per_actor=1)
+        cfg = dataclasses.replace(cfg, infer=infer)
+        ds, decode = actor_index_stream(stream_frame(rows), cfg), decode_settings(cfg)
+    stream = actor_stream(ds, NullModelStage, (decode,), dataclasses.replace(cfg, infer=infer), use_gpu=False)
+    count, reasons, sent, busy = 0, [], 0.0, 0.0
+    with MemorySampler(interval_s=0.5) as memory:
+        start = time.perf_counter()
+        for batch in stream.iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=2):
+            count += len(batch["image_id"])
+            reasons += [str(e) for e in batch["error"] if e != ""]
+            sent += float(batch["sent_bytes"].sum())
+            busy += float(batch["busy_s"].sum())
+        seconds = time.perf_counter() - start
+    return {"rows_in": len(rows), "images": count, "error_reasons": reasons, "seconds": seconds,
+            "store_bytes_per_image": sent / max(count, 1), "actor_busy": busy / seconds / max(actors, 1),
+            "peak_mem_mb": memory.peak_bytes / 2**20}  # fmt: skip
+
+
+def marginal_rate(small: dict[str, Any], large: dict[str, Any]) -> tuple[float, float]:
+    """Returns (img/s, start-up seconds) from two runs of one stream at N and k x N images.
+
+    The rate is the extra images over the extra seconds, so the fixed start-up (actor processes, imports, the
+    first blocks) cancels; the start-up is what the small run took beyond its images at that rate.
+    """
+    extra_s = large["seconds"] - small["seconds"]
+    rate = (large["images"] - small["images"]) / extra_s if extra_s > 0 else large["images"] / large["seconds"]
+    return rate, max(small["seconds"] - small["images"] / rate, 0.0)
+
+
+def driver_rate(rows: pd.DataFrame, cfg: Config) -> float:
+    """Returns img/s of the decode tasks' canvases iterated on the driver (no actor), the issue's middle row."""
+    from engine.runtime.pipeline import image_stream
+
+    start, count = time.perf_counter(), 0
+    for batch in image_stream(rows, cfg).iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=2):
+        count += len(batch["image_id"])
+    return count / (time.perf_counter() - start)
+
+
+def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[str, Any]:
+    """Measures the plain loop and both feeds (`infer.decode` tasks and actor), each at N and `bench.feed_scale` x N.
+
+    Returns the figures keyed `feed_*` (each mode's rate from `marginal_rate`) and counts every streamed row in
+    `summary`: rows in, rows back without an error, and the error rows by reason.
+    """
+    import ray
+
+    from engine.runtime.pipeline import decode_settings, stream_frame
+
+    cfg = feed_config(cfg)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n, scale = cfg.bench.feed_images, cfg.bench.feed_scale
+    rows = feed_rows(index, n)
+    per_core = plain_rate(stream_frame(rows), decode_settings(cfg), cfg.ray.decode_batch_size)
+    out: dict[str, Any] = {"feed_canvas": f"{cfg.canvas.height}x{cfg.canvas.width}", "feed_images": n,
+                           "feed_decode_cpus": cpus, "feed_plain_per_core_img_per_s": round(per_core, 1),
+                           "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1)}  # fmt: skip
+    print(f"bench feed: plain decode + letterbox {per_core:.0f} img/s per core at {out['feed_canvas']}", flush=True)
+    for mode in ("tasks", "actor"):
+        small = stream_rate(rows, cfg, mode, cpus)
+        large = stream_rate(feed_rows(index, n * scale), cfg, mode, cpus)
+        rate, startup = marginal_rate(small, large)
+        print(f"bench feed: infer.decode={mode}: {rate:.0f} img/s ({rate / (cpus * per_core):.2f} of the plain "
+              f"loop on {cpus} CPUs), start-up {startup:.1f} s", flush=True)  # fmt: skip
+        out.update({
+            f"feed_{mode}_img_per_s": round(rate, 1),
+            f"feed_efficiency_{mode}": round(rate / (cpus * per_core), 3),
+            f"feed_{mode}_startup_s": round(startup, 2),
+            f"feed_{mode}_store_kb_per_image": round(small["store_bytes_per_image"] / 1024, 2),
+            f"feed_{mode}_actor_busy": round(large["actor_busy"], 3),
+            f"feed_{mode}_mem_large_over_small": round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
+            f"feed_{mode}_peak_mem_mb_large": round(large["peak_mem_mb"], 1),
+        })  # fmt: skip
+        for run in (small, large):
+            summary.rows_in += run["rows_in"]
+            summary.rows_ok += run["images"] - len(run["error_reasons"])
+            summary.add_errors(run["error_reasons"])
+    return out

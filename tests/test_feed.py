@@ -1,0 +1,116 @@
+"""The feed (`infer.decode`): decoding inside the model actor gives the rows, errors and figures of decode tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.bench.feed import batch_nbytes, marginal_rate
+from engine.core.model import arch_info, build_classifier
+from engine.core.sizing import index_block_rows
+from engine.io.checkpoints import save_model
+from engine.runtime.decode import BatchDecoder, DecodeSettings, decode_batch
+from tests.conftest import test_config
+
+BAD = {"missing": "gone/none.jpg", "corrupt": "scans/corrupt.jpg", "escape": "../outside.jpg", "empty": "scans/e.png"}
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """A data root of 13 readable scans of different sizes and four bad paths, as index rows in mixed order."""
+    root = tmp_path_factory.mktemp("feed") / "data"
+    (root / "scans").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(13):
+        image = rng.poisson(3.0, size=(200 + 40 * i, 64 + 8 * i)).clip(0, 255).astype(np.uint8)
+        name = f"scans/{i}.{'png' if i % 3 else 'jpg'}"
+        cv2.imwrite(str(root / name), image)
+        paths.append(name)
+    (root / "scans" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "scans" / "e.png").write_bytes(b"")
+    (root.parent / "outside.jpg").write_bytes((root / "scans" / "0.jpg").read_bytes())
+    paths[3:3], paths[9:9] = [BAD["missing"], BAD["corrupt"]], [BAD["escape"], BAD["empty"]]
+    rows = pd.DataFrame({"image_id": [f"id{i}" for i in range(len(paths))], "patient_id": [str(i) for i in
+                         range(len(paths))], "view": "POST", "split": "test", "folder": "scans",
+                         "label": [i % 2 for i in range(len(paths))], "path": paths})  # fmt: skip
+    return root, rows
+
+
+def _columns(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {c: rows[c].to_numpy() for c in rows}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_decoder_threads_give_the_rows_of_one_decode_batch_call_in_order(scans, threads: int) -> None:
+    root, rows = scans
+    settings = DecodeSettings(data_root=str(root), canvas_h=256, canvas_w=128, threads=threads)
+    got = BatchDecoder(settings)(_columns(rows))
+    want = decode_batch(_columns(rows), str(root), 256, 128, "max")
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    errors = dict(zip(got["path"], got["error"], strict=True))
+    assert errors[BAD["missing"]].startswith("missing_file")
+    assert all(errors[BAD[k]] for k in ("corrupt", "escape", "empty")), errors
+    assert sum(e != "" for e in got["error"]) == 4  # the 13 readable scans decode
+    assert got["canvas"][[e == "" for e in got["error"]]].any(axis=(1, 2)).all()
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "batch", "workers", "want"),
+    [(1, 64, 1, 64), (640, 64, 1, 192), (82_500, 64, 1, 1024), (82_500, 64, 64, 384), (100, 32, 8, 32)],
+)
+def test_index_blocks_hold_whole_batches_two_or_more_blocks_per_worker_and_at_most_16_batches(
+    n_rows: int, batch: int, workers: int, want: int
+) -> None:
+    rows = index_block_rows(n_rows, batch, workers)
+    assert rows == want
+    assert rows % batch == 0 and batch <= rows <= 16 * batch
+    blocks = -(-n_rows // rows)
+    assert blocks >= min(2 * workers, -(-n_rows // batch)) or rows == 16 * batch
+
+
+def test_marginal_rate_cancels_the_start_up() -> None:
+    small = {"images": 1000, "seconds": 10 + 1000 / 250}  # 10 s start-up, then 250 img/s
+    large = {"images": 4000, "seconds": 10 + 4000 / 250}
+    assert marginal_rate(small, large) == pytest.approx((250.0, 10.0))
+
+
+def test_batch_bytes_count_array_buffers_and_string_bytes() -> None:
+    batch = {"canvas": np.zeros((2, 4, 8), np.uint8), "path": np.array(["ab", "cdé"], dtype=object)}
+    assert batch_nbytes(batch) == 64 + 2 + 4
+
+
+def _scored(cfg, rows: pd.DataFrame) -> pd.DataFrame:
+    from engine.runtime.pipeline import iter_results, scored_stream
+    from engine.stages.common import cam_settings
+
+    frames = []
+    for batch in iter_results(scored_stream(rows, cfg, cam_settings(cfg, with_cam=True)), batch_size=8):
+        keep = {k: list(v) if v.ndim > 1 else v for k, v in batch.items() if k != "actor_pid"}
+        frames.append(pd.DataFrame(keep))
+    return pd.concat(frames).sort_values("image_id").reset_index(drop=True)
+
+
+def test_cam_stream_decoding_in_the_actor_gives_the_rows_of_decode_tasks(ray_session, scans, tmp_path) -> None:
+    root, rows = scans
+    run_dir = tmp_path / "run"
+    base = test_config(root, run_dir, "infer.batch_size=4", "ray.decode_batch_size=4", "infer.actors=1")
+    save_model(str(run_dir), build_classifier(base.model), {**arch_info(base.model), "epoch": 0, "val_auc": None})
+    tasks = _scored(test_config(root, run_dir, "infer.batch_size=4", "infer.decode=tasks"), rows)
+    actor = _scored(test_config(root, run_dir, "infer.batch_size=4", "infer.decode=actor", "infer.num_cpus=2"), rows)
+    assert sorted(actor["image_id"]) == sorted(rows["image_id"])  # every row once, bad ones included
+    pd.testing.assert_series_equal(actor["error"], tasks["error"])
+    assert (actor["error"] != "").sum() == 4
+    ok = actor["error"] == ""
+    np.testing.assert_allclose(actor["y_prob"][ok], tasks["y_prob"][ok], atol=1e-5)
+    assert actor["y_prob"][~ok].isna().all()
+    np.testing.assert_allclose(np.stack(actor["heatmap"][ok]), np.stack(tasks["heatmap"][ok]), atol=2e-3)
+    for key in ("box_count", "orig_h", "orig_w", "pad_left", "pad_top", "new_h", "new_w"):
+        np.testing.assert_array_equal(actor[key], tasks[key], err_msg=key)
+    np.testing.assert_allclose(np.stack(actor["boxes"][ok]), np.stack(tasks["boxes"][ok]), atol=1e-3)
