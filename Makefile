@@ -121,7 +121,7 @@ demo-seg: setup ## after `make demo`: train the segmentation network on the demo
 	@$(PY) -m jobs.demo_summary runs/demo
 
 test: setup ## run the test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: setup ## ruff
 	$(PY) -m ruff check engine jobs schemas tests

@@ -32,7 +32,7 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
     assert in_and_out == (36 + feed_rows, 36 + feed_rows) and account["balanced"]
     for mode in ("tasks", "actor"):
         assert figures[f"feed_{mode}_img_per_s"] > 0 and figures[f"feed_efficiency_{mode}"] > 0, mode
-    assert figures["feed_plain_per_core_img_per_s"] > 0 and figures["feed_canvas"] == "256x128"
+    assert min(figures["feed_plain_per_core_img_per_s"]) > 0 and figures["feed_canvas"] == "256x128"
     # decode tasks ship each 256 x 128 canvas through the object store; an actor that decodes gets index rows only
     assert figures["feed_tasks_store_kb_per_image"] >= 256 * 128 / 1024
     assert figures["feed_actor_store_kb_per_image"] < 1

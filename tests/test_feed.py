@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.bench.feed import batch_nbytes, marginal_rate
+from engine.bench.feed import batch_nbytes, steady_rate
 from engine.core.model import arch_info, build_classifier
 from engine.core.sizing import index_block_rows
 from engine.io.checkpoints import save_model
@@ -75,10 +75,11 @@ def test_index_blocks_hold_whole_batches_two_or_more_blocks_per_worker_and_at_mo
     assert blocks >= min(2 * workers, -(-n_rows // batch)) or rows == 16 * batch
 
 
-def test_marginal_rate_cancels_the_start_up() -> None:
-    small = {"images": 1000, "seconds": 10 + 1000 / 250}  # 10 s start-up, then 250 img/s
-    large = {"images": 4000, "seconds": 10 + 4000 / 250}
-    assert marginal_rate(small, large) == pytest.approx((250.0, 10.0))
+def test_steady_rate_leaves_out_the_start_up_and_the_buffered_burst() -> None:
+    burst = np.full(300, 10.0)  # rows buffered during a 10 s start-up, all done at once
+    steady = 10.0 + np.arange(1, 901) / 100  # then 100 img/s
+    assert steady_rate(np.concatenate([burst, steady])) == pytest.approx(100.0, rel=0.01)
+    assert steady_rate(np.array([1.0])) == 0.0
 
 
 def test_batch_bytes_count_array_buffers_and_string_bytes() -> None:

@@ -50,6 +50,7 @@ class NullModelStage:
             "error": batch["error"],
             "sent_bytes": np.full(n, sent / max(n, 1)),
             "busy_s": busy,
+            "done_at": np.full(n, time.time()),  # when this call finished (wall clock, shared by the processes)
         }
 
 
@@ -99,29 +100,31 @@ def stream_rate(rows: pd.DataFrame, cfg: Config, mode: str, cpus: int) -> dict[s
         cfg = dataclasses.replace(cfg, infer=infer)
         ds, decode = actor_index_stream(stream_frame(rows), cfg), decode_settings(cfg)
     stream = actor_stream(ds, NullModelStage, (decode,), dataclasses.replace(cfg, infer=infer), use_gpu=False)
-    count, reasons, sent, busy = 0, [], 0.0, 0.0
+    count, reasons, sent, busy, done = 0, [], 0.0, 0.0, []
     with MemorySampler(interval_s=0.5) as memory:
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         for batch in stream.iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=2):
             count += len(batch["image_id"])
             reasons += [str(e) for e in batch["error"] if e != ""]
             sent += float(batch["sent_bytes"].sum())
             busy += float(batch["busy_s"].sum())
+            done.append(batch["done_at"])
         seconds = time.perf_counter() - start
+    done_at = np.sort(np.concatenate(done)) - wall if done else np.zeros(0)
     return {"rows_in": len(rows), "images": count, "error_reasons": reasons, "seconds": seconds,
+            "steady_img_per_s": steady_rate(done_at), "first_call_done_s": float(done_at[0]) if count else seconds,
             "store_bytes_per_image": sent / max(count, 1), "actor_busy": busy / seconds / max(actors, 1),
             "peak_mem_mb": memory.peak_bytes / 2**20}  # fmt: skip
 
 
-def marginal_rate(small: dict[str, Any], large: dict[str, Any]) -> tuple[float, float]:
-    """Returns (img/s, start-up seconds) from two runs of one stream at N and k x N images.
-
-    The rate is the extra images over the extra seconds, so the fixed start-up (actor processes, imports, the
-    first blocks) cancels; the start-up is what the small run took beyond its images at that rate.
-    """
-    extra_s = large["seconds"] - small["seconds"]
-    rate = (large["images"] - small["images"]) / extra_s if extra_s > 0 else large["images"] / large["seconds"]
-    return rate, max(small["seconds"] - small["images"] / rate, 0.0)
+def steady_rate(done_at: np.ndarray, skip: float = 0.25) -> float:
+    """Returns img/s of a stream from the sorted per-row times its actor calls finished, leaving the first
+    `skip` of the rows out: the actors' start-up, and the canvases decode tasks buffered meanwhile (they go
+    through faster than the stream can sustain)."""
+    k = int(skip * len(done_at))
+    if len(done_at) - k < 2 or done_at[-1] <= done_at[k]:
+        return 0.0
+    return (len(done_at) - 1 - k) / float(done_at[-1] - done_at[k])
 
 
 def driver_rate(rows: pd.DataFrame, cfg: Config) -> float:
@@ -137,8 +140,8 @@ def driver_rate(rows: pd.DataFrame, cfg: Config) -> float:
 def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[str, Any]:
     """Measures the plain loop and both feeds (`infer.decode` tasks and actor), each at N and `bench.feed_scale` x N.
 
-    Returns the figures keyed `feed_*` (each mode's rate from `marginal_rate`) and counts every streamed row in
-    `summary`: rows in, rows back without an error, and the error rows by reason.
+    Returns the figures keyed `feed_*` (each mode's rate: `steady_rate` of the large run) and counts every
+    streamed row in `summary`: rows in, rows back without an error, and the error rows by reason.
     """
     import ray
 
@@ -148,28 +151,32 @@ def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[st
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n, scale = cfg.bench.feed_images, cfg.bench.feed_scale
     rows = feed_rows(index, n)
-    per_core = plain_rate(stream_frame(rows), decode_settings(cfg), cfg.ray.decode_batch_size)
+    frame, settings = stream_frame(rows), decode_settings(cfg)
+    plain = [plain_rate(frame, settings, cfg.ray.decode_batch_size)]  # again after each feed: the machine drifts
     out: dict[str, Any] = {"feed_canvas": f"{cfg.canvas.height}x{cfg.canvas.width}", "feed_images": n,
-                           "feed_decode_cpus": cpus, "feed_plain_per_core_img_per_s": round(per_core, 1),
-                           "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1)}  # fmt: skip
-    print(f"bench feed: plain decode + letterbox {per_core:.0f} img/s per core at {out['feed_canvas']}", flush=True)
+                           "feed_decode_cpus": cpus, "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1)}
+    print(f"bench feed: plain decode + letterbox {plain[0]:.0f} img/s per core at {out['feed_canvas']}", flush=True)
     for mode in ("tasks", "actor"):
         small = stream_rate(rows, cfg, mode, cpus)
         large = stream_rate(feed_rows(index, n * scale), cfg, mode, cpus)
-        rate, startup = marginal_rate(small, large)
+        plain.append(plain_rate(frame, settings, cfg.ray.decode_batch_size))
+        rate, per_core = large["steady_img_per_s"], (plain[-2] + plain[-1]) / 2  # the plain runs around it
         print(f"bench feed: infer.decode={mode}: {rate:.0f} img/s ({rate / (cpus * per_core):.2f} of the plain "
-              f"loop on {cpus} CPUs), start-up {startup:.1f} s", flush=True)  # fmt: skip
+              f"loop on {cpus} CPUs), first results after {small['first_call_done_s']:.1f} s", flush=True)  # fmt: skip
         out.update({
             f"feed_{mode}_img_per_s": round(rate, 1),
             f"feed_efficiency_{mode}": round(rate / (cpus * per_core), 3),
-            f"feed_{mode}_startup_s": round(startup, 2),
+            f"feed_{mode}_small_img_per_s": round(small["steady_img_per_s"], 1),
+            f"feed_{mode}_first_results_s": round(small["first_call_done_s"], 2),
             f"feed_{mode}_store_kb_per_image": round(small["store_bytes_per_image"] / 1024, 2),
             f"feed_{mode}_actor_busy": round(large["actor_busy"], 3),
             f"feed_{mode}_mem_large_over_small": round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
+            f"feed_{mode}_plain_per_core_img_per_s": round(per_core, 1),
             f"feed_{mode}_peak_mem_mb_large": round(large["peak_mem_mb"], 1),
         })  # fmt: skip
         for run in (small, large):
             summary.rows_in += run["rows_in"]
             summary.rows_ok += run["images"] - len(run["error_reasons"])
             summary.add_errors(run["error_reasons"])
+    out["feed_plain_per_core_img_per_s"] = [round(p, 1) for p in plain]
     return out

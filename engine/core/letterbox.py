@@ -104,13 +104,17 @@ def resize_image(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return resized.astype(image.dtype)
 
 
-def letterbox(image: np.ndarray, canvas_h: int, canvas_w: int) -> tuple[np.ndarray, LetterboxMeta]:
+def letterbox(
+    image: np.ndarray, canvas_h: int, canvas_w: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, LetterboxMeta]:
     """Returns the image resized (aspect kept) and centred on a zero canvas, with its letterbox meta.
 
     Args:
         image: 2-D (H, W) array of any dtype (uint8 scans in practice).
         canvas_h: canvas height, px.
         canvas_w: canvas width, px.
+        out: an all-zero (canvas_h, canvas_w) array of ``image``'s dtype to draw on (e.g. one row of a batch's
+            canvases), instead of a new one: the padding is never written, so it costs nothing.
 
     Returns:
         canvas: (canvas_h, canvas_w) array, dtype of ``image``; the image sits exactly in ``meta.body_box()``.
@@ -119,7 +123,12 @@ def letterbox(image: np.ndarray, canvas_h: int, canvas_w: int) -> tuple[np.ndarr
     if image.ndim != 2 or image.size == 0:
         raise LetterboxError(f"image must be a non-empty 2-D (H, W) array, got shape {image.shape}")
     meta = letterbox_meta(image.shape[0], image.shape[1], canvas_h, canvas_w)
-    canvas = np.zeros((meta.canvas_h, meta.canvas_w), dtype=image.dtype)
+    if out is None:
+        canvas = np.zeros((meta.canvas_h, meta.canvas_w), dtype=image.dtype)
+    elif out.shape != (meta.canvas_h, meta.canvas_w) or out.dtype != image.dtype:
+        raise LetterboxError(f"out must be a ({canvas_h}, {canvas_w}) {image.dtype} array, got {out.shape} {out.dtype}")
+    else:
+        canvas = out
     x1, y1, x2, y2 = meta.body_box()
     canvas[y1:y2, x1:x2] = resize_image(image, meta.new_h, meta.new_w)
     return canvas, meta

@@ -44,7 +44,7 @@ def decode_batch(
         image, factors[i], errors[i] = load_scan(fs, root, str(relative), scale)
         if image is None:
             continue
-        canvas[i], lb = letterbox(image, canvas_h, canvas_w)
+        _, lb = letterbox(image, canvas_h, canvas_w, out=canvas[i])  # drawn in place: padding never touched
         for name in META_COLUMNS:
             meta[name][i] = getattr(lb, name)
     meta["canvas_h"][:] = canvas_h
