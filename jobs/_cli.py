@@ -61,6 +61,12 @@ def _resolve(stage: StageRef) -> Callable[[Config], StageSummary]:
     return getattr(importlib.import_module(module), name)
 
 
+def preamble(name: str, cfg: Config) -> str:
+    """Returns a job's first line: its name, run dir and the data it reads (`make bench`: its own generated data)."""
+    data = cfg.bench.data_root if name == "bench" else cfg.data.root
+    return f"-> {name or 'stage'}: run {cfg.run.dir}, data {data}"
+
+
 def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str = "") -> int:
     """Parses the config, checks the stage's inputs, runs `stage`, prints its summary; returns the exit code.
 
@@ -76,8 +82,7 @@ def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str
         native_log = console.route_native_stderr(name)  # Ray's C++ lines to a file, Python's to the terminal
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         preflight(name, cfg)
-        data = cfg.bench.data_root if name == "bench" else cfg.data.root  # bench generates and reads its own data
-        print(f"-> {name or 'stage'}: run {cfg.run.dir}, data {data}", flush=True)
+        print(preamble(name, cfg), flush=True)
         summary = _resolve(stage)(cfg)
     except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -53,3 +53,11 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
     np.testing.assert_allclose(
         np.concatenate(plain["peak_x"].to_list()), np.concatenate(engine["peak_x"].to_list()), atol=1e-2
     )
+
+
+def test_the_bench_job_names_the_data_it_generates_and_reads_not_data_root(tmp_path: Path) -> None:
+    from jobs._cli import preamble
+
+    cfg = load_config(REPO / "conf" / "bench.yaml", [f"bench.data_root={tmp_path / 'gen'}", "data.root=elsewhere"])
+    assert preamble("bench", cfg).endswith(f"data {tmp_path / 'gen'}")
+    assert preamble("cam", cfg).endswith("data elsewhere")

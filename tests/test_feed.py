@@ -65,7 +65,7 @@ def test_decoder_threads_give_the_rows_of_one_decode_batch_call_in_order(scans, 
     ("n_rows", "batch", "workers", "want"),
     [(1, 64, 1, 64), (640, 64, 1, 192), (82_500, 64, 1, 1024), (82_500, 64, 64, 384), (100, 32, 8, 32)],
 )
-def test_index_blocks_hold_whole_batches_two_or_more_blocks_per_worker_and_at_most_16_batches(
+def test_index_blocks_hold_whole_calls_two_or_more_blocks_per_worker_and_at_most_16_calls(
     n_rows: int, batch: int, workers: int, want: int
 ) -> None:
     rows = index_block_rows(n_rows, batch, workers)

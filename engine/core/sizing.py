@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 
 
-def index_block_rows(n_rows: int, batch_rows: int, workers: int, blocks_per_worker: int = 4,
-                     max_batches: int = 16) -> int:  # fmt: skip
+def index_block_rows(n_rows: int, call_rows: int, workers: int, blocks_per_worker: int = 4,
+                     max_calls: int = 16) -> int:  # fmt: skip
     """Returns the rows per block of an index stream whose rows are decoded by the model actors.
 
-    A whole number of model batches per block (nothing is re-bundled), about `blocks_per_worker` blocks per worker
+    A whole number of actor calls per block (nothing is re-bundled), about `blocks_per_worker` blocks per worker
     (actors x calls per actor; never under half that) so that the pool stays busy and balanced, and at most
-    `max_batches` batches
-    (a block is the unit a restarted actor redoes). Each block is one actor task: fewer, larger blocks are what
-    made the index-row feed 2x faster on 2 cores (BENCHMARKS.md, the feed).
+    `max_calls` calls (a block is the unit a restarted actor redoes). Each block is one actor task: fewer, larger
+    blocks ran the index-row feed ~2x faster on 2 cores (BENCHMARKS.md, the feed).
     """
-    batch_rows, workers = max(int(batch_rows), 1), max(int(workers), 1)
-    batches = math.ceil(max(int(n_rows), 1) / batch_rows)
-    per_block = math.ceil(batches / (workers * max(int(blocks_per_worker), 1)))
-    return batch_rows * min(max(per_block, 1), max(int(max_batches), 1))
+    call_rows, workers = max(int(call_rows), 1), max(int(workers), 1)
+    calls = math.ceil(max(int(n_rows), 1) / call_rows)
+    per_block = math.ceil(calls / (workers * max(int(blocks_per_worker), 1)))
+    return call_rows * min(max(per_block, 1), max(int(max_calls), 1))

@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +26,7 @@ from engine.config import Config, ConfigError, RayConfig
 from engine.core.batch_columns import QC_BODY_COLUMNS
 from engine.core.sizing import index_block_rows
 from engine.runtime.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
-from engine.runtime.decode import DecodeSettings, decode_batch
+from engine.runtime.decode import BatchDecoder, DecodeSettings
 from engine.runtime.udfs import CamSettings, ClassifyCamStage
 
 log = logging.getLogger(__name__)
@@ -137,9 +136,7 @@ def image_stream(rows: pd.DataFrame, cfg: Config, carry: tuple[str, ...] = ()) -
     The driver ships only the (small) index rows; workers read the bytes from `data.root`. `carry` names further
     columns of `rows` that travel with each image (STREAM_COLUMNS and the QC body box always do).
     """
-    s = decode_settings(cfg)
-    udf = partial(decode_batch, data_root=s.data_root, canvas_h=s.canvas_h, canvas_w=s.canvas_w,
-                  count_scale=s.count_scale)  # fmt: skip
+    udf = BatchDecoder(dataclasses.replace(decode_settings(cfg), threads=1))  # one decode task, one thread
     return row_stream(stream_frame(rows, carry), cfg, udf)
 
 
