@@ -79,9 +79,10 @@ browse: setup ## local web page over every image of a run: sortable table, per-i
 BENCH_CONF = $(if $(filter command line,$(origin CONF)),$(CONF),conf/bench.yaml)
 bench: setup ## the feed, then model-only vs plain loop vs engine, memory at N and 10 x N (CONF=conf/bench_gpu.yaml on a GPU)
 	$(PY) -m jobs.bench --config $(BENCH_CONF) $(ARGS)
-bench-gpu: setup ## make bench on one GPU (conf/bench_gpu.yaml), cam.refine on and then off: the figures BENCHMARKS.md asks for
+bench-gpu: setup ## make bench on one GPU (conf/bench_gpu.yaml): refine on, off, and off with one 8-thread actor instead of four
 	$(PY) -m jobs.bench --config conf/bench_gpu.yaml $(ARGS)
 	$(PY) -m jobs.bench --config conf/bench_gpu.yaml cam.refine=false $(ARGS)
+	$(PY) -m jobs.bench --config conf/bench_gpu.yaml cam.refine=false infer.actors=1 infer.num_gpus=1 infer.num_cpus=8 $(ARGS)
 bench-feed: setup ## the feed alone: plain decode + letterbox per core vs the engine's stream into a null model actor
 	$(PY) -m jobs.bench --config $(BENCH_CONF) bench.only=feed $(ARGS)
 

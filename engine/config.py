@@ -151,8 +151,8 @@ class InferConfig:
     decode: Literal["tasks", "actor"] = "actor"  # where images are decoded + letterboxed: in the model actor (only
     # index rows cross the object store) or in Ray Data decode tasks that ship canvases to it (BENCHMARKS.md, feed)
     decode_threads: Count = 0  # threads a model actor decodes on (infer.decode=actor); 0: its num_cpus, at least 1
-    call_batches: Positive = 4  # model batches per actor call: its rows are decoded together, then scored batch by
-    # batch (fewer, larger calls: Ray's fixed cost per call is paid once per call_batches x batch_size rows)
+    call_batches: Positive = 4  # model batches per actor call, each decoded then scored in turn (fewer, larger
+    # calls: Ray's fixed cost per call is paid once per call_batches x batch_size rows)
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ class BenchConfig:
     only: Literal["all", "feed"] = "all"  # feed: only the feed figures (make bench-feed); all: model, loop, engine too
     feed_images: Positive = 9600  # N of the feed measurement (whole-body images of bench.data_root, repeated)
     feed_scale: Positive = 4  # the feed's memory check streams feed_scale x N images
+    feed_repeats: Positive = 3  # large feed runs per mode (each between two plain runs); the median is reported
     feed_canvas: tuple[Positive, ...] = (1024, 512)  # (height, width) of the feed: the engine's default canvas
 
 

@@ -19,7 +19,7 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
         f"run.dir={run_dir}", f"bench.data_root={tmp_path / 'data'}", "bench.patients=3", "bench.images=12",
         "bench.scale=2", "bench.model_batches=1", f"bench.out={results}", "canvas.height=256", "canvas.width=128",
         "boxes.size=12", "infer.batch_size=4", "infer.actors=1", "bench.feed_images=40", "bench.feed_scale=2",
-        "bench.feed_canvas=[256, 128]",
+        "bench.feed_canvas=[256, 128]", "bench.feed_repeats=2",
     ])  # fmt: skip
     summary = run_bench(cfg)
     figures = summary.extra
@@ -27,11 +27,14 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
         assert figures[key] > 0, key
     assert figures["large_images"] == 24
     account = summary.to_dict()
-    feed_rows = 2 * (40 + 80)  # two feeds (tasks, actor), each at N and 2 x N
+    feed_rows = 2 * (40 + 2 * 80)  # two feeds (tasks, actor), each at N and twice at 2 x N
     in_and_out = (account["rows_in"], account["rows_ok"] + account["errors"])
     assert in_and_out == (36 + feed_rows, 36 + feed_rows) and account["balanced"]
     for mode in ("tasks", "actor"):
         assert figures[f"feed_{mode}_img_per_s"] > 0 and figures[f"feed_efficiency_{mode}"] > 0, mode
+        runs = figures[f"feed_efficiency_{mode}_runs"]
+        assert len(runs) == 2 and figures[f"feed_efficiency_{mode}"] == min(runs)  # the lower middle of two
+    assert len(figures["feed_plain_per_core_img_per_s"]) == 1 + 2 * 2  # before, then after each large run
     assert min(figures["feed_plain_per_core_img_per_s"]) > 0 and figures["feed_canvas"] == "256x128"
     # decode tasks ship each 256 x 128 canvas through the object store; an actor that decodes gets index rows only
     assert figures["feed_tasks_store_kb_per_image"] >= 256 * 128 / 1024

@@ -11,7 +11,7 @@ import pytest
 
 from engine.bench.feed import batch_nbytes, steady_rate
 from engine.core.model import arch_info, build_classifier
-from engine.core.sizing import index_block_rows
+from engine.core.sizing import index_block_sizes
 from engine.io.checkpoints import save_model
 from engine.runtime.decode import BatchDecoder, DecodeSettings, decode_batch
 from tests.conftest import test_config
@@ -61,24 +61,50 @@ def test_decoder_threads_give_the_rows_of_one_decode_batch_call_in_order(scans, 
     assert got["canvas"][[e == "" for e in got["error"]]].any(axis=(1, 2)).all()
 
 
-@pytest.mark.parametrize(
-    ("n_rows", "batch", "workers", "want"),
-    [(1, 64, 1, 64), (640, 64, 1, 192), (82_500, 64, 1, 1024), (82_500, 64, 64, 384), (100, 32, 8, 32)],
-)
-def test_index_blocks_hold_whole_calls_two_or_more_blocks_per_worker_and_at_most_16_calls(
-    n_rows: int, batch: int, workers: int, want: int
-) -> None:
-    rows = index_block_rows(n_rows, batch, workers)
-    assert rows == want
-    assert rows % batch == 0 and batch <= rows <= 16 * batch
-    blocks = -(-n_rows // rows)
-    assert blocks >= min(2 * workers, -(-n_rows // batch)) or rows == 16 * batch
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoder_chunks_reuse_one_buffer_and_give_the_rows_of_decode_batch_whatever_it_held(scans, threads) -> None:
+    root, rows = scans
+    decoder = BatchDecoder(DecodeSettings(data_root=str(root), canvas_h=256, canvas_w=128, threads=threads))
+    for order in (rows, rows.iloc[::-1]):  # the second pass draws bad rows where good ones were, and other sizes
+        want = decode_batch(_columns(order), str(root), 256, 128, "max")
+        canvases, first = [], 0
+        for chunk in decoder.chunks(_columns(order), 5):
+            n = len(chunk["path"])
+            assert n == min(5, len(order) - first)
+            for key in want:
+                np.testing.assert_array_equal(chunk[key], want[key][first : first + n], err_msg=key)
+            canvases.append(chunk["canvas"])
+            first += n
+        assert first == len(order)
+        assert all(np.shares_memory(canvases[0], c) for c in canvases)  # one buffer, no canvas allocated per chunk
+        assert not want["canvas"][want["error"] != ""].any()  # failed rows are zero canvases
+
+
+@pytest.mark.parametrize(("n_rows", "call", "actors"), [(1, 64, 1), (640, 64, 1), (82_500, 256, 2), (38_400, 128, 2),
+                                                     (82_500, 64, 64), (100, 32, 8), (0, 32, 2)])  # fmt: skip
+def test_index_blocks_are_whole_calls_that_shrink_as_the_stream_drains(n_rows: int, call: int, actors: int) -> None:
+    sizes = index_block_sizes(n_rows, call, actors, in_flight=4, max_calls=16)
+    assert sum(sizes) == n_rows  # every row once, in order
+    assert all(size % call == 0 for size in sizes[:-1]) and all(0 < size <= 16 * call for size in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # the largest blocks first, the smallest last
+    if n_rows >= 8 * actors * 4 * call:  # large streams start in the largest blocks and drain in single calls
+        assert sizes[0] == 16 * call
+        assert sizes[-actors * 4 :] == [call] * (actors * 4 - 1) + [sizes[-1]]
+        assert len(sizes) < n_rows / (16 * call) + actors * 4 * 4  # and few blocks in all (one Ray task each)
+
+
+def test_index_blocks_drain_the_demo_feed_in_single_calls() -> None:
+    sizes = index_block_sizes(38_400, 128, 2, in_flight=4, max_calls=16)
+    assert sizes[:4] == [2048] * 4 and sizes[-8:] == [128] * 8 and len(sizes) == 37
 
 
 def test_steady_rate_leaves_out_the_start_up_and_the_buffered_burst() -> None:
     burst = np.full(300, 10.0)  # rows buffered during a 10 s start-up, all done at once
     steady = 10.0 + np.arange(1, 901) / 100  # then 100 img/s
     assert steady_rate(np.concatenate([burst, steady])) == pytest.approx(100.0, rel=0.01)
+    drain = steady[-1] + np.arange(1, 101) / 10  # then the actors run out of blocks one by one: 10 img/s
+    assert steady_rate(np.concatenate([burst, steady, drain])) == pytest.approx(100.0, rel=0.01)
+    assert steady_rate(np.concatenate([burst, steady, drain]), drain=0.0) < 90.0
     assert steady_rate(np.array([1.0])) == 0.0
 
 

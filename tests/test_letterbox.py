@@ -145,13 +145,14 @@ def test_float32_scale_without_new_size_can_be_off_by_one_resized_pixel():
     assert abs(approx[0, 0] - 369.0) < 1.0
 
 
-def test_letterbox_drawn_into_a_batch_row_equals_a_fresh_canvas_and_rejects_a_wrong_out():
-    image = np.random.default_rng(1).integers(1, 256, size=(300, 70), dtype=np.uint8)
+@pytest.mark.parametrize("shape", [(300, 70), (128, 64), (40, 100), (128, 20)])
+def test_letterbox_drawn_into_a_used_batch_row_equals_a_fresh_canvas_and_rejects_a_wrong_out(shape):
+    image = np.random.default_rng(1).integers(1, 256, size=shape, dtype=np.uint8)
     fresh, meta = letterbox(image, 128, 64)
-    batch = np.zeros((3, 128, 64), np.uint8)
+    batch = np.full((3, 128, 64), 7, np.uint8)  # a reused buffer: whatever the last batch left in it
     drawn, drawn_meta = letterbox(image, 128, 64, out=batch[1])
     assert drawn_meta == meta and np.shares_memory(drawn, batch)
-    np.testing.assert_array_equal(batch[1], fresh)
-    assert not batch[[0, 2]].any()  # the other rows untouched
+    np.testing.assert_array_equal(batch[1], fresh)  # the padding is zero again, the image where a fresh one is
+    assert (batch[[0, 2]] == 7).all()  # the other rows untouched
     with pytest.raises(LetterboxError, match="out must be"):
         letterbox(image, 128, 64, out=np.zeros((128, 64), np.uint16))

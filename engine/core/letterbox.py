@@ -113,8 +113,8 @@ def letterbox(
         image: 2-D (H, W) array of any dtype (uint8 scans in practice).
         canvas_h: canvas height, px.
         canvas_w: canvas width, px.
-        out: an all-zero (canvas_h, canvas_w) array of ``image``'s dtype to draw on (e.g. one row of a batch's
-            canvases), instead of a new one: the padding is never written, so it costs nothing.
+        out: a (canvas_h, canvas_w) array of ``image``'s dtype to draw on (e.g. one row of a reused batch buffer)
+            instead of a new one, whatever it holds: every pixel is written once, the padding as 0.
 
     Returns:
         canvas: (canvas_h, canvas_w) array, dtype of ``image``; the image sits exactly in ``meta.body_box()``.
@@ -123,14 +123,16 @@ def letterbox(
     if image.ndim != 2 or image.size == 0:
         raise LetterboxError(f"image must be a non-empty 2-D (H, W) array, got shape {image.shape}")
     meta = letterbox_meta(image.shape[0], image.shape[1], canvas_h, canvas_w)
+    x1, y1, x2, y2 = meta.body_box()
     if out is None:
         canvas = np.zeros((meta.canvas_h, meta.canvas_w), dtype=image.dtype)
     elif out.shape != (meta.canvas_h, meta.canvas_w) or out.dtype != image.dtype:
         raise LetterboxError(f"out must be a ({canvas_h}, {canvas_w}) {image.dtype} array, got {out.shape} {out.dtype}")
     else:
         canvas = out
-    x1, y1, x2, y2 = meta.body_box()
-    canvas[y1:y2, x1:x2] = resize_image(image, meta.new_h, meta.new_w)
+        canvas[:y1], canvas[y2:], canvas[y1:y2, :x1], canvas[y1:y2, x2:] = 0, 0, 0, 0
+    same_size = (meta.new_h, meta.new_w) == image.shape
+    canvas[y1:y2, x1:x2] = image if same_size else resize_image(image, meta.new_h, meta.new_w)
     return canvas, meta
 
 

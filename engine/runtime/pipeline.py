@@ -24,7 +24,7 @@ import engine
 import schemas
 from engine.config import Config, ConfigError, RayConfig
 from engine.core.batch_columns import QC_BODY_COLUMNS
-from engine.core.sizing import index_block_rows
+from engine.core.sizing import index_block_sizes
 from engine.runtime.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
 from engine.runtime.decode import BatchDecoder, DecodeSettings
 from engine.runtime.udfs import CamSettings, ClassifyCamStage
@@ -140,13 +140,16 @@ def image_stream(rows: pd.DataFrame, cfg: Config, carry: tuple[str, ...] = ()) -
     return row_stream(stream_frame(rows, carry), cfg, udf)
 
 
-def index_stream(frame: pd.DataFrame, cfg: Config, block_rows: int = 0) -> ray.data.Dataset:
-    """Returns a Dataset of `frame`'s rows in blocks of `block_rows` (0: decode-task blocks, at most
-    `ray.max_input_blocks` of them); no work on them yet."""
-    batch_rows = max(cfg.ray.decode_batch_size, 1)
-    # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
-    block_rows = block_rows or max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
-    chunks = [frame.iloc[i : i + block_rows] for i in range(0, len(frame), block_rows)] or [frame]
+def index_stream(frame: pd.DataFrame, cfg: Config, block_sizes: list[int] | None = None) -> ray.data.Dataset:
+    """Returns a Dataset of `frame`'s rows in blocks of `block_sizes` rows, in order (None: decode-task blocks, at
+    most `ray.max_input_blocks` of them); no work on them yet."""
+    if block_sizes is None:
+        batch_rows = max(cfg.ray.decode_batch_size, 1)
+        # from_pandas costs the driver ~5 ms per block (82.5k rows: 29 s in 16-row blocks, 0.7 s in 1024-row ones).
+        block_rows = max(batch_rows, math.ceil(len(frame) / max(cfg.ray.max_input_blocks, 1)))
+        block_sizes = [block_rows] * math.ceil(len(frame) / block_rows)
+    starts = np.cumsum([0, *block_sizes[:-1]], dtype=np.int64)
+    chunks = [frame.iloc[int(a) : int(a) + size] for a, size in zip(starts, block_sizes, strict=True)] or [frame]
     return ray.data.from_pandas(chunks)
 
 
@@ -171,9 +174,9 @@ def scored_stream(rows: pd.DataFrame, cfg: Config, settings: CamSettings) -> ray
 
 
 def actor_index_stream(frame: pd.DataFrame, cfg: Config) -> ray.data.Dataset:
-    """Returns `frame`'s index rows for model actors that decode them (engine.core.sizing.index_block_rows)."""
-    workers = cfg.infer.actors * cfg.infer.calls_per_actor
-    return index_stream(frame, cfg, index_block_rows(len(frame), call_rows(cfg), workers))
+    """Returns `frame`'s index rows for model actors that decode them (engine.core.sizing.index_block_sizes)."""
+    sizes = index_block_sizes(len(frame), call_rows(cfg), cfg.infer.actors, in_flight=tasks_in_flight(cfg))
+    return index_stream(frame, cfg, sizes)
 
 
 def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ray.data.Dataset:
@@ -190,6 +193,11 @@ def model_stream(ds: ray.data.Dataset, cfg: Config, settings: CamSettings) -> ra
 def call_rows(cfg: Config) -> int:
     """Returns the rows of one model actor call: `infer.call_batches` model batches of `infer.batch_size`."""
     return cfg.infer.batch_size * cfg.infer.call_batches
+
+
+def tasks_in_flight(cfg: Config) -> int:
+    """Returns the blocks (Ray tasks) queued on one model actor at a time: two per concurrent call, at least 4."""
+    return max(4, 2 * cfg.infer.calls_per_actor)
 
 
 def actor_stream(
@@ -210,7 +218,7 @@ def actor_stream(
             size=cfg.infer.actors,
             max_concurrent_calls_per_actor=cfg.infer.calls_per_actor,
             enable_true_multi_threading=cfg.infer.calls_per_actor > 1,
-            max_tasks_in_flight_per_actor=max(4, 2 * cfg.infer.calls_per_actor),
+            max_tasks_in_flight_per_actor=tasks_in_flight(cfg),
         ),
         batch_format="numpy",
     )

@@ -139,14 +139,14 @@ class ClassifyCamStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decodes the call's rows when the actor does (infer.decode=actor), then scores them `model_batch` rows
         at a time; returns the rows in order."""
-        if self.decoder is not None:
-            batch = self.decoder(batch)
         n = len(batch["image_id"])
-        step = self.settings.model_batch or n
-        parts = []
+        step = max(self.settings.model_batch or n, 1)
+        if self.decoder is not None:  # each model batch is decoded onto the same buffer just before it is scored
+            chunks = self.decoder.chunks(batch, step)
+        else:
+            chunks = ({k: v[first : first + step] for k, v in batch.items()} for first in range(0, n, step))
         with self._stream():
-            for first in range(0, n, max(step, 1)):
-                parts.append(self._process({k: v[first : first + step] for k, v in batch.items()}))
+            parts = [self._process(chunk) for chunk in chunks]
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
@@ -171,7 +171,7 @@ class ClassifyCamStage:
         out["actor_pid"] = np.full(n, os.getpid(), dtype=np.int64)  # which actor scored the row (not stored)
         host: dict[str, np.ndarray] = {}
         if ok.any():
-            canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"][ok]))
+            canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"] if ok.all() else batch["canvas"][ok]))
             if self.device.type == "cuda":
                 canvas = canvas.pin_memory().to(self.device, non_blocking=True)
             host = self._to_host(*self._run_model(self._model_input(canvas)))
