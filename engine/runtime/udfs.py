@@ -171,7 +171,9 @@ class ClassifyCamStage:
         out["actor_pid"] = np.full(n, os.getpid(), dtype=np.int64)  # which actor scored the row (not stored)
         host: dict[str, np.ndarray] = {}
         if ok.any():
-            canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"] if ok.all() else batch["canvas"][ok]))
+            pixels = batch["canvas"]  # the decoder's buffer as it is; else a copy (bad rows, or a read-only block)
+            pixels = pixels if ok.all() and pixels.flags.writeable else pixels[ok]
+            canvas = torch.from_numpy(np.ascontiguousarray(pixels))
             if self.device.type == "cuda":
                 canvas = canvas.pin_memory().to(self.device, non_blocking=True)
             host = self._to_host(*self._run_model(self._model_input(canvas)))
