@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from engine.bench.feed import batch_nbytes, steady_rate
+from engine.core.batch_columns import row_slices
 from engine.core.model import arch_info, build_classifier
 from engine.core.sizing import index_block_sizes
 from engine.io.checkpoints import save_model
@@ -59,6 +60,14 @@ def test_decoder_threads_give_the_rows_of_one_decode_batch_call_in_order(scans, 
     assert all(errors[BAD[k]] for k in ("corrupt", "escape", "empty")), errors
     assert sum(e != "" for e in got["error"]) == 4  # the 13 readable scans decode
     assert got["canvas"][[e == "" for e in got["error"]]].any(axis=(1, 2)).all()
+
+
+def test_row_slices_cover_every_row_once_in_order() -> None:
+    batch = {"a": np.arange(5), "b": np.array(list("vwxyz"), dtype=object)}
+    got = list(row_slices(batch, 2))
+    assert [first for first, _ in got] == [0, 2, 4]
+    assert [list(part["b"]) for _, part in got] == [["v", "w"], ["x", "y"], ["z"]]
+    assert list(row_slices({"a": np.arange(0)}, 2)) == []
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -98,13 +98,12 @@ def stream_rate(rows: pd.DataFrame, cfg: Config, mode: str, cpus: int) -> dict[s
 
     actors = cfg.infer.actors
     if mode == "tasks":
-        infer = dataclasses.replace(cfg.infer, num_cpus=0, calls_per_actor=1)
+        cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, num_cpus=0, calls_per_actor=1))
         ds, decode = image_stream(rows, cfg), None
     else:
         share = cpus / actors
         infer = dataclasses.replace(cfg.infer, num_cpus=share, decode_threads=max(1, round(share)), calls_per_actor=1)
-    cfg = dataclasses.replace(cfg, infer=infer)
-    if mode != "tasks":
+        cfg = dataclasses.replace(cfg, infer=infer)
         ds, decode = actor_index_stream(stream_frame(rows), cfg), decode_settings(cfg)
     stream = actor_stream(ds, NullModelStage, (decode, cfg.infer.batch_size), cfg, use_gpu=False)
     count, reasons, sent, busy, done = 0, [], 0.0, 0.0, []
@@ -167,14 +166,15 @@ def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[st
                            "feed_decode_cpus": cpus, "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1)}
     print(f"bench feed: plain decode + letterbox {plain[0]:.0f} img/s per core at {out['feed_canvas']}", flush=True)
     for mode in ("tasks", "actor"):
-        small, larges, effs = stream_rate(rows, cfg, mode, cpus), [], []
+        small, larges, per_cores = stream_rate(rows, cfg, mode, cpus), [], []
         for _ in range(cfg.bench.feed_repeats):  # each large run between two plain runs: the machine drifts
             larges.append(stream_rate(feed_rows(index, n * scale), cfg, mode, cpus))
             plain.append(plain_rate(frame, settings, cfg.infer.batch_size))
-            effs.append(larges[-1]["steady_img_per_s"] / (cpus * (plain[-2] + plain[-1]) / 2))
+            per_cores.append((plain[-2] + plain[-1]) / 2)
+        effs = [run["steady_img_per_s"] / (cpus * per_core) for run, per_core in zip(larges, per_cores, strict=True)]
         pick = int(np.argsort(effs)[(len(effs) - 1) // 2])  # the median run (the lower middle of an even count)
-        large, eff = larges[pick], effs[pick]
-        rate = large["steady_img_per_s"]
+        large, eff, rate = larges[pick], effs[pick], larges[pick]["steady_img_per_s"]
+        peak_large = max(run["peak_mem_mb"] for run in larges)
         print(f"bench feed: infer.decode={mode}: {rate:.0f} img/s ({eff:.2f} of the plain loop on {cpus} CPUs; "
               f"runs {', '.join(f'{e:.2f}' for e in effs)}), first results after {small['first_call_done_s']:.1f} s",
               flush=True)  # fmt: skip
@@ -186,9 +186,9 @@ def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[st
             f"feed_{mode}_first_results_s": round(small["first_call_done_s"], 2),
             f"feed_{mode}_store_kb_per_image": round(small["store_bytes_per_image"] / 1024, 2),
             f"feed_{mode}_actor_busy": round(large["actor_busy"], 3),
-            f"feed_{mode}_mem_large_over_small": round(max(r["peak_mem_mb"] for r in larges) / small["peak_mem_mb"], 3),
-            f"feed_{mode}_plain_per_core_img_per_s": round(rate / (cpus * eff), 1),
-            f"feed_{mode}_peak_mem_mb_large": round(max(r["peak_mem_mb"] for r in larges), 1),
+            f"feed_{mode}_mem_large_over_small": round(peak_large / small["peak_mem_mb"], 3),
+            f"feed_{mode}_plain_per_core_img_per_s": round(per_cores[pick], 1),
+            f"feed_{mode}_peak_mem_mb_large": round(peak_large, 1),
         })  # fmt: skip
         for run in (small, *larges):
             summary.rows_in += run["rows_in"]

@@ -6,6 +6,7 @@ Pure functions from a `dict[str, np.ndarray]` batch to more columns; the UDFs of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,13 @@ from engine.core.letterbox import LetterboxMeta, canvas_to_original_batch, origi
 META_COLUMNS = ("orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w")
 QC_BODY_COLUMNS = ("qc_body_x1", "qc_body_y1", "qc_body_x2", "qc_body_y2")  # QC body box, original px (or NaN)
 BODY_CANVAS_COLUMNS = ("body_x1_canvas", "body_y1_canvas", "body_x2_canvas", "body_y2_canvas")  # the same, canvas px
+
+
+def row_slices(batch: dict[str, Any], rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (first row, the batch's columns sliced to rows first .. first + rows - 1), in order."""
+    n, rows = len(next(iter(batch.values()), ())), max(int(rows), 1)
+    for first in range(0, n, rows):
+        yield first, {k: v[first : first + rows] for k, v in batch.items()}
 
 
 def body_canvas_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from engine.core.batch_columns import (
     META_COLUMNS,
     QC_BODY_COLUMNS,
     body_canvas_columns,
+    row_slices,
 )
 from engine.core.counts import CountScale, parse_count_scale
 from engine.core.letterbox import letterbox
@@ -115,8 +116,7 @@ class BatchDecoder:
         buffer = getattr(self._buffers, "canvas", None)
         if buffer is None or len(buffer) < min(rows, n):
             buffer = self._buffers.canvas = np.empty((min(rows, n), s.canvas_h, s.canvas_w), dtype=np.uint8)
-        for first in range(0, n, rows):
-            part = {k: v[first : first + rows] for k, v in batch.items()}
+        for _, part in row_slices(batch, rows):
             yield self._decode_into(part, buffer[: len(part["path"])])
 
     def _decode_into(self, batch: dict[str, np.ndarray], canvas: np.ndarray) -> dict[str, np.ndarray]:
@@ -125,12 +125,12 @@ class BatchDecoder:
             return decode_batch(batch, s.data_root, s.canvas_h, s.canvas_w, self.scale, canvas=canvas)
         step = -(-n // self.threads)
 
-        def decode(first: int) -> dict[str, np.ndarray]:
-            part = {k: v[first : first + step] for k, v in batch.items()}
-            rows = canvas[first : first + step]
+        def decode(first: int, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            rows = canvas[first : first + len(part["path"])]  # each thread draws on its own rows of `canvas`
             return decode_batch(part, s.data_root, s.canvas_h, s.canvas_w, self.scale, canvas=rows)
 
-        parts = list(self.pool.map(decode, range(0, n, step)))  # each thread draws on its own rows of `canvas`
+        futures = [self.pool.submit(decode, first, part) for first, part in row_slices(batch, step)]
+        parts = [future.result() for future in futures]
         return {k: canvas if k == "canvas" else np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 

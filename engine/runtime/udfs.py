@@ -15,6 +15,7 @@ from engine.core.batch_columns import (
     BODY_CANVAS_COLUMNS,
     pseudo_boxes,
     refined_peak_columns,
+    row_slices,
 )
 from engine.core.boxes import BoxParams
 from engine.runtime.decode import BatchDecoder, DecodeSettings
@@ -144,7 +145,7 @@ class ClassifyCamStage:
         if self.decoder is not None:  # each model batch is decoded onto the same buffer just before it is scored
             chunks = self.decoder.chunks(batch, step)
         else:
-            chunks = ({k: v[first : first + step] for k, v in batch.items()} for first in range(0, n, step))
+            chunks = (part for _, part in row_slices(batch, step))
         with self._stream():
             parts = [self._process(chunk) for chunk in chunks]
         if len(parts) == 1:
