@@ -75,7 +75,8 @@ class LogConfig:
     """What a job prints (engine/runtime/console.py)."""
 
     level: Literal["info", "debug"] = "info"  # info: stage lines, progress, epochs, summary; debug: also Ray's logs
-    progress_s: Annotated[float, Range(0.0, low_open=True)] = 30.0  # no terminal: seconds between progress lines
+    progress_s: NonNegative = 30.0  # no terminal: seconds between progress lines (0: a line at every update)
+    events_s: NonNegative = 1.0  # training rank 0 sends its batch count at most this often (0: at every batch)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,17 @@ TEST_OVERRIDES = (
     "infer.batch_size=8",
     "cam.overlays=2",
 )
+# More overrides from the environment, applied last to every test config and job: e.g.
+# ENGINE_TEST_OVERRIDES="train.torch_threads=1" runs the suite with other summation orders, as on another CPU.
+ENV_OVERRIDES = tuple(os.environ.get("ENGINE_TEST_OVERRIDES", "").split())
+TEST_OVERRIDES = (*TEST_OVERRIDES, *ENV_OVERRIDES)
 
 
 def test_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
     """Returns the demo config scaled down for tests (TEST_OVERRIDES), then `overrides`."""
     return load_config(
-        REPO / "conf" / "demo.yaml", [f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *overrides]
+        REPO / "conf" / "demo.yaml",
+        [f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *overrides, *ENV_OVERRIDES],
     )
 
 

@@ -24,8 +24,9 @@ LEARNABLE = ("canvas.height=512", "canvas.width=256", "boxes.size=24", "model.ou
              "train.batch_size=16", "train.lr=3e-3", "train.torch_threads=2", "ray.decode_batch_size=16",
              "infer.batch_size=16", "split.train=0.4", "split.val=0.07", "evaluate.tune=false", "evaluate.coco=false",
              "cam.overlays=0")  # fmt: skip
-AUC_FLOOR = 0.80  # measured 0.900 on 159 test images (SE ~0.025); the old 60-image set gave 0.76-0.78
-POINTING_FLOOR = 0.80  # measured 0.981 (51/52), chance 0.029
+# The floors' measured spread: the test's docstring.
+AUC_FLOOR = 0.62
+POINTING_FLOOR = 0.60
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,16 @@ def learned_run(ray_session, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_a_trained_tiny_model_points_at_the_lesions_far_above_chance(learned_run) -> None:
+    """The trained model's test AUC and pointing game clear floors set from their measured spread.
+
+    The floors sit well below the spread measured over 5 training seeds (`seed` 42, 1, 2, 3, 4) x `train.torch_threads`
+    1 and 2 (other summation orders, as on another CPU), 10 runs of this exact fixture (2026-12-07, 2-core x86):
+      test AUC        0.729-0.878 (42: 0.788/0.800, 1: 0.766/0.871, 2: 0.820/0.729, 3: 0.781/0.759, 4: 0.878/0.805)
+      pointing game   0.786-0.945, chance 0.026-0.029 (on 55-56 test images with an Abnormal box)
+    The best-val epoch is chosen on ~20 val images, so one run's test AUC moves by ~0.15 between seeds: a floor near a
+    single figure is a coin toss. 0.62 is 0.11 under the lowest run and ~2.5 standard errors above chance (0.5 on ~52
+    positives); the pointing floor 0.6 is 0.19 under the lowest run and ~20 x chance.
+    """
     run_dir, cfg = learned_run
     preds = read_table(str(run_dir), "preds").query("stage == 'cam'")
     auc = roc_auc_score(preds["y_true"], preds["y_prob"])

@@ -15,6 +15,7 @@ import pytest
 
 from engine.core.model import arch_info, build_classifier
 from engine.io.checkpoints import save_model
+from engine.io.pause import PAUSE_AT_ENV, PAUSE_DIR_ENV
 from engine.io.summary import AccountError
 from engine.io.tables import OutputError, TableWriter, read_table, write_part
 from engine.runtime.pipeline import iter_results, scored_stream
@@ -72,11 +73,14 @@ def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: 
             "boxes.size=12", "model.output_stride=32", "cam.scope=all", "cam.limit=64", "infer.batch_size=4",
             "ray.num_cpus=2"]  # fmt: skip
     command = [sys.executable, "-m", "jobs.cam", "--config", "conf/demo.yaml", *args]
+    # the driver stops after staging its first batch (engine/io/pause.py): killed mid-run on any machine
+    marker = untrained_run.parent / "pause" / "cam_staged"
+    pause = {PAUSE_AT_ENV: "cam_staged", PAUSE_DIR_ENV: str(marker.parent)}
     proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
     staging = untrained_run / "_staging"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not any(staging.glob("cam-*")):
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)

@@ -20,6 +20,7 @@ import schemas
 from engine.core.model import ModelError
 from engine.core.seg_model import build_segnet, segnet_arch
 from engine.io.checkpoints import init_encoder_from_classifier, load_segnet
+from engine.io.pause import PAUSE_AT_ENV, PAUSE_DIR_ENV
 from engine.io.tables import read_table
 from engine.stages.cam import run_cam
 from engine.stages.evaluate.run import run_evaluate
@@ -157,9 +158,12 @@ def test_killed_segtrain_resumes_from_its_last_checkpoint(seg_run, masked_run: P
     run_dir = tmp_path / "run"
     shutil.copytree(masked_run, run_dir)
     command = _segtrain_command(data_root, run_dir)
+    # rank 0 stops after reporting epoch 1's checkpoint (engine/io/pause.py): the kill lands part-way on any machine
+    pause = {PAUSE_AT_ENV: "segtrain_epoch_1", PAUSE_DIR_ENV: str(tmp_path / "pause")}
     proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
     try:  # a checkpoint counts once Ray Train has registered it in its snapshot
+        assert _wait_for(tmp_path / "pause" / "segtrain_epoch_1", 300, proc)
         assert _wait_for(run_dir / "segtrain_state" / "checkpoint_manager_snapshot.json", 300, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -24,6 +24,9 @@ RAY_INTERNAL = re.compile(
 # Ray 2.60's driver core worker logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733):
 # a quiet job routes it to its native log file (engine/runtime/console.py)
 RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
+# the display's cadence forced, so that every machine prints the same kinds of lines, however fast: rank 0 sends
+# an event at every batch and the driver writes a progress line at every event
+CADENCE = ("log.events_s=0", "log.progress_s=0")
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
 
 
@@ -46,20 +49,68 @@ def test_epoch_line_shows_the_epoch_counted_from_one_and_marks_the_best() -> Non
     assert epoch_line(seg, 2) == "epoch 1/2 train_loss 0.5000 val_loss 0.2500 val_dice 0.1250 12.3 img/s"
 
 
+class FakeClock:
+    """A clock the test moves by hand: Progress's cadence never depends on the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_progress_without_a_terminal_writes_few_plain_lines() -> None:
+    clock = FakeClock()
     stream = io.StringIO()  # not a TTY: no tqdm, plain lines at most every interval_s
-    bar = Progress("cam", 1000, "images", stream=stream, interval_s=3600)
+    bar = Progress("cam", 1000, "images", stream=stream, interval_s=30, clock=clock)
     for _ in range(1000):
+        clock.now += 0.01  # 10 s in all: under one interval
         bar.update(1)
     bar.close()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cam: 1000/1000 images, ") and "\r" not in stream.getvalue()
+    assert lines == ["cam: 1000/1000 images, 100.0 images/s in 10s"] and "\r" not in stream.getvalue()
     stream = io.StringIO()
-    bar = Progress("cam", 10, "images", stream=stream, interval_s=0.05)
-    for _ in range(3):
-        time.sleep(0.06)
+    bar = Progress("cam", 10, "images", stream=stream, interval_s=5, clock=clock)
+    for _ in range(10):
+        clock.now += 2.0
         bar.update(1)
-    assert stream.getvalue().splitlines()[0].startswith("cam: 1/10 images (10%), ")
+    bar.close()
+    # a line once 5 s have passed since the last one (at 3, 6 and 9 of 10, after 6, 12, 18 s), then the closing one
+    assert stream.getvalue().splitlines() == ["cam: 3/10 images (30%), 0.5 images/s, 14s left",
+                                              "cam: 6/10 images (60%), 0.5 images/s, 8s left",
+                                              "cam: 9/10 images (90%), 0.5 images/s, 2s left",
+                                              "cam: 10/10 images, 0.5 images/s in 20s"]  # fmt: skip
+
+
+def test_progress_at_interval_zero_writes_every_update_but_the_last() -> None:
+    stream = io.StringIO()
+    bar = Progress("train epoch 1/2", 4, "batches", stream=stream, interval_s=0, clock=FakeClock())
+    for _ in range(4):
+        bar.update(1)
+    assert [line.split(" batches")[0] for line in stream.getvalue().splitlines()] == [
+        f"train epoch 1/2: {k}/4" for k in (1, 2, 3)
+    ]
+
+
+def test_the_driver_shows_rank_zeros_events_as_a_bar_then_one_epoch_line(capsys: pytest.CaptureFixture) -> None:
+    from engine.config_sections import LogConfig
+    from engine.runtime.console import configure
+    from engine.runtime.pipeline import _show_event
+
+    configure(LogConfig(progress_s=0))
+    try:
+        bar = None
+        for done in (0, 2, 4):
+            bar = _show_event(("batches", 1, done), bar, 2, 6)
+        metrics = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_auc": 0.75, "img_per_s": 1.0, "is_best": True}
+        assert _show_event(("epoch", metrics), bar, 2, 6) is None
+    finally:
+        configure(LogConfig())
+    out = capsys.readouterr()
+    bars = [line for line in out.err.splitlines() if line.startswith("train epoch 1/2: ")]
+    assert [line.split(" batches")[0] for line in bars] == ["train epoch 1/2: 0/6", "train epoch 1/2: 2/6",
+                                                            "train epoch 1/2: 4/6"]  # fmt: skip
+    assert out.out.splitlines() == [epoch_line(metrics, 2)]  # no closing bar line: the epoch line says it all
 
 
 def test_native_stderr_goes_to_the_log_and_python_stderr_stays_on_the_terminal() -> None:
@@ -80,7 +131,7 @@ def test_native_stderr_goes_to_the_log_and_python_stderr_stays_on_the_terminal()
 def _job(stage: str, data_root: Path, run_dir: Path, *extra: str) -> tuple[int, list[str], float]:
     """Runs `python -m jobs.<stage>` on the tiny test config; returns exit code, stdout+stderr lines, seconds."""
     command = [sys.executable, "-m", f"jobs.{stage}", "--config", "conf/demo.yaml", f"data.root={data_root}",
-               f"run.dir={run_dir}", *TEST_OVERRIDES, "ray.num_cpus=2", "log.progress_s=0.5", *extra]  # fmt: skip
+               f"run.dir={run_dir}", *TEST_OVERRIDES, "ray.num_cpus=2", *CADENCE, *extra]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     return done.returncode, done.stdout.splitlines(), time.monotonic() - started
@@ -92,8 +143,8 @@ def quiet_runs(data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPa
     run_dir = tmp_path_factory.mktemp("terminal") / "run"
     shutil.copytree(split_run, run_dir)
     out = {"run_dir": run_dir, "started": time.time()}
-    for stage in ("train", "threshold", "cam"):  # train: small batches, so an epoch outlasts rank 0's 1 s events
-        out[stage] = _job(stage, data_root, run_dir, *(("train.batch_size=2",) if stage == "train" else ()))
+    for stage in ("train", "threshold", "cam"):
+        out[stage] = _job(stage, data_root, run_dir)
     return out
 
 
@@ -145,5 +196,5 @@ def test_help_keys_come_from_the_dataclass_fields_and_their_comments() -> None:
     keys = dict((key, (default, meaning)) for key, default, meaning in config_keys(("seed", "threshold", "log")))
     assert keys["seed"] == ("42", "seeds splits, training and sampling")
     assert keys["threshold.mode"][0] == "youden" and keys["threshold.mode"][1].startswith("youden: max sens")
-    assert keys["log.level"][0] == "info" and list(keys)[-1] == "log.progress_s"
+    assert keys["log.level"][0] == "info" and list(keys)[-2:] == ["log.progress_s", "log.events_s"]
     assert "split.duplicate_groups = [[828, 2244], " in stage_help("split")  # a default spread over several lines

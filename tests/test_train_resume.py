@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.io.pause import PAUSE_AT_ENV, PAUSE_DIR_ENV
 from engine.io.tables import read_table
 from tests.conftest import REPO, TEST_OVERRIDES
 
@@ -43,12 +44,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(
     shutil.copytree(split_run, run_dir)
     command = _train_command(data_root, run_dir)
     first_epoch_file = run_dir / "tables" / "epochs" / "epoch-001-0.parquet"
+    # rank 0 stops after reporting epoch 1's checkpoint (engine/io/pause.py): the kill lands part-way on any machine
+    pause = {PAUSE_AT_ENV: "train_epoch_1", PAUSE_DIR_ENV: str(tmp_path / "pause")}
     proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
     try:
         # A checkpoint counts once Ray Train has registered it in its snapshot, not when its folder appears.
         snapshot = run_dir / "train_state" / "checkpoint_manager_snapshot.json"
-        checkpoint_written = _wait_for(snapshot.exists, 300, proc)
+        paused = tmp_path / "pause" / "train_epoch_1"
+        checkpoint_written = _wait_for(lambda: paused.exists() and snapshot.exists(), 300, proc)
         assert checkpoint_written, "no checkpoint before the first run ended"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ from engine.config import Config
 from engine.core.batch_columns import BODY_CANVAS_COLUMNS, explode_boxes
 from engine.io.codecs import heatmap_column, peak_list_columns
 from engine.io.overlays import OverlayCollector
+from engine.io.pause import pause_point
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
 from engine.runtime.udfs import CamSettings
@@ -61,5 +62,6 @@ def stream_to_tables(
         for batch in iter_results(scored_stream(rows, cfg, settings), progress=writer.stage,
                                   total=len(rows)):  # fmt: skip
             _write_batch(writer, batch, ctx, summary)
+            pause_point("cam_staged")  # a kill test stops the driver here, with rows staged (engine/io/pause.py)
     if ctx.get("overlays"):
         summary.extra["overlays_rendered"] = ctx["overlays"].render()

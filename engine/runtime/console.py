@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from engine.config_sections import LogConfig
@@ -131,11 +132,13 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int | None, unit: str, stream: TextIO | None = None,
-                 interval_s: float | None = None, leave: bool = True) -> None:  # fmt: skip
+                 interval_s: float | None = None, leave: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.stream = stream or sys.stderr
         self.interval_s = float(_settings["progress_s"] if interval_s is None else interval_s)
-        self.started = self.last_line = time.monotonic()
+        self.clock = clock  # seconds; a test passes its own
+        self.started = self.last_line = clock()
         self.bar = None
         if self.stream.isatty():
             from tqdm import tqdm
@@ -148,7 +151,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(count)
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_line >= self.interval_s and self.done != self.total:  # the closing line says 100%
             self.last_line = now
             self._line(progress_line(self.label, self.done, self.total, now - self.started, self.unit))
@@ -169,7 +172,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
         elif self.done:
-            elapsed = time.monotonic() - self.started
+            elapsed = self.clock() - self.started
             self._line(done_line(self.label, self.done, self.total, elapsed, self.unit))
 
 

@@ -23,6 +23,7 @@ from engine.core.model import bf16_autocast, canvas_to_unit, imagenet_normalize
 from engine.core.seg_core import SegDiceAccumulator
 from engine.core.seg_model import SegLoss, build_segnet
 from engine.io.checkpoints import init_encoder_from_classifier, save_segnet
+from engine.io.pause import pause_point
 from engine.io.tables import write_part
 from engine.runtime.training import (
     _gather,
@@ -170,3 +171,5 @@ def segtrain_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and config.get("events") is not None:
             config["events"].put(("epoch", metrics))  # the driver prints it (runtime/pipeline.py fit_with_progress)
         report_checkpoint(metrics, model, opt, sched, state, rank)
+        if rank == 0:
+            pause_point(f"segtrain_epoch_{epoch}")  # a kill test stops here, checkpoint reported (engine/io/pause.py)

@@ -24,6 +24,7 @@ from engine.core.augment import augment
 from engine.core.metrics import binary_metrics
 from engine.core.model import arch_info, bf16_autocast, build_classifier, canvas_to_unit, imagenet_normalize
 from engine.io.checkpoints import save_model
+from engine.io.pause import pause_point
 from engine.io.tables import write_part
 
 
@@ -72,7 +73,8 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
     )  # fmt: skip
     sent = time.monotonic()
     for done, batch in enumerate(batches, start=1):
-        if ctx.get("events") is not None and time.monotonic() - sent >= 1.0:  # rank 0: at most one event a second
+        # rank 0 only: the batches done so far, at most once every `log.events_s` (0: at every batch)
+        if ctx.get("events") is not None and time.monotonic() - sent >= cfg.log.events_s:
             ctx["events"].put(("batches", ctx["epoch"], done - 1))
             sent = time.monotonic()
         out.rows_seen += len(batch["image_id"])
@@ -245,3 +247,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if events is not None:
             events.put(("epoch", metrics))  # the driver prints it (engine/runtime/pipeline.py fit_with_progress)
         report_checkpoint(metrics, model, opt, sched, state, rank)
+        if rank == 0:
+            pause_point(f"train_epoch_{index + 1}")  # a kill test stops here, checkpoint reported (engine/io/pause.py)
