@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONF ?= conf/default.yaml
 ARGS ?=
 DEMO := CONF=conf/demo.yaml
-STAGES := synth index split train threshold infer cam boxes masks segtrain segment evaluate report leaderboard bench browse
+STAGES := synth index split train threshold infer cam boxes masks segtrain segment evaluate report leaderboard bench browse export
 
 .PHONY: help setup test demo demo-seg all lint clean-demo bench-feed bench-gpu $(STAGES)
 
@@ -52,6 +52,8 @@ report: setup ## one offline HTML page: curves, confusion matrix, grouped metric
 	$(PY) -m jobs.report --config $(CONF) $(ARGS)
 leaderboard: setup ## test metrics of every run under leaderboard.runs
 	$(PY) -m jobs.leaderboard --config $(CONF) $(ARGS)
+export: setup ## DICOM runs: per scored frame a Secondary Capture (boxes, kept masks), Segmentations where possible -> exports, export/
+	$(PY) -m jobs.export --config $(CONF) $(ARGS)
 
 # `make cam` scores cam.split (test); the val heatmaps for the honest tuning of `make evaluate` come from a second
 # pass over split=val (its own partitions, replaced if they exist).

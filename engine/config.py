@@ -111,6 +111,13 @@ class ModelConfig:
     output_stride: Literal[8, 16, 32] = 32  # 32: the architecture as published; 16 or 8 dilate the last stages
     channels_last: bool = True  # channels_last memory format on GPU
     compile: bool = True  # torch.compile the model actors on GPU (ignored on CPU; eager when compiling fails)
+    override_contract: bool = False  # true: score at a canvas, view or count rule unlike the model's (else: exit 2)
+    # cam and infer read the model's contract from its model/best.json (engine/core/contract.py): a key this config
+    # leaves at its default takes the model's value; a key set to another value than the model's is one `error:`
+    # line (exit 2) unless this is true (model.name and model.output_stride are always the checkpoint's)
+    other_views: Literal["skip", "score"] = "skip"  # rows not of the model's data.view: skip (view_mismatch) or score
+    # rows whose index `view` is another or unknown one: skip (counted as skipped view_mismatch in the cam/infer
+    # summary) or score (each flagged view_mismatch in preds.qc_flags); cam.scope=split: the trained view's split only
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class CamConfig:
     target_layer: str = ""  # module name for autograd Grad-CAM; empty: the last feature block
     min_prob: Literal["all", "threshold"] = "all"  # all: every image; threshold: y_prob >= the selected thr
     overlays: Count = 16  # PNG overlays rendered for this many sampled images
-    limit: Count = 0  # score only the first N selected rows (0: all); for quick looks
+    limit: Count = 0  # score only the first N selected rows of the model's view (0: all); for quick looks
     refine: bool = True  # move each CAM peak to where the input evidence lies (one backward pass; fused CAM only)
     refine_reach: PositiveFloat = 2.0  # refinement window half-size, in CAM cells
     refine_power: PositiveFloat = 4.0  # evidence weighting exponent of the refinement centroid
@@ -228,6 +235,13 @@ class LeaderboardConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    series_number: Positive = 9001  # SeriesNumber of each study's new Secondary Capture series (Segmentation: +1)
+    series_description: str = "BS-80K weak localisation (research use)"  # SeriesDescription of the exported series
+    segmentation: bool = True  # also a DICOM Segmentation of the kept masks where the source allows one
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42  # seeds splits, training and sampling
     data: DataConfig = field(default_factory=DataConfig)
@@ -245,6 +259,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     qc: QcConfig = field(default_factory=QcConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)

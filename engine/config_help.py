@@ -34,6 +34,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "browse": ("browse",),
     "segtrain": ("ray", "canvas", "model", "train", "segtrain"),
     "segment": ("ray", "canvas", "model", "segtrain"),
+    "export": ("export",),
 }
 
 

@@ -27,11 +27,23 @@ class QcConfig:
     blur_sigma_px: NonNegative = 6.0  # Gaussian sigma of the body blob's blur, px (as in the real-scan measurement)
     level_factor: NonNegative = 0.25  # body blob: blur > level_factor * mean grey + level_offset
     level_offset: NonNegative = 0.5  # grey levels; keeps an almost empty frame from making a blob of its specks
-    noise_zero_fraction: Fraction = 0.95  # noise_frame: more zero pixels than this (real noise frames: > 95 %)
-    low_count_total: NonNegative = 300_000.0  # low_count: total grey below this (real median ~1.0e6)
+    min_body_area: Fraction = 0.02  # noise_frame unless the body blob covers this share of the frame
+    min_body_snr: NonNegative = 3.0  # noise_frame unless the blob's shape_snr reaches this (noise ~1, bodies >= 6)
+    low_count_per_px: NonNegative = 2.5  # low_count: counts per body pixel (2.4 mm) below this (true counts
+    # where the input has them: 16-bit, DICOM; 8-bit files: their grey levels); independent of the frame's size
     small_body_height: Fraction = 0.45  # small_body: body height / frame height below this (adults ~0.67)
     cut_margin_px: Count = 0  # body_cut: body box within this many px of the top or bottom edge
     exclude: tuple[QcFlag, ...] = ("noise_frame",)  # flags kept out of train, threshold and evaluate (never deleted)
+
+    def __post_init__(self) -> None:
+        """Refuses `domain_shift` in `exclude` (ValueError, re-raised with file:line): no row selection can use it."""
+        if "domain_shift" in self.exclude:
+            raise ValueError(
+                "qc.exclude cannot hold domain_shift: it is judged when `make cam` scores with model.from_run, "
+                "against that model's training images, after the rows are chosen (train, threshold and evaluate "
+                "never see it); the flagged images are scored and flagged in preds.qc_flags, counted in the cam "
+                "summary and shown in the report and in `make browse` (QC column, filter `QC flag`)"
+            )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ STAGE_NEEDS: dict[str, tuple[Need, ...]] = {
     "evaluate": (INDEX, HEATMAPS),  # a run without splits (new scans) is reported as skipped by evaluate itself
     "segtrain": (INDEX, SPLITS, Need("tables/masks", "make masks")),
     "segment": (INDEX, SPLITS, Need("segnet/best.pt", "make segtrain")),
+    "export": (INDEX, Need("tables/preds", "make cam"), Need("tables/boxes", "make cam")),
 }
 FROM_RUN = (MODEL, THRESHOLD)  # read from `model.from_run` when it is set
 
@@ -124,8 +125,43 @@ def check_pretrained(cfg: Config) -> None:
     )
 
 
+def read_json(run_dir: str, relative: str) -> dict | None:
+    """Returns the JSON object of `<run_dir>/<relative>`, or None when there is no such file (storage URIs too)."""
+    import json
+
+    if "://" not in run_dir:
+        path = os.path.join(run_dir, relative)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(run_dir)
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{relative}") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+
+
+def check_contract(stage: str, cfg: Config) -> None:
+    """Raises ContractError (one line naming both values) when `make cam` / `make infer`'s config contradicts the
+    model it scores with (its model/best.json; engine/core/contract.py), unless model.override_contract=true."""
+    if stage not in ("cam", "infer"):
+        return
+    from engine.core.contract import apply_contract
+
+    run_dir = cfg.model.from_run or cfg.run.dir
+    info = read_json(run_dir, "model/best.json")
+    if info is not None:
+        apply_contract(cfg, info, f"{run_dir.rstrip('/')}/model/best.json")
+
+
 def preflight(stage: str, cfg: Config) -> None:
-    """Runs every driver-side check of `stage`: its inputs, then (train) the pretrained weights."""
+    """Runs every driver-side check of `stage`: its inputs, (cam, infer) the model's contract, then (train) the
+    pretrained weights."""
     check_inputs(stage, cfg)
+    check_contract(stage, cfg)
     if stage == "train":
         check_pretrained(cfg)

@@ -6,6 +6,7 @@ from schemas import (
     boxes,
     epochs,
     errors,
+    exports,
     gt_boxes,
     heatmaps,
     index,
@@ -40,4 +41,5 @@ TABLES: dict[str, ModuleType] = {
     "qc": qc,
     "seg_epochs": seg_epochs,
     "seg_masks": seg_masks,
+    "exports": exports,
 }

@@ -125,18 +125,27 @@ def test_url_arguments_fall_back_to_safe_defaults() -> None:
     assert parse_query({"page": "two"}).page == 0
 
 
-def test_qc_flags_show_when_a_qc_table_exists_and_are_empty_without_one(cam_run: Path, tmp_path: Path) -> None:
+def test_qc_flags_show_when_a_qc_table_exists_and_each_flag_filters(cam_run: Path, tmp_path: Path) -> None:
     qc = read_table(str(cam_run), "qc").set_index("image_id")
     flags = ("noise_frame", "low_count", "small_body", "body_cut")
     expected = {i: ", ".join(f for f in flags if row[f]) or None for i, row in qc.iterrows()}
     assert any(expected.values()), "the generated data have flagged images"
     rows = all_rows(cam_run)
     assert {i: (None if pd.isna(v) else v) for i, v in rows["qc"].items()} == expected
-    flagged, total = RunCatalog(str(cam_run), None).images(ImageQuery(has_qc=True), ALL)
+    catalog = RunCatalog(str(cam_run), None)
+    flagged, total = catalog.images(ImageQuery(has_qc=True), ALL)
     assert total == sum(v is not None for v in expected.values()) and set(flagged["image_id"]) <= set(qc.index)
-    copy = tmp_path / "run"
+    assert catalog.qc_flags() == sorted({f for v in expected.values() if v for f in v.split(", ")})
+    for flag in catalog.qc_flags():  # the `QC flag` filter: exactly the images raising it
+        chosen, total = catalog.images(ImageQuery(qc_flag=flag), ALL)
+        assert set(chosen["image_id"]) == {i for i, v in expected.items() if v and flag in v.split(", ")}
+    copy = tmp_path / "run"  # without a qc table only the flags scoring copied into preds.qc_flags remain
     shutil.copytree(cam_run / "tables", copy / "tables", ignore=shutil.ignore_patterns("qc"))
-    assert all_rows(copy)["qc"].isna().all()
+    scored = read_table(str(cam_run), "preds").query("stage == 'cam'").set_index("image_id")["qc_flags"]
+    left = all_rows(copy)["qc"]
+    assert left.drop(index=scored.index).isna().all()
+    assert {i: (None if pd.isna(v) else v) for i, v in left[scored.index].items()} == {
+        i: ", ".join(f) or None for i, f in scored.items()}
 
 
 def test_browse_config_reads_overrides_and_rejects_unknown_keys(data_root: Path, tmp_path: Path) -> None:
@@ -231,5 +240,11 @@ def test_a_headless_browser_sorts_filters_and_opens_an_image_page_whose_images_l
             loaded = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
             assert loaded and loaded > 0, img.get_attribute("src")
         driver.save_screenshot("/tmp/browse_image.png")
+        driver.get(base + "/")
+        Select(driver.find_element("id", "f-qc_flag")).select_by_value("noise_frame")  # the QC flag filter
+        driver.find_element("id", "apply").click()
+        flagged = column(driver, "qc")
+        assert flagged and all("noise_frame" in v for v in flagged)
+        assert len(driver.find_elements("css selector", "#images td.c-qc.qc-flagged")) == len(flagged)
     finally:
         driver.quit()

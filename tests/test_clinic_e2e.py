@@ -40,8 +40,9 @@ def typical_training_image(trained_run: Path) -> str:
 @pytest.fixture(scope="module")
 def clinic_roots(
     tmp_path_factory: pytest.TempPathFactory, trained_run: Path, data_root: Path
-) -> dict[str, tuple[Path, int, int]]:
-    """Returns layout -> (root, images or frames expected as preds rows, bad files expected as errors)."""
+) -> dict[str, tuple[Path, int, int, int]]:
+    """Returns layout -> (root, images or frames expected as preds rows, bad files expected as errors, rows of
+    another or unknown view than the model's POST, skipped as view_mismatch)."""
     base = tmp_path_factory.mktemp("clinic")
     dicom = base / "dicom"
     write_nm(dicom / "s1.dcm", [whole_body_counts(1), whole_body_counts(2)], ["AN", "PO"])
@@ -55,23 +56,24 @@ def clinic_roots(
     cv2.imwrite(str(images / "2024" / "posterior" / "p9.png"), whole_body_counts(7).astype(np.uint8))
     (images / "2024" / "scan.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (images / "p8_POST.jpg").write_bytes((data_root / typical_training_image(trained_run)).read_bytes())
-    return {"dicom": (dicom, 3, 2), "images": (images, 4, 0)}
+    return {"dicom": (dicom, 2, 2, 1), "images": (images, 3, 0, 2)}  # ANT frame; p7_ANT.png, 2024/scan.jpg
 
 
 @pytest.mark.parametrize("layout", ["dicom", "images"])
 def test_new_scans_are_scored_with_a_trained_runs_model_and_threshold(
     ray_session, trained_run: Path, clinic_roots, layout: str, tmp_path: Path
 ) -> None:
-    root, scored, bad_files = clinic_roots[layout]
+    root, scored, bad_files, other_view = clinic_roots[layout]
     run_dir = tmp_path / "clinic_run"
     cfg = test_config(root, run_dir, f"data.layout={layout}", f"model.from_run={trained_run}", "cam.overlays=2")
     index = run_index(cfg)
-    assert index.balanced and index.rows_ok == scored + (0 if layout == "dicom" else 1)  # images: a bad JPEG row
+    assert index.balanced and index.rows_ok == scored + other_view  # images: a bad JPEG row (of unknown view)
     summary = run_cam(cfg)  # no split: the whole index, cam.scope=all implied
     preds = read_table(str(run_dir), "preds").query("stage == 'cam'")
     errors = read_table(str(run_dir), "errors")
     assert summary.balanced and summary.extra["scope"] == "all"
-    assert len(preds) + int((errors["stage"] == "cam").sum()) == len(read_table(str(run_dir), "index"))
+    assert len(preds) + int((errors["stage"] == "cam").sum()) + other_view == len(read_table(str(run_dir), "index"))
+    assert dict(summary.skipped) == {"view_mismatch": other_view} and set(preds["view"]) == {"POST"}
     assert len(preds) == scored and preds["y_true"].isna().all() and set(preds["split"]) == {"all"}
     assert int((errors["stage"] == "index").sum()) == bad_files
     trained_thr = json.loads((trained_run / "threshold.json").read_text())["thr"]

@@ -49,7 +49,7 @@ def evaluated_run(ray_session, data_root: Path, scored_run: Path, tmp_path_facto
     # The seed's landscape canvas (512 x 1024 at full scale): the same model scored on it, with its own run dir.
     baseline = run_dir.parent / "baseline"
     shutil.copytree(run_dir, baseline, ignore=shutil.ignore_patterns("heatmaps", "boxes", "meta", "preds", "errors"))
-    run_cam(test_config(data_root, baseline, "canvas.height=128", "canvas.width=256"))
+    run_cam(test_config(data_root, baseline, "canvas.height=128", "canvas.width=256", "model.override_contract=true"))
     cfg = test_config(data_root, run_dir, *EVAL, f"evaluate.baseline_run={baseline}")
     summary = run_evaluate(cfg)
     report = run_report(cfg)

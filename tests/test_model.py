@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, load_config
+from engine.core.contract import contract_info
 from engine.core.model import ModelError, arch_info, build_classifier, probe_cell_centre
 from engine.io.checkpoints import load_model, save_model
 
@@ -37,6 +38,16 @@ def test_checkpoint_rebuilds_its_own_stride_whatever_the_caller_asks(tmp_path):
     with torch.no_grad():
         assert loaded.forward_features(x).shape[-2:] == (16, 8)
         assert torch.equal(loaded(x), model(x))
+
+
+def test_checkpoint_carries_the_contract_scoring_reads_in_both_files(tmp_path):
+    cfg = load_config(None, ["model.name=test_resnet", "model.pretrained=false", "canvas.height=512", "data.view=ANT"])
+    save_model(str(tmp_path), build_classifier(cfg.model), {**arch_info(cfg.model), **contract_info(cfg)})
+    _, info = load_model(str(tmp_path), cfg.model)
+    on_disk = json.loads((tmp_path / "model" / "best.json").read_text())
+    for recorded in (info, on_disk):
+        assert recorded["contract"]["canvas.height"] == 512 and recorded["contract"]["data.view"] == "ANT"
+        assert recorded["cam_settings"]["cam.method"] == "auto" and recorded["threshold"] == "threshold.json"
 
 
 def test_missing_checkpoint_names_make_train(tmp_path):

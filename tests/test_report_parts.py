@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from engine.core.localization import LocalizationAccumulator, LocSettings
 from engine.core.masks import encode_rle
 from engine.core.metric_notes import GROUP_ORDER, describe
-from engine.core.report_tables import group_table_html, grouped_metrics
+from engine.core.report_tables import group_table_html, grouped_metrics, qc_counts_html, shift_reference_html
 from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
 from engine.stages.evaluate.outputs import (
     CATEGORIES,
@@ -120,3 +121,23 @@ def test_coco_gt_and_predictions_load_pair_and_evaluate_in_pycocotools(tmp_path:
     evaluation.accumulate()
     evaluation.summarize()
     assert evaluation.stats[0] == pytest.approx(1.0)  # the best box is the Abnormal box; the other ranks below it
+
+
+def test_the_qc_table_lists_each_flag_once_with_both_counts_and_its_meaning() -> None:
+    indexed = {"noise_frame": 3, "low_count": 1, "small_body": 0, "body_cut": 2}
+    scored = {"noise_frame": 1, "low_count": 0, "domain_shift": 4, "view_mismatch": 2, "new_flag": 1}
+    page = qc_counts_html(indexed, scored, 120, 30)
+    names = re.findall(r"<code>([a-z_]+)</code>", page)
+    assert names == ["noise_frame", "low_count", "small_body", "body_cut", "domain_shift", "view_mismatch", "new_flag"]
+    assert "<code>noise_frame</code></td><td>3</td><td>1</td>" in page
+    assert "<code>domain_shift</code></td><td>–</td><td>4</td>" in page  # judged at scoring only
+    assert "<code>small_body</code></td><td>0</td><td>–</td>" in page and "of 120" in page and "of 30" in page
+
+
+def test_the_shift_reference_table_shows_the_training_spread_beside_the_scored_median() -> None:
+    record = {"stats": ["mean_grey"], "median": {"mean_grey": 3.6}, "low": {"mean_grey": 1.0},
+              "high": {"mean_grey": 6.0}, "spread_quantile": 0.05}  # fmt: skip
+    page = shift_reference_html(record, {"mean_grey": 13.8})
+    assert "<th>training p5</th>" in page and "<th>training p95</th>" in page
+    assert "<td>1</td><td>3.6</td><td>6</td><td>13.8</td>" in page
+    assert "<td>–</td></tr>" in shift_reference_html(record, {})

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from engine.core.counts import MAX_SCALE, CountScale, counts_to_gray8
-from engine.core.dicom import DicomError, read_frame_counts
+from engine.core.dicom import DicomError, has_dicom_preamble, read_frame_counts
 
 MAX_SIDE_PX = 16384  # refuse larger images (decompression bombs); BS-80K images are 256 x 1024
 
@@ -36,23 +36,35 @@ def decode_gray8(data: bytes, scale: CountScale = MAX_SCALE) -> np.ndarray:
 def decode_scan(data: bytes, frame: int | None = None, scale: CountScale = MAX_SCALE) -> tuple[np.ndarray, float]:
     """Returns (uint8 (H, W), counts per grey level used) of image bytes or of one frame of a DICOM file.
 
-    DICOM is recognised by its `DICM` magic, or by `frame` being given (frame None means frame 0);
-    the frame's counts and an image file's 16-bit values go through the same `scale`.
+    The counts of `scan_counts`, through `scale` (engine/core/counts.py).
 
     Raises:
-        DecodeError: the image codes of decode_gray8, or the DICOM ones (`unreadable_dicom`, `bad_frames`).
+        DecodeError: the codes of scan_counts.
     """
-    if frame is not None or data[128:132] == b"DICM":
-        if len(data) == 0:
-            raise DecodeError("empty_file: 0 bytes")
-        try:
-            counts = read_frame_counts(io.BytesIO(data), frame or 0)
-        except DicomError as exc:
-            raise DecodeError(str(exc)) from exc
-        _check_side(counts)
-    else:
-        counts = decode_counts(data)
-    return counts_to_gray8(counts, scale)
+    return counts_to_gray8(scan_counts(data, frame), scale)
+
+
+def scan_counts(data: bytes, frame: int | None = None) -> np.ndarray:
+    """Returns the counts of image bytes or of one frame of a DICOM file, not yet scaled to grey levels.
+
+    DICOM is recognised by its `DICM` preamble, or by `frame` being given (frame None means frame 0): its counts
+    are engine.core.dicom.read_frame_counts' (rescaled, MONOCHROME1 reflected; uint8, uint16 or float32).
+    Image files give decode_counts' uint8 grey levels or uint16 counts.
+
+    Raises:
+        DecodeError: the image codes of decode_gray8, or the DICOM ones (`unreadable_dicom`, `bad_frames`,
+            `color_image`, `palette_color`, `bad_rescale`, `undecodable`).
+    """
+    if frame is None and not has_dicom_preamble(data):
+        return decode_counts(data)
+    if len(data) == 0:
+        raise DecodeError("empty_file: 0 bytes")
+    try:
+        counts = read_frame_counts(io.BytesIO(data), frame or 0)
+    except DicomError as exc:
+        raise DecodeError(str(exc)) from exc
+    _check_side(counts)
+    return counts
 
 
 def _check_side(image: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""HTML tables of `make report`: localisation metrics grouped and explained (``engine.core.metric_notes``), parameters.
+"""HTML tables of `make report`: localisation metrics grouped and explained (``engine.core.metric_notes``), parameters,
+the QC flag counts and the domain_shift reference.
 
 Plain functions from `loc_metrics` rows to HTML text; every value is escaped. Tables are narrow enough for an
 800 px page: one table per metric group, a column only for the methods that scored that group, counts under the
@@ -81,3 +82,45 @@ def parameters(loc: pd.DataFrame, run_dir: str) -> pd.DataFrame:
     source = [("this run" if not s or s == run_dir else PurePosixPath(str(s)).name) for s in rows["source_run"]]
     shown = rows[["box_size", "nms_iou", "min_score", "max_boxes", "cutoff", "tuned_on"]]
     return shown.assign(canvas=canvas, run=source)
+
+
+QC_NOTES = {  # QC flag -> what it means, for the report's QC table (engine/core/qc.py, engine/stages/common.py)
+    "noise_frame": "no body: detector noise or a blank frame (no smooth body-shaped blob)",
+    "low_count": "fewer counts per body pixel than qc.low_count_per_px (true counts where the file has them)",
+    "small_body": "body shorter than qc.small_body_height of the frame (a child, or a partial scan)",
+    "body_cut": "body touches the top or bottom edge of the frame",
+    "domain_shift": "unlike the images the scoring model was trained on (make cam with model.from_run)",
+    "view_mismatch": "not the view the model was trained on, scored anyway (model.other_views=score)",
+}
+
+
+def qc_counts_html(indexed: dict[str, int], scored: dict[str, int], images: int, scored_images: int) -> str:
+    """Returns the QC table: per flag (QC_NOTES order, then any other) the indexed and the scored images flagged.
+
+    Args:
+        indexed: flag -> indexed images flagged (the qc table); images: indexed images with a qc row.
+        scored: flag -> scored images flagged (preds.qc_flags); scored_images: images with a prediction.
+    """
+    flags = [f for f in QC_NOTES if f in indexed or f in scored] + sorted((set(indexed) | set(scored)) - set(QC_NOTES))
+    lines = []
+    for flag in flags:
+        counts = "".join(f"<td>{table[flag]}</td>" if flag in table else "<td>–</td>" for table in (indexed, scored))
+        name, note = html.escape(flag), html.escape(QC_NOTES.get(flag, ""))
+        lines.append(f'<tr><td class="name"><code>{name}</code></td>{counts}<td class="text">{note}</td></tr>')
+    head = (f"<tr><th>flag</th><th>indexed images<br><small>of {images}</small></th><th>scored images<br><small>of "
+            f"{scored_images}</small></th><th>meaning</th></tr>")  # fmt: skip
+    return f'<table class="loc qc">{head}{"".join(lines)}</table>'
+
+
+def shift_reference_html(record: dict, here: dict[str, float]) -> str:
+    """Returns the domain_shift reference as a table: per statistic the training images' median and side quantiles
+    (engine.core.qc.ShiftReference.to_dict) beside the scored images' median (`here`: stat -> value)."""
+    q = float(record.get("spread_quantile", 0.05))
+    head = (f"<tr><th>statistic</th><th>training p{100 * q:g}</th><th>training median</th>"
+            f"<th>training p{100 * (1 - q):g}</th><th>scored median</th></tr>")  # fmt: skip
+    lines = []
+    for name in record["stats"]:
+        values = (record["low"][name], record["median"][name], record["high"][name], here.get(name, float("nan")))
+        cells = "".join(f"<td>{v:.3g}</td>" if pd.notna(v) else "<td>–</td>" for v in values)
+        lines.append(f'<tr><td class="name"><code>{html.escape(name)}</code></td>{cells}</tr>')
+    return f'<table class="loc">{head}{"".join(lines)}</table>'

@@ -32,6 +32,7 @@ class ImageQuery:
     filters: dict[str, str] = field(default_factory=dict)  # column -> exact value (FILTERS)
     text: str = ""  # substring of image_id (case-insensitive)
     has_qc: bool = False  # only images with a QC flag
+    qc_flag: str = ""  # only images with this QC flag (noise_frame, ..., domain_shift)
 
 
 def parse_query(args: Mapping[str, str]) -> ImageQuery:
@@ -44,7 +45,7 @@ def parse_query(args: Mapping[str, str]) -> ImageQuery:
     filters = {k: str(args[k]) for k in FILTERS if args.get(k)}
     return ImageQuery(sort=sort if sort in SORTABLE else "image_id", descending=args.get("order") == "desc",
                       page=page, filters=filters, text=str(args.get("q", "")).strip(),
-                      has_qc=args.get("qc") == "1")  # fmt: skip
+                      has_qc=args.get("qc") == "1", qc_flag=str(args.get("qc_flag", "")).strip())  # fmt: skip
 
 
 STYLE = """body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:13px}
@@ -52,7 +53,7 @@ td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f3f3f3}th a{color:#03
 form{margin:8px 0}form label{margin-right:10px}.views{display:flex;gap:24px;align-items:flex-start;overflow-x:auto}
 .view{flex:none}
 .view img{border:1px solid #999;margin-right:6px;image-rendering:pixelated}.key span{display:inline-block;width:16px;
-height:10px;margin:0 4px 0 12px}.missing{color:#a33}"""
+height:10px;margin:0 4px 0 12px}.missing{color:#a33}td.qc-flagged{background:#ffe0b3;color:#8a4b00}"""
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("browse_templates")), autoescape=True,
                           undefined=jinja2.StrictUndefined)
@@ -68,10 +69,13 @@ def _url(args: dict[str, str | int]) -> str:
 
 
 def table_page(
-    rows: pd.DataFrame, total: int, query: ImageQuery, choices: dict, page_size: int, note: str, has_qc: bool
-) -> str:
-    """Returns the HTML of the image table: filter form, sortable headers (click again: reverse), page links."""
-    base: dict[str, str | int] = {**query.filters, "q": query.text, "qc": "1" if query.has_qc else ""}
+    rows: pd.DataFrame, total: int, query: ImageQuery, choices: dict, page_size: int, note: str, has_qc: bool,
+    qc_flags: list[str] | None = None,
+) -> str:  # fmt: skip
+    """Returns the HTML of the image table: filter form (`qc_flags`: the QC flag filter's choices), sortable headers
+    (click again: reverse), page links; QC-flagged rows are marked."""
+    base: dict[str, str | int] = {**query.filters, "q": query.text, "qc": "1" if query.has_qc else "",
+                                  "qc_flag": query.qc_flag}  # fmt: skip
     order = "desc" if query.descending else "asc"
     sort_urls = {key: _url({**base, "sort": key, "order": "asc" if query.sort == key and query.descending
                             or query.sort != key else "desc"}) for key, _ in COLUMNS}  # fmt: skip
@@ -82,7 +86,7 @@ def table_page(
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")
     return TABLE.render(title="Run images", style=STYLE, note=note, choices=choices, query=query, total=total,
                         pages=pages, prev_url=prev_url, next_url=next_url, columns=COLUMNS, sort_urls=sort_urls,
-                        rows=records, has_qc=has_qc)  # fmt: skip
+                        rows=records, has_qc=has_qc, qc_flags=qc_flags or [])  # fmt: skip
 
 
 def image_page(title: str, views: list[dict]) -> str:

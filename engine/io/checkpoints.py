@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
     """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path.
 
-    The info gains `cell_centre` (``probe_cell_centre``) unless the caller gave one.
+    The info gains `cell_centre` (``probe_cell_centre``) unless the caller gave one. A trained classifier's info
+    carries its contract (engine/core/contract.py `contract_info`: `contract`, `cam_settings`, `threshold`), which
+    `make cam` and `make infer` read back from best.json before they score (engine/stages/common.py scoring_config).
     """
     if "cell_centre" not in info:
         info = {**info, "cell_centre": probe_cell_centre(model, model_stride(model, info))}

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from engine.core.counts import CountScale
-from engine.core.decode import DecodeError, decode_scan
+from engine.core.counts import CountScale, counts_to_gray8
+from engine.core.decode import DecodeError, scan_counts
 from engine.core.dicom import split_frame_path
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,29 @@ def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.
 
     A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); `relative` never leaves `root`.
     """
+    counts, error = load_counts(fs, root, relative)
+    if counts is None:
+        return None, float("nan"), error
+    image, factor = counts_to_gray8(counts, scale)
+    return image, factor, ""
+
+
+def load_counts(fs: Any, root: str, relative: str) -> tuple[np.ndarray | None, str]:
+    """Returns (counts (H, W) or None, error "" or `reason: detail`) of one path, before any count rule.
+
+    The counts of engine.core.decode.scan_counts: a DICOM frame's rescaled counts, an image file's 16-bit
+    counts or 8-bit grey levels.
+    """
     file, frame = split_frame_path(relative)
     try:
         with fs.open_input_file(safe_relative_path(root, file)) as handle:
-            image, factor = decode_scan(handle.read(), frame, scale)
-        return image, factor, ""
+            return scan_counts(handle.read(), frame), ""
     except DecodeError as exc:
-        return None, float("nan"), str(exc)
+        return None, str(exc)
     except FileNotFoundError:
-        return None, float("nan"), f"missing_file: {relative}"
+        return None, f"missing_file: {relative}"
     except OSError as exc:
-        return None, float("nan"), f"read_error: {type(exc).__name__}: {exc}"
+        return None, f"read_error: {type(exc).__name__}: {exc}"
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -1,7 +1,9 @@
 """The index stage's frames: their columns and dtypes, the accumulator every layout fills, and IndexResult.
 
-`lines_listed` counts the inputs read: label lines (bs80k), image files (images) or DICOM frames plus
-DICOM files that yielded none (dicom). Accounting: `lines_listed == len(index) + len(listing_errors())`.
+`lines_listed` counts the inputs read: label lines (bs80k), image files (images) or DICOM frames kept, plus one
+per DICOM file refused or left out as a whole and one per group of its frames left out (dicom). Accounting:
+`lines_listed == len(index) + len(listing_errors())`; of those rows, the ones whose code is in SKIP_CODES were left
+out on purpose (a dynamic study, a secondary energy window: `listing_account` counts them as skipped, not errors).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from engine.core.dicom import SKIP_CODES, reason_code
 from engine.core.parsing import STAGE, ParseError
 from engine.io.data_tree import DataTree
 
@@ -49,6 +52,14 @@ class IndexResult:
         if self.layout == BS80K_LAYOUT:
             return self.errors[self.errors["line"].notna()]
         return self.errors[self.errors["image_id"].isna()]
+
+    def listing_account(self) -> tuple[pd.Series, dict[str, int]]:
+        """Returns (reasons of the listing rows that are errors, listing rows left out on purpose per SKIP_CODES
+        code): rows in = len(index) + len(errors) + sum(skipped)."""
+        listing = self.listing_errors()["reason"]
+        skipped = listing.map(reason_code).isin(SKIP_CODES)
+        by_code = listing[skipped].map(reason_code).value_counts().sort_index()
+        return listing[~skipped], {str(code): int(count) for code, count in by_code.items()}
 
 
 @dataclass

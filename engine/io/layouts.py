@@ -3,9 +3,13 @@
 - `images`: every JPEG/PNG/TIFF (8 or 16 bit) anywhere under the root is one row, `label` null. The view comes
   from `view_pattern` on the relative path (`unknown` when it does not match), the patient from
   `patient_pattern` (default: the file stem). A VOC XML with the image's stem beside it gives gt boxes.
-- `dicom`: every `.dcm` file is read up to its pixel data (engine/core/dicom.py) and gives one row per frame, path
-  `<file>#<frame>`, view from the DICOM view code, patient from PatientID (else as in `images`), pixel spacing
-  and study date kept. Non-NM and unreadable files become error rows with a reason code.
+- `dicom`: every DICOM file (a `.dcm`/`.dicom` name, or the PS3.10 `DICM` preamble whatever the name: media
+  exports name files `IM000000`) is read up to its pixel data (engine/core/dicom.py) and gives one row per static
+  whole-body frame of its primary energy window, path `<file>#<frame>`, view from the DICOM view code, patient
+  from PatientID (else as in `images`), pixel spacing and study date kept. Derived objects (Secondary Captures,
+  colour, palette, DERIVED/SECONDARY), non-NM, unreadable and extensionless non-DICOM files are error rows;
+  dynamic/gated/tomographic files, secondary energy windows and DICOMDIRs are skip rows (SKIP_CODES), each with
+  its reason code.
 
 Walks list folders only through the data tree (engine/io/data_tree.py): entries resolving outside the data root
 are error rows, never opened or listed; a folder reached twice (a symlink loop) is listed once.
@@ -18,7 +22,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
 
 from engine.config_sections import DEFAULT_VIEW_PATTERN
-from engine.core.dicom import UNKNOWN_VIEW, DicomError, DicomFrame, is_dicom_name, read_nm_frames
+from engine.core.dicom import (
+    PREAMBLE_BYTES,
+    UNKNOWN_VIEW,
+    DicomError,
+    DicomFrame,
+    NmStudy,
+    has_dicom_preamble,
+    is_dicom_name,
+    read_nm_study,
+)
 from engine.core.parsing import parse_voc_xml
 from engine.io.data_tree import TreeEntry, read_image_size
 from engine.io.index_tables import IndexAccumulator
@@ -178,31 +191,57 @@ def _add_boxes(acc: IndexAccumulator, rel: str, xml_rel: str, row: dict, data: b
 
 
 def _visit_dicom_folder(acc: IndexAccumulator, patterns: _Patterns, relative: str, entries: dict) -> None:
-    """Adds one row per frame of every NM DICOM file of one folder; other files become error rows."""
+    """Adds one row per kept frame of every DICOM file of one folder; the rest become error or skip rows.
+
+    A file is DICOM by its name (`.dcm`, `.dicom`) or by its PS3.10 preamble, whatever its name; hidden files
+    (`.name`) are not inputs. A file that is neither and has no extension (`IM000000` beside DICOM) is a
+    `not_dicom` error row; one with another extension (`README.txt`, a thumbnail) is not an input.
+    """
     files = {}
     for name, entry in entries.items():
         rel = f"{relative}/{name}" if relative else name
-        if entry.is_file and is_dicom_name(name) and not _unsafe_file(acc, rel, entry):
-            files[rel] = entry.path
-    for rel, frames in zip(files, acc.pool.map(lambda path: _read_frames(acc, path), files.values()), strict=True):
-        if isinstance(frames, str):
-            acc.lines_listed += 1
-            acc.error(rel, frames)
+        if entry.is_file and not name.startswith(".") and not _unsafe_file(acc, rel, entry):
+            files[rel] = (name, entry.path)
+    read = acc.pool.map(lambda item: _read_study(acc, *item), files.values())
+    for rel, study in zip(files, read, strict=True):
+        if study is None:
             continue
-        acc.lines_listed += len(frames)
-        for frame in frames:
-            _add_frame(acc, patterns, relative, rel, frame, single=len(frames) == 1)
+        if isinstance(study, str):
+            acc.lines_listed += 1
+            acc.error(rel, study)
+            continue
+        acc.lines_listed += len(study.frames) + len(study.left_out)
+        for reason in study.left_out:
+            acc.error(rel, reason)
+        for frame in study.frames:
+            _add_frame(acc, patterns, relative, rel, frame, single=len(study.frames) == 1)
 
 
-def _read_frames(acc: IndexAccumulator, path: str) -> list[DicomFrame] | str:
-    """Returns a DICOM file's frames, or the reason it has none; runs on the read pool."""
+def _read_study(acc: IndexAccumulator, name: str, path: str) -> NmStudy | str | None:
+    """Returns a DICOM file's kept frames, the reason it has none, or None for a named non-DICOM file; runs on the
+    read pool. Only the first PREAMBLE_BYTES of a file without a DICOM extension are read to tell."""
     try:
         with acc.tree.open(path) as handle:
-            return read_nm_frames(handle)
+            if not is_dicom_name(name):
+                head = handle.read(PREAMBLE_BYTES)
+                if not has_dicom_preamble(head):
+                    return _not_dicom(name, len(head))
+                handle.seek(0)
+            return read_nm_study(handle)
     except DicomError as exc:
         return str(exc)
     except OSError as exc:
         return f"unreadable_file: {exc.strerror or exc}"
+
+
+def _not_dicom(name: str, size: int) -> str | None:
+    """Returns the not_dicom reason of a file without a DICOM preamble when its name has no extension (as PS3.10
+    media files have none), else None (not an input of the dicom layout)."""
+    suffix = PurePosixPath(name).suffix
+    if suffix and not suffix[1:].isdigit():  # `1.2.840.5.77` (a UID as the name) has no real extension either
+        return None
+    head = "fewer than 132 bytes" if size < PREAMBLE_BYTES else "no 'DICM' at byte 128"
+    return f"not_dicom: no extension and {head}: not a DICOM PS3.10 file; not indexed"
 
 
 def _add_frame(

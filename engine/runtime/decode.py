@@ -17,10 +17,11 @@ from engine.core.batch_columns import (
     body_canvas_columns,
     row_slices,
 )
-from engine.core.counts import CountScale, parse_count_scale
+from engine.core.counts import CountScale, counts_to_gray8, parse_count_scale
+from engine.core.dicom import split_frame_path
 from engine.core.letterbox import letterbox
 from engine.core.qc import QcThresholds, image_qc, qc_row
-from engine.io.fs import load_scan, resolve_fs
+from engine.io.fs import load_counts, load_scan, resolve_fs
 from engine.io.indexing import WHOLE_BODY_PART
 
 
@@ -139,19 +140,31 @@ def qc_batch(
 ) -> dict[str, np.ndarray]:
     """Ray Data UDF: index rows -> one `qc` row each as columns, plus `error` ("" or `reason: detail`) and `path`.
 
-    Images are read as the model stream reads them (engine.io.fs.load_scan, the same `data.count_scale` rule).
-    Rows whose `part` names a region crop get only the flags that apply to a crop (engine.core.qc.image_qc).
+    Each scan is read once: its counts (engine.io.fs.load_counts), then the grey image the model stream sees
+    (the same `data.count_scale` rule). The count statistics use the true counts of 16-bit files and DICOM frames
+    (`count_unit` counts), scaled by the index's pixel spacing where it has one; 8-bit files only have their grey
+    levels. Rows whose `part` names a region crop get only the flags that apply to a crop (engine.core.qc.image_qc).
     """
     fs, root = resolve_fs(data_root)
     scale = parse_count_scale(count_scale)
     rows, errors = [], []
-    parts = batch["part"] if "part" in batch else np.full(len(batch["image_id"]), None)
-    for image_id, folder, relative, part in zip(batch["image_id"], batch["folder"], batch["path"], parts, strict=True):
-        image, _, error = load_scan(fs, root, str(relative), scale)
+    n = len(batch["image_id"])
+    parts = batch["part"] if "part" in batch else np.full(n, None)
+    spacing = [np.asarray(batch[k], dtype=np.float64) if k in batch else np.full(n, np.nan)
+               for k in ("pixel_spacing_y_mm", "pixel_spacing_x_mm")]  # fmt: skip
+    for i, relative in enumerate(batch["path"]):
+        counts, error = load_counts(fs, root, str(relative))
+        image_id, folder, part = batch["image_id"][i], batch["folder"][i], parts[i]
         whole_body = part is None or part != part or part == WHOLE_BODY_PART  # clinic layouts: no part (None/NaN)
+        is_dicom_frame = split_frame_path(str(relative))[1] is not None
+        pixel_mm = (spacing[0][i], spacing[1][i]) if np.isfinite([spacing[0][i], spacing[1][i]]).all() else None
         try:
-            qc = None if image is None else image_qc(image, thresholds, whole_body)
-        except ValueError as exc:  # an image QC cannot measure (not 2-D uint8)
+            qc = None
+            if counts is not None:
+                image = counts_to_gray8(counts, scale)[0]
+                true_counts = counts if counts.dtype != np.uint8 or is_dicom_frame else None
+                qc = image_qc(image, thresholds, whole_body, counts=true_counts, pixel_mm=pixel_mm)
+        except ValueError as exc:  # an image QC cannot measure (not 2-D)
             qc, error = None, f"bad_image: {exc}"
         rows.append(qc_row(str(image_id), str(folder), qc) if qc is not None else {"image_id": str(image_id)})
         errors.append(error)

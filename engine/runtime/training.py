@@ -21,6 +21,7 @@ from torch import nn
 
 from engine.config import Config
 from engine.core.augment import augment
+from engine.core.contract import contract_info
 from engine.core.metrics import binary_metrics
 from engine.core.model import arch_info, bf16_autocast, build_classifier, canvas_to_unit, imagenet_normalize
 from engine.io.checkpoints import save_model
@@ -163,7 +164,8 @@ def record_epoch(parts: list[EpochOutputs], ctx: dict, state: dict, seconds: flo
     if is_best:
         state.update(best_auc=auc, best_epoch=ctx["epoch"])
         info = {**arch_info(cfg.model), "epoch": ctx["epoch"], "val_auc": auc, "run_id": ctx["run_id"],
-                "canvas_h": cfg.canvas.height, "canvas_w": cfg.canvas.width, "view": cfg.data.view}  # fmt: skip
+                "canvas_h": cfg.canvas.height, "canvas_w": cfg.canvas.width, "view": cfg.data.view,
+                **contract_info(cfg)}  # fmt: skip
         save_model(cfg.run.dir, _unwrap(ctx["model"]), info)
     return metrics
 

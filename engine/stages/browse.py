@@ -35,11 +35,11 @@ log = logging.getLogger(__name__)
 
 READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
 def qc_sql(columns: list[str]) -> str:
-    """Returns the SELECT of per-image QC flags (the raised flags' names, comma-separated; NULL when none)."""
+    """Returns the SELECT of each image's qc-table flags: the raised flags' names as a list (QC_FLAGS order)."""
     cases = ", ".join(f"CASE WHEN \"{flag}\" THEN '{flag}' END" for flag in QC_FLAGS if flag in columns)
     if not cases:
-        return "SELECT image_id, NULL::VARCHAR AS qc FROM t_qc"
-    return f"SELECT image_id, nullif(concat_ws(', ', {cases}), '') AS qc FROM t_qc"
+        return "SELECT image_id, []::VARCHAR[] AS flags FROM t_qc"
+    return f"SELECT image_id, list_filter([{cases}], lambda f: f IS NOT NULL) AS flags FROM t_qc"
 
 
 def duckdb_schema(schema: pa.Schema) -> pa.Schema:
@@ -55,8 +55,12 @@ _PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.
 SCORED_SQL = f"""
 CREATE OR REPLACE TEMP VIEW scored AS
 WITH pred AS (
-  SELECT image_id, y_prob FROM t_preds WHERE stage IN ('cam', 'infer')
+  SELECT image_id, y_prob, qc_flags FROM t_preds WHERE stage IN ('cam', 'infer')
   QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY (stage = 'cam') DESC) = 1),
+flag AS (  -- the qc table's flags, then the ones scoring added (domain_shift, view_mismatch)
+  SELECT i.image_id, list_concat(coalesce(q.flags, []::VARCHAR[]), list_filter(coalesce(p.qc_flags, []::VARCHAR[]),
+         lambda f: NOT list_contains(coalesce(q.flags, []::VARCHAR[]), f))) AS qc_list
+  FROM t_index i LEFT JOIN qc_flags q ON q.image_id = i.image_id LEFT JOIN pred p ON p.image_id = i.image_id),
 best AS (
   SELECT image_id, {_PIXEL.format(c="x1_orig")} AS bx1, {_PIXEL.format(c="y1_orig")} AS by1,
          {_PIXEL.format(c="x2_orig")} AS bx2, {_PIXEL.format(c="y2_orig")} AS by2
@@ -74,11 +78,12 @@ SELECT i.image_id, i.folder, i.view, i.patient_id, i.part, i.side, i.path, s.spl
        ELSE CASE WHEN i.label = 1 THEN 'FN' ELSE 'TN' END END AS outcome,
   CASE WHEN coalesce(gt.n_abnormal, 0) = 0 THEN NULL WHEN b.image_id IS NULL THEN 'no box'
        WHEN h.is_hit THEN 'hit' ELSE 'miss' END AS best_box,
-  coalesce(gt.n_abnormal, 0) AS n_abnormal, coalesce(gt.n_normal, 0) AS n_normal, q.qc
+  coalesce(gt.n_abnormal, 0) AS n_abnormal, coalesce(gt.n_normal, 0) AS n_normal,
+  nullif(array_to_string(f.qc_list, ', '), '') AS qc
 FROM t_index i CROSS JOIN run_thr thr
 LEFT JOIN t_splits s ON s.image_id = i.image_id LEFT JOIN pred p ON p.image_id = i.image_id
 LEFT JOIN best b ON b.image_id = i.image_id LEFT JOIN gt ON gt.image_id = i.image_id
-LEFT JOIN hit h ON h.image_id = i.image_id LEFT JOIN qc_flags q ON q.image_id = i.image_id
+LEFT JOIN hit h ON h.image_id = i.image_id LEFT JOIN flag f ON f.image_id = i.image_id
 """
 
 
@@ -105,7 +110,7 @@ class RunCatalog:
             self.con.register("t_qc", qc)
             self.con.execute(f"CREATE TEMP VIEW qc_flags AS {qc_sql(qc.schema.names)}")
         else:
-            self.con.execute("CREATE TEMP VIEW qc_flags AS SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS qc")
+            self.con.execute("CREATE TEMP VIEW qc_flags AS SELECT NULL::VARCHAR AS image_id, []::VARCHAR[] AS flags")
         self.con.execute("CREATE TEMP TABLE run_thr AS SELECT ?::DOUBLE AS value", [thr])
         self.con.execute(SCORED_SQL)
 
@@ -124,6 +129,9 @@ class RunCatalog:
             params.append(f"%{query.text}%")
         if query.has_qc:
             where.append("qc IS NOT NULL")
+        if query.qc_flag:
+            where.append("list_contains(string_split(coalesce(qc, ''), ', '), ?)")
+            params.append(query.qc_flag)
         if query.sort not in SORTABLE:
             raise ValueError(f"sort={query.sort!r}: expected one of {SORTABLE}")
         clause = " AND ".join(where)
@@ -139,6 +147,11 @@ class RunCatalog:
             sql = f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored WHERE {column} IS NOT NULL ORDER BY 1"
             out[column] = self._frame(sql, [])["v"].tolist()
         return out
+
+    def qc_flags(self) -> list[str]:
+        """Returns the QC flags raised on any image (the `QC flag` filter's choices)."""
+        sql = "SELECT DISTINCT f AS v FROM (SELECT unnest(string_split(qc, ', ')) AS f FROM scored) ORDER BY 1"
+        return self._frame(sql, [])["v"].tolist()
 
     def patient_views(self, image_id: str) -> pd.DataFrame:
         """Returns the scored rows of `image_id` and of its patient's other view (same part and side), by view."""
@@ -222,7 +235,8 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     def table() -> str:
         query = parse_query(request.args)
         rows, total = catalog.images(query, browse.page_size)
-        return table_page(rows, total, query, catalog.choices(), browse.page_size, note, catalog.has_qc)
+        return table_page(rows, total, query, catalog.choices(), browse.page_size, note, catalog.has_qc,
+                          catalog.qc_flags())  # fmt: skip
 
     @app.get("/image/<path:image_id>")
     def image(image_id: str) -> str:

@@ -8,51 +8,66 @@ from typing import Any
 import pandas as pd
 
 from engine.config import Config
-from engine.core.qc import SHIFT_STATS, domain_shift
+from engine.core.qc import ShiftReference, domain_shift
 from engine.io.overlays import OverlayCollector
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.cam_stream import CAM_TABLES, stream_to_tables
 from engine.stages.common import (
     StageRun,
+    add_skipped,
     adopt_threshold,
     box_params,
     cam_settings,
+    flag_images,
     flags_by_image,
     min_prob,
+    model_qc_reference,
+    model_run_dir,
+    off_view_ids,
     run_id,
+    scoring_config,
+    scoring_extras,
     select_rows,
+    trained_view_only,
     unsplit,
-    view_folders,
+    write_qc_reference,
 )
 
 log = logging.getLogger(__name__)
 
 
 def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dict[str, str]:
-    """With `model.from_run`: adds `domain_shift` to the QC flags of images whose statistics (core.qc.SHIFT_STATS)
-    lie outside the range of the model's training images; returns the summary lines (the count, both medians)."""
-    reference, here = read_table(cfg.model.from_run, "qc"), read_table(cfg.run.dir, "qc")
-    splits = read_table(cfg.model.from_run, "splits")
-    if reference.empty or here.empty or splits.empty:
-        return {"domain_shift": "not checked: a qc table is missing here or in model.from_run"}
-    trained = reference.drop(columns=["split"], errors="ignore").merge(splits[["image_id", "split"]], on="image_id")
-    trained = trained[(trained["split"] == "train") & trained["folder"].isin(view_folders(cfg.data.view))]
+    """With `model.from_run`: adds `domain_shift` to the QC flags of the images unlike the model's training images
+    (engine.core.qc.domain_shift against `model_qc_reference`: the images that model was trained on, after its
+    qc.exclude), writes that reference to `<run.dir>/qc_reference.json`; returns the summary lines."""
+    record, here = model_qc_reference(cfg), read_table(cfg.run.dir, "qc")
+    if record is None or here.empty:
+        return {"domain_shift": "not checked: a qc table is missing here, or model.from_run has no qc table, splits "
+                                "or trained images with QC statistics"}  # fmt: skip
+    reference = ShiftReference.from_dict(record)
+    here = here.drop_duplicates("image_id")
     here = here[here["image_id"].isin(list(flags))]
-    shifted = domain_shift(
-        {k: here[k].to_numpy() for k in SHIFT_STATS}, {k: trained[k].to_numpy() for k in SHIFT_STATS}
-    )
+    stats = {k: here[k].to_numpy(dtype="float64") for k in reference.stats}
+    shifted = domain_shift(stats, reference)
     for image_id in here.loc[shifted, "image_id"]:
         flags[image_id] = [*(flags.get(image_id) or []), "domain_shift"]
-    medians = ", ".join(f"{k} {here[k].median():.3g} / {trained[k].median():.3g}" for k in SHIFT_STATS)
+    where = write_qc_reference(cfg.run.dir, {**record, "model_run": model_run_dir(cfg)})
+    medians = ", ".join(f"{k} {here[k].median():.3g} / {m:.3g}" for k, m in zip(reference.stats, reference.median,
+                                                                                  strict=True))  # fmt: skip
     return {"domain_shift": f"{int(shifted.sum())} of {len(here)} images outside the training images' range",
+            "domain_shift_reference": f"{reference.images} training images of {model_run_dir(cfg)} (split train, "
+                                      f"after qc.exclude), {reference.train_flagged} of them above the threshold "
+                                      f"{reference.threshold:.3g}: {where}",
             "median here / training": medians}  # fmt: skip
 
 
 def cam_rows(cfg: Config, whole: bool | None = None) -> pd.DataFrame:
     """Returns the rows `make cam` scores: the trained view's `cam.split`, or the whole index.
 
-    A run without splits scored with `model.from_run` scores its whole index (cam.scope=all implied).
+    A run without splits scored with `model.from_run` scores its whole index (cam.scope=all implied). Rows of another
+    or unknown view are left out (counted in `rows.attrs["skipped"]`) unless `model.other_views=score`; `cam.limit`
+    keeps the first that many rows scored (common.trained_view_only).
     """
     if cfg.cam.scope not in ("split", "all"):
         raise ValueError(f"cam.scope={cfg.cam.scope!r}: expected 'split' or 'all'")
@@ -60,29 +75,38 @@ def cam_rows(cfg: Config, whole: bool | None = None) -> pd.DataFrame:
         rows = select_rows(cfg, None, False, qc_exclude=False)
     else:
         rows = select_rows(cfg, (cfg.cam.split,), qc_exclude=False)
-    return rows.head(cfg.cam.limit) if cfg.cam.limit else rows
+    return trained_view_only(cfg, rows, cfg.cam.limit)
 
 
 def run_cam(cfg: Config) -> StageSummary:
-    """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors."""
+    """One streaming pass: probability, CAM and pseudo boxes per image -> preds/heatmaps/boxes/meta/errors.
+
+    The model's contract (model/best.json) sets the canvas, view and count rule where the config leaves them at their
+    defaults (common.scoring_config); rows of another or unknown view are skipped `view_mismatch` (or, with
+    `model.other_views=score`, scored and flagged); the run's threshold becomes the scoring model's.
+    """
+    cfg, contract = scoring_config(cfg)
     whole = unsplit(cfg)
     rows = cam_rows(cfg, whole)
-    adopt_threshold(cfg)
+    off_view = off_view_ids(cfg, rows)  # none unless model.other_views=score
+    threshold = adopt_threshold(cfg)
     overlays = OverlayCollector(cfg, rows["image_id"].tolist())
     ctx: dict[str, Any] = {
         "run_id": run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": min_prob(cfg),
-        "overlays": overlays, "qc_flags": flags_by_image(rows),
+        "overlays": overlays, "qc_flags": flag_images(flags_by_image(rows), off_view),
     }  # fmt: skip
     checks = training_range_check(cfg, ctx["qc_flags"]) if cfg.model.from_run else {}
     scope = "all" if whole else cfg.cam.scope
     split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
     with StageRun(cfg, "cam", CAM_TABLES, overwrite=cfg.run.overwrite, split=split) as run:
         stream_to_tables(cfg, run.writer, run.summary, rows, cam_settings(cfg, with_cam=True), ctx)
+        run.summary.rows_in += add_skipped(run.summary, rows)  # view_mismatch: selected, not scored
         run.commit()
         run.summary.extra["scope"] = scope
         run.summary.extra.update(checks)
         if cfg.model.from_run:
             run.summary.extra["model_from_run"] = cfg.model.from_run
+        run.summary.extra.update(scoring_extras(contract, threshold, off_view))
     return run.summary
 
 

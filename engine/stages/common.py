@@ -4,19 +4,24 @@ selected threshold and the error rows; every stage imports these from here, neve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
+import yaml
 
 from engine.config import Config, dump_config
 from engine.core.batch_columns import (
     QC_BODY_COLUMNS,
 )
 from engine.core.boxes import BoxParams
+from engine.core.contract import apply_contract, trained_views
 from engine.core.metrics import binary_metrics
+from engine.core.qc import SHIFT_STATS, fit_shift_reference
 from engine.io.fs import resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table, write_part
@@ -70,6 +75,69 @@ def qc_flag_lists(rows: pd.DataFrame) -> list[list[str] | None]:
     known = rows[QC_FLAGS[0]].notna().to_numpy()
     raised = [[f for f in QC_FLAGS if bool(rows[f].iloc[i])] if known[i] else None for i in range(len(rows))]
     return raised
+
+
+QC_REFERENCE_FILE = "qc_reference.json"  # <run.dir>/: the domain_shift reference its `make cam` flags were judged by
+
+
+def training_qc_reference(cfg: Config) -> dict[str, Any] | None:
+    """Returns the domain_shift reference (engine.core.qc.ShiftReference.to_dict, plus where it came from) of the
+    images `make train` trains on in `cfg.run.dir`: split train, data.view, after qc.exclude (select_rows); None
+    without a qc table, splits, or such an image with its statistics."""
+    qc = read_table(cfg.run.dir, "qc")
+    if qc.empty or read_table(cfg.run.dir, "splits").empty:
+        return None
+    rows = select_rows(cfg, ("train",))
+    stats = qc.drop_duplicates("image_id").set_index("image_id").reindex(rows["image_id"].astype(str))
+    reference = fit_shift_reference({name: stats[name].to_numpy(dtype=np.float64) for name in SHIFT_STATS})
+    if reference is None:
+        return None
+    return {**reference.to_dict(), "run": cfg.run.dir, "split": "train", "view": cfg.data.view,
+            "qc_exclude": list(cfg.qc.exclude), "left_out": dict(rows.attrs.get("skipped", {}))}  # fmt: skip
+
+
+def model_qc_reference(cfg: Config) -> dict[str, Any] | None:
+    """Returns the domain_shift reference of the model that scores this run (`model_run_dir`): the one recorded with
+    the model (`qc_reference` in `model/best.json`, or `model/qc_reference.json`: `make train` may write either with
+    `training_qc_reference`), else `training_qc_reference` of that run, with the data.view and qc.exclude its saved
+    `config/train.yaml` trained with (this config's where it has none)."""
+    run_dir = model_run_dir(cfg)
+    recorded = (model_info(run_dir) or {}).get("qc_reference") or read_qc_reference(f"{run_dir.rstrip('/')}/model")
+    if recorded:
+        return dict(recorded)
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/config/train.yaml") as stream:
+            saved = yaml.safe_load(stream.read()) or {}
+    except (FileNotFoundError, OSError, yaml.YAMLError):
+        saved = {}
+    view = (saved.get("data") or {}).get("view", cfg.data.view)
+    exclude = tuple((saved.get("qc") or {}).get("exclude", cfg.qc.exclude))
+    trained = dataclasses.replace(
+        cfg, run=dataclasses.replace(cfg.run, dir=run_dir), model=dataclasses.replace(cfg.model, from_run=""),
+        data=dataclasses.replace(cfg.data, view=view), qc=dataclasses.replace(cfg.qc, exclude=exclude),
+    )  # fmt: skip
+    return training_qc_reference(trained)
+
+
+def write_qc_reference(run_dir: str, record: dict[str, Any]) -> str:
+    """Writes `record` as `<run_dir>/qc_reference.json`; returns its path."""
+    fs, root = resolve_fs(run_dir)
+    fs.create_dir(root, recursive=True)
+    path = f"{root}/{QC_REFERENCE_FILE}"
+    with fs.open_output_stream(path) as out:
+        out.write(json.dumps(record, indent=2, default=str).encode())
+    return path
+
+
+def read_qc_reference(run_dir: str) -> dict[str, Any] | None:
+    """Returns `<run_dir>/qc_reference.json` (a run's: written by `make cam` with model.from_run), or None."""
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/{QC_REFERENCE_FILE}") as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def save_config(cfg: Config, stage: str) -> None:
@@ -193,6 +261,79 @@ def model_run_dir(cfg: Config) -> str:
     return cfg.model.from_run or cfg.run.dir
 
 
+def model_info(run_dir: str) -> dict[str, Any] | None:
+    """Returns the run's `model/best.json` (what `make train` recorded beside the weights), or None without one."""
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/model/best.json") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+
+
+def scoring_config(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """Returns (the config that scores with the model of `model_run_dir(cfg)`, what its contract changed or
+    overrode: key -> note), by engine/core/contract.py's `apply_contract` on the model's `model/best.json`.
+
+    Raises:
+        ContractError: the config contradicts the model (one line naming both values) without
+            model.override_contract; engine/preflight.py raises the same before Ray starts.
+    """
+    run_dir = model_run_dir(cfg)
+    info = model_info(run_dir)
+    if info is None:
+        return cfg, {}
+    return apply_contract(cfg, info, f"{run_dir.rstrip('/')}/model/best.json")
+
+
+VIEW_MISMATCH = "view_mismatch"  # a row of another or unknown view than the model's data.view (skip reason, QC flag)
+
+
+def trained_view_only(cfg: Config, rows: pd.DataFrame, limit: int = 0) -> pd.DataFrame:
+    """Returns the rows `make cam` / `make infer` score: with `model.other_views=skip` (the default) those whose index
+    `view` is one of `data.view`'s, the others (another view, `unknown`, null) counted in `rows.attrs["skipped"]`
+    as `view_mismatch` (StageSummary.add_skipped); with `score` all of them (off_view_ids: the ones to flag).
+
+    `limit` > 0 keeps the first `limit` rows scored; only the rows of other views before the last of them count.
+    """
+    skipped = dict(rows.attrs.get("skipped", {}))
+    if cfg.model.other_views == "score":
+        return rows.head(limit) if limit else rows
+    other = ~rows["view"].isin(trained_views(cfg)).to_numpy()
+    scored_at = np.flatnonzero(~other)
+    if limit and len(scored_at) > limit:
+        rows, other = rows.iloc[: scored_at[limit - 1] + 1], other[: scored_at[limit - 1] + 1]
+    kept = rows[~other].reset_index(drop=True)
+    skipped[VIEW_MISMATCH] = skipped.get(VIEW_MISMATCH, 0) + int(other.sum())
+    kept.attrs["skipped"] = skipped
+    return kept
+
+
+def off_view_ids(cfg: Config, rows: pd.DataFrame) -> set[str]:
+    """Returns the image ids of `rows` whose view is not one of `data.view`'s (flagged view_mismatch when scored)."""
+    return set(rows.loc[~rows["view"].isin(trained_views(cfg)).to_numpy(), "image_id"].astype(str))
+
+
+def flag_images(flags: dict[str, list[str] | None], image_ids: set[str], flag: str = VIEW_MISMATCH
+                ) -> dict[str, list[str] | None]:  # fmt: skip
+    """Returns `flags` (image_id -> QC flags, as flags_by_image) with `flag` added to each of `image_ids`."""
+    for image_id in image_ids:
+        flags[image_id] = [*(flags.get(image_id) or []), flag]
+    return flags
+
+
+def scoring_extras(contract: dict[str, str], threshold: str, off_view: set[str]) -> dict[str, Any]:
+    """Returns the summary lines of a scoring stage: what the model's contract set, the threshold, flagged views."""
+    extras: dict[str, Any] = {}
+    if contract:
+        extras["model_contract"] = contract
+    if threshold:
+        extras["threshold"] = threshold
+    if off_view:
+        extras[VIEW_MISMATCH] = f"{len(off_view)} images of another or unknown view scored (model.other_views=score)"
+    return extras
+
+
 def selected_threshold(run_dir: str) -> float:
     """Returns the threshold `make threshold` chose for `run_dir` (the last `thresholds` row): the one reader.
 
@@ -207,22 +348,53 @@ def selected_threshold(run_dir: str) -> float:
     return float(table["thr"].iloc[-1])
 
 
-def adopt_threshold(cfg: Config) -> None:
-    """Copies the threshold of `model.from_run` into this run (`thresholds`, `threshold.json` with `from_run`).
+def threshold_record(run_dir: str) -> dict[str, Any] | None:
+    """Returns the run's `threshold.json` (the chosen or adopted operating point), or None without one."""
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/threshold.json") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
 
-    A run scored with another run's model then holds the operating point its preds were scored at, so that
-    masks, evaluate, report and browse read it from the run itself. A run with its own threshold keeps it.
+
+def adopt_threshold(cfg: Config) -> str:
+    """Makes this run's threshold the one of the model that scores it; returns what it did (a summary line).
+
+    With `model.from_run`, that run's selected threshold (`thresholds`, `threshold.json` with `from_run`) is copied
+    here, replacing a threshold this run held from another model (its own, or another run's), so that masks,
+    evaluate, report and browse read the operating point its preds were scored at. Scored with its own model, the
+    run keeps its own threshold; one that names another run's model is reported (run `make threshold`).
     """
-    if not cfg.model.from_run or not read_table(cfg.run.dir, "thresholds").empty:
-        return
+    held = threshold_record(cfg.run.dir)
+    held_from = (held or {}).get("from_run", "")
+    if not cfg.model.from_run:
+        if held_from:
+            return f"threshold.json names the model of {held_from}, not this run's: run `make threshold` here"
+        return ""
     chosen = read_table(cfg.model.from_run, "thresholds")
     if chosen.empty:
         raise ValueError(f"model.from_run={cfg.model.from_run}: no selected threshold; run `make threshold` there")
-    write_part(cfg.run.dir, "thresholds", chosen.tail(1).reset_index(drop=True), "from_run")
-    record = {**chosen.iloc[-1].to_dict(), "from_run": cfg.model.from_run}
+    row = chosen.tail(1).reset_index(drop=True)
+    record = {**{k: _plain(v) for k, v in row.iloc[0].to_dict().items()}, "from_run": cfg.model.from_run}
+    mine = read_table(cfg.run.dir, "thresholds")["thr"].tolist()
+    if held_from == cfg.model.from_run and mine and np.allclose([*mine, held.get("thr", np.nan)], record["thr"]):
+        return f"thr {record['thr']:.4g} of {cfg.model.from_run}"
     fs, root = resolve_fs(cfg.run.dir)
+    if fs.get_file_info(f"{root}/tables/thresholds").type != pafs.FileType.NotFound:
+        fs.delete_dir(f"{root}/tables/thresholds")  # one row: the threshold of the model that scores this run
+    write_part(cfg.run.dir, "thresholds", row, "from_run")
     with fs.open_output_stream(f"{root}/threshold.json") as out:
-        out.write(json.dumps(record, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)).encode())
+        out.write(json.dumps(record, indent=2, default=str).encode())
+    if held is None:
+        return f"thr {record['thr']:.4g} adopted from {cfg.model.from_run}"
+    before = f"thr {float(held['thr']):.4g} of {held_from or 'this run'}" if "thr" in held else "the old threshold"
+    return f"thr {record['thr']:.4g} adopted from {cfg.model.from_run}, replacing {before}"
+
+
+def _plain(value: Any) -> Any:
+    """Returns a numpy scalar as its Python value (JSON), other values unchanged."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import fields
 from functools import partial
 
@@ -34,7 +35,10 @@ def run_index(cfg: Config) -> StageSummary:
         listing_errors = result.listing_errors()
         summary.rows_in = result.lines_listed
         summary.rows_ok = len(result.index)
-        summary.add_errors(listing_errors["reason"])
+        error_reasons, skipped = result.listing_account()  # skip rows: a dynamic study, a secondary energy window
+        summary.add_errors(error_reasons)
+        for code, count in skipped.items():
+            summary.add_skipped(code, count)
         run.commit()
         run_qc(cfg, result.index, summary)
         other = result.errors.drop(listing_errors.index)
@@ -70,13 +74,15 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
     writer.check(["qc", "errors"])
     account.rows_in = len(index)
     flags = dict.fromkeys(QC_FLAGS, 0)
+    units: Counter[str] = Counter()  # images whose count statistics are true counts / grey levels
     try:
         if len(index):
             init_ray(cfg.ray)
             udf = partial(
                 qc_batch, data_root=cfg.data.root, thresholds=qc_thresholds(cfg), count_scale=cfg.data.count_scale
             )
-            columns = [c for c in ("image_id", "folder", "path", "part") if c in index]
+            spacing = ("pixel_spacing_y_mm", "pixel_spacing_x_mm")  # DICOM: body_counts_per_px per 2.4 mm px
+            columns = [c for c in ("image_id", "folder", "path", "part", *spacing) if c in index]
             for batch in iter_results(row_stream(index[columns], cfg, udf)):
                 bad = batch["error"] != ""
                 n_bad = int(bad.sum())
@@ -88,13 +94,15 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
                 account.rows_ok += writer.write("qc", good)
                 for flag in QC_FLAGS:
                     flags[flag] += int(np.sum(good[flag].astype(bool)))
+                units.update(good["count_unit"].astype(str))
         for name in ("qc", "errors"):
             writer.rows.setdefault(name, 0)
     except BaseException:
         writer.abort()
         raise
     account.commit(writer)
-    summary.extra["qc"] = {"images": account.rows_ok, "errors": dict(account.errors), **flags}
+    summary.extra["qc"] = {"images": account.rows_ok, "errors": dict(account.errors), **flags,
+                           "count_unit": dict(sorted(units.items()))}  # fmt: skip
 
 
 def _typed_qc_rows(columns: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -103,6 +111,8 @@ def _typed_qc_rows(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     for name in QC_FLAGS:
         frame[name] = frame[name].astype(bool)
     frame["total_counts"] = frame["total_counts"].astype("int64")
+    for name in ("body_counts_per_px", "shape_snr", "roughness"):
+        frame[name] = pd.to_numeric(frame[name]).astype("float64")  # None (no body) -> NaN
     for name in ("body_x1", "body_y1", "body_x2", "body_y2"):
         frame[name] = pd.to_numeric(frame[name]).astype("Int32")
     return frame

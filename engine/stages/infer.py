@@ -5,45 +5,61 @@ from __future__ import annotations
 import pandas as pd
 
 from engine.config import Config
+from engine.core.contract import trained_views
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table, write_part
 from engine.runtime.cam_stream import stream_to_tables
 from engine.stages.common import (
     UNSPLIT,
     StageRun,
+    add_skipped,
     adopt_threshold,
     cam_settings,
+    flag_images,
     flags_by_image,
     model_run_dir,
+    off_view_ids,
     run_id,
+    scoring_config,
+    scoring_extras,
     select_rows,
     selected_threshold,
     split_metrics,
+    trained_view_only,
     unsplit,
 )
 
 
 def run_infer(cfg: Config) -> StageSummary:
     """Predicts `infer.split` (a run without splits scored with `model.from_run`: its whole index) through the model
-    actor pool; writes preds, errors and, where the rows have labels, metrics."""
+    actor pool; writes preds, errors and, where the rows have labels, metrics.
+
+    As `make cam`: the model's contract sets the config's defaults, other views are skipped `view_mismatch` (or
+    scored and flagged with `model.other_views=score`), and the run's threshold becomes the scoring model's.
+    """
+    cfg, contract = scoring_config(cfg)
     whole = unsplit(cfg)
-    rows = select_rows(cfg, None if whole else (cfg.infer.split,), not whole, qc_exclude=False)
-    adopt_threshold(cfg)
+    rows = trained_view_only(cfg, select_rows(cfg, None if whole else (cfg.infer.split,), not whole, qc_exclude=False))
+    off_view = off_view_ids(cfg, rows)  # none unless model.other_views=score
+    threshold = adopt_threshold(cfg)
     thr = selected_threshold(model_run_dir(cfg))
-    ctx = {"run_id": run_id(cfg), "model": cfg.model.name, "qc_flags": flags_by_image(rows)}
+    ctx = {"run_id": run_id(cfg), "model": cfg.model.name, "qc_flags": flag_images(flags_by_image(rows), off_view)}
     split = UNSPLIT if whole else cfg.infer.split
     owned = None if whole else split  # the split partition this run replaces (None: all of them)
     with StageRun(cfg, "infer", ("preds", "errors"), overwrite=cfg.run.overwrite, split=owned) as run:
         stream_to_tables(cfg, run.writer, run.summary, rows, cam_settings(cfg, with_cam=False), ctx)
+        run.summary.rows_in += add_skipped(run.summary, rows)  # view_mismatch: selected, not scored
         run.commit()
         run.summary.extra.update(_split_metrics(cfg, split, thr))
+        run.summary.extra.update(scoring_extras(contract, threshold, off_view))
     return run.summary
 
 
 def _split_metrics(cfg: Config, split: str, thr: float) -> dict:
-    """Writes the `metrics` row of the split's labeled preds at `thr`; returns its headline figures (or why none)."""
+    """Writes the `metrics` row of the split's labeled preds of the model's view at `thr`; returns its headline
+    figures (or why none)."""
     preds = read_table(cfg.run.dir, "preds")
-    preds = preds[(preds["stage"] == "infer") & (preds["split"] == split)]
+    preds = preds[(preds["stage"] == "infer") & (preds["split"] == split) & preds["view"].isin(trained_views(cfg))]
     labeled = preds[preds["y_true"].notna() & (preds["y_true"] >= 0)]
     if labeled.empty:
         return {"metrics": f"skipped: none of the {len(preds)} scored images has a label"}

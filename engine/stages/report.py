@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections import Counter
+from typing import Any
 from urllib.parse import quote
 
 import cv2
@@ -26,14 +28,22 @@ from engine.core.cam import heatmap_to_original, upsample_heatmap
 from engine.core.decode import DecodeError
 from engine.core.evaluate_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
 from engine.core.metrics import binary_metrics
-from engine.core.report_tables import classification_html, group_table_html, grouped_metrics, methods_html, parameters
+from engine.core.report_tables import (
+    classification_html,
+    group_table_html,
+    grouped_metrics,
+    methods_html,
+    parameters,
+    qc_counts_html,
+    shift_reference_html,
+)
 from engine.io.evaluate_masks import decoded_by_image
 from engine.io.fs import resolve_fs
 from engine.io.heatmap_access import read_scan
 from engine.io.overlays import render_overlay
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import StageRun, selected_threshold, view_folders
+from engine.stages.common import QC_FLAGS, UNSPLIT, StageRun, read_qc_reference, selected_threshold, view_folders
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +51,17 @@ LOC_PLOTTED = ("pointing_game", "pointing_chance", "hit@1", "hit@5", "precision@
                "precision@iou0.5", "recall@iou0.5", "max_box_acc@iou0.3", "max_box_acc@iou0.5")  # fmt: skip
 OUTCOMES = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True),
             ("fn", "False negatives", 1, False), ("tn", "True negatives", 0, False))  # key, title, label, called
+# a clinic's unlabeled scans, shown when there are some
+UNLABELED = (("pos", "Unlabeled, called abnormal", None, True), ("neg", "Unlabeled, called normal", None, False))
+QC_MARK_COLOUR = (0, 140, 255)  # BGR orange: the frame drawn around a QC-flagged gallery overlay
 STYLE = """body{font-family:sans-serif;margin:16px;max-width:800px;color:#222}h1{font-size:20px;word-break:break-all}
 h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}table{border-collapse:collapse;font-size:12px;
 margin:6px 0}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right;vertical-align:top}th{background:#f3f3f3}
 td:first-child{text-align:left}td.name{max-width:230px}td.text{text-align:left}small{color:#555}
 .plots img{max-width:48%;margin:4px}.gallery{display:flex;flex-wrap:wrap;gap:10px}.missing{color:#a33}
 figure{margin:0;font-size:12px;max-width:530px}figure img{max-width:49%;margin-right:4px;border:1px solid #999}
-.methods{font-size:12px}.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}"""
+.methods{font-size:12px}.key span{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}
+.qcmark{background:#ff8c00;color:#fff;font-weight:bold;padding:0 4px;border-radius:3px}"""
 
 
 class ReportInputError(ValueError):
@@ -164,16 +178,40 @@ def _tuning_note(cfg: Config) -> str:
             f"{html.escape(tuning['make_boxes_args'])}&quot;</code></p>")  # fmt: skip
 
 
-def _gallery_rows(cfg: Config, thr: float) -> pd.DataFrame:
-    only = pads.field("split") == cfg.evaluate.split
-    heat = read_table(cfg.run.dir, "heatmaps", only)
-    heat = heat[heat["folder"].isin(view_folders(cfg.data.view))]  # the population `make evaluate` scores
+def gallery_split(cfg: Config) -> str:
+    """Returns the split the gallery shows: `evaluate.split`, or `all` for a run scored without splits (new scans
+    scored with `model.from_run`, whose rows are all of split `all`)."""
+    if read_table(cfg.run.dir, "splits").empty and not read_table(cfg.run.dir, "heatmaps", _split(UNSPLIT)).empty:
+        return UNSPLIT
+    return cfg.evaluate.split
+
+
+def _split(split: str) -> pads.Expression:
+    return pads.field("split") == split
+
+
+def _gallery_rows(cfg: Config, thr: float, split: str) -> pd.DataFrame:
+    heat = read_table(cfg.run.dir, "heatmaps", _split(split))
+    if split != UNSPLIT:  # `make cam` scored the model's view only where the run has no splits
+        heat = heat[heat["folder"].isin(view_folders(cfg.data.view))]  # the population `make evaluate` scores
     if heat.empty:
-        raise ReportInputError(f"no heatmaps for split={cfg.evaluate.split}: run `make cam` first")
-    meta = read_table(cfg.run.dir, "meta", only).drop(columns=["split", "folder"])
+        raise ReportInputError(f"no heatmaps for split={split}: run `make cam` first")
+    meta = read_table(cfg.run.dir, "meta", _split(split)).drop(columns=["split", "folder"])
     index = read_table(cfg.run.dir, "index")[["image_id", "label", "path"]]
     frame = heat.merge(meta, on="image_id").merge(index, on="image_id")
-    return frame.assign(is_positive=frame["y_prob"] >= thr)
+    flags = scored_flags(cfg, split)
+    qc = [flags.get(str(image_id), []) for image_id in frame["image_id"]]
+    return frame.assign(is_positive=frame["y_prob"] >= thr, qc_flags=qc)
+
+
+def scored_flags(cfg: Config, split: str | None = None) -> dict[str, list[str]]:
+    """Returns image_id -> the QC flags of its prediction (preds.qc_flags of `make cam`, else `make infer`; [] when
+    none or unknown), for the images scored (in `split`, when given)."""
+    preds = read_table(cfg.run.dir, "preds", None if split is None else _split(split))
+    preds = preds[preds["stage"].isin(["cam", "infer"])].sort_values("stage")  # cam before infer
+    preds = preds.drop_duplicates("image_id")
+    return {str(i): [str(f) for f in flags] if flags is not None else [] for i, flags in
+            zip(preds["image_id"], preds["qc_flags"], strict=True)}  # fmt: skip
 
 
 def spread_pick(frame: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -193,10 +231,10 @@ def browse_link(image_id: str) -> str:
 
 
 def _overlay(
-    cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame
+    cfg: Config, row: object, boxes: pd.DataFrame, gt: dict, caption: str, masks: pd.DataFrame, flagged: bool = False
 ) -> tuple[bytes, bytes]:
     """Returns the PNGs of one scan in original px: the raw grey levels the model saw, and the overlay of its CAM,
-    pseudo boxes, GT boxes and kept mask contours."""
+    pseudo boxes, GT boxes and kept mask contours (framed in QC_MARK_COLOUR when the image is QC-flagged)."""
     image = read_scan(cfg.data.root, str(row.path), cfg.data.count_scale)  # as the model stream read it
     meta = meta_of(row)
     heat = heatmap_to_original(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), meta)
@@ -204,6 +242,8 @@ def _overlay(
     own = boxes[boxes["image_id"] == row.image_id].sort_values("rank")[list(ORIG_COLUMNS)].to_numpy()
     kept = tuple(decoded_by_image(masks[masks["image_id"] == row.image_id]).get(row.image_id, []))
     overlay = render_overlay(image, heat, own, caption, (abnormal, normal), kept)
+    if flagged:
+        cv2.rectangle(overlay, (0, 0), (overlay.shape[1] - 1, overlay.shape[0] - 1), QC_MARK_COLOUR, 3)
     return cv2.imencode(".png", image)[1].tobytes(), cv2.imencode(".png", overlay)[1].tobytes()
 
 
@@ -212,25 +252,31 @@ def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place:
 
     `place`: (position by probability within its group, counted from 1; the group's size).
     """
-    raw, png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2])
+    flags = list(row.qc_flags)
+    raw, png = _overlay(cfg, row, *inputs[:2], f"{key.upper()} p={row.y_prob:.3f}", inputs[2], bool(flags))
     raw_name = out.write(f"gallery/{key}_{place[0]}_raw.png", raw)
     name = out.write(f"gallery/{key}_{place[0]}.png", png)
     link = html.escape(browse_link(row.image_id))
+    mark = f'<span class="qcmark">QC: {html.escape(", ".join(flags))}</span> ' if flags else ""
     return (f'<figure><a href="{link}">{_img(raw_name, "raw " + row.image_id)}{_img(name, row.image_id)}</a>'
-            f"<figcaption>{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of {place[1]} "
-            "by p); left: the raw scan as the model saw it, right: CAM and boxes</figcaption></figure>")  # fmt: skip
+            f"<figcaption>{mark}{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of "
+            f"{place[1]} by p); left: the raw scan as the model saw it, right: CAM and boxes"
+            f"{' (framed in orange: QC-flagged)' if flags else ''}</figcaption></figure>")  # fmt: skip
 
 
 def _gallery(cfg: Config, out: _Out) -> str:
     thr = selected_thr(cfg)
-    frame = _gallery_rows(cfg, thr)
-    masks = read_table(cfg.run.dir, "masks", pads.field("split") == cfg.evaluate.split)
-    inputs = (read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split),
-              gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+    split = gallery_split(cfg)
+    frame = _gallery_rows(cfg, thr, split)
+    masks = read_table(cfg.run.dir, "masks", _split(split))
+    inputs = (read_table(cfg.run.dir, "boxes", _split(split)), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
               masks[masks["kept"].fillna(False).astype(bool)])  # none without `make masks`: no contours  # fmt: skip
+    unlabeled = frame["label"].isna()
+    groups = (OUTCOMES if (~unlabeled).any() else ()) + (UNLABELED if unlabeled.any() else ())
     parts, failed = [], 0
-    for key, title, label, is_positive in OUTCOMES:
-        group = frame[(frame["label"] == label) & (frame["is_positive"] == is_positive)]
+    for key, title, label, is_positive in groups:
+        labeled = unlabeled if label is None else frame["label"] == label
+        group = frame[labeled & (frame["is_positive"] == is_positive)]
         order = {image_id: n + 1 for n, image_id in enumerate(spread_pick(group, len(group))["image_id"])}
         figures = []
         for row in spread_pick(group, cfg.report.gallery).itertuples(index=False):
@@ -243,7 +289,10 @@ def _gallery(cfg: Config, out: _Out) -> str:
         parts.append(f'<h3 id="gallery-{key}">{title} ({key.upper()}): {len(figures)} shown of {len(group)}</h3>'
                      f'<div class="gallery">{body}</div>')  # fmt: skip
     unread = f'<p class="missing">{failed} images could not be read.</p>' if failed else ""
-    return _gallery_key(cfg, thr) + unread + "".join(parts)
+    flagged = int(frame["qc_flags"].map(bool).sum())
+    qc = (f"<p>{flagged} of the {len(frame)} scored images of split {html.escape(split)} carry a QC flag: their "
+          'figures are marked <span class="qcmark">QC: ...</span>, framed in orange (see Quality control).</p>')
+    return _gallery_key(cfg, thr) + qc + unread + "".join(parts)
 
 
 def _gallery_key(cfg: Config, thr: float) -> str:
@@ -256,13 +305,56 @@ def _gallery_key(cfg: Config, thr: float) -> str:
             '(dashed)<span style="background:magenta"></span>kept pseudo masks; CAM in JET</p>')  # fmt: skip
 
 
+def _quality(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """Returns the Quality control block (HTML) and its counts: the QC flags of the indexed images (the qc table)
+    and of the scored ones (preds.qc_flags, domain_shift and view_mismatch included), the count units, and the
+    domain_shift reference the scored images were judged by. Never missing: it says which stage to run."""
+    qc = read_table(cfg.run.dir, "qc").drop_duplicates("image_id")
+    if qc.empty:
+        return '<p class="missing">no qc table: run `make index` (it measures every indexed image)</p>', {}
+    indexed = {flag: int(qc[flag].fillna(False).astype(bool).sum()) for flag in QC_FLAGS}
+    flags = scored_flags(cfg)
+    scored = dict(Counter(flag for raised in flags.values() for flag in raised))
+    scored = {**{flag: scored.get(flag, 0) for flag in (*QC_FLAGS, "domain_shift")}, **scored}
+    units = qc["count_unit"].fillna("not recorded").value_counts()
+    parts = [f"<p>Every indexed image is measured by <code>make index</code>: {int(units.get('counts', 0))} on their "
+             f"true counts (16-bit files, DICOM frames), {int(units.get('grey', 0))} on grey levels only (8-bit "
+             "files hold no counts; their low_count is judged on grey, which is never fewer than the counts)"
+             + (f", {int(units.get('not recorded', 0))} indexed before counts were recorded" if "not recorded" in units
+                else "") + ". Scored images: the predictions of <code>make cam</code> (else <code>make infer</code>)."
+             "</p>", qc_counts_html(indexed, scored, len(qc), len(flags))]  # fmt: skip
+    record = read_qc_reference(cfg.run.dir)
+    if record is None:
+        parts.append("<p><code>domain_shift</code>: not checked. It compares new scans scored with another run's "
+                     "model (<code>make cam model.from_run=&lt;run&gt;</code>) with the images that model was trained "
+                     "on; this run's predictions come from its own model.</p>")  # fmt: skip
+    else:
+        here = qc[qc["image_id"].isin(list(flags))]
+        medians = {name: float(here[name].median()) for name in record["stats"] if name in here}
+        share = record["train_flagged"] / max(int(record["images"]), 1)
+        parts.append(
+            f"<p><code>domain_shift</code>: {scored.get('domain_shift', 0)} of {len(flags)} scored images are unlike "
+            f"the {record['images']} images the model was trained on ({html.escape(str(record.get('model_run', '')))}"
+            f", split {html.escape(str(record.get('split', 'train')))}, view {html.escape(str(record.get('view')))}, "
+            f"after qc.exclude={html.escape(str(record.get('qc_exclude')))}). An image is flagged when its largest "
+            "deviation from the training median, in units of the training spread on that side (median to the "
+            f"p{100 * record['spread_quantile']:g} or p{100 * (1 - record['spread_quantile']):g}), exceeds "
+            f"{record['threshold']:.3g}: {record['train_flagged']} of the training images themselves do "
+            f"({100 * share:.1f} %). Reference: <code>qc_reference.json</code>.</p>"
+            + shift_reference_html(record, medians))  # fmt: skip
+    counts = {"indexed": indexed, "scored": scored, "domain_shift_checked": record is not None}
+    return "".join(parts), counts
+
+
 SECTIONS = (("Classification", _classification), ("Training", _training), ("Localisation", _localisation),
             ("Gallery", _gallery))  # fmt: skip
 
 
-def page(cfg: Config, sections: list[tuple[str, str]]) -> str:
-    """Returns the report's HTML text: inline CSS, relative image links, no scripts or remote resources."""
-    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
+def page(cfg: Config, sections: list[tuple[str, str]], quality: str = "") -> str:
+    """Returns the report's HTML text: inline CSS, relative image links, no scripts or remote resources; the
+    Quality control block (`quality`) comes first."""
+    blocks = [("Quality control", quality)] if quality else []
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in [*blocks, *sections])
     title = html.escape(f"BS-80K run report: {cfg.run.dir}")
     canvas = f"canvas {cfg.canvas.height} x {cfg.canvas.width}"
     about = html.escape(f"model {cfg.model.name}, view {cfg.data.view}, {canvas}")
@@ -284,7 +376,10 @@ def run_report(cfg: Config) -> StageSummary:
             except ReportInputError as exc:
                 sections.append((title, f'<p class="missing">{html.escape(str(exc))}</p>'))
                 summary.add_errors([f"missing_input: {exc}"])
-        out.write("index.html", page(cfg, sections).encode())
+        quality, qc_counts = _quality(cfg)
+        out.write("index.html", page(cfg, sections, quality).encode())
         summary.tables = {"report files": len(out.files)}
         summary.extra["report"] = f"{out.root}/index.html"
+        if qc_counts:
+            summary.extra["qc_flags_scored"] = {k: v for k, v in qc_counts["scored"].items() if v}
     return summary

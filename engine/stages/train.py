@@ -6,6 +6,7 @@ import math
 import os
 
 from engine.config import Config
+from engine.core.contract import contract_info
 from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
@@ -70,6 +71,7 @@ def run_train(cfg: Config) -> StageSummary:
     _count_rows(cfg, summary, len(train_rows), len(val_rows))
     summary.rows_in += excluded  # the QC-excluded rows were selected, then left out on purpose
     summary.extra["pos_weight"] = round(pos_weight, 4)
+    summary.extra["contract"] = contract_info(cfg)["contract"]  # recorded in model/best.json for cam and infer
     summary.save(cfg.run.dir)
     summary.require_balanced()  # the account is saved either way; an unbalanced one fails the job
     return summary.finish()
