@@ -66,6 +66,11 @@ def test_a_trained_run_records_its_contract_and_where_its_threshold_is(trained_r
     assert info["contract"]["data.view"] == "POST" and info["contract"]["data.count_scale"] == "max"
     assert info["contract"]["model.name"] == "test_resnet" and info["contract"]["model.output_stride"] == 32
     assert (trained_run / info["threshold"]).is_file()
+    # the training images' QC reference travels with the model: domain_shift of new scans is judged by it
+    reference = json.loads((trained_run / "model" / "qc_reference.json").read_text())
+    train_ids = read_table(str(trained_run), "splits").query("split == 'train'")["image_id"]
+    index = read_table(str(trained_run), "index").set_index("image_id")
+    assert 0 < reference["images"] <= int((index.loc[train_ids, "view"] == "POST").sum())
 
 
 def test_a_limit_keeps_that_many_scored_rows_and_counts_the_other_views_before_them() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -68,6 +69,17 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def read_run_json(run_dir: str, relative: str) -> dict[str, Any] | None:
+    """Returns the JSON object of `<run_dir>/<relative>` (local path or storage URI), or None when the file is
+    missing or is not JSON: the one reader of a run's small JSON records (best.json, threshold.json, ...)."""
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/{relative}") as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def delete_outputs(run_dir: str, relatives: tuple[str, ...]) -> None:

@@ -22,7 +22,7 @@ from engine.core.boxes import BoxParams
 from engine.core.contract import apply_contract, trained_views
 from engine.core.metrics import binary_metrics
 from engine.core.qc import SHIFT_STATS, fit_shift_reference
-from engine.io.fs import resolve_fs
+from engine.io.fs import read_run_json, resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table, write_part
 from engine.runtime.udfs import CamSettings
@@ -132,12 +132,7 @@ def write_qc_reference(run_dir: str, record: dict[str, Any]) -> str:
 
 def read_qc_reference(run_dir: str) -> dict[str, Any] | None:
     """Returns `<run_dir>/qc_reference.json` (a run's: written by `make cam` with model.from_run), or None."""
-    fs, root = resolve_fs(run_dir)
-    try:
-        with fs.open_input_stream(f"{root}/{QC_REFERENCE_FILE}") as stream:
-            return json.loads(stream.read())
-    except (FileNotFoundError, ValueError):
-        return None
+    return read_run_json(run_dir, QC_REFERENCE_FILE)
 
 
 def save_config(cfg: Config, stage: str) -> None:
@@ -263,12 +258,7 @@ def model_run_dir(cfg: Config) -> str:
 
 def model_info(run_dir: str) -> dict[str, Any] | None:
     """Returns the run's `model/best.json` (what `make train` recorded beside the weights), or None without one."""
-    fs, root = resolve_fs(run_dir)
-    try:
-        with fs.open_input_stream(f"{root}/model/best.json") as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:
-        return None
+    return read_run_json(run_dir, "model/best.json")
 
 
 def scoring_config(cfg: Config) -> tuple[Config, dict[str, str]]:
@@ -350,12 +340,7 @@ def selected_threshold(run_dir: str) -> float:
 
 def threshold_record(run_dir: str) -> dict[str, Any] | None:
     """Returns the run's `threshold.json` (the chosen or adopted operating point), or None without one."""
-    fs, root = resolve_fs(run_dir)
-    try:
-        with fs.open_input_stream(f"{root}/threshold.json") as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:
-        return None
+    return read_run_json(run_dir, "threshold.json")
 
 
 def adopt_threshold(cfg: Config) -> str:

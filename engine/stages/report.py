@@ -38,7 +38,7 @@ from engine.core.report_tables import (
     shift_reference_html,
 )
 from engine.io.evaluate_masks import decoded_by_image
-from engine.io.fs import resolve_fs
+from engine.io.fs import read_run_json, resolve_fs
 from engine.io.heatmap_access import read_scan
 from engine.io.overlays import render_overlay
 from engine.io.summary import StageSummary
@@ -164,12 +164,10 @@ def _localisation(cfg: Config, out: _Out) -> str:
 
 
 def _tuning_note(cfg: Config) -> str:
-    fs, root = resolve_fs(cfg.run.dir)
-    try:
-        with fs.open_input_stream(f"{root}/evaluate.json") as stream:
-            tuning = json.loads(stream.read()).get("tuning", {})
-    except (FileNotFoundError, ValueError):
+    document = read_run_json(cfg.run.dir, "evaluate.json")
+    if document is None:
         return ""
+    tuning = document.get("tuning", {})
     if "chosen" not in tuning:
         return f"<p>Tuning: {html.escape(str(tuning.get('skipped', 'not run')))}</p>"
     return (f"<p>Tuned on <b>{html.escape(tuning['split'])}</b> only ({tuning['images']} images; "

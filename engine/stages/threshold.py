@@ -8,19 +8,17 @@ import pandas as pd
 
 from engine.config import Config
 from engine.core.metrics import select_threshold
-from engine.io.fs import resolve_fs
+from engine.io.fs import read_run_json, resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages.common import StageRun, attach_qc, exclude_flagged
 
 
 def _best_info(cfg: Config) -> dict:
-    fs, root = resolve_fs(cfg.run.dir)
-    try:
-        with fs.open_input_stream(f"{root}/model/best.json") as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError as exc:
-        raise ValueError(f"{root}/model/best.json missing: run `make train` first") from exc
+    info = read_run_json(cfg.run.dir, "model/best.json")
+    if info is None:
+        raise ValueError(f"{cfg.run.dir.rstrip('/')}/model/best.json missing: run `make train` first")
+    return info
 
 
 def run_threshold(cfg: Config) -> StageSummary:

@@ -11,7 +11,15 @@ from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.pipeline import ordered_ingest
-from engine.stages.common import add_skipped, count_training_rows, run_id, save_config, select_rows
+from engine.stages.common import (
+    add_skipped,
+    count_training_rows,
+    run_id,
+    save_config,
+    select_rows,
+    training_qc_reference,
+    write_qc_reference,
+)
 
 # What a training run leaves in its run dir: deleted with run.overwrite=true (else a re-run resumes from it).
 TRAINING_OUTPUTS = ("train_state", "model", "tables/epochs", "tables/preds/stage=train", "tables/errors/stage=train")
@@ -72,6 +80,9 @@ def run_train(cfg: Config) -> StageSummary:
     summary.rows_in += excluded  # the QC-excluded rows were selected, then left out on purpose
     summary.extra["pos_weight"] = round(pos_weight, 4)
     summary.extra["contract"] = contract_info(cfg)["contract"]  # recorded in model/best.json for cam and infer
+    reference = training_qc_reference(cfg)  # the images the model saw: what `domain_shift` judges new scans by
+    if reference is not None:
+        summary.extra["qc_reference"] = write_qc_reference(f"{cfg.run.dir.rstrip('/')}/model", reference)
     summary.save(cfg.run.dir)
     summary.require_balanced()  # the account is saved either way; an unbalanced one fails the job
     return summary.finish()
