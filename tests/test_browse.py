@@ -212,8 +212,24 @@ def column(driver, key: str) -> list[str]:
     return [cell.text for cell in driver.find_elements("css selector", f"#images td.c-{key}")]
 
 
+def click_and_load(driver, element_id: str) -> None:
+    """Clicks a control that loads a new table page and waits until the new page has replaced the old one.
+
+    A click returns before the browser has navigated: reading the table at once may read the old page, or an
+    element the navigation just removed. Waiting on the old table going stale reads the new one on any machine.
+    """
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("id", "images")
+    driver.find_element("id", element_id).click()
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_a_headless_browser_sorts_filters_and_opens_an_image_page_whose_images_load(server, cam_run: Path) -> None:
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base, _ = server
     driver = chrome()
@@ -222,16 +238,19 @@ def test_a_headless_browser_sorts_filters_and_opens_an_image_page_whose_images_l
         total = len(read_table(str(cam_run), "index"))
         assert driver.find_element("id", "count").text.startswith(f"{total} images")
         assert len(column(driver, "image_id")) == min(total, BrowseConfig().page_size)
-        driver.find_element("id", "sort-y_prob").click()  # ascending
-        driver.find_element("id", "sort-y_prob").click()  # again: descending
+        click_and_load(driver, "sort-y_prob")  # ascending
+        click_and_load(driver, "sort-y_prob")  # again: descending
         probs = [float(v) for v in column(driver, "y_prob") if v != "–"]
         assert len(probs) > 1 and probs == sorted(probs, reverse=True)
         Select(driver.find_element("id", "f-split")).select_by_value("test")
         Select(driver.find_element("id", "f-view")).select_by_value("POST")
-        driver.find_element("id", "apply").click()
+        click_and_load(driver, "apply")
         assert set(column(driver, "split")) == {"test"} and set(column(driver, "view")) == {"POST"}
         driver.save_screenshot("/tmp/browse_table.png")
+        table = driver.find_element("id", "images")
         driver.find_elements("css selector", "#images td.c-image_id a")[0].click()
+        WebDriverWait(driver, 60).until(expected_conditions.staleness_of(table))  # the image page replaced it
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
         views = {e.get_attribute("id") for e in driver.find_elements("css selector", ".view")}
         assert views == {"view-ANT", "view-POST"}
         images = driver.find_elements("css selector", ".view img")
@@ -242,7 +261,7 @@ def test_a_headless_browser_sorts_filters_and_opens_an_image_page_whose_images_l
         driver.save_screenshot("/tmp/browse_image.png")
         driver.get(base + "/")
         Select(driver.find_element("id", "f-qc_flag")).select_by_value("noise_frame")  # the QC flag filter
-        driver.find_element("id", "apply").click()
+        click_and_load(driver, "apply")
         flagged = column(driver, "qc")
         assert flagged and all("noise_frame" in v for v in flagged)
         assert len(driver.find_elements("css selector", "#images td.c-qc.qc-flagged")) == len(flagged)
