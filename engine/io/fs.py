@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
+import yaml
 
 from engine.core.counts import CountScale, counts_to_gray8
 from engine.core.decode import DecodeError, scan_counts
@@ -80,6 +81,18 @@ def read_run_json(run_dir: str, relative: str) -> dict[str, Any] | None:
             return json.loads(stream.read())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def read_saved_config(run_dir: str, stage: str) -> dict[str, Any]:
+    """Returns the config a stage saved in the run (`<run_dir>/config/<stage>.yaml`) as nested dicts, or {} when
+    the file is missing or is not a YAML mapping: the one reader of what a run was made with."""
+    fs, root = resolve_fs(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/config/{stage}.yaml") as stream:
+            saved = yaml.safe_load(stream.read())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def delete_outputs(run_dir: str, relatives: tuple[str, ...]) -> None:

@@ -12,13 +12,12 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow.dataset as pads
-import yaml
 
 from engine.core.batch_columns import META_COLUMNS
 from engine.core.cam import heatmap_to_original, upsample_heatmap
 from engine.core.counts import parse_count_scale
 from engine.core.letterbox import LetterboxMeta, letterbox
-from engine.io.fs import load_scan, resolve_fs
+from engine.io.fs import load_scan, read_saved_config, resolve_fs
 from engine.io.tables import read_table
 
 SPACES = ("orig", "canvas")
@@ -38,14 +37,8 @@ class ImageHeatmap(NamedTuple):
 
 def saved_data_setting(run_dir: str, key: str) -> str | None:
     """Returns `data.<key>` from the run's saved config (`config/cam.yaml` first, then the other stages'), or None."""
-    fs, root = resolve_fs(run_dir)
     for stage in CONFIG_ORDER:
-        try:
-            with fs.open_input_stream(f"{root}/config/{stage}.yaml") as stream:
-                saved = yaml.safe_load(stream.read()) or {}
-        except (FileNotFoundError, OSError):
-            continue
-        value = (saved.get("data") or {}).get(key)
+        value = (read_saved_config(run_dir, stage).get("data") or {}).get(key)
         if value:
             return str(value)
     return None

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
-import yaml
 
 from engine.config import Config, dump_config
 from engine.core.batch_columns import (
@@ -22,7 +21,7 @@ from engine.core.boxes import BoxParams
 from engine.core.contract import apply_contract, trained_views
 from engine.core.metrics import binary_metrics
 from engine.core.qc import SHIFT_STATS, fit_shift_reference
-from engine.io.fs import read_run_json, resolve_fs
+from engine.io.fs import read_run_json, read_saved_config, resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter, read_table, write_part
 from engine.runtime.udfs import CamSettings
@@ -105,12 +104,7 @@ def model_qc_reference(cfg: Config) -> dict[str, Any] | None:
     recorded = (model_info(run_dir) or {}).get("qc_reference") or read_qc_reference(f"{run_dir.rstrip('/')}/model")
     if recorded:
         return dict(recorded)
-    fs, root = resolve_fs(run_dir)
-    try:
-        with fs.open_input_stream(f"{root}/config/train.yaml") as stream:
-            saved = yaml.safe_load(stream.read()) or {}
-    except (FileNotFoundError, OSError, yaml.YAMLError):
-        saved = {}
+    saved = read_saved_config(run_dir, "train")
     view = (saved.get("data") or {}).get("view", cfg.data.view)
     exclude = tuple((saved.get("qc") or {}).get("exclude", cfg.qc.exclude))
     trained = dataclasses.replace(

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -40,7 +39,7 @@ from engine.io.dicom_export import (
     secondary_capture,
     segmentation,
 )
-from engine.io.fs import load_scan, resolve_fs
+from engine.io.fs import load_scan, read_saved_config, resolve_fs
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import read_table
 from engine.stages.common import StageRun, selected_threshold
@@ -146,13 +145,9 @@ class _Context:
 def cam_count_scale(cfg: Config) -> str:
     """Returns the count rule `make cam` scored this run with (its saved `config/cam.yaml`; a model's contract may
     have set it), else `data.count_scale`: the Secondary Captures show each frame as the model saw it."""
-    fs, root = resolve_fs(cfg.run.dir)
-    try:
-        with fs.open_input_stream(f"{root}/config/cam.yaml") as stream:
-            saved = yaml.safe_load(stream.read()) or {}
-        return str(saved["data"]["count_scale"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return cfg.data.count_scale
+    saved = read_saved_config(cfg.run.dir, "cam").get("data")
+    scale = saved.get("count_scale") if isinstance(saved, dict) else None
+    return str(scale) if scale is not None else cfg.data.count_scale
 
 
 def _export_study(ctx: _Context, run: StageRun, folder: ExportFolder, study_uid: str,
