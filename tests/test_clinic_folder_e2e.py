@@ -41,8 +41,8 @@ def clinic_run(clinic_folder: Path, trained_run: Path, tmp_path: Path):  # noqa:
 
 def test_a_mixed_clinic_folder_is_accounted_scored_on_its_view_and_returned_as_dicom(
     clinic_run,
-    clinic_folder: Path,
-    trained_run: Path,  # noqa: F811 - the fixture
+    clinic_folder: Path,  # noqa: F811 - the fixture
+    trained_run: Path,
 ) -> None:
     cfg, run_dir, index_summary, cam_summary = clinic_run
     index = read_table(str(run_dir), "index")
