@@ -27,7 +27,7 @@ from engine.config_sections import (
     SegTrainConfig,
 )
 from engine.config_yaml import ConfigError, Range, apply_override, build_dataclass, load_yaml_with_lines
-from engine.core.counts import parse_count_scale
+from engine.core.scans.counts import parse_count_scale
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config"]
 

@@ -22,7 +22,7 @@ QcFlag = Literal["noise_frame", "low_count", "small_body", "body_cut", "domain_s
 
 @dataclass(frozen=True)
 class QcConfig:
-    """Image QC thresholds (engine/core/qc.py) and which flags keep an image out of training and scoring."""
+    """Image QC thresholds (engine/core/scans/qc.py) and which flags keep an image out of training and scoring."""
 
     blur_sigma_px: NonNegative = 6.0  # Gaussian sigma of the body blob's blur, px (as in the real-scan measurement)
     level_factor: NonNegative = 0.25  # body blob: blur > level_factor * mean grey + level_offset
@@ -93,7 +93,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    """`make segtrain` / `make segment`: a segmentation network trained on the kept pseudo masks (core/seg_model.py).
+    """`make segtrain` / `make segment`: a segmentation network trained on the kept pseudo masks (core/segnet/).
 
     Workers, CPUs, GPU use, bf16 and the augmentation come from `train.*`, like `make train`.
     """

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 def synth_with_statistics(cfg: Config) -> StageSummary:
-    """Runs `make synth`, then adds the whole-body QC medians (engine/core/qc.py) and the real-scan medians."""
-    from engine.core.qc import REAL_SCAN_MEDIANS
+    """Runs `make synth`, then adds the whole-body QC medians (engine/core/scans/qc.py) and the real-scan medians."""
+    from engine.core.scans.qc import REAL_SCAN_MEDIANS
     from engine.io.synth import whole_body_statistics
     from engine.stages.synth import run_synth
 

@@ -1,4 +1,4 @@
-"""Table `heatmaps`: the CAM per image at feature resolution, inline (engine.core.cam.upsample_heatmap)."""
+"""Table `heatmaps`: the CAM per image at feature resolution, inline (engine.core.model.cam.upsample_heatmap)."""
 
 import pyarrow as pa
 
@@ -15,7 +15,7 @@ SCHEMA = pa.schema(
         pa.field("y_prob", pa.float32()),
         pa.field("cam_method", pa.string()),  # fused (forward-only, exact for GAP+linear) or gradcam (autograd)
         # cam.refine: the best body peaks (flat cell index r * heatmap_w + c, best first) and where the input
-        # evidence puts each of them, canvas px; null when the pass did not refine (engine.core.cam.refine_cell_centres)
+        # evidence puts each of them, canvas px; null when the pass did not refine (core.model.cam.refine_cell_centres)
         pa.field("peak_index", pa.list_(pa.int32())),
         pa.field("peak_x", pa.list_(pa.float32())),
         pa.field("peak_y", pa.list_(pa.float32())),

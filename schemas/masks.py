@@ -24,7 +24,7 @@ SCHEMA = pa.schema(
         pa.field("y_prob", pa.float32()),
         pa.field("segmenter", pa.string()),  # masks.segmenter
         pa.field("segmenter_version", pa.string()),
-        pa.field("qc_flags", pa.list_(pa.string())),  # QC reason codes (engine/core/mask_qc.py); empty: kept
+        pa.field("qc_flags", pa.list_(pa.string())),  # QC reason codes (engine/core/masks/crops.py); empty: kept
         pa.field("kept", pa.bool_()),  # no QC flag
         pa.field("split", pa.string(), nullable=False),
         pa.field("folder", pa.string(), nullable=False),

@@ -1,4 +1,4 @@
-"""Table `meta`: the letterbox meta of each scored image (engine.core.letterbox.LetterboxMeta)."""
+"""Table `meta`: the letterbox meta of each scored image (engine.core.scans.letterbox.LetterboxMeta)."""
 
 import pyarrow as pa
 
@@ -16,7 +16,7 @@ SCHEMA = pa.schema(
         pa.field("pad_top", pa.int32()),
         pa.field("new_h", pa.int32()),
         pa.field("new_w", pa.int32()),
-        # the QC body box (core/qc.py) on the canvas, px, x2/y2 exclusive: where peaks may sit; null when the image
+        # the QC body box on the canvas, px, x2/y2 exclusive: where peaks may sit; null when the image
         # has none (noise frame, indexed before QC), and then peaks may sit anywhere in the letterboxed image
         pa.field("body_x1_canvas", pa.float32()),
         pa.field("body_y1_canvas", pa.float32()),

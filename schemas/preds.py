@@ -18,7 +18,7 @@ SCHEMA = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("folder", pa.string(), nullable=False),
-        # QC flags raised on the image (engine/core/qc.py: noise_frame, low_count, small_body, body_cut); [] none,
+        # QC flags raised on the image (engine/core/scans/qc.py: noise_frame, low_count, small_body, body_cut); [] none,
         # null when the run has no qc row for it (indexed before QC) or the stage does not copy them (train)
         pa.field("qc_flags", pa.list_(pa.string())),
     ]

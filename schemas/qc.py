@@ -1,4 +1,4 @@
-"""Table `qc`: one row per indexed image, its count statistics, body box and QC flags (engine/core/qc.py)."""
+"""Table `qc`: one row per indexed image, its count statistics, body box and QC flags (engine/core/scans/qc.py)."""
 
 import pyarrow as pa
 

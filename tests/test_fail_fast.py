@@ -16,8 +16,8 @@ from tests.conftest import REPO, TEST_OVERRIDES
 
 
 def _job(stage: str, data_root: Path, run_dir: Path, *extra: str, env: dict | None = None) -> tuple[int, str, str]:
-    """Runs `python -X importtime -m jobs.<stage>`; returns exit code, its output lines and the modules it imported."""
-    command = [sys.executable, "-X", "importtime", "-m", f"jobs.{stage}", "--config", "conf/demo.yaml",
+    """Runs `python -X importtime -m jobs <stage>`; returns exit code, its output lines and the modules it imported."""
+    command = [sys.executable, "-X", "importtime", "-m", "jobs", stage, "--config", "conf/demo.yaml",
                f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *extra]  # fmt: skip
     started = time.monotonic()
     env = {**os.environ, **(env or {})}
@@ -80,7 +80,7 @@ def test_pretrained_weights_out_of_reach_name_the_offline_settings(data_root: Pa
 
 
 def test_help_lists_the_stage_keys_with_defaults_and_meanings() -> None:
-    done = subprocess.run([sys.executable, "-m", "jobs.cam", "--help"], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "jobs", "cam", "--help"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -21,7 +21,7 @@ import psutil
 import torch
 
 from engine.config import Config
-from engine.core.batch_columns import (
+from engine.core.localization.columns import (
     META_COLUMNS,
     QC_BODY_COLUMNS,
     body_canvas_columns,
@@ -29,10 +29,16 @@ from engine.core.batch_columns import (
     pseudo_boxes,
     refined_peak_columns,
 )
-from engine.core.cam import fused_cam, fused_cam_with_evidence, gap_linear_weights, normalize_cams, refine_cell_centres
-from engine.core.decode import decode_gray8
-from engine.core.letterbox import letterbox
-from engine.core.model import bf16_autocast, normalize_canvas
+from engine.core.model.cam import (
+    fused_cam,
+    fused_cam_with_evidence,
+    gap_linear_weights,
+    normalize_cams,
+    refine_cell_centres,
+)
+from engine.core.model.classifier import bf16_autocast, normalize_canvas
+from engine.core.scans.decode import decode_gray8
+from engine.core.scans.letterbox import letterbox
 from engine.io.checkpoints import load_model
 from engine.io.fs import resolve_fs, safe_relative_path
 from engine.io.tables import TableWriter
@@ -172,7 +178,7 @@ def _decode_rows(rows: Any, cfg: Config, profile: dict[str, float]) -> dict[str,
 def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, float]]:
     """Returns (img/s, seconds per step) of the same work in one process: no Ray, no actors."""
     from engine.io.codecs import heatmap_column, peak_list_columns
-    from engine.stages.common import box_params
+    from engine.stages._scoring import box_params
 
     device = _device(cfg)
     model, info = load_model(cfg.run.dir, cfg.model)

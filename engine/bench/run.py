@@ -14,12 +14,12 @@ import torch
 from engine.bench.feed import run_feed
 from engine.bench.measure import engine_run, model_only, plain_loop
 from engine.config import Config
-from engine.core.model import arch_info, build_classifier
+from engine.core.model.classifier import arch_info, build_classifier
 from engine.io.checkpoints import save_model
 from engine.io.summary import StageSummary
 from engine.io.synth import generate_dataset
 from engine.io.tables import read_table
-from engine.stages.common import select_rows
+from engine.stages._rows import select_rows
 from engine.stages.index import run_index
 from engine.stages.split import run_split
 

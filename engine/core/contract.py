@@ -27,7 +27,7 @@ CONTRACT_KEYS = ("model.name", "model.output_stride", "canvas.height", "canvas.w
 ARCH_KEYS = ("model.name", "model.output_stride")  # always the checkpoint's, even with model.override_contract
 # config key -> recorded and adopted where the config leaves it at its default; a set value wins
 CAM_KEYS = ("cam.method", "cam.target_layer", "cam.refine", "cam.refine_reach", "cam.refine_power", "cam.refine_peaks")
-# flat keys of checkpoints written before `contract` was recorded (engine/core/model.py arch_info + training info)
+# flat keys of checkpoints written before `contract` was recorded (core/model/classifier.py arch_info + training info)
 LEGACY_KEYS = {"model": "model.name", "output_stride": "model.output_stride", "canvas_h": "canvas.height",
                "canvas_w": "canvas.width", "view": "data.view"}  # fmt: skip
 TRAINED_VIEWS = {"ANT": ("ANT",), "POST": ("POST",), "BOTH": ("ANT", "POST")}  # data.view -> index `view` values

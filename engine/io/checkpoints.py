@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.core.model import ModelError, build_classifier, model_stride, probe_cell_centre
-from engine.core.seg_model import SEGNET_DIR, build_segnet
+from engine.core.model.classifier import ModelError, build_classifier, model_stride, probe_cell_centre
+from engine.core.segnet.network import SEGNET_DIR, build_segnet
 from engine.io.fs import resolve_fs
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from engine.core.decode import DecodeError
+from engine.core.scans.decode import DecodeError
 from engine.io.commit import Move, exists, join, swap_steps
 from engine.io.fs import resolve_fs, safe_relative_path
 

@@ -26,12 +26,19 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from engine.core.boxes import BoxParams
-from engine.core.cam import heatmap_to_original, upsample_heatmap
-from engine.core.evaluate_methods import ORIG_COLUMNS, MethodRun, group_metrics, heatmap_of, meta_of, score_method
-from engine.core.localization import Ratio, ratio
-from engine.core.mask_metrics import PxapAccumulator, dice, inside_fraction, mask_box_iou
-from engine.core.masks import decode_rle
+from engine.core.localization.box_methods import (
+    ORIG_COLUMNS,
+    MethodRun,
+    group_metrics,
+    heatmap_of,
+    meta_of,
+    score_method,
+)
+from engine.core.localization.boxes import BoxParams
+from engine.core.masks.segmenters import decode_rle
+from engine.core.metrics.localization import Ratio, ratio
+from engine.core.metrics.masks import PxapAccumulator, dice, inside_fraction, mask_box_iou
+from engine.core.model.cam import heatmap_to_original, upsample_heatmap
 from engine.io.fs import resolve_fs, safe_relative_path
 from engine.io.synth import lesion_mask_path, read_lesion_masks
 from engine.io.tables import read_table

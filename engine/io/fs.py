@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import yaml
 
-from engine.core.counts import CountScale, counts_to_gray8
-from engine.core.decode import DecodeError, scan_counts
-from engine.core.dicom import split_frame_path
+from engine.core.scans.counts import CountScale, counts_to_gray8
+from engine.core.scans.decode import DecodeError, scan_counts
+from engine.core.scans.dicom import split_frame_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def safe_relative_path(root: str, relative: str) -> str:
 def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.ndarray | None, float, str]:
     """Returns (uint8 (H, W) image or None, counts per grey level or NaN, error "" or `reason: detail`) of one path.
 
-    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); `relative` never leaves `root`.
+    A path `<file>#<frame>` names one frame of a DICOM file (core/scans/dicom.py); `relative` never leaves `root`.
     """
     counts, error = load_counts(fs, root, relative)
     if counts is None:
@@ -50,7 +50,7 @@ def load_scan(fs: Any, root: str, relative: str, scale: CountScale) -> tuple[np.
 def load_counts(fs: Any, root: str, relative: str) -> tuple[np.ndarray | None, str]:
     """Returns (counts (H, W) or None, error "" or `reason: detail`) of one path, before any count rule.
 
-    The counts of engine.core.decode.scan_counts: a DICOM frame's rescaled counts, an image file's 16-bit
+    The counts of engine.core.scans.decode.scan_counts: a DICOM frame's rescaled counts, an image file's 16-bit
     counts or 8-bit grey levels.
     """
     file, frame = split_frame_path(relative)

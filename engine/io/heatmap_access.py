@@ -1,8 +1,8 @@
 """One call from a table row to pixels: `load_heatmap(run_dir, image_id)` -> the scan and its CAM, same frame.
 
 The stored heatmap (`heatmaps` table, feature resolution over the whole canvas) is upsampled with
-``engine.core.cam.upsample_heatmap`` and, in the original frame, cropped to the image body and resized back with
-``engine.core.cam.heatmap_to_original`` (the letterbox inverse of ``engine.core.letterbox``). The scan is read from the
+``engine.core.model.cam.upsample_heatmap`` and, in the original frame, cropped to the image body and resized back with
+``core.model.cam.heatmap_to_original`` (the letterbox inverse of ``core.scans.letterbox``). The scan is read from the
 data root of the run's saved config (`<run.dir>/config/<stage>.yaml`) unless `data_root` is given.
 """
 
@@ -13,10 +13,10 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow.dataset as pads
 
-from engine.core.batch_columns import META_COLUMNS
-from engine.core.cam import heatmap_to_original, upsample_heatmap
-from engine.core.counts import parse_count_scale
-from engine.core.letterbox import LetterboxMeta, letterbox
+from engine.core.localization.columns import META_COLUMNS
+from engine.core.model.cam import heatmap_to_original, upsample_heatmap
+from engine.core.scans.counts import parse_count_scale
+from engine.core.scans.letterbox import LetterboxMeta, letterbox
 from engine.io.fs import load_scan, read_saved_config, resolve_fs
 from engine.io.tables import read_table
 

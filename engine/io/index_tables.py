@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from engine.core.dicom import SKIP_CODES, reason_code
 from engine.core.parsing import STAGE, ParseError
+from engine.core.scans.dicom import SKIP_CODES, reason_code
 from engine.io.data_tree import DataTree
 
 BS80K_LAYOUT = "bs80k"  # folders part[L|R](ANT|POST) with label files (engine/io/indexing.py)

@@ -4,7 +4,7 @@
   from `view_pattern` on the relative path (`unknown` when it does not match), the patient from
   `patient_pattern` (default: the file stem). A VOC XML with the image's stem beside it gives gt boxes.
 - `dicom`: every DICOM file (a `.dcm`/`.dicom` name, or the PS3.10 `DICM` preamble whatever the name: media
-  exports name files `IM000000`) is read up to its pixel data (engine/core/dicom.py) and gives one row per static
+  exports name files `IM000000`) is read up to its pixel data (engine/core/scans/dicom.py) and gives one row per static
   whole-body frame of its primary energy window, path `<file>#<frame>`, view from the DICOM view code, patient
   from PatientID (else as in `images`), pixel spacing and study date kept. Derived objects (Secondary Captures,
   colour, palette, DERIVED/SECONDARY), non-NM, unreadable and extensionless non-DICOM files are error rows;
@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
 
 from engine.config_sections import DEFAULT_VIEW_PATTERN
-from engine.core.dicom import (
+from engine.core.parsing import parse_voc_xml
+from engine.core.scans.dicom import (
     PREAMBLE_BYTES,
     UNKNOWN_VIEW,
     DicomError,
@@ -32,7 +33,6 @@ from engine.core.dicom import (
     is_dicom_name,
     read_nm_study,
 )
-from engine.core.parsing import parse_voc_xml
 from engine.io.data_tree import TreeEntry, read_image_size
 from engine.io.index_tables import IndexAccumulator
 

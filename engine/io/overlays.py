@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 
 from engine.config import Config
-from engine.core.batch_columns import META_COLUMNS
-from engine.core.cam import heatmap_to_original, upsample_heatmap
-from engine.core.counts import parse_count_scale
-from engine.core.letterbox import LetterboxMeta, canvas_to_original, letterbox
+from engine.core.localization.columns import META_COLUMNS
+from engine.core.model.cam import heatmap_to_original, upsample_heatmap
+from engine.core.scans.counts import parse_count_scale
+from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original, letterbox
 from engine.io.fs import load_scan, resolve_fs
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ Layout under the root: 28 folders, each `F/F.txt` with lines `<id>.jpg<TAB><labe
 `wholeBodyANT/ant/`, `wholeBodyPOST/post/`; region crops cut from the whole-body views in the 26 region folders.
 Beside them, never listed in a label file and never read by the indexer, the model or tuning: each abnormal
 whole-body image's true lesion masks (`lesion_mask_path`, `read_lesion_masks`) and `synth_truth.jsonl`, one
-line per whole-body image saying what was drawn. The patients live in `engine.core.synth_patients` (draws) and
-`engine.core.synth_anatomy` (geometry and rendering).
+line per whole-body image saying what was drawn. The patients live in `engine.core.synth.patients` (draws) and
+`engine.core.synth.anatomy` (geometry and rendering).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.core.qc import ImageQc, image_qc, summarize_qc
-from engine.core.synth_anatomy import (
+from engine.core.scans.qc import ImageQc, image_qc, summarize_qc
+from engine.core.synth.anatomy import (
     IMAGE_H,
     IMAGE_W,
     REF_HEIGHT,
@@ -35,7 +35,7 @@ from engine.core.synth_anatomy import (
     render_view,
     view_x,
 )
-from engine.core.synth_patients import sample_patient
+from engine.core.synth.patients import sample_patient
 
 logger = logging.getLogger(__name__)
 
@@ -304,5 +304,5 @@ def whole_body_qc(root: str | Path) -> list[tuple[str, ImageQc]]:
 
 
 def whole_body_statistics(root: str | Path) -> dict[str, float | int]:
-    """Returns `engine.core.qc.summarize_qc` over the whole-body images of a local dataset root."""
+    """Returns `engine.core.scans.qc.summarize_qc` over the whole-body images of a local dataset root."""
     return summarize_qc(qc for _, qc in whole_body_qc(root))

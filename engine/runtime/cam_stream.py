@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 
 from engine.config import Config
-from engine.core.batch_columns import BODY_CANVAS_COLUMNS, explode_boxes
+from engine.core.localization.columns import BODY_CANVAS_COLUMNS, explode_boxes
 from engine.io.codecs import heatmap_column, peak_list_columns
 from engine.io.overlays import OverlayCollector
 from engine.io.pause import pause_point

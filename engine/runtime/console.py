@@ -7,7 +7,7 @@ driver's `ray` loggers (ray.data's included, which sets its own level) are raise
 Ray's C++ core (the driver's core worker) writes straight to file descriptor 2, below Python: on stages with a
 model actor pool it logs "Actor ... has constructor arguments in the object store and max_restarts > 0" for every
 Ray Data actor pool (https://github.com/ray-project/ray/issues/57733, open; the restarts are what survives a
-killed model actor, tests/test_faults.py, so they stay on). `route_native_stderr` therefore points descriptor 2
+killed model actor, tests/runtime/test_faults.py, so they stay on). `route_native_stderr` therefore points descriptor 2
 at a log file per job and gives Python's `sys.stderr` a copy of the terminal: every Python line (progress,
 warnings, tracebacks, `error:` lines) still reaches the terminal, native libraries' output goes to the file,
 whose path a failing job prints. `log.level=debug` (or `--verbose` on a job's command line) leaves Ray's logging

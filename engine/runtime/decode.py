@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine.core.batch_columns import (
+from engine.core.localization.columns import (
     META_COLUMNS,
     QC_BODY_COLUMNS,
     body_canvas_columns,
     row_slices,
 )
-from engine.core.counts import CountScale, counts_to_gray8, parse_count_scale
-from engine.core.dicom import split_frame_path
-from engine.core.letterbox import letterbox
-from engine.core.qc import QcThresholds, image_qc, qc_row
+from engine.core.scans.counts import CountScale, counts_to_gray8, parse_count_scale
+from engine.core.scans.dicom import split_frame_path
+from engine.core.scans.letterbox import letterbox
+from engine.core.scans.qc import QcThresholds, image_qc, qc_row
 from engine.io.fs import load_counts, load_scan, resolve_fs
 from engine.io.indexing import WHOLE_BODY_PART
 
@@ -38,8 +38,8 @@ def decode_batch(
     `canvas`: a (B, canvas_h, canvas_w) uint8 buffer to draw on (whatever it holds: every pixel is written)
     instead of a new array.
 
-    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/dicom.py); image files and DICOM frames
-    become grey levels through the same `count_scale` rule (engine/core/counts.py).
+    A path `<file>#<frame>` names one frame of a DICOM file (engine/core/scans/dicom.py); image files and DICOM frames
+    become grey levels through the same `count_scale` rule (engine/core/scans/counts.py).
 
     Returns the input columns plus `canvas` (B, canvas_h, canvas_w) uint8, the letterbox meta
     columns (META_COLUMNS), `count_rule` (the rule string), `counts_per_grey` (float32 divisor used,
@@ -143,7 +143,7 @@ def qc_batch(
     Each scan is read once: its counts (engine.io.fs.load_counts), then the grey image the model stream sees
     (the same `data.count_scale` rule). The count statistics use the true counts of 16-bit files and DICOM frames
     (`count_unit` counts), scaled by the index's pixel spacing where it has one; 8-bit files only have their grey
-    levels. Rows whose `part` names a region crop get only the flags that apply to a crop (engine.core.qc.image_qc).
+    levels. Rows whose `part` names a region crop get only the flags that apply to a crop (core.scans.qc.image_qc).
     """
     fs, root = resolve_fs(data_root)
     scale = parse_count_scale(count_scale)

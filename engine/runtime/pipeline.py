@@ -23,7 +23,7 @@ import ray.data
 import engine
 import schemas
 from engine.config import Config, ConfigError, RayConfig
-from engine.core.batch_columns import QC_BODY_COLUMNS
+from engine.core.localization.columns import QC_BODY_COLUMNS
 from engine.core.sizing import index_block_sizes
 from engine.runtime.console import Progress, epoch_line, quiet_driver_loggers, ray_init_options
 from engine.runtime.decode import BatchDecoder, DecodeSettings

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from engine.config import Config
-from engine.core.augment import random_affine, random_jitter
-from engine.core.model import bf16_autocast, canvas_to_unit, imagenet_normalize
-from engine.core.seg_core import SegDiceAccumulator
-from engine.core.seg_model import SegLoss, build_segnet
+from engine.core.model.augment import random_affine, random_jitter
+from engine.core.model.classifier import bf16_autocast, canvas_to_unit, imagenet_normalize
+from engine.core.segnet.arrays import SegDiceAccumulator
+from engine.core.segnet.network import SegLoss, build_segnet
 from engine.io.checkpoints import init_encoder_from_classifier, save_segnet
 from engine.io.pause import pause_point
 from engine.io.tables import write_part

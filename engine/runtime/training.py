@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from engine.config import Config
-from engine.core.augment import augment
 from engine.core.contract import contract_info
-from engine.core.metrics import binary_metrics
-from engine.core.model import arch_info, bf16_autocast, build_classifier, canvas_to_unit, imagenet_normalize
+from engine.core.metrics.classification import binary_metrics
+from engine.core.model.augment import augment
+from engine.core.model.classifier import arch_info, bf16_autocast, build_classifier, canvas_to_unit, imagenet_normalize
 from engine.io.checkpoints import save_model
 from engine.io.pause import pause_point
 from engine.io.tables import write_part

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.batch_columns import (
+from engine.core.localization.boxes import BoxParams
+from engine.core.localization.columns import (
     BODY_CANVAS_COLUMNS,
     pseudo_boxes,
     refined_peak_columns,
     row_slices,
 )
-from engine.core.boxes import BoxParams
 from engine.runtime.decode import BatchDecoder, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ClassifyCamStage:
         import torch  # imported here: the class is pickled to the actor (module-level torch.backends failed to pickle)
 
         from engine.config import ModelConfig
-        from engine.core.cam import gap_linear_weights
+        from engine.core.model.cam import gap_linear_weights
         from engine.io.checkpoints import load_model
 
         self.torch = torch
@@ -73,7 +73,7 @@ class ClassifyCamStage:
         if self.device.type == "cuda" and settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_weight = gap_linear_weights(self.model)
-        self.cell_centre = tuple(self.info.get("cell_centre", (0.5, 0.5)))  # engine.core.model.probe_cell_centre
+        self.cell_centre = tuple(self.info.get("cell_centre", (0.5, 0.5)))  # core.model.classifier.probe_cell_centre
         self.method = self._choose_method(settings.method)
         compiled = settings.compile and self.device.type == "cuda"
         self.forward = torch.compile(self.model) if compiled else self.model
@@ -112,8 +112,8 @@ class ClassifyCamStage:
 
         The backbone may run under bf16 autocast; the CAM and its normalisation never do (``core.cam.fused_cam``).
         """
-        from engine.core.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
-        from engine.core.model import bf16_autocast
+        from engine.core.model.cam import fused_cam, fused_cam_with_evidence, gradcam_autograd, refine_cell_centres
+        from engine.core.model.classifier import bf16_autocast
 
         torch = self.torch
         autocast = bf16_autocast(self.device.type == "cuda" and self.settings.amp)
@@ -154,7 +154,7 @@ class ClassifyCamStage:
 
     def _model_input(self, canvas: Any) -> Any:
         """Returns the normalised model input of uint8 (B, H, W) canvases on the device (channels_last on GPU)."""
-        from engine.core.model import normalize_canvas
+        from engine.core.model.classifier import normalize_canvas
 
         x = normalize_canvas(canvas)
         if self.device.type == "cuda" and self.settings.channels_last:
@@ -190,7 +190,7 @@ class ClassifyCamStage:
         logit, y_prob (B,); with a CAM also raw_min, raw_max (B,), the min-max normalised map (B, h, w) and, when
         refined, the cell centres (B, h, w, 2).
         """
-        from engine.core.cam import normalize_cams
+        from engine.core.model.cam import normalize_cams
 
         torch = self.torch
         logits = logits.float()

@@ -1,1 +1,1 @@
-"""One module per make target, plus common.py with the run helpers they share; no stage imports another."""
+"""One module per make target; `_run`, `_rows` and `_scoring` hold the helpers they share. No stage imports another."""

@@ -8,14 +8,17 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.batch_columns import BODY_CANVAS_COLUMNS, META_COLUMNS, PEAK_COLUMNS, explode_boxes, pseudo_boxes
+from engine.core.localization.columns import (
+    BODY_CANVAS_COLUMNS,
+    META_COLUMNS,
+    PEAK_COLUMNS,
+    explode_boxes,
+    pseudo_boxes,
+)
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
-from engine.stages.common import (
-    StageRun,
-    box_params,
-    min_prob,
-)
+from engine.stages._run import StageRun
+from engine.stages._scoring import box_params, min_prob
 
 
 def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:

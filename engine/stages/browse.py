@@ -23,12 +23,13 @@ from werkzeug.serving import make_server
 import schemas
 from engine.config import Config
 from engine.config_sections import BrowseConfig
-from engine.core.decode import DecodeError
+from engine.core.scans.decode import DecodeError
 from engine.io.browse_pages import FILTERS, SORTABLE, ImageQuery, boxes_png, image_page, parse_query, table_page
 from engine.io.fs import resolve_fs, safe_relative_path
 from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
 from engine.io.tables import table_dir
-from engine.stages.common import QC_FLAGS, model_run_dir, selected_threshold
+from engine.stages._rows import QC_FLAGS
+from engine.stages._scoring import model_run_dir, selected_threshold
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def duckdb_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in schema if not is_half(f.type)])
 
 
-_PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.localization.pixel_boxes
+_PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.metrics.localization.pixel_boxes
 SCORED_SQL = f"""
 CREATE OR REPLACE TEMP VIEW scored AS
 WITH pred AS (

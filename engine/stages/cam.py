@@ -8,30 +8,30 @@ from typing import Any
 import pandas as pd
 
 from engine.config import Config
-from engine.core.qc import ShiftReference, domain_shift
+from engine.core.scans.qc import ShiftReference, domain_shift
 from engine.io.overlays import OverlayCollector
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.cam_stream import CAM_TABLES, stream_to_tables
-from engine.stages.common import (
-    StageRun,
-    add_skipped,
-    adopt_threshold,
-    box_params,
-    cam_settings,
+from engine.stages._rows import (
     flag_images,
     flags_by_image,
-    min_prob,
     model_qc_reference,
-    model_run_dir,
     off_view_ids,
-    run_id,
-    scoring_config,
-    scoring_extras,
     select_rows,
     trained_view_only,
     unsplit,
     write_qc_reference,
+)
+from engine.stages._run import StageRun, add_skipped, run_id
+from engine.stages._scoring import (
+    adopt_threshold,
+    box_params,
+    cam_settings,
+    min_prob,
+    model_run_dir,
+    scoring_config,
+    scoring_extras,
 )
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dict[str, str]:
     """With `model.from_run`: adds `domain_shift` to the QC flags of the images unlike the model's training images
-    (engine.core.qc.domain_shift against `model_qc_reference`: the images that model was trained on, after its
+    (engine.core.scans.qc.domain_shift against `model_qc_reference`: the images that model was trained on, after its
     qc.exclude), writes that reference to `<run.dir>/qc_reference.json`; returns the summary lines."""
     record, here = model_qc_reference(cfg), read_table(cfg.run.dir, "qc")
     if record is None or here.empty:

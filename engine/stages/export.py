@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from engine.config import Config
-from engine.core.counts import parse_count_scale
-from engine.core.dicom import split_frame_path
-from engine.core.export_draw import boxes_text, draw_findings, safe_name
-from engine.core.masks import decode_rle
+from engine.core.masks.segmenters import decode_rle
+from engine.core.render.export_draw import boxes_text, draw_findings, safe_name
+from engine.core.scans.counts import parse_count_scale
+from engine.core.scans.dicom import split_frame_path
 from engine.io.dicom_export import (
     EXPORT_DIR,
     ExportError,
@@ -42,7 +42,8 @@ from engine.io.dicom_export import (
 from engine.io.fs import load_scan, read_saved_config, resolve_fs
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import read_table
-from engine.stages.common import StageRun, selected_threshold
+from engine.stages._run import StageRun
+from engine.stages._scoring import selected_threshold
 
 BOX_COLUMNS = ("x1_orig", "y1_orig", "x2_orig", "y2_orig")
 NOT_DICOM = "not_dicom"

@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.qc import QcThresholds
+from engine.core.scans.qc import QcThresholds
 from engine.io.index_tables import IndexResult
 from engine.io.indexing import build_index, build_layout_index
 from engine.io.layouts import LayoutSettings
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
 from engine.runtime.decode import qc_batch
-from engine.stages.common import QC_FLAGS, StageRun
+from engine.stages._rows import QC_FLAGS
+from engine.stages._run import StageRun
 
 log = logging.getLogger(__name__)
 

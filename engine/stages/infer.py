@@ -9,24 +9,24 @@ from engine.core.contract import trained_views
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table, write_part
 from engine.runtime.cam_stream import stream_to_tables
-from engine.stages.common import (
+from engine.stages._rows import (
     UNSPLIT,
-    StageRun,
-    add_skipped,
-    adopt_threshold,
-    cam_settings,
     flag_images,
     flags_by_image,
-    model_run_dir,
     off_view_ids,
-    run_id,
-    scoring_config,
-    scoring_extras,
     select_rows,
-    selected_threshold,
-    split_metrics,
     trained_view_only,
     unsplit,
+)
+from engine.stages._run import StageRun, add_skipped, run_id
+from engine.stages._scoring import (
+    adopt_threshold,
+    cam_settings,
+    model_run_dir,
+    scoring_config,
+    scoring_extras,
+    selected_threshold,
+    split_metrics,
 )
 
 

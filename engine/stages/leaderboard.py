@@ -10,7 +10,7 @@ from engine.config import Config
 from engine.io.fs import resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import StageRun
+from engine.stages._run import StageRun
 
 
 def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:

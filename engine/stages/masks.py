@@ -17,14 +17,15 @@ import pandas as pd
 
 from engine.config import Config
 from engine.config_sections import MasksConfig
-from engine.core.batch_columns import META_COLUMNS
-from engine.core.cam import upsample_heatmap
-from engine.core.mask_metrics import mask_iou
-from engine.core.mask_qc import CropBatch, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
-from engine.core.masks import MODEL_SEGMENTERS, Segmenter, build_segmenter, check_segmenter, encode_rle
+from engine.core.localization.columns import META_COLUMNS
+from engine.core.masks.crops import CropBatch, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
+from engine.core.masks.segmenters import MODEL_SEGMENTERS, Segmenter, build_segmenter, check_segmenter, encode_rle
+from engine.core.metrics.masks import mask_iou
+from engine.core.model.cam import upsample_heatmap
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
-from engine.stages.common import StageRun, model_run_dir, selected_threshold
+from engine.stages._run import StageRun
+from engine.stages._scoring import model_run_dir, selected_threshold
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
 selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`, grouped and
-explained by ``engine.core.metric_notes``) and a gallery of overlays in original px for true positives, false positives,
+explained by ``core.metrics.notes``) and a gallery of overlays in original px for true positives, false positives,
 false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
 resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
 whose inputs are missing says which stage to run; it never stops the others.
@@ -23,12 +23,11 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
-from engine.core import report_plots as plots
-from engine.core.cam import heatmap_to_original, upsample_heatmap
-from engine.core.decode import DecodeError
-from engine.core.evaluate_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
-from engine.core.metrics import binary_metrics
-from engine.core.report_tables import (
+from engine.core.localization.box_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
+from engine.core.metrics.classification import binary_metrics
+from engine.core.model.cam import heatmap_to_original, upsample_heatmap
+from engine.core.render import plots as plots
+from engine.core.render.tables import (
     classification_html,
     group_table_html,
     grouped_metrics,
@@ -37,13 +36,16 @@ from engine.core.report_tables import (
     qc_counts_html,
     shift_reference_html,
 )
+from engine.core.scans.decode import DecodeError
 from engine.io.evaluate_masks import decoded_by_image
 from engine.io.fs import read_run_json, resolve_fs
 from engine.io.heatmap_access import read_scan
 from engine.io.overlays import render_overlay
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import QC_FLAGS, UNSPLIT, StageRun, read_qc_reference, selected_threshold, view_folders
+from engine.stages._rows import QC_FLAGS, UNSPLIT, read_qc_reference, view_folders
+from engine.stages._run import StageRun
+from engine.stages._scoring import selected_threshold
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A Ray Data actor-pool stream like `make cam`: ``engine.runtime.pipeline.image_stream`` decodes and letterboxes, the
 `SegmentStage` actors (one network each, loaded once, weights_only=True) turn each canvas into a probability
-map, its components into COCO RLE rows in original px (``engine.core.seg_core.component_rows``). Every image of the
+map, its components into COCO RLE rows in original px (``engine.core.segnet.arrays.component_rows``). Every image of the
 trained view is scored (no QC exclusion, as `make cam`); an undecodable image becomes an `errors` row.
 Rows in = images segmented (with or without a component) + errors.
 """
@@ -16,10 +16,11 @@ import numpy as np
 
 from engine.config import Config
 from engine.config_sections import SegTrainConfig
-from engine.core.seg_core import SEGMENTER, component_rows
+from engine.core.segnet.arrays import SEGMENTER, component_rows
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
-from engine.stages.common import StageRun, select_rows
+from engine.stages._rows import select_rows
+from engine.stages._run import StageRun
 
 MASK_COLUMNS = ("rank", "rle_h", "rle_w", "area", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "score",
                 "y_prob")  # fmt: skip
@@ -89,7 +90,7 @@ class SegmentStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Returns ``row_columns`` of ``image_rows`` of the batch."""
-        from engine.core.model import bf16_autocast, normalize_canvas
+        from engine.core.model.classifier import bf16_autocast, normalize_canvas
 
         torch = self.torch
         ok = np.asarray(batch["error"]) == ""

@@ -17,15 +17,16 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.batch_columns import QC_BODY_COLUMNS
-from engine.core.seg_core import pack_rles, target_canvas
-from engine.core.seg_model import SEGNET_DIR, segnet_arch
+from engine.core.localization.columns import QC_BODY_COLUMNS
+from engine.core.segnet.arrays import pack_rles, target_canvas
+from engine.core.segnet.network import SEGNET_DIR, segnet_arch
 from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.decode import decode_batch
 from engine.runtime.pipeline import ordered_ingest
-from engine.stages.common import add_skipped, count_training_rows, run_id, save_config, select_rows
+from engine.stages._rows import select_rows
+from engine.stages._run import add_skipped, count_training_rows, run_id, save_config
 
 STREAM_COLUMNS = ("image_id", "patient_id", "view", "split", "folder", "label", "path", *QC_BODY_COLUMNS)
 

@@ -6,7 +6,7 @@ from engine.config import Config
 from engine.core.splitting import assign_splits, split_sizes, split_sizes_line
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import StageRun
+from engine.stages._run import StageRun
 
 
 def run_split(cfg: Config) -> StageSummary:

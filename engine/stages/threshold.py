@@ -7,11 +7,12 @@ import json
 import pandas as pd
 
 from engine.config import Config
-from engine.core.metrics import select_threshold
+from engine.core.metrics.classification import select_threshold
 from engine.io.fs import read_run_json, resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import StageRun, attach_qc, exclude_flagged
+from engine.stages._rows import attach_qc, exclude_flagged
+from engine.stages._run import StageRun
 
 
 def _best_info(cfg: Config) -> dict:

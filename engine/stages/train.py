@@ -11,15 +11,8 @@ from engine.io.fs import delete_outputs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.runtime.pipeline import ordered_ingest
-from engine.stages.common import (
-    add_skipped,
-    count_training_rows,
-    run_id,
-    save_config,
-    select_rows,
-    training_qc_reference,
-    write_qc_reference,
-)
+from engine.stages._rows import select_rows, training_qc_reference, write_qc_reference
+from engine.stages._run import add_skipped, count_training_rows, run_id, save_config
 
 # What a training run leaves in its run dir: deleted with run.overwrite=true (else a re-run resumes from it).
 TRAINING_OUTPUTS = ("train_state", "model", "tables/epochs", "tables/preds/stage=train", "tables/errors/stage=train")

@@ -3,7 +3,7 @@
 The priors use no model: ``centre_prior`` only the image size, ``body_prior`` the scan itself, read from
 ``data.root`` through the stream's own reader (``safe_relative_path`` + ``decode_gray8`` + ``letterbox``). Both
 are scored like our boxes (``score_method``). ``max_box_acc`` is Choe et al.'s threshold-swept box accuracy of the
-run's stored heatmaps (``engine.core.loc_baselines``).
+run's stored heatmaps (``engine.core.localization.priors``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,26 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.boxes import BoxParams, extract_pseudo_boxes
-from engine.core.cam import upsample_heatmap
-from engine.core.decode import DecodeError, decode_gray8
-from engine.core.evaluate_methods import ORIG_COLUMNS, MethodRun, group_metrics, heatmap_of, meta_of, score_method
-from engine.core.letterbox import LetterboxMeta, canvas_to_original, letterbox
-from engine.core.loc_baselines import (
+from engine.core.localization.box_methods import (
+    ORIG_COLUMNS,
+    MethodRun,
+    group_metrics,
+    heatmap_of,
+    meta_of,
+    score_method,
+)
+from engine.core.localization.boxes import BoxParams, extract_pseudo_boxes
+from engine.core.localization.priors import (
     BoxAccuracyAccumulator,
     box_accuracy_hits,
     box_accuracy_thresholds,
     brightness_prior_map,
     centre_prior,
 )
-from engine.core.localization import LocSettings, cam_peak_original
+from engine.core.metrics.localization import LocSettings, cam_peak_original
+from engine.core.model.cam import upsample_heatmap
+from engine.core.scans.decode import DecodeError, decode_gray8
+from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original, letterbox
 from engine.io.fs import resolve_fs, safe_relative_path
 
 Gt = dict[str, tuple[np.ndarray, np.ndarray]]

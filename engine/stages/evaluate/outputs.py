@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
-from engine.core.boxes import BoxParams
-from engine.core.evaluate_methods import ORIG_COLUMNS, recompute_boxes, valid_heatmaps
+from engine.core.localization.box_methods import ORIG_COLUMNS, recompute_boxes, valid_heatmaps
+from engine.core.localization.boxes import BoxParams
 from engine.io.fs import resolve_fs
 from engine.io.tables import read_table
 from engine.stages.evaluate.population import scored_frame

@@ -1,7 +1,7 @@
 """The images `make evaluate` scores: the trained view's whole-body folders of one split, whatever `make cam` wrote.
 
 `make cam cam.scope=all` writes heatmaps for every folder (the other view, the region crops: they have no XML, so
-they would count as normal images). Evaluation keeps exactly the rows of ``engine.stages.common.select_rows``
+they would count as normal images). Evaluation keeps exactly the rows of ``engine.stages._rows.select_rows``
 (index + splits, the trained view's whole-body folders from ``view_folders(data.view)``) and counts the rest.
 """
 
@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
-from engine.core.evaluate_methods import valid_heatmaps
+from engine.core.localization.box_methods import valid_heatmaps
 from engine.io.tables import read_table
-from engine.stages.common import select_rows, view_folders
+from engine.stages._rows import select_rows, view_folders
 
 
 @dataclass

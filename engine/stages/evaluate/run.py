@@ -9,16 +9,16 @@ Methods (the `method` column of `loc_metrics`):
 * ``peaks``: the run's `boxes` table as `make cam` / `make boxes` wrote it (local CAM maxima on the body).
 * ``peaks_unrefined``: the same heatmaps and box settings with the stored refined peak centres ignored (cell
   centres), on the images that have stored boxes: what the refinement (``cam.refine``) alone adds.
-* ``peaks_tuned``: the same rule (``engine.core.batch_columns.pseudo_boxes``) with box size, NMS IoU, min score and
+* ``peaks_tuned``: the same rule (``core.localization.columns.pseudo_boxes``) with box size, NMS IoU, min score and
   probability cutoff chosen on ``evaluate.tune_split`` only; the choice is scored on that split (rows with
   split=val) and then on ``evaluate.split`` once.
-* ``seed_rule``: the seed's top-N-pixel rule (``engine.core.boxes.top_pixel_boxes``) on this run's heatmaps.
+* ``seed_rule``: the seed's top-N-pixel rule (``core.localization.boxes.top_pixel_boxes``) on this run's heatmaps.
 * ``seed``: the seed's rule on ``evaluate.baseline_run``'s heatmaps (trained on the seed's landscape canvas).
 * ``centre_prior``, ``body_prior``, ``max_box_acc``: baselines (``engine.stages.evaluate.baselines``): no model, the
   brightest smoothed scan pixel, and Choe et al.'s threshold-swept box accuracy of this run's heatmaps.
 * ``masks_tight``, ``masks`` (and ``segnet_tight``, ``segnet``): pseudo / network masks (``engine.io.evaluate_masks``).
 
-The CAM peak of the pointing game is the best body peak (``engine.core.localization.cam_peak_original``: its refined
+The CAM peak of the pointing game is the best body peak (``core.metrics.localization.cam_peak_original``: its refined
 centre when `make cam` ran with ``cam.refine``, else the cell centre) for our methods and the brightest canvas
 pixel for the seed's (its first box). Tuning needs heatmaps of the tune split:
 run ``make cam ARGS="cam.split=val"`` (it writes split=val partitions beside split=test); without them tuning is
@@ -37,9 +37,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
-from engine.core.batch_columns import PEAK_COLUMNS
-from engine.core.boxes import BoxParams
-from engine.core.evaluate_methods import (
+from engine.core.localization.box_methods import (
     MethodRun,
     gt_by_image,
     heatmap_of,
@@ -49,11 +47,14 @@ from engine.core.evaluate_methods import (
     score_method,
     seed_rule_boxes,
 )
-from engine.core.localization import LocSettings, cam_peak_original
+from engine.core.localization.boxes import BoxParams
+from engine.core.localization.columns import PEAK_COLUMNS
+from engine.core.metrics.localization import LocSettings, cam_peak_original
 from engine.io.evaluate_masks import mask_methods
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.stages.common import StageRun, run_id, selected_threshold
+from engine.stages._run import StageRun, run_id
+from engine.stages._scoring import selected_threshold
 from engine.stages.evaluate.baselines import body_prior_method, centre_prior_method, max_box_acc_method
 from engine.stages.evaluate.outputs import export_coco, write_json
 from engine.stages.evaluate.population import scored_population

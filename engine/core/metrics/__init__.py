@@ -1,0 +1,1 @@
+"""Figures on arrays: classification, weak localisation, mask quality, and their plain-words notes."""

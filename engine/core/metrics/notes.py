@@ -1,0 +1,105 @@
+"""Plain-words descriptions of every metric and method name the report (and any other page) shows: one place.
+
+Metric names of `loc_metrics` (``core.localization``, ``io.evaluate_masks``, ``stages.evaluate.baselines``)
+may carry a suffix after ``@``: ``iou0.3`` (intersection over union >= 0.3), ``iogt0.5`` (intersection over the GT
+box >= 0.5) or a rank ``k`` (``hit@5``); `describe` spells the suffix out.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class MetricNote(NamedTuple):
+    """Where a metric is shown and what it means."""
+
+    group: str  # the table it belongs to (GROUP_ORDER)
+    text: str  # one plain sentence, the suffix (if any) spelled out
+
+
+GROUP_ORDER = ("Pointing", "Box precision / recall", "Boxes at the probability cutoff",
+               "False positives", "Box accuracy", "Masks", "Counts")  # fmt: skip
+
+# The classification table's columns (``engine.core.metrics.classification.binary_metrics``) at the selected threshold.
+CLASSIFICATION: dict[str, str] = {
+    "n": "images with a finite probability",
+    "auc": "area under the ROC curve: chance that an abnormal scan scores above a normal one",
+    "sensitivity": "abnormal scans called abnormal at the threshold (recall)",
+    "specificity": "normal scans called normal at the threshold",
+    "precision": "scans called abnormal that are abnormal",
+    "f1": "harmonic mean of precision and sensitivity",
+    "accuracy": "scans called correctly at the threshold",
+    "thr": "the selected probability threshold (abnormal when p >= thr)",
+}
+
+# Localisation metrics: base name (before "@") -> (group, text); "{at}" becomes the spelled-out suffix.
+METRICS: dict[str, tuple[str, str]] = {
+    "pointing_game": ("Pointing", "images with an Abnormal GT box whose CAM peak lies within the tolerance of one"),
+    "pointing_chance": ("Pointing", "the pointing game of a uniformly random pixel (the chance level)"),
+    "hit": ("Pointing", "images with an Abnormal GT box where one of the best {at} pseudo boxes touches one"),
+    "precision": ("Box precision / recall", "pseudo boxes (of every scored image) matching an Abnormal box at {at}"),
+    "precision_on_target_images": ("Box precision / recall", "as precision, counting only the boxes of images "
+                                   "that hold an Abnormal box"),  # fmt: skip
+    "recall": ("Box precision / recall", "Abnormal GT boxes matched by a pseudo box at {at}"),
+    "precision_at_cutoff": ("Boxes at the probability cutoff", "precision at {at}, boxes only on images with "
+                            "p >= the method's cutoff"),  # fmt: skip
+    "recall_at_cutoff": ("Boxes at the probability cutoff", "recall at {at}, boxes only on images with p >= cutoff"),
+    "fp_boxes_per_image_at_cutoff": ("Boxes at the probability cutoff", "unmatched boxes per image, boxes only on "
+                                     "images with p >= cutoff"),  # fmt: skip
+    "fp_boxes_per_normal_image_at_cutoff": ("Boxes at the probability cutoff", "boxes per normal image, boxes only "
+                                            "on images with p >= cutoff"),  # fmt: skip
+    "fp_boxes_per_normal_image": ("False positives", "pseudo boxes per normal image (all of them are false)"),
+    "boxes_on_normal_gt": ("False positives", "pseudo boxes that miss every Abnormal box but touch a Normal "
+                           "(physiological) GT box"),  # fmt: skip
+    "max_box_acc": ("Box accuracy", "MaxBoxAcc (Choe et al. 2020): best share over CAM thresholds of target images "
+                    "whose CAM box reaches {at} with an Abnormal box"),  # fmt: skip
+    "mask_box_iou": ("Masks", "mean over Abnormal boxes of the best IoU of a kept mask's bounding box"),
+    "mask_inside_fraction": ("Masks", "mean share of a kept mask lying inside one Abnormal box"),
+    "mask_hit_rate": ("Masks", "Abnormal boxes whose best kept-mask bounding box reaches the smallest IoU level"),
+    "mask_dice": ("Masks", "Dice of the kept masks vs the generator's true lesion masks (generated data only)"),
+    "mask_pxap": ("Masks", "PxAP (Choe et al. 2020): pixel average precision of the CAM vs the true lesion masks"),
+    "n_images": ("Counts", "scored images"),
+    "n_target_images": ("Counts", "images holding an Abnormal GT box"),
+    "n_normal_images": ("Counts", "images labelled normal with no Abnormal box"),
+    "n_gt_abnormal": ("Counts", "Abnormal GT boxes"),
+    "n_gt_normal": ("Counts", "Normal (physiological) GT boxes"),
+    "n_boxes": ("Counts", "pseudo boxes"),
+    "n_images_at_cutoff": ("Counts", "images with p >= the method's cutoff"),
+    "n_abnormal_without_gt": ("Counts", "images labelled abnormal without an Abnormal box"),
+    "n_label_conflict": ("Counts", "images labelled normal that hold an Abnormal box"),
+    "n_no_peak": ("Counts", "target images whose CAM has no positive value"),
+    "n_nan_prob": ("Counts", "images without a finite probability"),
+    "n_bad_boxes": ("Counts", "pseudo boxes with non-finite coordinates (dropped)"),
+}
+
+METHODS: dict[str, str] = {
+    "peaks": "the run's pseudo boxes (local CAM maxima on the body), as make cam / make boxes wrote them",
+    "peaks_unrefined": "the same heatmaps and box settings, peaks at CAM cell centres (what refinement adds)",
+    "peaks_tuned": "box size, NMS, min score and probability cutoff chosen on the tuning split only",
+    "seed_rule": "the seed's top-pixel rule on this run's heatmaps",
+    "seed": "the seed's rule on the baseline run (the seed's landscape canvas)",
+    "centre_prior": "baseline, no model: a box at the centre of the body",
+    "body_prior": "baseline, no model: boxes at the brightest smoothed scan pixels on the body",
+    "max_box_acc": "Choe et al.'s threshold-swept box accuracy of this run's heatmaps",
+    "masks_tight": "the kept pseudo masks' bounding boxes, scored like peaks",
+    "masks": "pseudo-mask quality against the Abnormal boxes (and true masks on generated data)",
+}
+
+
+def spell_suffix(suffix: str) -> str:
+    """Returns the `@` suffix of a metric name in words: "iou0.3" -> "IoU >= 0.3", "5" -> "5"."""
+    if suffix.startswith("iogt"):
+        return f"intersection over the GT box >= {suffix[4:]}"
+    if suffix.startswith("iou"):
+        return f"IoU >= {suffix[3:]}"
+    return suffix
+
+
+def describe(metric: str) -> MetricNote:
+    """Returns the group and plain description of a `loc_metrics` name (``precision@iou0.3``, ``hit@5``, ...).
+
+    Unknown names fall in "Counts" with an empty text, so a new metric shows up before it is described.
+    """
+    base, _, suffix = metric.partition("@")
+    group, text = METRICS.get(base, ("Counts", ""))
+    return MetricNote(group, text.replace("{at}", spell_suffix(suffix) if suffix else "the given level"))

@@ -1,0 +1,1 @@
+"""The classifier: the timm model factory, training augmentation, CAM math on tensors."""

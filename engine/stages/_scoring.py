@@ -1,0 +1,149 @@
+"""What scoring with a trained model needs: the model's run, its contract, the selected threshold, the metrics row
+at that threshold and the box and CAM settings of `make cam` / `make infer`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+
+from engine.config import Config
+from engine.core.contract import apply_contract
+from engine.core.localization.boxes import BoxParams
+from engine.core.metrics.classification import binary_metrics
+from engine.io.fs import read_run_json, resolve_fs
+from engine.io.tables import read_table, write_part
+from engine.runtime.udfs import CamSettings
+from engine.stages._run import run_id
+
+VIEW_MISMATCH = "view_mismatch"  # a row of another or unknown view than the model's data.view (skip reason, QC flag)
+
+
+def model_run_dir(cfg: Config) -> str:
+    """Returns the run whose model/best.pt and threshold score this run: `model.from_run`, else `run.dir`."""
+    return cfg.model.from_run or cfg.run.dir
+
+
+def model_info(run_dir: str) -> dict[str, Any] | None:
+    """Returns the run's `model/best.json` (what `make train` recorded beside the weights), or None without one."""
+    return read_run_json(run_dir, "model/best.json")
+
+
+def scoring_config(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """Returns (the config that scores with the model of `model_run_dir(cfg)`, what its contract changed or
+    overrode: key -> note), by engine/core/contract.py's `apply_contract` on the model's `model/best.json`.
+
+    Raises:
+        ContractError: the config contradicts the model (one line naming both values) without
+            model.override_contract; engine/preflight.py raises the same before Ray starts.
+    """
+    run_dir = model_run_dir(cfg)
+    info = model_info(run_dir)
+    if info is None:
+        return cfg, {}
+    return apply_contract(cfg, info, f"{run_dir.rstrip('/')}/model/best.json")
+
+
+def scoring_extras(contract: dict[str, str], threshold: str, off_view: set[str]) -> dict[str, Any]:
+    """Returns the summary lines of a scoring stage: what the model's contract set, the threshold, flagged views."""
+    extras: dict[str, Any] = {}
+    if contract:
+        extras["model_contract"] = contract
+    if threshold:
+        extras["threshold"] = threshold
+    if off_view:
+        extras[VIEW_MISMATCH] = f"{len(off_view)} images of another or unknown view scored (model.other_views=score)"
+    return extras
+
+
+def selected_threshold(run_dir: str) -> float:
+    """Returns the threshold `make threshold` chose for `run_dir` (the last `thresholds` row): the one reader.
+
+    Stages that score with the run's model pass `model_run_dir(cfg)`.
+
+    Raises:
+        ValueError: the run has no selected threshold.
+    """
+    table = read_table(run_dir, "thresholds")
+    if table.empty:
+        raise ValueError(f"{run_dir}: no selected threshold; run `make threshold` first")
+    return float(table["thr"].iloc[-1])
+
+
+def threshold_record(run_dir: str) -> dict[str, Any] | None:
+    """Returns the run's `threshold.json` (the chosen or adopted operating point), or None without one."""
+    return read_run_json(run_dir, "threshold.json")
+
+
+def adopt_threshold(cfg: Config) -> str:
+    """Makes this run's threshold the one of the model that scores it; returns what it did (a summary line).
+
+    With `model.from_run`, that run's selected threshold (`thresholds`, `threshold.json` with `from_run`) is copied
+    here, replacing a threshold this run held from another model (its own, or another run's), so that masks,
+    evaluate, report and browse read the operating point its preds were scored at. Scored with its own model, the
+    run keeps its own threshold; one that names another run's model is reported (run `make threshold`).
+    """
+    held = threshold_record(cfg.run.dir)
+    held_from = (held or {}).get("from_run", "")
+    if not cfg.model.from_run:
+        if held_from:
+            return f"threshold.json names the model of {held_from}, not this run's: run `make threshold` here"
+        return ""
+    chosen = read_table(cfg.model.from_run, "thresholds")
+    if chosen.empty:
+        raise ValueError(f"model.from_run={cfg.model.from_run}: no selected threshold; run `make threshold` there")
+    row = chosen.tail(1).reset_index(drop=True)
+    record = {**{k: _plain(v) for k, v in row.iloc[0].to_dict().items()}, "from_run": cfg.model.from_run}
+    mine = read_table(cfg.run.dir, "thresholds")["thr"].tolist()
+    if held_from == cfg.model.from_run and mine and np.allclose([*mine, held.get("thr", np.nan)], record["thr"]):
+        return f"thr {record['thr']:.4g} of {cfg.model.from_run}"
+    fs, root = resolve_fs(cfg.run.dir)
+    if fs.get_file_info(f"{root}/tables/thresholds").type != pafs.FileType.NotFound:
+        fs.delete_dir(f"{root}/tables/thresholds")  # one row: the threshold of the model that scores this run
+    write_part(cfg.run.dir, "thresholds", row, "from_run")
+    with fs.open_output_stream(f"{root}/threshold.json") as out:
+        out.write(json.dumps(record, indent=2, default=str).encode())
+    if held is None:
+        return f"thr {record['thr']:.4g} adopted from {cfg.model.from_run}"
+    before = f"thr {float(held['thr']):.4g} of {held_from or 'this run'}" if "thr" in held else "the old threshold"
+    return f"thr {record['thr']:.4g} adopted from {cfg.model.from_run}, replacing {before}"
+
+
+def _plain(value: Any) -> Any:
+    """Returns a numpy scalar as its Python value (JSON), other values unchanged."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> dict:
+    """Returns the `metrics` row of one split's predictions at `thr` (scikit-learn metrics)."""
+    m = binary_metrics(preds["y_true"].to_numpy(), preds["y_prob"].to_numpy(), thr)
+    return {"run_id": run_id(cfg), "split": split, "view": cfg.data.view, **m.to_dict()}
+
+
+def box_params(cfg: Config) -> BoxParams:
+    """Returns the pseudo-box parameters from `boxes.*`."""
+    return BoxParams(size=cfg.boxes.size, max_boxes=cfg.boxes.max, nms_iou=cfg.boxes.nms_iou,
+                     min_score=cfg.boxes.min_score)  # fmt: skip
+
+
+def cam_settings(cfg: Config, with_cam: bool) -> CamSettings:
+    from engine.runtime.pipeline import init_ray, use_gpu
+
+    init_ray(cfg.ray)
+    return CamSettings(
+        run_dir=model_run_dir(cfg), model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
+        with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
+        cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
+        refine_power=cfg.cam.refine_power, refine_peaks=cfg.cam.refine_peaks,
+        warmup=(cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width),
+    )  # fmt: skip
+
+
+def min_prob(cfg: Config) -> float:
+    if cfg.cam.min_prob not in ("all", "threshold"):
+        raise ValueError(f"cam.min_prob={cfg.cam.min_prob!r}: expected 'all' or 'threshold'")
+    return selected_threshold(model_run_dir(cfg)) if cfg.cam.min_prob == "threshold" else float("-inf")

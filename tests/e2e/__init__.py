@@ -1,0 +1,1 @@
+"""End-to-end tests: whole jobs on generated data and a real local Ray."""

@@ -1,0 +1,143 @@
+"""Pure parts of `make report` and the COCO export on hand-made rows: gallery picks, GT drawing, metric notes, COCO."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from engine.core.masks.segmenters import encode_rle
+from engine.core.metrics.localization import LocalizationAccumulator, LocSettings
+from engine.core.metrics.notes import GROUP_ORDER, describe
+from engine.core.render.tables import group_table_html, grouped_metrics, qc_counts_html, shift_reference_html
+from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
+from engine.stages.evaluate.outputs import (
+    CATEGORIES,
+    coco_images,
+    gt_annotations,
+    mask_segments,
+    prediction_annotations,
+)
+from engine.stages.report import browse_link, spread_pick
+
+
+def test_spread_pick_spans_the_probability_order_and_ignores_row_order() -> None:
+    frame = pd.DataFrame({"image_id": [f"f/{n}.jpg" for n in range(10)], "y_prob": np.linspace(0.1, 0.9, 10)})
+    picked = spread_pick(frame, 4)
+    assert picked["image_id"].tolist() == ["f/9.jpg", "f/6.jpg", "f/3.jpg", "f/0.jpg"]  # positions 0, 3, 6, 9
+    shuffled = spread_pick(frame.sample(frac=1.0, random_state=1), 4)
+    assert shuffled["image_id"].tolist() == picked["image_id"].tolist()
+    assert len(spread_pick(frame.head(3), 4)) == 3
+
+
+def test_browse_links_are_relative_to_the_served_report_and_quoted() -> None:
+    assert browse_link("wholeBodyPOST/12 a.jpg") == "../image/wholeBodyPOST/12%20a.jpg"
+
+
+def test_render_overlay_draws_gt_boxes_two_px_outside_solid_abnormal_and_dashed_normal() -> None:
+    image, heat = np.zeros((60, 90), np.uint8), np.zeros((60, 90), np.float32)
+    plain = render_overlay(image, heat, np.zeros((0, 4)), "")
+    abnormal, normal = np.array([[10, 30, 20, 40]]), np.array([[40, 30, 70, 50]])
+    out = render_overlay(image, heat, np.zeros((0, 4)), "", (abnormal, normal))
+    assert (out[30:40, 10:20] == plain[30:40, 10:20]).all() and (out[30:50, 40:70] == plain[30:50, 40:70]).all()
+    for row in (28, 29):  # two rings above each box
+        assert (out[row, 8:22] == GT_ABNORMAL_COLOUR).all()
+        dashed = (out[row, 39:71] == GT_NORMAL_COLOUR).all(axis=1)
+        assert 0.3 < dashed.mean() < 0.8
+
+
+def test_every_localisation_metric_has_a_group_and_a_plain_description() -> None:
+    names = list(LocalizationAccumulator(LocSettings()).compute())
+    names += ["max_box_acc@iou0.3", "mask_box_iou", "mask_inside_fraction", "mask_hit_rate", "mask_dice", "mask_pxap"]
+    for name in names:
+        note = describe(name)
+        assert note.group in GROUP_ORDER and len(note.text) > 10, name
+        assert "{at}" not in note.text, name
+    assert "IoU >= 0.3" in describe("precision@iou0.3").text
+    assert "intersection over the GT box >= 0.5" in describe("recall@iogt0.5").text
+    assert describe("hit@5").group == describe("pointing_game").group == "Pointing"
+
+
+def test_grouped_tables_show_each_group_with_only_the_methods_that_scored_it() -> None:
+    rows = [("peaks", "pointing_game", 0.5, 2, 4), ("body_prior", "pointing_game", 0.25, 1, 4),
+            ("masks", "mask_dice", 0.8, 4, 5), ("peaks", "n_images", 9.0, 9, None),
+            ("peaks_tuned", "pointing_game", 0.75, 3, 4)]  # fmt: skip
+    loc = pd.DataFrame(rows, columns=["method", "metric", "value", "numerator", "denominator"])
+    loc = loc.assign(split=["test"] * 4 + ["val"], view="POST", folder="*")
+    groups = grouped_metrics(loc, "test")["POST/*"]
+    assert list(groups) == ["Pointing", "Masks", "Counts"]  # GROUP_ORDER; the val row is not shown
+    pointing = group_table_html(groups["Pointing"])
+    assert "body_<wbr>prior" in pointing and "masks" not in pointing and "peaks_<wbr>tuned" not in pointing
+    assert "0.500<br><small>2/4</small>" in pointing and describe("pointing_game").text in pointing
+    assert ">9<" in group_table_html(groups["Counts"])  # a plain count alone
+
+
+def coco_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """Writes a hand-made GT and prediction pair of two images; returns their paths and the kept mask."""
+    images = pd.DataFrame({"image_id": ["f/b.jpg", "f/a.jpg"], "path": ["f/b.jpg", "f/a.jpg"], "orig_w": [8, 8],
+                           "orig_h": [6, 6], "split": ["test"] * 2, "y_prob": [0.2, 0.9]})  # fmt: skip
+    listed, ids = coco_images(images)
+    assert ids == {"f/a.jpg": 1, "f/b.jpg": 2} and listed[0]["split"] == "test" and listed[0]["y_prob"] == 0.9
+    gt = pd.DataFrame({"image_id": ["f/a.jpg", "f/a.jpg"], "cls": ["Abnormal", "Normal"], "x1": [1, 5],
+                       "y1": [1, 0], "x2": [3, 7], "y2": [3, 2]})  # fmt: skip
+    mask = np.zeros((6, 8), bool)
+    mask[1:3, 1:3] = True
+    counts, h, w = encode_rle(mask)
+    stored = pd.DataFrame({"image_id": ["f/a.jpg"], "rank": [0], "x1_orig": [0.0], "y1_orig": [0.0],
+                           "x2_orig": [4.0], "y2_orig": [4.0]})  # fmt: skip
+    masks = pd.DataFrame({"image_id": ["f/a.jpg"], "rank": [0], "rle_counts": [counts], "rle_h": [h], "rle_w": [w],
+                          "area": [4], "kept": [True]})  # fmt: skip
+    # Tuned boxes: a smaller box around the same peak (centre 2, 2) and one elsewhere (no mask).
+    tuned = pd.DataFrame({"image_id": ["f/a.jpg", "f/a.jpg"], "rank": [0, 1], "x1_orig": [1.0, 4.0],
+                          "y1_orig": [1.0, 3.0], "x2_orig": [3.0, 6.0], "y2_orig": [3.0, 5.0], "score": [1.0, 0.4],
+                          "score_raw": [2.0, 0.8], "y_prob": [0.9, 0.9]})  # fmt: skip
+    predictions = prediction_annotations(tuned, ids, mask_segments(masks, tuned, stored))
+    paths = []
+    for name, rows in (("gt", gt_annotations(gt, ids)), ("pred", predictions)):
+        document = {"info": {}, "licenses": [], "images": listed, "annotations": rows, "categories": CATEGORIES}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(document))
+    return paths[0], paths[1], mask
+
+
+def test_coco_gt_and_predictions_load_pair_and_evaluate_in_pycocotools(tmp_path: Path) -> None:
+    gt_path, pred_path, mask = coco_pair(tmp_path)
+    truth = COCO(str(gt_path))
+    anns = truth.loadAnns(truth.getAnnIds(imgIds=[1]))
+    assert [(a["category_id"], a["bbox"]) for a in anns] == [(1, [1, 1, 2, 2]), (2, [5, 0, 2, 2])]
+    predicted = json.loads(pred_path.read_text())["annotations"]
+    assert predicted[0]["segmentation"]["size"] == [6, 8] and predicted[1]["segmentation"] == []
+    results = truth.loadRes(predicted)
+    assert np.array_equal(results.annToMask(results.loadAnns([1])[0]).astype(bool), mask)
+    evaluation = COCOeval(truth, results, "bbox")
+    evaluation.params.catIds = [1]  # Abnormal: the class the pseudo boxes look for
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)  # the best box is the Abnormal box; the other ranks below it
+
+
+def test_the_qc_table_lists_each_flag_once_with_both_counts_and_its_meaning() -> None:
+    indexed = {"noise_frame": 3, "low_count": 1, "small_body": 0, "body_cut": 2}
+    scored = {"noise_frame": 1, "low_count": 0, "domain_shift": 4, "view_mismatch": 2, "new_flag": 1}
+    page = qc_counts_html(indexed, scored, 120, 30)
+    names = re.findall(r"<code>([a-z_]+)</code>", page)
+    assert names == ["noise_frame", "low_count", "small_body", "body_cut", "domain_shift", "view_mismatch", "new_flag"]
+    assert "<code>noise_frame</code></td><td>3</td><td>1</td>" in page
+    assert "<code>domain_shift</code></td><td>–</td><td>4</td>" in page  # judged at scoring only
+    assert "<code>small_body</code></td><td>0</td><td>–</td>" in page and "of 120" in page and "of 30" in page
+
+
+def test_the_shift_reference_table_shows_the_training_spread_beside_the_scored_median() -> None:
+    record = {"stats": ["mean_grey"], "median": {"mean_grey": 3.6}, "low": {"mean_grey": 1.0},
+              "high": {"mean_grey": 6.0}, "spread_quantile": 0.05}  # fmt: skip
+    page = shift_reference_html(record, {"mean_grey": 13.8})
+    assert "<th>training p5</th>" in page and "<th>training p95</th>" in page
+    assert "<td>1</td><td>3.6</td><td>6</td><td>13.8</td>" in page
+    assert "<td>–</td></tr>" in shift_reference_html(record, {})
