@@ -112,7 +112,7 @@ class ModelConfig:
     channels_last: bool = True  # channels_last memory format on GPU
     compile: bool = True  # torch.compile the model actors on GPU (ignored on CPU; eager when compiling fails)
     override_contract: bool = False  # true: score at a canvas, view or count rule unlike the model's (else: exit 2)
-    # cam and infer read the model's contract from its model/best.json (engine/core/contract.py): a key this config
+    # cam and infer read the model's contract from its model/best.json (engine/contract.py): a key this config
     # leaves at its default takes the model's value; a key set to another value than the model's is one `error:`
     # line (exit 2) unless this is true (model.name and model.output_stride are always the checkpoint's)
     other_views: Literal["skip", "score"] = "skip"  # rows not of the model's data.view: skip (view_mismatch) or score

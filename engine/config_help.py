@@ -1,4 +1,5 @@
-"""`python -m jobs.<stage> --help`: the stage's config keys with their defaults and meanings.
+"""`python -m jobs <stage> --help`: the config keys of the sections the stage declares reading (`Stage.sections`),
+with their defaults and meanings.
 
 Everything comes from the dataclasses of engine/config.py and engine/config_sections.py: the field names, their
 defaults and the one-line comment each field carries in the source, so the help never drifts from the code.
@@ -12,30 +13,14 @@ import inspect
 import io
 import tokenize
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
 
+if TYPE_CHECKING:
+    from engine.stages._stage import Stage
+
 COMMON = ("seed", "data", "run", "log")
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "synth": ("synth",),
-    "index": ("ray", "qc"),
-    "split": ("split",),
-    "train": ("ray", "canvas", "model", "train", "qc"),
-    "threshold": ("threshold", "qc"),
-    "infer": ("ray", "canvas", "model", "infer", "train"),
-    "cam": ("ray", "canvas", "model", "infer", "cam", "boxes", "train"),
-    "boxes": ("boxes",),
-    "masks": ("ray", "masks"),
-    "evaluate": ("evaluate", "boxes", "qc"),
-    "report": ("report", "evaluate"),
-    "leaderboard": ("leaderboard",),
-    "bench": ("bench", "ray", "canvas", "model", "infer"),
-    "browse": ("browse",),
-    "segtrain": ("ray", "canvas", "model", "train", "segtrain"),
-    "segment": ("ray", "canvas", "model", "segtrain"),
-    "export": ("export",),
-}
 
 
 @cache
@@ -84,9 +69,14 @@ def config_keys(sections: tuple[str, ...]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def stage_help(stage: str) -> str:
-    """Returns the `--help` epilog of `stage`: its config keys, default values and meanings."""
-    sections = tuple(dict.fromkeys((*COMMON, *STAGE_SECTIONS.get(stage, ()))))
+def stage_help(stage: Stage | str) -> str:
+    """Returns the `--help` epilog of `stage` (its declaration, or a stage's name): the config keys of the common
+    sections and of the ones it declares, default values and meanings."""
+    if isinstance(stage, str):
+        from engine.stages import stage as declaration
+
+        stage = declaration(stage)
+    sections = tuple(dict.fromkeys((*COMMON, *stage.sections)))
     rows = config_keys(sections)
     width = min(max(len(f"{k} = {d}") for k, d, _ in rows), 40)
     lines = [f"  {f'{k} = {d}':<{width}}  {m}" for k, d, m in rows]

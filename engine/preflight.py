@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from engine.config import Config, ConfigError
+from engine.stages._stage import MODEL, SPLITS, THRESHOLD, Stage
 
 HUB_TIMEOUT_S = 1.5  # the hub reachability probe gives up after this long (DNS included)
 
@@ -21,41 +21,14 @@ class PreflightError(ConfigError):
     """A stage's input is missing or unreachable; the message says which and how to make it."""
 
 
-@dataclass(frozen=True)
-class Need:
-    """One input of a stage: a table (folder under `<run.dir>/tables`) or a file under the run dir."""
-
-    path: str  # relative to run.dir: `tables/<name>` or a file such as `model/best.pt`
-    made_by: str  # the command that makes it
-
-
-INDEX, SPLITS = Need("tables/index", "make index"), Need("tables/splits", "make split")
-MODEL, THRESHOLD = Need("model/best.pt", "make train"), Need("tables/thresholds", "make threshold")
-HEATMAPS = Need("tables/heatmaps", "make cam")
-STAGE_NEEDS: dict[str, tuple[Need, ...]] = {
-    "split": (INDEX,),
-    "train": (INDEX, SPLITS),
-    "threshold": (Need("model/best.json", "make train"),),
-    "infer": (INDEX, SPLITS, MODEL, THRESHOLD),
-    "cam": (INDEX, SPLITS, MODEL),
-    "boxes": (HEATMAPS,),
-    "masks": (HEATMAPS, Need("tables/boxes", "make cam")),
-    "evaluate": (INDEX, HEATMAPS),  # a run without splits (new scans) is reported as skipped by evaluate itself
-    "segtrain": (INDEX, SPLITS, Need("tables/masks", "make masks")),
-    "segment": (INDEX, SPLITS, Need("segnet/best.pt", "make segtrain")),
-    "export": (INDEX, Need("tables/preds", "make cam"), Need("tables/boxes", "make cam")),
-}
 FROM_RUN = (MODEL, THRESHOLD)  # read from `model.from_run` when it is set
 
 
-def stage_needs(stage: str, cfg: Config) -> tuple[Need, ...]:
-    """Returns what `stage` reads with this config (cam with `cam.min_prob=threshold` also needs the threshold)."""
-    needs = STAGE_NEEDS.get(stage, ())
-    if stage == "cam" and cfg.cam.min_prob == "threshold":
-        needs = (*needs, THRESHOLD)
-    if stage == "segtrain" and cfg.segtrain.init_from_classifier:
-        needs = (*needs, MODEL)
-    return needs
+def declared(stage: Stage | str) -> Stage:
+    """Returns `stage`, or the declaration of the stage of that name (engine/stages/<name>.py)."""
+    from engine.stages import stage as declaration
+
+    return declaration(stage) if isinstance(stage, str) else stage
 
 
 def exists(run_dir: str, relative: str) -> bool:
@@ -69,13 +42,15 @@ def exists(run_dir: str, relative: str) -> bool:
     return fs.get_file_info(f"{root.rstrip('/')}/{relative}").type != pafs.FileType.NotFound
 
 
-def check_inputs(stage: str, cfg: Config) -> None:
-    """Raises PreflightError naming the first missing input of `stage` and the command that makes it.
+def check_inputs(stage: Stage | str, cfg: Config) -> None:
+    """Raises PreflightError naming the first missing input of `stage` (its declared `inputs(cfg)`) and the command
+    that makes it.
 
-    With `model.from_run` the model and threshold come from that run, and new scans need no splits.
+    With `model.from_run` the model and threshold come from that run, and new scans need no splits (cam, infer).
     """
-    for need in stage_needs(stage, cfg):
-        if cfg.model.from_run and need is SPLITS and stage in ("cam", "infer"):
+    stage = declared(stage)
+    for need in stage.inputs(cfg):
+        if cfg.model.from_run and need == SPLITS and stage.name in ("cam", "infer"):
             continue
         run_dir = cfg.model.from_run if cfg.model.from_run and need in FROM_RUN else cfg.run.dir
         if not exists(run_dir, need.path):
@@ -145,12 +120,12 @@ def read_json(run_dir: str, relative: str) -> dict | None:
         return None
 
 
-def check_contract(stage: str, cfg: Config) -> None:
+def check_contract(stage: Stage | str, cfg: Config) -> None:
     """Raises ContractError (one line naming both values) when `make cam` / `make infer`'s config contradicts the
-    model it scores with (its model/best.json; engine/core/contract.py), unless model.override_contract=true."""
-    if stage not in ("cam", "infer"):
+    model it scores with (its model/best.json; engine/contract.py), unless model.override_contract=true."""
+    if declared(stage).name not in ("cam", "infer"):
         return
-    from engine.core.contract import apply_contract
+    from engine.contract import apply_contract
 
     run_dir = cfg.model.from_run or cfg.run.dir
     info = read_json(run_dir, "model/best.json")
@@ -158,10 +133,11 @@ def check_contract(stage: str, cfg: Config) -> None:
         apply_contract(cfg, info, f"{run_dir.rstrip('/')}/model/best.json")
 
 
-def preflight(stage: str, cfg: Config) -> None:
-    """Runs every driver-side check of `stage`: its inputs, (cam, infer) the model's contract, then (train) the
-    pretrained weights."""
+def preflight(stage: Stage | str, cfg: Config) -> None:
+    """Runs every driver-side check of `stage` (its declaration, or a stage's name): its inputs, (cam, infer) the
+    model's contract, then (train) the pretrained weights."""
+    stage = declared(stage)
     check_inputs(stage, cfg)
     check_contract(stage, cfg)
-    if stage == "train":
+    if stage.name == "train":
         check_pretrained(cfg)

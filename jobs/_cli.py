@@ -1,36 +1,35 @@
-"""Shared CLI plumbing for the jobs: `--config FILE [--verbose] key=value ...`, checks, logging, exit codes.
+"""The one code path of every stage's command line: `--config FILE [--verbose] key=value ...`, checks, logging, exit
+codes.
 
-A job imports its stage (and with it torch, timm and Ray) only after the config has loaded and the driver-side
-checks of engine/preflight.py have passed, so that a typo or a missing input is one line within a second.
+A job reads its stage's declaration (engine/stages/_stage.py; the module stays light) and imports what the stage
+runs on (torch, timm, Ray) only after the config has loaded and the driver-side checks of engine/preflight.py have
+passed, so that a typo or a missing input is one line within a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from engine.config import Config, ConfigError, load_config
+from engine.stages._stage import Stage
 
-if TYPE_CHECKING:
-    from engine.io.summary import StageSummary
-
-StageRef = Callable[[Config], "StageSummary"] | str  # a stage function, or "module:function" imported when run
+CHECK = "--check-enabled"  # runs nothing: the stage's `<name>.enabled` switch as the exit code (0 on, 1 off)
 
 
-def parse_config(argv: list[str] | None, description: str, stage: str = "") -> Config:
+def parse_config(argv: list[str] | None, stage: Stage) -> Config:
     """Returns the Config from `--config`, `--verbose` and the trailing `key=value` overrides."""
     from engine.config_help import stage_help
 
     parser = argparse.ArgumentParser(
-        prog=f"python -m jobs.{stage}" if stage else None, description=description,
-        epilog=stage_help(stage) if stage else None, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog=f"python -m jobs {stage.name}",
+        description=f"`make {stage.name}`: {stage.help}",
+        epilog=stage_help(stage),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default="conf/default.yaml", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs too (same as log.level=debug)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. boxes.nms_iou=0.2")
@@ -54,49 +53,72 @@ def _absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def _resolve(stage: StageRef) -> Callable[[Config], StageSummary]:
-    if callable(stage):
-        return stage
-    module, name = stage.split(":")
-    return getattr(importlib.import_module(module), name)
+def preamble(stage: Stage | str, cfg: Config) -> str:
+    """Returns a job's first line: its name, run dir and the data it reads (its declaration's `data`, else data.root;
+    `make bench`: its own generated data)."""
+    if isinstance(stage, str):
+        from engine.stages import stage as declaration
+
+        stage = declaration(stage)
+    data = stage.data(cfg) if stage.data else cfg.data.root
+    return f"-> {stage.name}: run {cfg.run.dir}, data {data}"
 
 
-def preamble(name: str, cfg: Config) -> str:
-    """Returns a job's first line: its name, run dir and the data it reads (`make bench`: its own generated data)."""
-    data = cfg.bench.data_root if name == "bench" else cfg.data.root
-    return f"-> {name or 'stage'}: run {cfg.run.dir}, data {data}"
+def run_stage(stage: Stage, argv: list[str] | None) -> int:
+    """Parses the config, checks the stage's inputs, runs it, prints its summary; returns the exit code.
 
-
-def run_job(argv: list[str] | None, description: str, stage: StageRef, name: str = "") -> int:
-    """Parses the config, checks the stage's inputs, runs `stage`, prints its summary; returns the exit code.
-
-    Bad configuration, missing inputs and refused inputs are one clear line on stderr and exit code 2.
+    Bad configuration, missing inputs and refused inputs are one clear line on stderr and exit code 2. A stage that
+    serves (`make browse`) runs until Ctrl-C instead; `--check-enabled` only answers the stage's switch.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if CHECK in args:
+        args.remove(CHECK)
+        return check_enabled(stage, args)
+    if stage.serves:
+        return serve(stage, args)
     from engine.preflight import preflight
     from engine.runtime import console
 
     native_log = ""
     try:
-        cfg = parse_config(argv, description, name)
+        cfg = parse_config(args, stage)
         console.configure(cfg.log)
-        native_log = console.route_native_stderr(name)  # Ray's C++ lines to a file, Python's to the terminal
+        native_log = console.route_native_stderr(stage.name)  # Ray's C++ lines to a file, Python's to the terminal
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        preflight(name, cfg)
-        print(preamble(name, cfg), flush=True)
-        summary = _resolve(stage)(cfg)
+        preflight(stage, cfg)
+        print(preamble(stage, cfg), flush=True)
+        summary = stage.run(cfg)
     except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if native_log and os.path.getsize(native_log):
             print(f"  native log (Ray's own lines): {native_log}", file=sys.stderr)
         return 2
-    print(summary.render())
+    if summary is not None:
+        print(summary.render())
     return 0
 
 
-def job_main(stage: StageRef, description: str | None, name: str = "") -> Callable[[list[str] | None], int]:
-    """Returns a job's `main(argv) -> exit code` running `stage` (a function or "module:function")."""
+def serve(stage: Stage, argv: list[str]) -> int:
+    """Runs a stage that serves until interrupted (`make browse`); exit code 0 on Ctrl-C, 2 on bad config."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stage.run(parse_config(argv, stage))
+    except KeyboardInterrupt:
+        return 0
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
-    def main(argv: list[str] | None = None) -> int:
-        return run_job(argv, description or str(stage), stage, name)
 
-    return main
+def check_enabled(stage: Stage, argv: list[str]) -> int:
+    """Runs nothing: exit code 0 when `<stage>.enabled` is true, 1 when false, 2 on bad config or no such switch."""
+    try:
+        section = getattr(parse_config(argv, stage), stage.name, None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(getattr(section, "enabled", None), bool):
+        print(f"error: {CHECK}: stage {stage.name} has no `{stage.name}.enabled` switch", file=sys.stderr)
+        return 2
+    return 0 if section.enabled else 1

@@ -15,19 +15,43 @@ from pathlib import Path
 from engine.io.summary import pack_items
 
 # the headline methods (every method and baseline: the evaluate summary above it, or tables/loc_metrics)
-FIGURES = ("peaks", "masks_tight", "masks", "segnet_tight", "segnet", "peaks_tuned", "seed", "body_prior",
-           "max_box_acc")  # fmt: skip
-STAGE_ORDER = ("synth", "index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
-               "evaluate", "report")
+FIGURES = (
+    "peaks",
+    "masks_tight",
+    "masks",
+    "segnet_tight",
+    "segnet",
+    "peaks_tuned",
+    "seed",
+    "body_prior",
+    "max_box_acc",
+)
+STAGE_ORDER = (
+    "synth",
+    "index",
+    "split",
+    "train",
+    "threshold",
+    "infer",
+    "cam",
+    "boxes",
+    "masks",
+    "segtrain",
+    "segment",
+    "evaluate",
+    "report",
+)
 
 
 def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
     """Returns the test split's classification figures (infer summary) and headline localisation figures."""
     lines = []
     if infer and "auc" in infer:
-        lines.append(f"classification on the {infer.get('split', 'test')} split: auc {infer['auc']:.3f}, sensitivity "
-                     f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
-                     f"({infer['n']} images)")  # fmt: skip
+        lines.append(
+            f"classification on the {infer.get('split', 'test')} split: auc {infer['auc']:.3f}, sensitivity "
+            f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
+            f"({infer['n']} images)"
+        )
     figures = [f"  {k}: {evaluate[k]}" for k in FIGURES if k in evaluate]  # evaluate stores them formatted
     if figures:
         lines += ["localisation on the test split (all methods: evaluate's summary above):", *figures]
@@ -53,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started", type=float, default=None, help="epoch seconds when the demo started")
     args = parser.parse_args(argv)
     summaries = args.run_dirs[0] / "summaries"
-    evaluate, infer = (json.loads(p.read_text()) if p.is_file() else {} for p in
-                       (summaries / "evaluate.json", summaries / "infer.json"))  # fmt: skip
+    evaluate, infer = (
+        json.loads(p.read_text()) if p.is_file() else {}
+        for p in (summaries / "evaluate.json", summaries / "infer.json")
+    )
     lines = figure_lines(evaluate, infer)
     print("\n".join(lines + timing_lines(args.run_dirs, args.started, time.time())))
     return 0

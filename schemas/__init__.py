@@ -1,45 +1,15 @@
-"""One Arrow schema per table: the single source of truth for column names and types."""
+"""One Arrow schema per table: the single source of truth for column names and types.
 
+Each module `schemas/<table>.py` defines SCHEMA, SCHEMA_VERSION and PARTITION_COLS; a new module is a new table
+(`TABLES` finds it by its file name, so adding a table touches only its schema module).
+"""
+
+import importlib
+import pkgutil
 from types import ModuleType
 
-from schemas import (
-    boxes,
-    epochs,
-    errors,
-    exports,
-    gt_boxes,
-    heatmaps,
-    index,
-    leaderboard,
-    loc_metrics,
-    masks,
-    meta,
-    metrics,
-    preds,
-    qc,
-    seg_epochs,
-    seg_masks,
-    splits,
-    thresholds,
-)
-
 TABLES: dict[str, ModuleType] = {
-    "index": index,
-    "gt_boxes": gt_boxes,
-    "errors": errors,
-    "splits": splits,
-    "preds": preds,
-    "heatmaps": heatmaps,
-    "boxes": boxes,
-    "meta": meta,
-    "epochs": epochs,
-    "thresholds": thresholds,
-    "metrics": metrics,
-    "loc_metrics": loc_metrics,
-    "masks": masks,
-    "leaderboard": leaderboard,
-    "qc": qc,
-    "seg_epochs": seg_epochs,
-    "seg_masks": seg_masks,
-    "exports": exports,
+    module.name: importlib.import_module(f"{__name__}.{module.name}")
+    for module in pkgutil.iter_modules(__path__)
+    if not module.name.startswith("_")
 }

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -80,30 +84,93 @@ def split_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def trained_run(ray_session, data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The split run trained for 2 epochs with a selected threshold: trained once per session; copy to modify."""
-    import shutil
+# The display's cadence forced, so that every machine prints the same kinds of lines, however fast: rank 0 sends
+# an event at every batch and the driver writes a progress line at every event (tests/runtime/test_terminal.py).
+JOB_CADENCE = ("log.events_s=0", "log.progress_s=0")
 
-    from engine.stages.threshold import run_threshold
-    from engine.stages.train import run_train
+
+@dataclass(frozen=True)
+class JobRun:
+    """A finished `python -m jobs <stage>` process: exit code, stdout+stderr lines, wall seconds, process id."""
+
+    code: int
+    lines: list[str]
+    seconds: float
+    pid: int
+
+
+def run_job(stage: str, data_root: Path | str, run_dir: Path | str, *extra: str, timeout_s: float = 900) -> JobRun:
+    """Runs `python -m jobs <stage>` on the test config (TEST_OVERRIDES, 2 CPUs, JOB_CADENCE), then `extra`."""
+    command = [
+        sys.executable,
+        "-m",
+        "jobs",
+        stage,
+        "--config",
+        "conf/demo.yaml",
+        f"data.root={data_root}",
+        f"run.dir={run_dir}",
+        *TEST_OVERRIDES,
+        "ray.num_cpus=2",
+        *JOB_CADENCE,
+        *extra,
+    ]
+    started = time.monotonic()
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    return JobRun(proc.returncode, out.splitlines(), time.monotonic() - started, proc.pid)
+
+
+def _check(job: JobRun, stage: str) -> None:
+    assert job.code == 0, f"jobs {stage} failed:\n" + "\n".join(job.lines[-40:])
+
+
+@pytest.fixture(scope="session")
+def session_jobs() -> dict[str, JobRun]:
+    """The job processes that made `trained_run` and `scored_run`, by stage, for tests of what a job prints."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def trained_run(session_trained_run: Path) -> Path:
+    """The split run trained for 2 epochs with a selected threshold: trained once per session; copy to modify.
+
+    A module may override this name (tests/e2e/test_pipeline_e2e.py: with its own copy); `scored_run` builds on
+    `session_trained_run`, which none overrides.
+    """
+    return session_trained_run
+
+
+@pytest.fixture(scope="session")
+def session_trained_run(
+    ray_session, data_root: Path, split_run: Path, session_jobs: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`trained_run`: `make train` and `make threshold` run as job processes (recorded in `session_jobs`), so the
+    same training serves the tests of a trained model and the tests of what a job prints."""
+    import shutil
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     shutil.copytree(split_run, run_dir)
-    cfg = test_config(data_root, run_dir)
-    run_train(cfg)
-    run_threshold(cfg)
+    for stage in ("train", "threshold"):
+        session_jobs[stage] = run_job(stage, data_root, run_dir)
+        _check(session_jobs[stage], stage)
     return run_dir
 
 
 @pytest.fixture(scope="session")
-def scored_run(data_root: Path, trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of `trained_run` after `make cam` over its test split (once per session; copy to modify)."""
+def scored_run(
+    data_root: Path, session_trained_run: Path, session_jobs: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of `trained_run` after `make cam` over its test split, as a job process (once per session; copy to
+    modify)."""
     import shutil
 
-    from engine.stages.cam import run_cam
-
     run_dir = tmp_path_factory.mktemp("scored") / "run"
-    shutil.copytree(trained_run, run_dir)
-    run_cam(test_config(data_root, run_dir))
+    shutil.copytree(session_trained_run, run_dir)
+    session_jobs["cam"] = run_job("cam", data_root, run_dir)
+    _check(session_jobs["cam"], "cam")
     return run_dir

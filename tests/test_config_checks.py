@@ -49,8 +49,19 @@ CHOICE_KEYS = [key for key, hint in _leaf_fields(Config) if typing.get_origin(hi
 
 
 def test_the_enum_like_keys_are_typed_as_choices():
-    expected = {"data.view", "train.use_gpu", "threshold.mode", "cam.scope", "cam.method", "cam.min_prob",
-                "cam.split", "infer.split", "evaluate.split", "evaluate.tune_split", "model.output_stride"}  # fmt: skip
+    expected = {
+        "data.view",
+        "train.use_gpu",
+        "threshold.mode",
+        "cam.scope",
+        "cam.method",
+        "cam.min_prob",
+        "cam.split",
+        "infer.split",
+        "evaluate.split",
+        "evaluate.tune_split",
+        "model.output_stride",
+    }
     assert expected <= set(CHOICE_KEYS)
 
 
@@ -63,8 +74,11 @@ def test_a_value_outside_a_keys_choices_names_file_line_key_value_and_choices(tm
 
 
 def test_cam_method_foo_is_refused_with_the_allowed_methods():
-    with pytest.raises(ConfigError, match=r"override 'cam\.method=foo': key 'cam\.method' must be one of "
-                                          r"auto, fused, gradcam; got 'foo'"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"override 'cam\.method=foo': key 'cam\.method' must be one of "
+        r"auto, fused, gradcam; got 'foo'",
+    ):
         load_config(REPO / "conf" / "demo.yaml", ["cam.method=foo"])
 
 

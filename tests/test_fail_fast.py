@@ -17,8 +17,20 @@ from tests.conftest import REPO, TEST_OVERRIDES
 
 def _job(stage: str, data_root: Path, run_dir: Path, *extra: str, env: dict | None = None) -> tuple[int, str, str]:
     """Runs `python -X importtime -m jobs <stage>`; returns exit code, its output lines and the modules it imported."""
-    command = [sys.executable, "-X", "importtime", "-m", "jobs", stage, "--config", "conf/demo.yaml",
-               f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "jobs",
+        stage,
+        "--config",
+        "conf/demo.yaml",
+        f"data.root={data_root}",
+        f"run.dir={run_dir}",
+        *TEST_OVERRIDES,
+        *extra,
+    ]
     started = time.monotonic()
     env = {**os.environ, **(env or {})}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
@@ -70,18 +82,21 @@ def test_a_bad_enum_value_is_refused_before_ray_torch_or_timm_load(data_root: Pa
     assert not {"ray", "torch", "timm"} & set(imported.split()), imported
 
 
-def test_pretrained_weights_out_of_reach_name_the_offline_settings(data_root: Path, split_copy: Path,
-                                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_pretrained_weights_out_of_reach_name_the_offline_settings(
+    data_root: Path, split_copy: Path, tmp_path: Path
+) -> None:
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, and the hub declared offline
-    code, output, imported = _job("train", data_root, split_copy, "model.pretrained=true",
-                                  "model.name=hf_hub:timm/resnet18.a1_in1k", env=env)  # fmt: skip
+    code, output, imported = _job(
+        "train", data_root, split_copy, "model.pretrained=true", "model.name=hf_hub:timm/resnet18.a1_in1k", env=env
+    )
     _assert_one_error(code, output, "model.pretrained=false", "model.weights=", "resnet18.a1_in1k")
     assert "ray" not in imported.split()
 
 
 def test_help_lists_the_stage_keys_with_defaults_and_meanings() -> None:
-    done = subprocess.run([sys.executable, "-m", "jobs", "cam", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs", "cam", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     scope = next(line for line in lines if line.strip().startswith("cam.scope = "))

@@ -1,5 +1,6 @@
-"""The house plan of engine/ (docs/ARCHITECTURE.md): core stays pure, rooms import only downwards, and no stage
-module imports another stage."""
+"""The house plan of engine/ (docs/ARCHITECTURE.md): core stays pure, rooms import only downwards, no stage
+module imports another stage, Ray stays in runtime/, the whole Config stays above runtime/, and the modules of a
+core package import each other without a cycle."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "engine"
 # Which rooms each room may import from (besides itself and the top-level engine modules such as engine.config).
 MAY_IMPORT = {"core": set(), "io": {"core"}, "runtime": {"core", "io"}, "stages": {"core", "io", "runtime"}}
+# Where `import ray` may appear: runtime/ is the Ray room; bench/ measures Ray itself (its feed and run compare Ray
+# Data against a plain loop and read Ray's own counters), so it keeps a narrow, stated exception.
+RAY_ROOMS = ("runtime", "bench")
+# Rooms that receive config sections (ModelConfig, MasksConfig, ...), never the whole engine.config.Config.
+SECTION_ROOMS = ("core", "io", "runtime")
 CORE_MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ENGINE / "core").rglob("*.py") if p.stem != "__init__"
 )
@@ -57,6 +63,17 @@ def _engine_imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _ray_imports(path: Path) -> list[tuple[int, str]]:
+    """Returns (line, module) of every `ray` / `ray.*` import in `path` (lazy ones too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.partition(".")[0] == "ray"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").partition(".")[0] == "ray":
+            found.append((node.lineno, node.module))
+    return found
+
+
 def _room(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else None
@@ -90,6 +107,97 @@ def test_rooms_import_only_the_rooms_below_them() -> None:
             if other is not None and other != room and other not in MAY_IMPORT[room]:
                 offences.append(f"{path.relative_to(ROOT)}:{line}: engine/{room} imports {target}")
     assert not offences, "an import goes up the house:\n" + "\n".join(offences)
+
+
+def test_only_runtime_imports_ray() -> None:
+    """`import ray` / `from ray...` appear under engine/runtime/ only (and engine/bench/, see RAY_ROOMS)."""
+    offences = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        parts = path.relative_to(ENGINE).parts
+        if len(parts) > 1 and parts[0] in RAY_ROOMS:
+            continue
+        offences += [f"{path.relative_to(ROOT)}:{line}: imports {name}" for line, name in _ray_imports(path)]
+    assert not offences, "Ray outside engine/runtime:\n" + "\n".join(offences)
+
+
+def test_runtime_io_and_core_take_config_sections_not_the_whole_config() -> None:
+    """No module under engine/runtime, engine/io or engine/core imports engine.config's `Config` (the stages pick
+    the sections a function needs; the section dataclasses themselves may be imported)."""
+    offences = []
+    for room in SECTION_ROOMS:
+        for path in sorted((ENGINE / room).rglob("*.py")):
+            offences += [
+                f"{path.relative_to(ROOT)}:{line}: imports engine.config.Config"
+                for line, target in _engine_imports(path)
+                if target == "engine.config.Config"
+            ]
+    assert not offences, "the whole Config below the stages:\n" + "\n".join(offences)
+
+
+def _import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Returns module -> the other `modules` (name -> file) it imports, lazy imports included; an import of
+    `pkg.mod.name` counts as one of `pkg.mod`."""
+    edges = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, target in _engine_imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+        edges[name] = targets
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Returns the cycles of an import graph: its strongly connected groups of two or more modules (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(edges.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = stack[stack.index(node) :]
+            del stack[stack.index(node) :]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_finds_cycles_and_reads_imports() -> None:
+    """The finder itself: a two-module and a three-module cycle beside an acyclic tail; and the graph of a real core
+    package holds a known edge (engine/core/masks/sam.py imports the segmenters)."""
+    edges = {"a": {"b"}, "b": {"a", "c"}, "c": {"d"}, "d": set(), "x": {"y"}, "y": {"z"}, "z": {"x", "d"}}
+    assert _cycles(edges) == [["a", "b"], ["x", "y", "z"]]
+    masks = {_module_name(p): p for p in sorted((ENGINE / "core" / "masks").glob("*.py")) if p.stem != "__init__"}
+    assert "engine.core.masks.segmenters" in _import_graph(masks)["engine.core.masks.sam"]
+
+
+def test_no_import_cycle_inside_a_core_package() -> None:
+    """The modules of each engine/core package (and the top-level core modules) import each other without a cycle,
+    lazy imports included: a package's shared helpers sit in one module the others import."""
+    packages: dict[Path, dict[str, Path]] = {}
+    for path in sorted((ENGINE / "core").rglob("*.py")):
+        packages.setdefault(path.parent, {})[_module_name(path)] = path
+    offences = []
+    for folder, modules in sorted(packages.items()):
+        modules = {name: path for name, path in modules.items() if path.stem != "__init__"}
+        cycles = _cycles(_import_graph(modules))
+        offences += [f"{folder.relative_to(ROOT)}: {' <-> '.join(cycle)}" for cycle in cycles]
+    assert not offences, "an import cycle in a core package:\n" + "\n".join(offences)
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

@@ -4,11 +4,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ignored or generated folders (see .gitignore): never part of what a reader gets.
-SKIP_DIRS = {".git", ".venv", "runs", "data", "outputs", "build", "tmp", "__pycache__", ".pytest_cache",
-             ".hypothesis", ".ruff_cache", ".gpu-transfer", ".whl", ".gl"}  # fmt: skip
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "runs",
+    "data",
+    "outputs",
+    "build",
+    "tmp",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".ruff_cache",
+    ".gpu-transfer",
+    ".whl",
+    ".gl",
+}
 # Notes kept beside the repository, not in it. Built from pieces so that this file does not match itself.
-OUTSIDE_FILES = ("DESIGN" + ".md", "DESIGN" + " §", "STYLE" + ".md", ".." + "/shared", "README" + "_seed",
-                 "seed" + "_code.md", "research/" + "anchors.md")  # fmt: skip
+OUTSIDE_FILES = (
+    "DESIGN" + ".md",
+    "DESIGN" + " §",
+    "STYLE" + ".md",
+    ".." + "/shared",
+    "README" + "_seed",
+    "seed" + "_code.md",
+    "research/" + "anchors.md",
+)
 
 
 def repository_text_files(root: Path) -> list[Path]:

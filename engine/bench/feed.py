@@ -17,6 +17,7 @@ import pandas as pd
 from engine.config import Config
 from engine.io.summary import StageSummary
 from engine.runtime.decode import BatchDecoder, DecodeSettings
+from engine.stages._scoring import scoring_feed
 
 
 def batch_nbytes(batch: dict[str, np.ndarray]) -> int:
@@ -94,18 +95,20 @@ def stream_rate(rows: pd.DataFrame, cfg: Config, mode: str, cpus: int) -> dict[s
     `actor_busy`: the share of the wall time each actor spent inside its calls.
     """
     from engine.bench.measure import MemorySampler  # torch: on the driver only, not in the null actor
-    from engine.runtime.pipeline import actor_index_stream, actor_stream, decode_settings, image_stream, stream_frame
+    from engine.runtime.pipeline import actor_index_stream, actor_stream, image_stream, stream_frame
 
     actors = cfg.infer.actors
     if mode == "tasks":
         cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, num_cpus=0, calls_per_actor=1))
-        ds, decode = image_stream(rows, cfg), None
+        feed = scoring_feed(cfg, use_gpu=False)
+        ds, decode = image_stream(rows, feed.decode, feed.stream), None
     else:
         share = cpus / actors
         infer = dataclasses.replace(cfg.infer, num_cpus=share, decode_threads=max(1, round(share)), calls_per_actor=1)
         cfg = dataclasses.replace(cfg, infer=infer)
-        ds, decode = actor_index_stream(stream_frame(rows), cfg), decode_settings(cfg)
-    stream = actor_stream(ds, NullModelStage, (decode, cfg.infer.batch_size), cfg, use_gpu=False)
+        feed = scoring_feed(cfg, use_gpu=False)
+        ds, decode = actor_index_stream(stream_frame(rows), feed.pool, feed.stream), feed.decode
+    stream = actor_stream(ds, NullModelStage, (decode, cfg.infer.batch_size), feed.pool)
     count, reasons, sent, busy, done = 0, [], 0.0, 0.0, []
     with MemorySampler(interval_s=2.0) as memory:  # PSS of every process: at 0.5 s it cost ~7 % of the rate here
         start, wall = time.perf_counter(), time.time()
@@ -117,10 +120,17 @@ def stream_rate(rows: pd.DataFrame, cfg: Config, mode: str, cpus: int) -> dict[s
             done.append(batch["done_at"])
         seconds = time.perf_counter() - start
     done_at = np.sort(np.concatenate(done)) - wall if done else np.zeros(0)
-    return {"rows_in": len(rows), "images": count, "error_reasons": reasons, "seconds": seconds,
-            "steady_img_per_s": steady_rate(done_at), "first_call_done_s": float(done_at[0]) if count else seconds,
-            "store_bytes_per_image": sent / max(count, 1), "actor_busy": busy / seconds / max(actors, 1),
-            "peak_mem_mb": memory.peak_bytes / 2**20}  # fmt: skip
+    return {
+        "rows_in": len(rows),
+        "images": count,
+        "error_reasons": reasons,
+        "seconds": seconds,
+        "steady_img_per_s": steady_rate(done_at),
+        "first_call_done_s": float(done_at[0]) if count else seconds,
+        "store_bytes_per_image": sent / max(count, 1),
+        "actor_busy": busy / seconds / max(actors, 1),
+        "peak_mem_mb": memory.peak_bytes / 2**20,
+    }
 
 
 def steady_rate(done_at: np.ndarray, skip: float = 0.25, drain: float = 0.1) -> float:
@@ -138,8 +148,10 @@ def driver_rate(rows: pd.DataFrame, cfg: Config) -> float:
     """Returns img/s of the decode tasks' canvases iterated on the driver (no actor), the issue's middle row."""
     from engine.runtime.pipeline import image_stream
 
+    feed = scoring_feed(cfg, use_gpu=False)
+    stream = image_stream(rows, feed.decode, feed.stream)
     start, count = time.perf_counter(), 0
-    for batch in image_stream(rows, cfg).iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=2):
+    for batch in stream.iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=2):
         count += len(batch["image_id"])
     return count / (time.perf_counter() - start)
 
@@ -154,16 +166,20 @@ def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[st
     """
     import ray
 
-    from engine.runtime.pipeline import decode_settings, stream_frame
+    from engine.runtime.pipeline import stream_frame
 
     cfg = feed_config(cfg)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n, scale = cfg.bench.feed_images, cfg.bench.feed_scale
     rows = feed_rows(index, n)
-    frame, settings = stream_frame(rows), decode_settings(cfg)
+    frame, settings = stream_frame(rows), scoring_feed(cfg, use_gpu=False).decode
     plain = [plain_rate(frame, settings, cfg.infer.batch_size)]  # again after each feed: the machine drifts
-    out: dict[str, Any] = {"feed_canvas": f"{cfg.canvas.height}x{cfg.canvas.width}", "feed_images": n,
-                           "feed_decode_cpus": cpus, "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1)}
+    out: dict[str, Any] = {
+        "feed_canvas": f"{cfg.canvas.height}x{cfg.canvas.width}",
+        "feed_images": n,
+        "feed_decode_cpus": cpus,
+        "feed_tasks_to_driver_img_per_s": round(driver_rate(rows, cfg), 1),
+    }
     print(f"bench feed: plain decode + letterbox {plain[0]:.0f} img/s per core at {out['feed_canvas']}", flush=True)
     for mode in ("tasks", "actor"):
         small, larges, per_cores = stream_rate(rows, cfg, mode, cpus), [], []
@@ -175,21 +191,25 @@ def run_feed(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> dict[st
         pick = int(np.argsort(effs)[(len(effs) - 1) // 2])  # the median run (the lower middle of an even count)
         large, eff, rate = larges[pick], effs[pick], larges[pick]["steady_img_per_s"]
         peak_large = max(run["peak_mem_mb"] for run in larges)
-        print(f"bench feed: infer.decode={mode}: {rate:.0f} img/s ({eff:.2f} of the plain loop on {cpus} CPUs; "
-              f"runs {', '.join(f'{e:.2f}' for e in effs)}), first results after {small['first_call_done_s']:.1f} s",
-              flush=True)  # fmt: skip
-        out.update({
-            f"feed_{mode}_img_per_s": round(rate, 1),
-            f"feed_efficiency_{mode}": round(eff, 3),
-            f"feed_efficiency_{mode}_runs": [round(e, 3) for e in effs],
-            f"feed_{mode}_small_img_per_s": round(small["steady_img_per_s"], 1),
-            f"feed_{mode}_first_results_s": round(small["first_call_done_s"], 2),
-            f"feed_{mode}_store_kb_per_image": round(small["store_bytes_per_image"] / 1024, 2),
-            f"feed_{mode}_actor_busy": round(large["actor_busy"], 3),
-            f"feed_{mode}_mem_large_over_small": round(peak_large / small["peak_mem_mb"], 3),
-            f"feed_{mode}_plain_per_core_img_per_s": round(per_cores[pick], 1),
-            f"feed_{mode}_peak_mem_mb_large": round(peak_large, 1),
-        })  # fmt: skip
+        print(
+            f"bench feed: infer.decode={mode}: {rate:.0f} img/s ({eff:.2f} of the plain loop on {cpus} CPUs; "
+            f"runs {', '.join(f'{e:.2f}' for e in effs)}), first results after {small['first_call_done_s']:.1f} s",
+            flush=True,
+        )
+        out.update(
+            {
+                f"feed_{mode}_img_per_s": round(rate, 1),
+                f"feed_efficiency_{mode}": round(eff, 3),
+                f"feed_efficiency_{mode}_runs": [round(e, 3) for e in effs],
+                f"feed_{mode}_small_img_per_s": round(small["steady_img_per_s"], 1),
+                f"feed_{mode}_first_results_s": round(small["first_call_done_s"], 2),
+                f"feed_{mode}_store_kb_per_image": round(small["store_bytes_per_image"] / 1024, 2),
+                f"feed_{mode}_actor_busy": round(large["actor_busy"], 3),
+                f"feed_{mode}_mem_large_over_small": round(peak_large / small["peak_mem_mb"], 3),
+                f"feed_{mode}_plain_per_core_img_per_s": round(per_cores[pick], 1),
+                f"feed_{mode}_peak_mem_mb_large": round(peak_large, 1),
+            }
+        )
         for run in (small, *larges):
             summary.rows_in += run["rows_in"]
             summary.rows_ok += run["images"] - len(run["error_reasons"])

@@ -199,8 +199,15 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
                 probs = torch.sigmoid(logits).cpu().numpy()
             with _timed(profile, "refine"):
                 h, w = cams.shape[1:]
-                centres = refine_cell_centres(evidence, h, w, cfg.cam.refine_reach, cfg.cam.refine_power, cams=cams,
-                                              cell_centre=tuple(info["cell_centre"]))  # as ClassifyCamStage
+                centres = refine_cell_centres(
+                    evidence,
+                    h,
+                    w,
+                    cfg.cam.refine_reach,
+                    cfg.cam.refine_power,
+                    cams=cams,
+                    cell_centre=tuple(info["cell_centre"]),
+                )  # as ClassifyCamStage
                 centres = centres.cpu().numpy()
         else:
             with _timed(profile, "forward"), torch.inference_mode(), bf16_autocast(amp):
@@ -221,9 +228,18 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
         with _timed(profile, "write"):
             n = len(probs)
             shape = {"heatmap_h": [heat.shape[1]] * n, "heatmap_w": [heat.shape[2]] * n}
-            writer.write("heatmaps", {**batch, **peak_list_columns(batch), **shape, "heatmap": heatmap_column(heat),
-                                      "overlay_canvas": [None] * n, "overlay_orig": [None] * n,
-                                      "cam_method": ["fused"] * n})  # fmt: skip
+            writer.write(
+                "heatmaps",
+                {
+                    **batch,
+                    **peak_list_columns(batch),
+                    **shape,
+                    "heatmap": heatmap_column(heat),
+                    "overlay_canvas": [None] * n,
+                    "overlay_orig": [None] * n,
+                    "cam_method": ["fused"] * n,
+                },
+            )
             writer.write("boxes", box_rows)
     with _timed(profile, "write"):
         writer.commit()
@@ -238,10 +254,19 @@ def engine_run(cfg: Config, limit: int) -> dict[str, Any]:
     """
     from engine.stages.cam import run_cam
 
-    run_cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, scope="all", limit=limit, overlays=0),
-                                  run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
+    run_cfg = dataclasses.replace(
+        cfg,
+        cam=dataclasses.replace(cfg.cam, scope="all", limit=limit, overlays=0),
+        run=dataclasses.replace(cfg.run, overwrite=True),
+    )
     with MemorySampler(gpu=torch.cuda.is_available()) as memory:
         summary = run_cam(run_cfg)
-    return {"images": summary.rows_in, "ok": summary.rows_ok, "errors": summary.errors, "seconds": summary.seconds,
-            "img_per_s": summary.rows_in / summary.seconds, "peak_mem_mb": memory.peak_bytes / 2**20,
-            "gpu_busy": memory.gpu_busy}  # fmt: skip
+    return {
+        "images": summary.rows_in,
+        "ok": summary.rows_ok,
+        "errors": summary.errors,
+        "seconds": summary.seconds,
+        "img_per_s": summary.rows_in / summary.seconds,
+        "peak_mem_mb": memory.peak_bytes / 2**20,
+        "gpu_busy": memory.gpu_busy,
+    }

@@ -14,8 +14,8 @@ import torch
 from engine.bench.feed import run_feed
 from engine.bench.measure import engine_run, model_only, plain_loop
 from engine.config import Config
-from engine.core.model.classifier import arch_info, build_classifier
-from engine.io.checkpoints import save_model
+from engine.core.model.classifier import arch_info
+from engine.io.checkpoints import build_classifier_from_files, save_model
 from engine.io.summary import StageSummary
 from engine.io.synth import generate_dataset
 from engine.io.tables import read_table
@@ -28,12 +28,15 @@ def _prepare(cfg: Config) -> Config:
     """Generates the bench dataset when missing, indexes and splits it, stores an (untrained, seeded) model."""
     if not os.path.isdir(cfg.bench.data_root):
         generate_dataset(cfg.bench.data_root, patients=cfg.bench.patients, seed=cfg.seed)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.bench.data_root),
-                              run=dataclasses.replace(cfg.run, overwrite=True))  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, root=cfg.bench.data_root),
+        run=dataclasses.replace(cfg.run, overwrite=True),
+    )
     run_index(cfg)
     run_split(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_classifier(dataclasses.replace(cfg.model, pretrained=False))
+    model = build_classifier_from_files(dataclasses.replace(cfg.model, pretrained=False))
     with torch.no_grad():  # a random head can make every CAM cell negative (no peaks, no boxes): keep the
         model.get_classifier().weight.abs_()  # work of a trained model's maps by making the weights non-negative
     save_model(cfg.run.dir, model, {**arch_info(cfg.model), "epoch": -1, "val_auc": None})
@@ -89,29 +92,39 @@ def run_bench(cfg: Config) -> StageSummary:
     summary.errors.update(small["errors"] + large["errors"])
     summary.require_balanced()  # the feed's rows and each engine run's committed account: a check that they add up
     summary.extra.update(
-        device=device_name(), model=cfg.model.name, canvas=f"{cfg.canvas.height}x{cfg.canvas.width}",
-        batch_size=cfg.infer.batch_size, actors=cfg.infer.actors, images=n,
+        device=device_name(),
+        model=cfg.model.name,
+        canvas=f"{cfg.canvas.height}x{cfg.canvas.width}",
+        batch_size=cfg.infer.batch_size,
+        actors=cfg.infer.actors,
+        images=n,
         **{f"{k}_img_per_s": round(v, 1) for k, v in figures.items()},
         engine_over_model_only=round(small["img_per_s"] / model_best, 3),
         model_only_without_refine_img_per_s=round(forward_only, 1) if cfg.cam.refine else None,
         engine_over_plain_loop=round(small["img_per_s"] / plain_rate, 3),
-        engine_large_img_per_s=round(large["img_per_s"], 1), large_images=large["images"],
+        engine_large_img_per_s=round(large["img_per_s"], 1),
+        large_images=large["images"],
         gpu_busy_large=None if large["gpu_busy"] is None else round(large["gpu_busy"], 3),
-        cam_refine=cfg.cam.refine, calls_per_actor=cfg.infer.calls_per_actor,
-        peak_mem_mb_small=round(small["peak_mem_mb"], 1), peak_mem_mb_large=round(large["peak_mem_mb"], 1),
+        cam_refine=cfg.cam.refine,
+        calls_per_actor=cfg.infer.calls_per_actor,
+        peak_mem_mb_small=round(small["peak_mem_mb"], 1),
+        peak_mem_mb_large=round(large["peak_mem_mb"], 1),
         mem_large_over_small=round(large["peak_mem_mb"] / small["peak_mem_mb"], 3),
         table_bytes_per_image=bytes_per_image(cfg.run.dir, large["images"]),
         plain_loop_profile_s={k: round(v, 3) for k, v in sorted(profile.items(), key=lambda kv: -kv[1])},
         **feed,
-    )  # fmt: skip
+    )
     _append_results(cfg, summary)
     return summary.finish()
 
 
 def _append_results(cfg: Config, summary: StageSummary) -> None:
     versions = f"torch {torch.__version__}, timm {timm.__version__}, ray {ray.__version__}"
-    lines = [f"\n## {dt.date.today().isoformat()} — {summary.extra['device']} ({versions})\n", "| figure | value |",
-             "|---|---|"]  # fmt: skip
+    lines = [
+        f"\n## {dt.date.today().isoformat()} — {summary.extra['device']} ({versions})\n",
+        "| figure | value |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {value} |" for key, value in summary.extra.items() if key != "device"]
     with open(cfg.bench.out, "a", encoding="utf-8") as out:
         out.write("\n".join(lines) + "\n")

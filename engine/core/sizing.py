@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 
-def index_block_sizes(n_rows: int, call_rows: int, workers: int, in_flight: int = 4,
-                      max_calls: int = 16) -> list[int]:  # fmt: skip
+def index_block_sizes(n_rows: int, call_rows: int, workers: int, in_flight: int = 4, max_calls: int = 16) -> list[int]:
     """Returns the rows of each block, in stream order, of an index stream whose rows the model actors decode.
 
     Every block is a whole number of actor calls (nothing is re-bundled; only the last block may hold fewer rows)

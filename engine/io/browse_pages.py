@@ -15,9 +15,17 @@ import pandas as pd
 from engine.io.overlays import BOX_COLOUR, draw_gt_boxes, render_overlay
 
 COLUMNS = (  # table column, header
-    ("image_id", "image"), ("folder", "folder"), ("view", "view"), ("split", "split"),
-           ("y_prob", "probability"), ("label", "label"), ("outcome", "outcome"), ("best_box", "best box"),
-           ("n_abnormal", "abnormal GT"), ("qc", "QC"))  # fmt: skip
+    ("image_id", "image"),
+    ("folder", "folder"),
+    ("view", "view"),
+    ("split", "split"),
+    ("y_prob", "probability"),
+    ("label", "label"),
+    ("outcome", "outcome"),
+    ("best_box", "best box"),
+    ("n_abnormal", "abnormal GT"),
+    ("qc", "QC"),
+)
 SORTABLE = tuple(key for key, _ in COLUMNS)
 FILTERS = ("split", "view", "folder", "outcome", "best_box", "label")  # exact-match filters of the table page
 
@@ -43,9 +51,15 @@ def parse_query(args: Mapping[str, str]) -> ImageQuery:
     except ValueError:
         page = 0
     filters = {k: str(args[k]) for k in FILTERS if args.get(k)}
-    return ImageQuery(sort=sort if sort in SORTABLE else "image_id", descending=args.get("order") == "desc",
-                      page=page, filters=filters, text=str(args.get("q", "")).strip(),
-                      has_qc=args.get("qc") == "1", qc_flag=str(args.get("qc_flag", "")).strip())  # fmt: skip
+    return ImageQuery(
+        sort=sort if sort in SORTABLE else "image_id",
+        descending=args.get("order") == "desc",
+        page=page,
+        filters=filters,
+        text=str(args.get("q", "")).strip(),
+        has_qc=args.get("qc") == "1",
+        qc_flag=str(args.get("qc_flag", "")).strip(),
+    )
 
 
 STYLE = """body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:13px}
@@ -55,8 +69,11 @@ form{margin:8px 0}form label{margin-right:10px}.views{display:flex;gap:24px;alig
 .view img{border:1px solid #999;margin-right:6px;image-rendering:pixelated}.key span{display:inline-block;width:16px;
 height:10px;margin:0 4px 0 12px}.missing{color:#a33}td.qc-flagged{background:#ffe0b3;color:#8a4b00}"""
 
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("browse_templates")), autoescape=True,
-                          undefined=jinja2.StrictUndefined)
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("browse_templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
 _ENV.filters["q"] = lambda value: quote(str(value), safe="/")
 
 TABLE = _ENV.get_template("table.html")
@@ -69,24 +86,55 @@ def _url(args: dict[str, str | int]) -> str:
 
 
 def table_page(
-    rows: pd.DataFrame, total: int, query: ImageQuery, choices: dict, page_size: int, note: str, has_qc: bool,
+    rows: pd.DataFrame,
+    total: int,
+    query: ImageQuery,
+    choices: dict,
+    page_size: int,
+    note: str,
+    has_qc: bool,
     qc_flags: list[str] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """Returns the HTML of the image table: filter form (`qc_flags`: the QC flag filter's choices), sortable headers
     (click again: reverse), page links; QC-flagged rows are marked."""
-    base: dict[str, str | int] = {**query.filters, "q": query.text, "qc": "1" if query.has_qc else "",
-                                  "qc_flag": query.qc_flag}  # fmt: skip
+    base: dict[str, str | int] = {
+        **query.filters,
+        "q": query.text,
+        "qc": "1" if query.has_qc else "",
+        "qc_flag": query.qc_flag,
+    }
     order = "desc" if query.descending else "asc"
-    sort_urls = {key: _url({**base, "sort": key, "order": "asc" if query.sort == key and query.descending
-                            or query.sort != key else "desc"}) for key, _ in COLUMNS}  # fmt: skip
+    sort_urls = {
+        key: _url(
+            {
+                **base,
+                "sort": key,
+                "order": "asc" if query.sort == key and query.descending or query.sort != key else "desc",
+            }
+        )
+        for key, _ in COLUMNS
+    }
     pages = max(1, -(-total // page_size))
     here = {**base, "sort": query.sort, "order": order}
     prev_url = _url({**here, "page": query.page - 1}) if query.page > 0 else ""
     next_url = _url({**here, "page": query.page + 1}) if query.page + 1 < pages else ""
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")
-    return TABLE.render(title="Run images", style=STYLE, note=note, choices=choices, query=query, total=total,
-                        pages=pages, prev_url=prev_url, next_url=next_url, columns=COLUMNS, sort_urls=sort_urls,
-                        rows=records, has_qc=has_qc, qc_flags=qc_flags or [])  # fmt: skip
+    return TABLE.render(
+        title="Run images",
+        style=STYLE,
+        note=note,
+        choices=choices,
+        query=query,
+        total=total,
+        pages=pages,
+        prev_url=prev_url,
+        next_url=next_url,
+        columns=COLUMNS,
+        sort_urls=sort_urls,
+        rows=records,
+        has_qc=has_qc,
+        qc_flags=qc_flags or [],
+    )
 
 
 def image_page(title: str, views: list[dict]) -> str:

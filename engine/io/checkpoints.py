@@ -1,29 +1,72 @@
-"""Checkpoint files: the classifier and the segmentation network, saved and loaded with weights_only=True."""
+"""Checkpoint files: the classifier and the segmentation network, saved and loaded with weights_only=True; the
+model weights core receives (a classifier's start weights, the SAM-family checkpoints) and Ray Train's state.pt."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.config_sections import MasksConfig
 from engine.core.model.classifier import ModelError, build_classifier, model_stride, probe_cell_centre
 from engine.core.segnet.network import SEGNET_DIR, build_segnet
 from engine.io.fs import resolve_fs
 
+if TYPE_CHECKING:
+    from engine.core.masks.segmenters import Segmenter
+
 log = logging.getLogger(__name__)
+
+
+def read_weights(path: str, map_location: str = "cpu") -> Any:
+    """Returns the payload of a local checkpoint file, loaded with weights_only=True onto `map_location`."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_start_weights(path: str) -> dict[str, torch.Tensor]:
+    """Returns the state dict of a local `model.weights` file: .safetensors, or a torch file (weights_only=True)
+    holding the state dict itself or under "model"."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = read_weights(path)
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+def build_classifier_from_files(cfg: ModelConfig) -> nn.Module:
+    """Returns ``build_classifier(cfg)`` with `model.weights` (when set) read by ``read_start_weights``.
+
+    Raises:
+        ModelError: as ``engine.core.model.classifier.build_classifier``.
+    """
+    return build_classifier(cfg, read_start_weights)
+
+
+def build_segmenter_from_files(name: str, cfg: MasksConfig) -> Segmenter:
+    """Returns segmenter `name` (engine/core/masks/registry.py); a model segmenter's checkpoint is read by
+    ``read_weights`` (weights_only=True).
+
+    Raises:
+        MaskError: as ``engine.core.masks.registry.build_segmenter``.
+    """
+    from engine.core.masks.registry import build_segmenter
+
+    return build_segmenter(name, cfg, read_weights)
 
 
 def save_model(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
     """Writes `<run_dir>/model/best.pt` (state dict + info) and `best.json`; returns the .pt path.
 
     The info gains `cell_centre` (``probe_cell_centre``) unless the caller gave one. A trained classifier's info
-    carries its contract (engine/core/contract.py `contract_info`: `contract`, `cam_settings`, `threshold`), which
-    `make cam` and `make infer` read back from best.json before they score (engine/stages/common.py scoring_config).
+    carries its contract (engine/contract.py `contract_info`: `contract`, `cam_settings`, `threshold`), which
+    `make cam` and `make infer` read back from best.json before they score (engine/stages/_scoring.py scoring_config).
     """
     if "cell_centre" not in info:
         info = {**info, "cell_centre": probe_cell_centre(model, model_stride(model, info))}
@@ -53,6 +96,12 @@ def read_checkpoint(run_dir: str, relative: str, made_by: str) -> tuple[dict[str
             return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True), path
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: no trained model; run `{made_by}` first") from exc
+
+
+def load_training_state(folder: str) -> dict[str, Any]:
+    """Returns the `state.pt` of a Ray Train checkpoint folder (model, optimizer, scheduler and the run's counters),
+    loaded on CPU with weights_only=True."""
+    return torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
 
 
 def load_model(run_dir: str, cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -101,8 +150,9 @@ def save_segnet(run_dir: str, model: nn.Module, info: dict[str, Any]) -> str:
     folder = f"{root}/{SEGNET_DIR}"
     fs.create_dir(folder, recursive=True)
     buffer = io.BytesIO()
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "info": json.dumps(info)},
-               buffer)  # fmt: skip
+    torch.save(
+        {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "info": json.dumps(info)}, buffer
+    )
     for name, data in (("best.pt", buffer.getvalue()), ("best.json", json.dumps(info, indent=2).encode())):
         with fs.open_output_stream(f"{folder}/.{name}.tmp") as out:
             out.write(data)

@@ -25,9 +25,14 @@ def peak_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
     """Returns the refined peak columns as Arrow lists (nulls when the pass did not refine)."""
     if "peak_index" not in ok:
         n = len(ok["image_id"])
-        return {"peak_index": pa.nulls(n, pa.list_(pa.int32())), "peak_x": pa.nulls(n, pa.list_(pa.float32())),
-                "peak_y": pa.nulls(n, pa.list_(pa.float32()))}  # fmt: skip
+        return {
+            "peak_index": pa.nulls(n, pa.list_(pa.int32())),
+            "peak_x": pa.nulls(n, pa.list_(pa.float32())),
+            "peak_y": pa.nulls(n, pa.list_(pa.float32())),
+        }
     valid = ok["peak_index"] >= 0
-    return {"peak_index": padded_list_column(ok["peak_index"], valid, pa.int32()),
-            "peak_x": padded_list_column(ok["peak_x"], valid, pa.float32()),
-            "peak_y": padded_list_column(ok["peak_y"], valid, pa.float32())}  # fmt: skip
+    return {
+        "peak_index": padded_list_column(ok["peak_index"], valid, pa.int32()),
+        "peak_x": padded_list_column(ok["peak_x"], valid, pa.float32()),
+        "peak_y": padded_list_column(ok["peak_y"], valid, pa.float32()),
+    }

@@ -75,8 +75,12 @@ def _move_rest(fs: pafs.FileSystem, src: str, dst: str) -> None:
 
 def _write_journal(fs: pafs.FileSystem, path: str, phase: str, moves: list[Move]) -> None:
     """Writes the journal under a temporary name, then renames it (a reader sees all of it or nothing)."""
-    body = {"phase": phase, "pid": os.getpid(), "host": socket.gethostname(),
-            "moves": [[m.final, m.staged, m.aside] for m in moves]}  # fmt: skip
+    body = {
+        "phase": phase,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "moves": [[m.final, m.staged, m.aside] for m in moves],
+    }
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(f"{path}.tmp") as out:
         out.write(json.dumps(body).encode())

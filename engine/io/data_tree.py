@@ -82,10 +82,11 @@ class ArrowTree:
         """Returns the directory's entries by name, in sorted order whatever the listing's order."""
         infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
         return {
-            info.base_name: TreeEntry(info.base_name, info.path, info.type == pafs.FileType.Directory,
-                                      info.type == pafs.FileType.File, True)
+            info.base_name: TreeEntry(
+                info.base_name, info.path, info.type == pafs.FileType.Directory, info.type == pafs.FileType.File, True
+            )
             for info in sorted(infos, key=lambda info: info.base_name)
-        }  # fmt: skip
+        }
 
     def read_bytes(self, path: str) -> bytes:
         """Returns a file's bytes."""

@@ -35,12 +35,34 @@ log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"  # <run.dir>/export/<StudyInstanceUID>/...
 # Patient and study attributes copied verbatim from the source into every exported object.
-STUDY_IDENTIFIERS = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
-                     "PatientSex", "PatientAge", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
-                     "AccessionNumber", "ReferringPhysicianName", "StudyDescription")  # fmt: skip
+STUDY_IDENTIFIERS = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
 # Type 2 attributes highdicom's Segmentation reads from its source (absent ones are added empty to its copy).
-_SEG_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
-              "StudyTime", "ReferringPhysicianName")  # fmt: skip
+_SEG_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 _SEX_VALUES = ("M", "F", "O")
 # Patient orientation (row direction, column direction) of a planar view: anterior seen from the front, posterior
 # from behind (real whole-body exports store the posterior frame as acquired, not mirrored); head at the top.
@@ -133,9 +155,15 @@ def _pixel_spacing(header: Dataset) -> tuple[float, float] | None:
 
 
 def secondary_capture(
-    header: Dataset, rgb: np.ndarray, frame: int, view: str, series_uid: str, instance_number: int,
-    settings: ExportSettings, comment: str,
-) -> Dataset:  # fmt: skip
+    header: Dataset,
+    rgb: np.ndarray,
+    frame: int,
+    view: str,
+    series_uid: str,
+    instance_number: int,
+    settings: ExportSettings,
+    comment: str,
+) -> Dataset:
     """Returns a Secondary Capture image of `rgb` ((H, W, 3) uint8, drawn on frame `frame` of the source) in series
     `series_uid` of the source's study, referencing the source frame it shows.
 
@@ -144,14 +172,23 @@ def secondary_capture(
     """
     orientation = patient_orientation(header, view)
     image = hd.sc.SCImage(
-        pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-        study_instance_uid=str(header.StudyInstanceUID), series_instance_uid=series_uid,
-        series_number=settings.series_number, sop_instance_uid=generate_uid(), instance_number=instance_number,
-        manufacturer=settings.manufacturer, pixel_spacing=_pixel_spacing(header),
-        patient_orientation=orientation or ("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=settings.series_description, manufacturer_model_name=settings.model_name,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=str(header.StudyInstanceUID),
+        series_instance_uid=series_uid,
+        series_number=settings.series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer=settings.manufacturer,
+        pixel_spacing=_pixel_spacing(header),
+        patient_orientation=orientation or ("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=settings.series_description,
+        manufacturer_model_name=settings.model_name,
         software_versions=settings.software_version,
-    )  # fmt: skip
+    )
     if orientation is None:
         image.PatientOrientation = None  # unknown view: left empty (Type 2) rather than guessed
     carry_identifiers(image, header)
@@ -179,8 +216,10 @@ def segmentation_blocker(header: Dataset, frames: list[int]) -> str:
     geometry = [_frame_geometry(header, f) for f in range(frame_count(header))]
     missing = [f for f in frames if not 0 <= f < len(geometry) or geometry[f] is None]
     if missing:
-        return (f"no_geometry: frame(s) {[f + 1 for f in missing]} have no ImagePositionPatient and "
-                "ImageOrientationPatient in their detector's item (DetectorInformationSequence)")  # fmt: skip
+        return (
+            f"no_geometry: frame(s) {[f + 1 for f in missing]} have no ImagePositionPatient and "
+            "ImageOrientationPatient in their detector's item (DetectorInformationSequence)"
+        )
     orientations = {tuple(np.round(geometry[f][1], 4)) for f in frames}
     if len(orientations) > 1:
         return "mixed_orientation: the masked frames' detectors face different ways; highdicom needs one orientation"
@@ -254,8 +293,12 @@ def _geometry_view(header: Dataset, orientation: list[float]) -> Dataset:
 
 
 def segmentation(
-    header: Dataset, masks: np.ndarray, series_uid: str, instance_number: int, settings: ExportSettings,
-) -> Dataset:  # fmt: skip
+    header: Dataset,
+    masks: np.ndarray,
+    series_uid: str,
+    instance_number: int,
+    settings: ExportSettings,
+) -> Dataset:
     """Returns a binary DICOM Segmentation (one segment: the kept pseudo masks) of the source, in series `series_uid`.
 
     Args:
@@ -273,23 +316,33 @@ def segmentation(
     if blocker:
         raise ExportError(blocker)
     orientation = _frame_geometry(header, frames[0])[1]  # type: ignore[index]
-    algorithm = hd.AlgorithmIdentificationSequence(name=settings.model_name, version=settings.software_version,
-                                                   family=codes.cid7162.ArtificialIntelligence)  # fmt: skip
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=settings.model_name, version=settings.software_version, family=codes.cid7162.ArtificialIntelligence
+    )
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="pseudo lesion (weak localisation)",
+        segment_number=1,
+        segment_label="pseudo lesion (weak localisation)",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
-    )  # fmt: skip
+    )
     try:
         seg = hd.seg.Segmentation(
-            source_images=[_geometry_view(header, orientation)], pixel_array=masks.astype(bool),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-            series_instance_uid=series_uid, series_number=settings.series_number + 1,
-            sop_instance_uid=generate_uid(), instance_number=instance_number, manufacturer=settings.manufacturer,
-            manufacturer_model_name=settings.model_name, software_versions=settings.software_version,
-            device_serial_number="0", series_description=settings.series_description,
-        )  # fmt: skip
+            source_images=[_geometry_view(header, orientation)],
+            pixel_array=masks.astype(bool),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=series_uid,
+            series_number=settings.series_number + 1,
+            sop_instance_uid=generate_uid(),
+            instance_number=instance_number,
+            manufacturer=settings.manufacturer,
+            manufacturer_model_name=settings.model_name,
+            software_versions=settings.software_version,
+            device_serial_number="0",
+            series_description=settings.series_description,
+        )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ExportError(f"highdicom_refused: {type(exc).__name__}: {exc}") from exc
     carry_identifiers(seg, header)

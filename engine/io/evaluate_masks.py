@@ -98,9 +98,13 @@ class MaskQualityAccumulator:
         self.normal_masks: list[int] = []  # kept masks on each normal image
 
     def update(
-        self, masks: list[np.ndarray], gt: np.ndarray, heat: np.ndarray | None, truth: np.ndarray | None,
+        self,
+        masks: list[np.ndarray],
+        gt: np.ndarray,
+        heat: np.ndarray | None,
+        truth: np.ndarray | None,
         normal: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Adds one image: kept masks, Abnormal GT boxes, (both or neither) score map in original px + true union,
         and whether the image is a normal patient's (label 0: every mask on it is a false positive)."""
         if normal:
@@ -133,12 +137,17 @@ class MaskQualityAccumulator:
             return Ratio(float(np.mean(values)) if values else float("nan"), len(values), len(values))
 
         hits = sum(v >= self.iou_threshold for v in self.best_ious)
-        out = {"mask_box_iou": mean(self.best_ious), "mask_inside_fraction": mean(self.inside),
-               "mask_hit_rate": ratio(hits, len(self.best_ious))}  # fmt: skip
+        out = {
+            "mask_box_iou": mean(self.best_ious),
+            "mask_inside_fraction": mean(self.inside),
+            "mask_hit_rate": ratio(hits, len(self.best_ious)),
+        }
         if self.normal_masks:
             normals = len(self.normal_masks)
-            out |= {"mask_fp_per_normal": ratio(sum(self.normal_masks), normals),
-                    "mask_fp_image_rate": ratio(sum(n > 0 for n in self.normal_masks), normals)}  # fmt: skip
+            out |= {
+                "mask_fp_per_normal": ratio(sum(self.normal_masks), normals),
+                "mask_fp_image_rate": ratio(sum(n > 0 for n in self.normal_masks), normals),
+            }
         if self.dices:
             count = len(self.dices)
             out |= {"mask_dice": mean(self.dices), "mask_pxap": Ratio(self.pxap.compute()["pxap"], count, count)}
@@ -178,8 +187,9 @@ def _score_map(row: Any, method: str, masks: list[np.ndarray], scores: dict[str,
     return painted_scores(masks, scores.get(str(row.image_id), []), (int(row.orig_h), int(row.orig_w)))
 
 
-def _quality_runs(ctx: Any, frame: pd.DataFrame, masks: pd.DataFrame, params: BoxParams,
-                  method: str = "masks") -> tuple[MethodRun, str]:  # fmt: skip
+def _quality_runs(
+    ctx: Any, frame: pd.DataFrame, masks: pd.DataFrame, params: BoxParams, method: str = "masks"
+) -> tuple[MethodRun, str]:
     """Returns the `method` quality metrics per (view, folder) group and a one-line note on the true masks.
 
     A true mask of another shape than its image (a broken file) is counted in the note and left out.
@@ -226,8 +236,19 @@ def mask_methods(ctx: Any, frame: pd.DataFrame, params: BoxParams, peaks: list) 
         if masks is None:
             notes.append(f"no {table} of split={ctx.cfg.evaluate.split}: {missing}")
             continue
-        runs.append(score_method(f"{method}_tight", frame, tight_boxes(masks), peaks, ctx.gt, params, ctx.thr,
-                                 ctx.settings, ctx.cfg.run.dir))  # fmt: skip
+        runs.append(
+            score_method(
+                f"{method}_tight",
+                frame,
+                tight_boxes(masks),
+                peaks,
+                ctx.gt,
+                params,
+                ctx.thr,
+                ctx.settings,
+                ctx.cfg.run.dir,
+            )
+        )
         quality, note = _quality_runs(ctx, frame, masks, params, method)
         runs.append(quality)
         notes.append(f"{method}: {len(masks)} kept masks on {masks['image_id'].nunique()} images; {note}")

@@ -18,6 +18,7 @@ from engine.core.scans.dicom import split_frame_path
 
 log = logging.getLogger(__name__)
 
+
 def safe_relative_path(root: str, relative: str) -> str:
     """Returns `root/relative` after checking that it cannot leave `root`.
 

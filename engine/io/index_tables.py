@@ -21,17 +21,35 @@ BS80K_LAYOUT = "bs80k"  # folders part[L|R](ANT|POST) with label files (engine/i
 # Column name -> pandas dtype. "str" is pandas' string dtype (missing values read as NA, not None);
 # capitalised dtypes are pandas' nullable ones: `label` is NA for unlabeled scans, `line` outside label files.
 INDEX_COLUMNS = {
-    "image_id": "str", "folder": "str", "part": "str", "side": "str", "view": "str", "patient_id": "str",
-    "path": "str", "label": "Int8", "is_whole_body": "bool", "has_xml": "bool", "xml_path": "str", "line": "Int32",
-    "pixel_spacing_y_mm": "Float32", "pixel_spacing_x_mm": "Float32", "study_date": "str",
-}  # fmt: skip
+    "image_id": "str",
+    "folder": "str",
+    "part": "str",
+    "side": "str",
+    "view": "str",
+    "patient_id": "str",
+    "path": "str",
+    "label": "Int8",
+    "is_whole_body": "bool",
+    "has_xml": "bool",
+    "xml_path": "str",
+    "line": "Int32",
+    "pixel_spacing_y_mm": "Float32",
+    "pixel_spacing_x_mm": "Float32",
+    "study_date": "str",
+}
 GT_BOX_COLUMNS = {
-    "image_id": "str", "view": "str", "patient_id": "str", "cls": "str",
-    "x1": "int32", "y1": "int32", "x2": "int32", "y2": "int32", "repaired": "str",
-}  # fmt: skip
+    "image_id": "str",
+    "view": "str",
+    "patient_id": "str",
+    "cls": "str",
+    "x1": "int32",
+    "y1": "int32",
+    "x2": "int32",
+    "y2": "int32",
+    "repaired": "str",
+}
 ERROR_COLUMNS = {"file": "str", "line": "Int32", "image_id": "str", "stage": "str", "reason": "str"}
-ROW_DEFAULTS = {"label": None, "line": None, "pixel_spacing_y_mm": None, "pixel_spacing_x_mm": None,
-                "study_date": None}  # fmt: skip
+ROW_DEFAULTS = {"label": None, "line": None, "pixel_spacing_y_mm": None, "pixel_spacing_x_mm": None, "study_date": None}
 
 
 @dataclass(frozen=True)

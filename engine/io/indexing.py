@@ -37,8 +37,16 @@ from engine.io.index_tables import (
 )
 from engine.io.layouts import LayoutSettings, check_layout, index_layout
 
-__all__ = ["ERROR_COLUMNS", "GT_BOX_COLUMNS", "INDEX_COLUMNS", "IndexResult", "LayoutSettings", "build_index",
-           "build_layout_index", "read_image_size"]  # fmt: skip
+__all__ = [
+    "ERROR_COLUMNS",
+    "GT_BOX_COLUMNS",
+    "INDEX_COLUMNS",
+    "IndexResult",
+    "LayoutSettings",
+    "build_index",
+    "build_layout_index",
+    "read_image_size",
+]
 WHOLE_BODY_PART = "wholeBody"  # BS-80K: only whole-body folders have VOC XML, in <folder>/<view lower>/
 READ_THREADS = 16  # concurrent XML/header reads: latency-bound on object stores and network disks
 READ_CHUNK = 1024  # label lines whose reads are in flight at once (bounds memory at 100x BS-80K)
@@ -185,13 +193,22 @@ def _index_image(
     patient_id = PurePosixPath(line.filename).stem
     is_whole_body = info.part == WHOLE_BODY_PART
     xml_path = _index_gt_boxes(acc, info, line, xml_files, loaded) if is_whole_body else None
-    # fmt: off
-    acc.add_row(**{
-        "image_id": image_id, "folder": info.folder, "part": info.part, "side": info.side, "view": info.view,
-        "patient_id": patient_id, "path": image_id, "label": line.label, "is_whole_body": is_whole_body,
-        "has_xml": xml_path is not None, "xml_path": xml_path, "line": line.line,
-    })
-    # fmt: on
+    acc.add_row(
+        **{
+            "image_id": image_id,
+            "folder": info.folder,
+            "part": info.part,
+            "side": info.side,
+            "view": info.view,
+            "patient_id": patient_id,
+            "path": image_id,
+            "label": line.label,
+            "is_whole_body": is_whole_body,
+            "has_xml": xml_path is not None,
+            "xml_path": xml_path,
+            "line": line.line,
+        }
+    )
 
 
 def _index_gt_boxes(

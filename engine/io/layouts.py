@@ -146,8 +146,11 @@ def _patient(acc: IndexAccumulator, rel: str, patterns: _Patterns, image_id: str
 
 def _visit_image_folder(acc: IndexAccumulator, patterns: _Patterns, relative: str, entries: dict) -> None:
     """Adds one unlabeled row per image file of one folder, with the boxes of a VOC XML beside it."""
-    images = [(name, entry) for name, entry in entries.items()
-              if entry.is_file and name.lower().endswith(IMAGE_FILE_EXTENSIONS)]  # fmt: skip
+    images = [
+        (name, entry)
+        for name, entry in entries.items()
+        if entry.is_file and name.lower().endswith(IMAGE_FILE_EXTENSIONS)
+    ]
     xml_jobs = {}
     for name, entry in images:
         rel = f"{relative}/{name}" if relative else name
@@ -158,9 +161,18 @@ def _visit_image_folder(acc: IndexAccumulator, patterns: _Patterns, relative: st
         xml = entries.get(f"{PurePosixPath(name).stem}.xml")
         has_xml = xml is not None and xml.is_file and xml.is_inside
         xml_rel = str(PurePosixPath(rel).with_suffix(".xml")) if has_xml else None
-        row = {"image_id": rel, "folder": relative or ROOT_FOLDER, "part": None, "side": None, "view": view,
-               "patient_id": _patient(acc, rel, patterns, rel), "path": rel, "is_whole_body": True,
-               "has_xml": has_xml, "xml_path": xml_rel}  # fmt: skip
+        row = {
+            "image_id": rel,
+            "folder": relative or ROOT_FOLDER,
+            "part": None,
+            "side": None,
+            "view": view,
+            "patient_id": _patient(acc, rel, patterns, rel),
+            "path": rel,
+            "is_whole_body": True,
+            "has_xml": has_xml,
+            "xml_path": xml_rel,
+        }
         acc.add_row(**row)
         if has_xml:
             xml_jobs[rel] = (xml.path, entry.path, xml_rel, row)
@@ -253,9 +265,17 @@ def _add_frame(
         view = view_of(rel, patterns.view)
     image_id = f"{rel}#{frame.frame}"
     acc.add_row(
-        image_id=image_id, folder=relative or ROOT_FOLDER, part=None, side=None, view=view,
-        patient_id=frame.patient_id or _patient(acc, rel, patterns, image_id), path=image_id,
-        is_whole_body=frame.is_whole_body, has_xml=False, xml_path=None,
-        pixel_spacing_y_mm=frame.pixel_spacing_y_mm, pixel_spacing_x_mm=frame.pixel_spacing_x_mm,
+        image_id=image_id,
+        folder=relative or ROOT_FOLDER,
+        part=None,
+        side=None,
+        view=view,
+        patient_id=frame.patient_id or _patient(acc, rel, patterns, image_id),
+        path=image_id,
+        is_whole_body=frame.is_whole_body,
+        has_xml=False,
+        xml_path=None,
+        pixel_spacing_y_mm=frame.pixel_spacing_y_mm,
+        pixel_spacing_x_mm=frame.pixel_spacing_x_mm,
         study_date=frame.study_date,
-    )  # fmt: skip
+    )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from engine.config import Config
 from engine.core.localization.columns import META_COLUMNS
 from engine.core.model.cam import heatmap_to_original, upsample_heatmap
 from engine.core.scans.counts import parse_count_scale
@@ -86,13 +86,25 @@ def draw_gt_boxes(image_bgr: np.ndarray, abnormal: np.ndarray, normal: np.ndarra
                     cv2.rectangle(image_bgr, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
 
 
-class OverlayCollector:
-    """Picks `cam.overlays` images (seeded), keeps their CAM rows while streaming, renders PNGs at the end."""
+@dataclass(frozen=True)
+class OverlaySettings:
+    """Which overlays `make cam` renders and where (built by the stage from `cam.overlays`, `seed`, `data.*`,
+    `run.dir`)."""
 
-    def __init__(self, cfg: Config, image_ids: list[str]) -> None:
-        self.cfg = cfg
-        count = min(cfg.cam.overlays, len(image_ids))
-        rng = np.random.default_rng(cfg.seed)
+    count: int  # images sampled (cam.overlays)
+    seed: int  # seeds the sample
+    data_root: str  # where the scans are read again for rendering
+    run_dir: str  # the PNGs go under <run_dir>/overlays
+    count_scale: str = "max"  # the grey-level rule the model stream used (data.count_scale)
+
+
+class OverlayCollector:
+    """Picks `settings.count` images (seeded), keeps their CAM rows while streaming, renders PNGs at the end."""
+
+    def __init__(self, settings: OverlaySettings, image_ids: list[str]) -> None:
+        self.settings = settings
+        count = min(settings.count, len(image_ids))
+        rng = np.random.default_rng(settings.seed)
         chosen = rng.choice(sorted(image_ids), size=count, replace=False) if count else []
         self.wanted = set(chosen)
         self.kept: dict[str, dict[str, Any]] = {}
@@ -120,9 +132,9 @@ class OverlayCollector:
 
     def render(self) -> int:
         """Writes the kept overlays as PNG files under the run dir; returns how many were written."""
-        data_fs, data_root = resolve_fs(self.cfg.data.root)
-        run_fs, run_root = resolve_fs(self.cfg.run.dir)
-        scale = parse_count_scale(self.cfg.data.count_scale)
+        data_fs, data_root = resolve_fs(self.settings.data_root)
+        run_fs, run_root = resolve_fs(self.settings.run_dir)
+        scale = parse_count_scale(self.settings.count_scale)
         for image_id, row in sorted(self.kept.items()):
             image, _, error = load_scan(data_fs, data_root, str(row["path"]), scale)  # as the model stream read it
             if image is None:

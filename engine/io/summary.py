@@ -134,8 +134,9 @@ def _jsonable(value: Any) -> Any:
 LINE_WIDTH = 110  # scalar extras share a line up to this width ("   epochs: 4; best_epoch: 3; ...")
 
 
-def pack_items(items: list[str], first: str = "   ", rest: str = "   ", sep: str = "; ",
-               width: int = LINE_WIDTH) -> list[str]:  # fmt: skip
+def pack_items(
+    items: list[str], first: str = "   ", rest: str = "   ", sep: str = "; ", width: int = LINE_WIDTH
+) -> list[str]:
     """Returns `items` joined by `sep` on lines of at most `width` characters, greedily, in order.
 
     The first line starts with `first`, the others with `rest`; an item longer than a line gets a line of its own.
@@ -179,10 +180,20 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def write_errors(writer: TableWriter, files: Any, image_ids: Any, reasons: list[str], splits: Any,
-                 summary: StageSummary) -> None:  # fmt: skip
+def write_errors(
+    writer: TableWriter, files: Any, image_ids: Any, reasons: list[str], splits: Any, summary: StageSummary
+) -> None:
     """Writes `errors` rows of this stage and counts them in the summary."""
     n = len(reasons)
-    writer.write("errors", {"file": list(files), "line": [None] * n, "image_id": list(image_ids),
-                            "stage": [writer.stage] * n, "reason": reasons, "split": list(splits)})  # fmt: skip
+    writer.write(
+        "errors",
+        {
+            "file": list(files),
+            "line": [None] * n,
+            "image_id": list(image_ids),
+            "stage": [writer.stage] * n,
+            "reason": reasons,
+            "split": list(splits),
+        },
+    )
     summary.add_errors(reasons)

@@ -166,9 +166,15 @@ def read_lesion_masks(data: bytes) -> np.ndarray:
 def _truth_line(patient: Patient, view: int, lesions: int) -> dict:
     """Returns the synth_truth.jsonl record of one whole-body image."""
     image_id = f"{WHOLE_BODY_FOLDERS[view]}/{patient.pid}.jpg"
-    return {"image_id": image_id, "noise_frame": patient.is_noise[view], "low_count": patient.count_factor < 1,
-            "body_top_px": round(patient.body.top, 1), "body_height_px": round(patient.body.height, 1),
-            "lesions": lesions, "lesion_mask": lesion_mask_path(image_id) if lesions else None}  # fmt: skip
+    return {
+        "image_id": image_id,
+        "noise_frame": patient.is_noise[view],
+        "low_count": patient.count_factor < 1,
+        "body_top_px": round(patient.body.top, 1),
+        "body_height_px": round(patient.body.height, 1),
+        "lesions": lesions,
+        "lesion_mask": lesion_mask_path(image_id) if lesions else None,
+    }
 
 
 def _write_patient(root: Path, patient: Patient, seed: int, labels: dict, truth: list) -> tuple[int, int, bool]:
@@ -263,8 +269,13 @@ def generate_dataset(
     """
     _check_params(patients, region_fraction, lesion_gain, lesion_size)
     root, start = Path(out), time.perf_counter()
-    params = {"patients": patients, "seed": seed, "region_fraction": region_fraction, "lesion_gain": lesion_gain,
-              "lesion_size": lesion_size}  # fmt: skip
+    params = {
+        "patients": patients,
+        "seed": seed,
+        "region_fraction": region_fraction,
+        "lesion_gain": lesion_gain,
+        "lesion_size": lesion_size,
+    }
     written = _existing(root, params, replace)
     if written is not None:
         logger.info("synthetic BS-80K: %s already holds these parameters; reused", root)

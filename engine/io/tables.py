@@ -35,9 +35,13 @@ class OutputError(RuntimeError):
 
 # Columns that name one row of a table within a partition: commit() refuses a partition where they repeat.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
-    "index": ("image_id",), "splits": ("image_id",), "preds": ("image_id",), "heatmaps": ("image_id",),
-    "meta": ("image_id",), "boxes": ("image_id", "rank"),
-}  # fmt: skip
+    "index": ("image_id",),
+    "splits": ("image_id",),
+    "preds": ("image_id",),
+    "heatmaps": ("image_id",),
+    "meta": ("image_id",),
+    "boxes": ("image_id", "rank"),
+}
 
 
 def to_arrow(name: str, data: pd.DataFrame | Mapping[str, Any] | pa.Table) -> pa.Table:
@@ -231,8 +235,10 @@ class TableWriter:
         if self._repeated:
             self.abort()
             name, key = next(iter(self._repeated.items()))
-            raise OutputError(f"table {name}: {UNIQUE_KEYS[name]} repeats within a partition ({key}): "
-                              f"nothing of the {self.stage} run is committed")  # fmt: skip
+            raise OutputError(
+                f"table {name}: {UNIQUE_KEYS[name]} repeats within a partition ({key}): "
+                f"nothing of the {self.stage} run is committed"
+            )
         tables_root = join(self.root, "tables")
         moves = []
         for i, name in enumerate(self.rows):

@@ -131,9 +131,16 @@ class Progress:
     one closing line with the count and the rate.
     """
 
-    def __init__(self, label: str, total: int | None, unit: str, stream: TextIO | None = None,
-                 interval_s: float | None = None, leave: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str,
+        stream: TextIO | None = None,
+        interval_s: float | None = None,
+        leave: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.stream = stream or sys.stderr
         self.interval_s = float(_settings["progress_s"] if interval_s is None else interval_s)

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from engine.core.scans.letterbox import letterbox
 from engine.core.scans.qc import QcThresholds, image_qc, qc_row
 from engine.io.fs import load_counts, load_scan, resolve_fs
 from engine.io.indexing import WHOLE_BODY_PART
+
+if TYPE_CHECKING:
+    from engine.config import CanvasConfig, DataConfig
 
 
 def decode_batch(
@@ -82,6 +86,11 @@ class DecodeSettings:
     canvas_w: int
     count_scale: str = "max"
     threads: int = 1  # rows of one batch are decoded on this many threads (OpenCV and file reads release the GIL)
+
+    @classmethod
+    def of(cls, data: DataConfig, canvas: CanvasConfig, threads: int = 1) -> DecodeSettings:
+        """Returns the decode + letterbox settings of the `data` and `canvas` sections."""
+        return cls(data.root, canvas.height, canvas.width, data.count_scale, threads)
 
 
 class BatchDecoder:
@@ -150,8 +159,10 @@ def qc_batch(
     rows, errors = [], []
     n = len(batch["image_id"])
     parts = batch["part"] if "part" in batch else np.full(n, None)
-    spacing = [np.asarray(batch[k], dtype=np.float64) if k in batch else np.full(n, np.nan)
-               for k in ("pixel_spacing_y_mm", "pixel_spacing_x_mm")]  # fmt: skip
+    spacing = [
+        np.asarray(batch[k], dtype=np.float64) if k in batch else np.full(n, np.nan)
+        for k in ("pixel_spacing_y_mm", "pixel_spacing_x_mm")
+    ]
     for i, relative in enumerate(batch["path"]):
         counts, error = load_counts(fs, root, str(relative))
         image_id, folder, part = batch["image_id"][i], batch["folder"][i], parts[i]
@@ -170,8 +181,12 @@ def qc_batch(
         errors.append(error)
     frame = pd.DataFrame(rows)
     out = {name: frame[name].to_numpy() if name in frame else np.full(len(rows), None) for name in _qc_names()}
-    return {**out, "folder": np.asarray(batch["folder"]), "path": np.asarray(batch["path"]),
-            "error": np.asarray(errors, dtype=object)}  # fmt: skip
+    return {
+        **out,
+        "folder": np.asarray(batch["folder"]),
+        "path": np.asarray(batch["path"]),
+        "error": np.asarray(errors, dtype=object),
+    }
 
 
 def _qc_names() -> list[str]:

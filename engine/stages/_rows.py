@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.contract import trained_views
+from engine.contract import trained_views
 from engine.core.localization.columns import (
     QC_BODY_COLUMNS,
 )
@@ -86,8 +86,14 @@ def training_qc_reference(cfg: Config) -> dict[str, Any] | None:
     reference = fit_shift_reference({name: stats[name].to_numpy(dtype=np.float64) for name in SHIFT_STATS})
     if reference is None:
         return None
-    return {**reference.to_dict(), "run": cfg.run.dir, "split": "train", "view": cfg.data.view,
-            "qc_exclude": list(cfg.qc.exclude), "left_out": dict(rows.attrs.get("skipped", {}))}  # fmt: skip
+    return {
+        **reference.to_dict(),
+        "run": cfg.run.dir,
+        "split": "train",
+        "view": cfg.data.view,
+        "qc_exclude": list(cfg.qc.exclude),
+        "left_out": dict(rows.attrs.get("skipped", {})),
+    }
 
 
 def model_qc_reference(cfg: Config) -> dict[str, Any] | None:
@@ -103,9 +109,12 @@ def model_qc_reference(cfg: Config) -> dict[str, Any] | None:
     view = (saved.get("data") or {}).get("view", cfg.data.view)
     exclude = tuple((saved.get("qc") or {}).get("exclude", cfg.qc.exclude))
     trained = dataclasses.replace(
-        cfg, run=dataclasses.replace(cfg.run, dir=run_dir), model=dataclasses.replace(cfg.model, from_run=""),
-        data=dataclasses.replace(cfg.data, view=view), qc=dataclasses.replace(cfg.qc, exclude=exclude),
-    )  # fmt: skip
+        cfg,
+        run=dataclasses.replace(cfg.run, dir=run_dir),
+        model=dataclasses.replace(cfg.model, from_run=""),
+        data=dataclasses.replace(cfg.data, view=view),
+        qc=dataclasses.replace(cfg.qc, exclude=exclude),
+    )
     return training_qc_reference(trained)
 
 
@@ -185,8 +194,9 @@ def off_view_ids(cfg: Config, rows: pd.DataFrame) -> set[str]:
     return set(rows.loc[~rows["view"].isin(trained_views(cfg)).to_numpy(), "image_id"].astype(str))
 
 
-def flag_images(flags: dict[str, list[str] | None], image_ids: set[str], flag: str = VIEW_MISMATCH
-                ) -> dict[str, list[str] | None]:  # fmt: skip
+def flag_images(
+    flags: dict[str, list[str] | None], image_ids: set[str], flag: str = VIEW_MISMATCH
+) -> dict[str, list[str] | None]:
     """Returns `flags` (image_id -> QC flags, as flags_by_image) with `flag` added to each of `image_ids`."""
     for image_id in image_ids:
         flags[image_id] = [*(flags.get(image_id) or []), flag]

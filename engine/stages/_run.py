@@ -40,9 +40,17 @@ class StageRun:
     """
 
     def __init__(
-        self, cfg: Config, stage: str, tables: tuple[str, ...] = (), *, run_dir: str | None = None,
-        overwrite: bool = False, replace: tuple[str, ...] = (), split: str | None = None, config: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        cfg: Config,
+        stage: str,
+        tables: tuple[str, ...] = (),
+        *,
+        run_dir: str | None = None,
+        overwrite: bool = False,
+        replace: tuple[str, ...] = (),
+        split: str | None = None,
+        config: bool = True,
+    ) -> None:
         self.cfg, self.tables, self.config = cfg, tuple(tables), config
         self.run_dir = run_dir or cfg.run.dir
         self.summary = StageSummary(stage)

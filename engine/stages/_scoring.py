@@ -1,23 +1,27 @@
 """What scoring with a trained model needs: the model's run, its contract, the selected threshold, the metrics row
-at that threshold and the box and CAM settings of `make cam` / `make infer`."""
+at that threshold, the box and CAM settings of `make cam` / `make infer` and how their rows reach the model actors."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
 from engine.config import Config
-from engine.core.contract import apply_contract
+from engine.contract import apply_contract
 from engine.core.localization.boxes import BoxParams
 from engine.core.metrics.classification import binary_metrics
 from engine.io.fs import read_run_json, resolve_fs
 from engine.io.tables import read_table, write_part
-from engine.runtime.udfs import CamSettings
 from engine.stages._run import run_id
+
+if TYPE_CHECKING:
+    from engine.runtime.pipeline import ScoringFeed
+    from engine.runtime.udfs.cam import CamSettings
 
 VIEW_MISMATCH = "view_mismatch"  # a row of another or unknown view than the model's data.view (skip reason, QC flag)
 
@@ -34,7 +38,7 @@ def model_info(run_dir: str) -> dict[str, Any] | None:
 
 def scoring_config(cfg: Config) -> tuple[Config, dict[str, str]]:
     """Returns (the config that scores with the model of `model_run_dir(cfg)`, what its contract changed or
-    overrode: key -> note), by engine/core/contract.py's `apply_contract` on the model's `model/best.json`.
+    overrode: key -> note), by engine/contract.py's `apply_contract` on the model's `model/best.json`.
 
     Raises:
         ContractError: the config contradicts the model (one line naming both values) without
@@ -125,22 +129,59 @@ def split_metrics(cfg: Config, preds: pd.DataFrame, split: str, thr: float) -> d
 
 def box_params(cfg: Config) -> BoxParams:
     """Returns the pseudo-box parameters from `boxes.*`."""
-    return BoxParams(size=cfg.boxes.size, max_boxes=cfg.boxes.max, nms_iou=cfg.boxes.nms_iou,
-                     min_score=cfg.boxes.min_score)  # fmt: skip
+    return BoxParams(
+        size=cfg.boxes.size, max_boxes=cfg.boxes.max, nms_iou=cfg.boxes.nms_iou, min_score=cfg.boxes.min_score
+    )
 
 
-def cam_settings(cfg: Config, with_cam: bool) -> CamSettings:
-    from engine.runtime.pipeline import init_ray, use_gpu
+def cam_settings(cfg: Config, with_cam: bool, use_gpu: bool) -> CamSettings:
+    """Returns what the model actor of `make cam` (`with_cam`) or `make infer` computes, on a GPU with `use_gpu`
+    (the stage asks Ray: engine/runtime/pipeline.py use_gpu)."""
+    from engine.runtime.udfs.cam import CamSettings
 
-    init_ray(cfg.ray)
     return CamSettings(
-        run_dir=model_run_dir(cfg), model_name=cfg.model.name, method=cfg.cam.method, target_layer=cfg.cam.target_layer,
-        with_cam=with_cam, use_gpu=use_gpu(cfg.train.use_gpu), amp=cfg.train.amp,
-        channels_last=cfg.model.channels_last, compile=cfg.model.compile, boxes=box_params(cfg),
-        cpu_threads=max(1, int(cfg.infer.num_cpus)), refine=cfg.cam.refine, refine_reach=cfg.cam.refine_reach,
-        refine_power=cfg.cam.refine_power, refine_peaks=cfg.cam.refine_peaks,
+        run_dir=model_run_dir(cfg),
+        model_name=cfg.model.name,
+        method=cfg.cam.method,
+        target_layer=cfg.cam.target_layer,
+        with_cam=with_cam,
+        use_gpu=use_gpu,
+        amp=cfg.train.amp,
+        channels_last=cfg.model.channels_last,
+        compile=cfg.model.compile,
+        boxes=box_params(cfg),
+        cpu_threads=max(1, int(cfg.infer.num_cpus)),
+        refine=cfg.cam.refine,
+        refine_reach=cfg.cam.refine_reach,
+        refine_power=cfg.cam.refine_power,
+        refine_peaks=cfg.cam.refine_peaks,
         warmup=(cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width),
-    )  # fmt: skip
+        model_batch=cfg.infer.batch_size,
+    )
+
+
+def scoring_feed(cfg: Config, use_gpu: bool) -> ScoringFeed:
+    """Returns how `make cam` / `make infer` feed the model actors: the pool of `infer.*` (`infer.num_gpus` GPUs per
+    actor only with `use_gpu`), where the images are decoded (`infer.decode`) and the stream's `ray.*` sizes.
+
+    A call holds `infer.call_batches` model batches of `infer.batch_size`; each actor has two blocks (Ray tasks)
+    queued per concurrent call, at least 4; a decoding actor uses `infer.decode_threads` threads (0: its CPUs).
+    """
+    from engine.runtime.decode import DecodeSettings
+    from engine.runtime.pipeline import PoolSpec, ScoringFeed, StreamSettings
+
+    infer = cfg.infer
+    pool = PoolSpec(
+        actors=infer.actors,
+        rows_per_call=infer.batch_size * infer.call_batches,
+        num_cpus=infer.num_cpus,
+        num_gpus=infer.num_gpus if use_gpu else 0,
+        calls_per_actor=infer.calls_per_actor,
+        tasks_in_flight=max(4, 2 * infer.calls_per_actor),
+    )
+    threads = infer.decode_threads or max(1, math.ceil(infer.num_cpus))
+    decode = DecodeSettings.of(cfg.data, cfg.canvas, threads)
+    return ScoringFeed(pool, decode, StreamSettings.of(cfg.ray), in_actor=infer.decode != "tasks")
 
 
 def min_prob(cfg: Config) -> float:

@@ -32,16 +32,21 @@ HEATMAPS, BOXES = Need("tables/heatmaps", "make cam"), Need("tables/boxes", "mak
 
 @dataclass(frozen=True)
 class Stage:
-    """A make target: what it runs, reads and writes, and its one line of help."""
+    """A make target: what it runs, reads and writes, and its one line of help.
+
+    `python -m jobs <name> --check-enabled` runs nothing and answers a stage's on/off switch in the exit code: 0 when
+    the config section named after the stage has `enabled: true`, 1 when false (`make all` asks segtrain's).
+    """
 
     name: str  # `make <name>`, `python -m jobs <name>`
-    run: Callable[[Config], StageSummary]  # does the work; its summary is printed and saved
+    run: Callable[[Config], StageSummary | None]  # does the work; its summary is printed (None: a stage that serves)
     help: str  # one line for `make help` and `python -m jobs --list`
     sections: tuple[str, ...] = ()  # config sections it reads besides seed, data, run and log (its --help lists them)
     needs: tuple[Need, ...] = ()  # inputs checked before Ray starts (engine/preflight.py)
     writes: tuple[str, ...] = ()  # tables it writes
     more_needs: Callable[[Config], tuple[Need, ...]] | None = None  # inputs that only some settings need
-    main: Callable[[list[str]], int] | None = None  # a stage with its own command line (`make browse` serves a page)
+    serves: bool = False  # runs until Ctrl-C (`make browse`): no input checks, start line or summary; Ctrl-C exits 0
+    data: Callable[[Config], str] | None = None  # the data it reads when not data.root (its start line names it)
 
     def inputs(self, cfg: Config) -> tuple[Need, ...]:
         """Returns what this stage reads with `cfg`: `needs`, then `more_needs(cfg)`."""

@@ -19,6 +19,7 @@ from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
 from engine.stages._run import StageRun
 from engine.stages._scoring import box_params, min_prob
+from engine.stages._stage import HEATMAPS, Stage
 
 
 def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
@@ -65,3 +66,13 @@ def _write_boxes(
         boxes, counts = pseudo_boxes(maps, batch, params)
         writer.write("boxes", explode_boxes(batch, boxes, counts, params, floor))
         summary.rows_ok += len(counts)  # images whose boxes were computed (a repeated meta row counts twice)
+
+
+STAGE = Stage(
+    name="boxes",
+    run=run_boxes,
+    help="recompute boxes from stored heatmaps with new boxes.* (no model)",
+    sections=("boxes",),
+    needs=(HEATMAPS,),
+    writes=("boxes", "errors"),
+)

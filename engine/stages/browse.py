@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import threading
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
@@ -24,17 +25,21 @@ import schemas
 from engine.config import Config
 from engine.config_sections import BrowseConfig
 from engine.core.scans.decode import DecodeError
-from engine.io.browse_pages import FILTERS, SORTABLE, ImageQuery, boxes_png, image_page, parse_query, table_page
 from engine.io.fs import resolve_fs, safe_relative_path
-from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan, saved_data_root
 from engine.io.tables import table_dir
 from engine.stages._rows import QC_FLAGS
 from engine.stages._scoring import model_run_dir, selected_threshold
+from engine.stages._stage import Stage
+
+if TYPE_CHECKING:
+    from engine.io.browse_pages import ImageQuery
 
 log = logging.getLogger(__name__)
 
 
 READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
+
+
 def qc_sql(columns: list[str]) -> str:
     """Returns the SELECT of each image's qc-table flags: the raised flags' names as a list (QC_FLAGS order)."""
     cases = ", ".join(f"CASE WHEN \"{flag}\" THEN '{flag}' END" for flag in QC_FLAGS if flag in columns)
@@ -101,8 +106,11 @@ class RunCatalog:
             path = table_dir(root, name)
             schema = duckdb_schema(schemas.TABLES[name].SCHEMA)
             exists = fs.get_file_info(path).type == pafs.FileType.Directory
-            data = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)\
-                if exists else schema.empty_table()  # fmt: skip
+            data = (
+                pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)
+                if exists
+                else schema.empty_table()
+            )
             self.con.register(f"t_{name}", data)
         qc_path = table_dir(root, "qc")
         self.has_qc = fs.get_file_info(qc_path).type == pafs.FileType.Directory
@@ -121,6 +129,8 @@ class RunCatalog:
 
     def images(self, query: ImageQuery, page_size: int) -> tuple[pd.DataFrame, int]:
         """Returns (one page of image rows, rows matching the filters)."""
+        from engine.io.browse_pages import SORTABLE  # the page modules load torch (overlays): not at import
+
         where, params = ["TRUE"], []
         for column, value in query.filters.items():
             where.append(f"CAST({column} AS VARCHAR) = ?")
@@ -143,6 +153,8 @@ class RunCatalog:
 
     def choices(self) -> dict[str, list[str]]:
         """Returns the distinct values of each exact-match filter column."""
+        from engine.io.browse_pages import FILTERS
+
         out = {}
         for column in FILTERS:
             sql = f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored WHERE {column} IS NOT NULL ORDER BY 1"
@@ -170,16 +182,22 @@ class RunCatalog:
 
     def gt_boxes(self, image_id: str) -> pd.DataFrame:
         """Returns the GT boxes of an image (cls Abnormal / Normal, original px)."""
-        return self._frame("SELECT cls, x1, y1, x2, y2 FROM t_gt_boxes WHERE image_id = ? ORDER BY cls, x1, y1",
-                           [image_id])  # fmt: skip
+        return self._frame(
+            "SELECT cls, x1, y1, x2, y2 FROM t_gt_boxes WHERE image_id = ? ORDER BY cls, x1, y1", [image_id]
+        )
 
     def view(self, row: dict) -> dict:
         """Returns what an image page shows of one scored row: its boxes, GT boxes and stored CAM outputs."""
         image_id = row["image_id"]
         stored = self._frame("SELECT overlay_orig, overlay_canvas FROM t_heatmaps WHERE image_id = ?", [image_id])
         overlays = [str(v) for v in stored.to_numpy().ravel() if isinstance(v, str) and v]
-        return {"row": row, "boxes": self.boxes(image_id), "gt": self.gt_boxes(image_id), "overlays": overlays,
-                "has_heatmap": not stored.empty}
+        return {
+            "row": row,
+            "boxes": self.boxes(image_id),
+            "gt": self.gt_boxes(image_id),
+            "overlays": overlays,
+            "has_heatmap": not stored.empty,
+        }
 
 
 def _thr_note(cfg: Config) -> tuple[float | None, str]:
@@ -206,6 +224,9 @@ def read_under(root: str, relative: str) -> bytes:
 
 def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) -> bytes:
     """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay."""
+    from engine.io.browse_pages import boxes_png
+    from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan
+
     rows = catalog.patient_views(image_id)
     if kind not in ("boxes", "cam") or rows.empty:
         abort(404)
@@ -222,6 +243,9 @@ def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) ->
 
 def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     """Returns the Flask app of `make browse` over `cfg.run.dir`, scans read from the run's saved data root."""
+    from engine.io.browse_pages import image_page, parse_query, table_page
+    from engine.io.heatmap_access import HeatmapNotFoundError, saved_data_root
+
     run_dir = cfg.run.dir
     try:
         data_root = saved_data_root(run_dir)
@@ -236,8 +260,9 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     def table() -> str:
         query = parse_query(request.args)
         rows, total = catalog.images(query, browse.page_size)
-        return table_page(rows, total, query, catalog.choices(), browse.page_size, note, catalog.has_qc,
-                          catalog.qc_flags())  # fmt: skip
+        return table_page(
+            rows, total, query, catalog.choices(), browse.page_size, note, catalog.has_qc, catalog.qc_flags()
+        )
 
     @app.get("/image/<path:image_id>")
     def image(image_id: str) -> str:
@@ -270,9 +295,25 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
 def serve(cfg: Config, browse: BrowseConfig) -> None:
     """Serves `make browse` on browse.host:browse.port until interrupted."""
     server = make_server(browse.host, browse.port, create_app(cfg, browse), threaded=True)
-    print(f"browse: http://{browse.host}:{server.port}/ over {cfg.run.dir}, its report at /report/ (Ctrl-C stops)",
-          flush=True)  # fmt: skip
+    print(
+        f"browse: http://{browse.host}:{server.port}/ over {cfg.run.dir}, its report at /report/ (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def run_browse(cfg: Config) -> None:
+    """Serves `make browse` with the `browse` section until interrupted."""
+    serve(cfg, cfg.browse)
+
+
+STAGE = Stage(
+    name="browse",
+    run=run_browse,
+    help="local web page over every image of a run: sortable table, per-image CAM + GT/pseudo boxes (browse.port=8765)",
+    sections=("browse",),
+    serves=True,
+)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
 
 from engine.config import Config
 from engine.core.scans.qc import ShiftReference, domain_shift
-from engine.io.overlays import OverlayCollector
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
-from engine.runtime.cam_stream import CAM_TABLES, stream_to_tables
 from engine.stages._rows import (
     flag_images,
     flags_by_image,
@@ -32,9 +29,13 @@ from engine.stages._scoring import (
     model_run_dir,
     scoring_config,
     scoring_extras,
+    scoring_feed,
 )
+from engine.stages._stage import INDEX, MODEL, SPLITS, THRESHOLD, Need, Stage
 
 log = logging.getLogger(__name__)
+
+CAM_TABLES = ("preds", "heatmaps", "boxes", "meta", "errors")
 
 
 def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dict[str, str]:
@@ -43,8 +44,10 @@ def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dic
     qc.exclude), writes that reference to `<run.dir>/qc_reference.json`; returns the summary lines."""
     record, here = model_qc_reference(cfg), read_table(cfg.run.dir, "qc")
     if record is None or here.empty:
-        return {"domain_shift": "not checked: a qc table is missing here, or model.from_run has no qc table, splits "
-                                "or trained images with QC statistics"}  # fmt: skip
+        return {
+            "domain_shift": "not checked: a qc table is missing here, or model.from_run has no qc table, splits "
+            "or trained images with QC statistics"
+        }
     reference = ShiftReference.from_dict(record)
     here = here.drop_duplicates("image_id")
     here = here[here["image_id"].isin(list(flags))]
@@ -53,13 +56,16 @@ def training_range_check(cfg: Config, flags: dict[str, list[str] | None]) -> dic
     for image_id in here.loc[shifted, "image_id"]:
         flags[image_id] = [*(flags.get(image_id) or []), "domain_shift"]
     where = write_qc_reference(cfg.run.dir, {**record, "model_run": model_run_dir(cfg)})
-    medians = ", ".join(f"{k} {here[k].median():.3g} / {m:.3g}" for k, m in zip(reference.stats, reference.median,
-                                                                                  strict=True))  # fmt: skip
-    return {"domain_shift": f"{int(shifted.sum())} of {len(here)} images outside the training images' range",
-            "domain_shift_reference": f"{reference.images} training images of {model_run_dir(cfg)} (split train, "
-                                      f"after qc.exclude), {reference.train_flagged} of them above the threshold "
-                                      f"{reference.threshold:.3g}: {where}",
-            "median here / training": medians}  # fmt: skip
+    medians = ", ".join(
+        f"{k} {here[k].median():.3g} / {m:.3g}" for k, m in zip(reference.stats, reference.median, strict=True)
+    )
+    return {
+        "domain_shift": f"{int(shifted.sum())} of {len(here)} images outside the training images' range",
+        "domain_shift_reference": f"{reference.images} training images of {model_run_dir(cfg)} (split train, "
+        f"after qc.exclude), {reference.train_flagged} of them above the threshold "
+        f"{reference.threshold:.3g}: {where}",
+        "median here / training": medians,
+    }
 
 
 def cam_rows(cfg: Config, whole: bool | None = None) -> pd.DataFrame:
@@ -85,21 +91,32 @@ def run_cam(cfg: Config) -> StageSummary:
     defaults (common.scoring_config); rows of another or unknown view are skipped `view_mismatch` (or, with
     `model.other_views=score`, scored and flagged); the run's threshold becomes the scoring model's.
     """
+    from engine.io.overlays import OverlayCollector, OverlaySettings
+    from engine.runtime.cam_stream import RowContext, stream_to_tables
+    from engine.runtime.pipeline import init_ray, use_gpu
+
     cfg, contract = scoring_config(cfg)
     whole = unsplit(cfg)
     rows = cam_rows(cfg, whole)
     off_view = off_view_ids(cfg, rows)  # none unless model.other_views=score
     threshold = adopt_threshold(cfg)
-    overlays = OverlayCollector(cfg, rows["image_id"].tolist())
-    ctx: dict[str, Any] = {
-        "run_id": run_id(cfg), "model": cfg.model.name, "params": box_params(cfg), "min_prob": min_prob(cfg),
-        "overlays": overlays, "qc_flags": flag_images(flags_by_image(rows), off_view),
-    }  # fmt: skip
-    checks = training_range_check(cfg, ctx["qc_flags"]) if cfg.model.from_run else {}
+    sample = OverlaySettings(cfg.cam.overlays, cfg.seed, cfg.data.root, cfg.run.dir, cfg.data.count_scale)
+    overlays = OverlayCollector(sample, rows["image_id"].tolist())
+    ctx = RowContext(
+        run_id=run_id(cfg),
+        model=cfg.model.name,
+        qc_flags=flag_images(flags_by_image(rows), off_view),
+        boxes=box_params(cfg),
+        min_prob=min_prob(cfg),
+        overlays=overlays,
+    )
+    checks = training_range_check(cfg, ctx.qc_flags) if cfg.model.from_run else {}
     scope = "all" if whole else cfg.cam.scope
     split = cfg.cam.split if scope == "split" else None  # scope=all owns every split's partition
     with StageRun(cfg, "cam", CAM_TABLES, overwrite=cfg.run.overwrite, split=split) as run:
-        stream_to_tables(cfg, run.writer, run.summary, rows, cam_settings(cfg, with_cam=True), ctx)
+        init_ray(cfg.ray)
+        gpu = use_gpu(cfg.train.use_gpu)
+        stream_to_tables(run.writer, run.summary, rows, cam_settings(cfg, True, gpu), scoring_feed(cfg, gpu), ctx)
         run.summary.rows_in += add_skipped(run.summary, rows)  # view_mismatch: selected, not scored
         run.commit()
         run.summary.extra["scope"] = scope
@@ -110,3 +127,17 @@ def run_cam(cfg: Config) -> StageSummary:
     return run.summary
 
 
+def _more_needs(cfg: Config) -> tuple[Need, ...]:
+    """`cam.min_prob=threshold` reads the selected threshold (box rows only at or above it)."""
+    return (THRESHOLD,) if cfg.cam.min_prob == "threshold" else ()
+
+
+STAGE = Stage(
+    name="cam",
+    run=run_cam,
+    help="probabilities + CAM + pseudo boxes in one pass (cam.scope=all: whole index) -> preds, heatmaps, boxes, meta",
+    sections=("ray", "canvas", "model", "infer", "cam", "boxes", "train"),
+    needs=(INDEX, SPLITS, MODEL),
+    writes=CAM_TABLES,
+    more_needs=_more_needs,
+)

@@ -44,6 +44,7 @@ from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import read_table
 from engine.stages._run import StageRun
 from engine.stages._scoring import selected_threshold
+from engine.stages._stage import BOXES, INDEX, Need, Stage
 
 BOX_COLUMNS = ("x1_orig", "y1_orig", "x2_orig", "y2_orig")
 NOT_DICOM = "not_dicom"
@@ -86,8 +87,10 @@ def _export(cfg: Config, rows: pd.DataFrame, run: StageRun, folder: ExportFolder
     dicom = rows[rows["frame"].notna()]
     summary.add_skipped(NOT_DICOM, len(rows) - len(dicom))
     if dicom.empty:
-        summary.extra["export"] = (f"skipped: none of the {len(rows)} scored rows comes from a DICOM file "
-                                   f"(data.layout={cfg.data.layout}); nothing to return as DICOM")  # fmt: skip
+        summary.extra["export"] = (
+            f"skipped: none of the {len(rows)} scored rows comes from a DICOM file "
+            f"(data.layout={cfg.data.layout}); nothing to return as DICOM"
+        )
         return
     ctx = _Context(cfg, dicom)
     headers: dict[str, Dataset] = {}
@@ -101,11 +104,16 @@ def _export(cfg: Config, rows: pd.DataFrame, run: StageRun, folder: ExportFolder
         by_study.setdefault(str(header.StudyInstanceUID), []).append(file)
     for study_uid, files in sorted(by_study.items()):
         _export_study(ctx, run, folder, study_uid, [(f, headers[f], dicom[dicom["file"] == f]) for f in files])
-    summary.extra.update({
-        "studies": len(ctx.studies), "secondary_captures": summary.rows_ok, "segmentations": ctx.segmentations,
-        "no_segmentation": dict(ctx.seg_reasons), "count_rule": ctx.count_scale,
-        "export": f"{cfg.run.dir}/{EXPORT_DIR}",
-    })  # fmt: skip
+    summary.extra.update(
+        {
+            "studies": len(ctx.studies),
+            "secondary_captures": summary.rows_ok,
+            "segmentations": ctx.segmentations,
+            "no_segmentation": dict(ctx.seg_reasons),
+            "count_rule": ctx.count_scale,
+            "export": f"{cfg.run.dir}/{EXPORT_DIR}",
+        }
+    )
 
 
 class _Context:
@@ -131,8 +139,9 @@ class _Context:
             self.thr = selected_threshold(cfg.run.dir)
         except ValueError:
             self.thr = float("nan")
-        self.settings = ExportSettings(series_number=cfg.export.series_number,
-                                       series_description=cfg.export.series_description)  # fmt: skip
+        self.settings = ExportSettings(
+            series_number=cfg.export.series_number, series_description=cfg.export.series_description
+        )
         self.studies: set[str] = set()
         self.segmentations = 0
         self.seg_reasons: Counter = Counter()
@@ -151,8 +160,9 @@ def cam_count_scale(cfg: Config) -> str:
     return str(scale) if scale is not None else cfg.data.count_scale
 
 
-def _export_study(ctx: _Context, run: StageRun, folder: ExportFolder, study_uid: str,
-                  sources: list[tuple[str, Dataset, pd.DataFrame]]) -> None:  # fmt: skip
+def _export_study(
+    ctx: _Context, run: StageRun, folder: ExportFolder, study_uid: str, sources: list[tuple[str, Dataset, pd.DataFrame]]
+) -> None:
     """Writes one study's Secondary Captures (one new series), its Segmentations and summary.csv; rows to exports."""
     study_dir = safe_name(study_uid, "study")
     sc_series, seg_series = generate_uid(), generate_uid()
@@ -183,9 +193,14 @@ def _export_study(ctx: _Context, run: StageRun, folder: ExportFolder, study_uid:
 
 
 def _secondary_capture(
-    ctx: _Context, run: StageRun, folder: ExportFolder, header: Dataset, row: Any, place: tuple[str, int, str, str],
+    ctx: _Context,
+    run: StageRun,
+    folder: ExportFolder,
+    header: Dataset,
+    row: Any,
+    place: tuple[str, int, str, str],
     frames: dict[int, np.ndarray],
-) -> dict[str, Any] | None:  # fmt: skip
+) -> dict[str, Any] | None:
     """Writes one frame's Secondary Capture; returns its exports row, or None after writing its errors row.
 
     `frames` receives the frame's union of kept masks (source frame -> (H, W) bool) for the Segmentation.
@@ -203,8 +218,9 @@ def _secondary_capture(
     positive = None if not np.isfinite(ctx.thr) else bool(y_prob >= ctx.thr)
     comment = _comment(y_prob, ctx.thr, len(boxes), len(masks), frame, str(row.view), flags)
     try:
-        sc = secondary_capture(header, draw_findings(image, boxes, masks), frame, str(row.view), series, instance,
-                               ctx.settings, comment)  # fmt: skip
+        sc = secondary_capture(
+            header, draw_findings(image, boxes, masks), frame, str(row.view), series, instance, ctx.settings, comment
+        )
     except (ValueError, TypeError) as exc:
         _errors(run, pd.DataFrame([row._asdict()]), [f"sc_refused: {type(exc).__name__}: {exc}"])
         return None
@@ -212,17 +228,35 @@ def _secondary_capture(
     if masks:
         frames[frame] = np.logical_or.reduce(masks)
     return {
-        "image_id": image_id, "patient_id": str(header.get("PatientID", "") or ""),
-        "study_uid": str(header.StudyInstanceUID), "study_date": _iso_date(header.get("StudyDate")),
-        "source_file": str(row.file), "frame_number": frame + 1, "view": row.view, "y_prob": y_prob,
-        "threshold": ctx.thr, "positive": positive, "qc_flags": flags, "n_boxes": len(boxes),
+        "image_id": image_id,
+        "patient_id": str(header.get("PatientID", "") or ""),
+        "study_uid": str(header.StudyInstanceUID),
+        "study_date": _iso_date(header.get("StudyDate")),
+        "source_file": str(row.file),
+        "frame_number": frame + 1,
+        "view": row.view,
+        "y_prob": y_prob,
+        "threshold": ctx.thr,
+        "positive": positive,
+        "qc_flags": flags,
+        "n_boxes": len(boxes),
         "boxes": [float(v) for v in boxes.ravel()],
-        "masks_drawn": len(masks), "sc_file": sc_file, "sc_series_uid": series, "sc_sop_uid": str(sc.SOPInstanceUID),
-    }  # fmt: skip
+        "masks_drawn": len(masks),
+        "sc_file": sc_file,
+        "sc_series_uid": series,
+        "sc_sop_uid": str(sc.SOPInstanceUID),
+    }
 
 
-def _segmentation(ctx: _Context, folder: ExportFolder, header: Dataset, frames: dict[int, np.ndarray],
-                  series: str, number: int, name: str) -> tuple[str | None, str]:  # fmt: skip
+def _segmentation(
+    ctx: _Context,
+    folder: ExportFolder,
+    header: Dataset,
+    frames: dict[int, np.ndarray],
+    series: str,
+    number: int,
+    name: str,
+) -> tuple[str | None, str]:
     """Writes the source file's Segmentation of its exported frames' kept masks; returns (file or None, reason)."""
     if not ctx.cfg.export.segmentation:
         return None, "disabled: export.segmentation=false"
@@ -249,8 +283,10 @@ def _comment(y_prob: float, thr: float, boxes: int, masks: int, frame: int, view
     else:
         score = f"probability {y_prob:.3f} (no threshold selected)"
     qc = ", ".join(flags) if flags else ("none" if flags is not None else "not checked")
-    return (f"BS-80K weak localisation, research use, not for diagnosis. Source frame {frame + 1} ({view}): {score}; "
-            f"{boxes} pseudo box(es) in red, {masks} kept mask(s) in magenta; QC flags: {qc}")  # fmt: skip
+    return (
+        f"BS-80K weak localisation, research use, not for diagnosis. Source frame {frame + 1} ({view}): {score}; "
+        f"{boxes} pseudo box(es) in red, {masks} kept mask(s) in magenta; QC flags: {qc}"
+    )
 
 
 def _iso_date(value: object) -> str | None:
@@ -273,5 +309,22 @@ def _errors(run: StageRun, rows: pd.DataFrame, reasons: list[str]) -> None:
     if not len(rows):
         return
     files = rows["file"] if "file" in rows and rows["file"].notna().all() else rows.get("path", rows["image_id"])
-    write_errors(run.writer, list(files.astype(object).where(files.notna(), None)), rows["image_id"], reasons,
-                 rows["split"], run.summary)  # fmt: skip
+    write_errors(
+        run.writer,
+        list(files.astype(object).where(files.notna(), None)),
+        rows["image_id"],
+        reasons,
+        rows["split"],
+        run.summary,
+    )
+
+
+STAGE = Stage(
+    name="export",
+    run=run_export,
+    help="DICOM runs: per scored frame a Secondary Capture (boxes, kept masks), Segmentations where possible -> "
+    "exports, export/",
+    sections=("export",),
+    needs=(INDEX, Need("tables/preds", "make cam"), BOXES),
+    writes=("exports", "errors"),
+)

@@ -17,9 +17,9 @@ from engine.io.indexing import build_index, build_layout_index
 from engine.io.layouts import LayoutSettings
 from engine.io.summary import StageSummary
 from engine.io.tables import TableWriter
-from engine.runtime.decode import qc_batch
 from engine.stages._rows import QC_FLAGS
 from engine.stages._run import StageRun
+from engine.stages._stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def qc_thresholds(cfg: Config) -> QcThresholds:
 def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
     """Streams the index rows through `qc_batch` into the `qc` table and `errors` (stage=qc); commits a balanced
     account of its own and puts the flag counts into `summary.extra["qc"]`."""
-    from engine.runtime.pipeline import init_ray, iter_results, row_stream
+    from engine.runtime.decode import qc_batch
+    from engine.runtime.pipeline import StreamSettings, init_ray, iter_results, row_stream
 
     account = StageSummary("qc")
     writer = TableWriter(cfg.run.dir, "qc", cfg.run.overwrite, split="all")
@@ -84,12 +85,20 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
             )
             spacing = ("pixel_spacing_y_mm", "pixel_spacing_x_mm")  # DICOM: body_counts_per_px per 2.4 mm px
             columns = [c for c in ("image_id", "folder", "path", "part", *spacing) if c in index]
-            for batch in iter_results(row_stream(index[columns], cfg, udf)):
+            for batch in iter_results(row_stream(index[columns], StreamSettings.of(cfg.ray), udf)):
                 bad = batch["error"] != ""
                 n_bad = int(bad.sum())
-                writer.write("errors", {"file": batch["path"][bad], "line": [None] * n_bad,
-                                        "image_id": batch["image_id"][bad], "stage": ["qc"] * n_bad,
-                                        "reason": batch["error"][bad], "split": ["all"] * n_bad})  # fmt: skip
+                writer.write(
+                    "errors",
+                    {
+                        "file": batch["path"][bad],
+                        "line": [None] * n_bad,
+                        "image_id": batch["image_id"][bad],
+                        "stage": ["qc"] * n_bad,
+                        "reason": batch["error"][bad],
+                        "split": ["all"] * n_bad,
+                    },
+                )
                 account.add_errors(batch["error"][bad])
                 good = _typed_qc_rows({k: v[~bad] for k, v in batch.items()})
                 account.rows_ok += writer.write("qc", good)
@@ -102,8 +111,12 @@ def run_qc(cfg: Config, index: pd.DataFrame, summary: StageSummary) -> None:
         writer.abort()
         raise
     account.commit(writer)
-    summary.extra["qc"] = {"images": account.rows_ok, "errors": dict(account.errors), **flags,
-                           "count_unit": dict(sorted(units.items()))}  # fmt: skip
+    summary.extra["qc"] = {
+        "images": account.rows_ok,
+        "errors": dict(account.errors),
+        **flags,
+        "count_unit": dict(sorted(units.items())),
+    }
 
 
 def _typed_qc_rows(columns: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -117,3 +130,12 @@ def _typed_qc_rows(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     for name in ("body_x1", "body_y1", "body_x2", "body_y2"):
         frame[name] = pd.to_numeric(frame[name]).astype("Int32")
     return frame
+
+
+STAGE = Stage(
+    name="index",
+    run=run_index,
+    help="index data.root, then decode every image for QC -> tables index, gt_boxes, qc, errors",
+    sections=("ray", "qc"),
+    writes=("index", "gt_boxes", "qc", "errors"),
+)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from engine.config import Config
-from engine.core.contract import trained_views
+from engine.contract import trained_views
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table, write_part
-from engine.runtime.cam_stream import stream_to_tables
 from engine.stages._rows import (
     UNSPLIT,
     flag_images,
@@ -25,9 +24,11 @@ from engine.stages._scoring import (
     model_run_dir,
     scoring_config,
     scoring_extras,
+    scoring_feed,
     selected_threshold,
     split_metrics,
 )
+from engine.stages._stage import INDEX, MODEL, SPLITS, THRESHOLD, Stage
 
 
 def run_infer(cfg: Config) -> StageSummary:
@@ -37,17 +38,22 @@ def run_infer(cfg: Config) -> StageSummary:
     As `make cam`: the model's contract sets the config's defaults, other views are skipped `view_mismatch` (or
     scored and flagged with `model.other_views=score`), and the run's threshold becomes the scoring model's.
     """
+    from engine.runtime.cam_stream import RowContext, stream_to_tables
+    from engine.runtime.pipeline import init_ray, use_gpu
+
     cfg, contract = scoring_config(cfg)
     whole = unsplit(cfg)
     rows = trained_view_only(cfg, select_rows(cfg, None if whole else (cfg.infer.split,), not whole, qc_exclude=False))
     off_view = off_view_ids(cfg, rows)  # none unless model.other_views=score
     threshold = adopt_threshold(cfg)
     thr = selected_threshold(model_run_dir(cfg))
-    ctx = {"run_id": run_id(cfg), "model": cfg.model.name, "qc_flags": flag_images(flags_by_image(rows), off_view)}
+    ctx = RowContext(run_id(cfg), cfg.model.name, flag_images(flags_by_image(rows), off_view))
     split = UNSPLIT if whole else cfg.infer.split
     owned = None if whole else split  # the split partition this run replaces (None: all of them)
     with StageRun(cfg, "infer", ("preds", "errors"), overwrite=cfg.run.overwrite, split=owned) as run:
-        stream_to_tables(cfg, run.writer, run.summary, rows, cam_settings(cfg, with_cam=False), ctx)
+        init_ray(cfg.ray)
+        gpu = use_gpu(cfg.train.use_gpu)
+        stream_to_tables(run.writer, run.summary, rows, cam_settings(cfg, False, gpu), scoring_feed(cfg, gpu), ctx)
         run.summary.rows_in += add_skipped(run.summary, rows)  # view_mismatch: selected, not scored
         run.commit()
         run.summary.extra.update(_split_metrics(cfg, split, thr))
@@ -66,3 +72,13 @@ def _split_metrics(cfg: Config, split: str, thr: float) -> dict:
     metrics = split_metrics(cfg, labeled, split, thr)
     write_part(cfg.run.dir, "metrics", pd.DataFrame([metrics]), split)
     return {k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")}
+
+
+STAGE = Stage(
+    name="infer",
+    run=run_infer,
+    help="predict infer.split with the model actor pool -> preds, metrics",
+    sections=("ray", "canvas", "model", "infer", "train"),
+    needs=(INDEX, SPLITS, MODEL, THRESHOLD),
+    writes=("preds", "metrics", "errors"),
+)

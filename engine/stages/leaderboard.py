@@ -11,6 +11,7 @@ from engine.io.fs import resolve_fs
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages._run import StageRun
+from engine.stages._stage import Stage
 
 
 def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:
@@ -40,10 +41,20 @@ def run_leaderboard(cfg: Config) -> StageSummary:
     board, missing = leaderboard_frame(cfg.leaderboard.runs)
     if board.empty:
         raise ValueError(f"no run under {cfg.leaderboard.runs} has test metrics yet (run `make infer` first)")
-    with StageRun(cfg, "leaderboard", ("leaderboard",), run_dir=cfg.leaderboard.runs, replace=("leaderboard",),
-                  config=False) as run:  # fmt: skip
+    with StageRun(
+        cfg, "leaderboard", ("leaderboard",), run_dir=cfg.leaderboard.runs, replace=("leaderboard",), config=False
+    ) as run:
         run.summary.rows_in = len(board) + len(missing)
         run.summary.rows_ok = run.writer.write("leaderboard", board)
         run.summary.add_errors([f"no_test_metrics: {name}" for name in missing])
         run.summary.extra["leaderboard"] = "\n" + board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     return run.summary
+
+
+STAGE = Stage(
+    name="leaderboard",
+    run=run_leaderboard,
+    help="test metrics of every run under leaderboard.runs",
+    sections=("leaderboard",),
+    writes=("leaderboard",),
+)

@@ -23,9 +23,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
-from engine.core.localization.box_methods import ORIG_COLUMNS, gt_by_image, heatmap_of, meta_of
 from engine.core.metrics.classification import binary_metrics
-from engine.core.model.cam import heatmap_to_original, upsample_heatmap
 from engine.core.render import plots as plots
 from engine.core.render.tables import (
     classification_html,
@@ -37,22 +35,34 @@ from engine.core.render.tables import (
     shift_reference_html,
 )
 from engine.core.scans.decode import DecodeError
-from engine.io.evaluate_masks import decoded_by_image
 from engine.io.fs import read_run_json, resolve_fs
-from engine.io.heatmap_access import read_scan
-from engine.io.overlays import render_overlay
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages._rows import QC_FLAGS, UNSPLIT, read_qc_reference, view_folders
 from engine.stages._run import StageRun
 from engine.stages._scoring import selected_threshold
+from engine.stages._stage import Stage
 
 log = logging.getLogger(__name__)
 
-LOC_PLOTTED = ("pointing_game", "pointing_chance", "hit@1", "hit@5", "precision@iou0.3", "recall@iou0.3",
-               "precision@iou0.5", "recall@iou0.5", "max_box_acc@iou0.3", "max_box_acc@iou0.5")  # fmt: skip
-OUTCOMES = (("tp", "True positives", 1, True), ("fp", "False positives", 0, True),
-            ("fn", "False negatives", 1, False), ("tn", "True negatives", 0, False))  # key, title, label, called
+LOC_PLOTTED = (
+    "pointing_game",
+    "pointing_chance",
+    "hit@1",
+    "hit@5",
+    "precision@iou0.3",
+    "recall@iou0.3",
+    "precision@iou0.5",
+    "recall@iou0.5",
+    "max_box_acc@iou0.3",
+    "max_box_acc@iou0.5",
+)
+OUTCOMES = (
+    ("tp", "True positives", 1, True),
+    ("fp", "False positives", 0, True),
+    ("fn", "False negatives", 1, False),
+    ("tn", "True negatives", 0, False),
+)  # key, title, label, called
 # a clinic's unlabeled scans, shown when there are some
 UNLABELED = (("pos", "Unlabeled, called abnormal", None, True), ("neg", "Unlabeled, called normal", None, False))
 QC_MARK_COLOUR = (0, 140, 255)  # BGR orange: the frame drawn around a QC-flagged gallery overlay
@@ -124,10 +134,12 @@ def _classification(cfg: Config, out: _Out) -> str:
         raise ReportInputError(f"predictions ({source}) hold one class only: no ROC")
     m = binary_metrics(y_true, y_prob, thr)
     dpi = cfg.report.dpi
-    names = [out.write("roc.png", plots.roc_png(y_true, y_prob, thr, dpi)),
-             out.write("pr.png", plots.pr_png(y_true, y_prob, thr, dpi)),
-             out.write("sens_spec.png", plots.sens_spec_png(y_true, y_prob, thr, dpi)),
-             out.write("confusion.png", plots.confusion_png(m.tn, m.fp, m.fn, m.tp, thr, dpi))]  # fmt: skip
+    names = [
+        out.write("roc.png", plots.roc_png(y_true, y_prob, thr, dpi)),
+        out.write("pr.png", plots.pr_png(y_true, y_prob, thr, dpi)),
+        out.write("sens_spec.png", plots.sens_spec_png(y_true, y_prob, thr, dpi)),
+        out.write("confusion.png", plots.confusion_png(m.tn, m.fp, m.fn, m.tp, thr, dpi)),
+    ]
     row = {k: getattr(m, k) for k in ("n", "auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "thr")}
     note = f"<p>Predictions: {html.escape(source)}; {int((~finite).sum())} without a finite probability left out.</p>"
     plots_html = '<div class="plots">' + "".join(_img(n, n) for n in names) + "</div>"
@@ -148,9 +160,11 @@ def _localisation(cfg: Config, out: _Out) -> str:
     if loc.empty:
         raise ReportInputError("no loc_metrics table: run `make evaluate` first")
     split = cfg.evaluate.split
-    parts = [f"<p>Scored on split <b>{html.escape(split)}</b> against the Abnormal GT boxes (original px). "
-             "Cells: value over numerator/denominator; plain counts alone. Rows of the tuning split are in "
-             "<code>loc_metrics</code> (and <code>evaluate.json</code>).</p>"]  # fmt: skip
+    parts = [
+        f"<p>Scored on split <b>{html.escape(split)}</b> against the Abnormal GT boxes (original px). "
+        "Cells: value over numerator/denominator; plain counts alone. Rows of the tuning split are in "
+        "<code>loc_metrics</code> (and <code>evaluate.json</code>).</p>"
+    ]
     chart = loc[(loc["split"] == split) & (loc["folder"] == "*")]
     view = "all" if (chart["view"] == "all").any() else chart["view"].iloc[0] if len(chart) else None
     if view is not None:
@@ -172,10 +186,12 @@ def _tuning_note(cfg: Config) -> str:
     tuning = document.get("tuning", {})
     if "chosen" not in tuning:
         return f"<p>Tuning: {html.escape(str(tuning.get('skipped', 'not run')))}</p>"
-    return (f"<p>Tuned on <b>{html.escape(tuning['split'])}</b> only ({tuning['images']} images; "
-            f"{html.escape(tuning['objective'])}): {html.escape(json.dumps(tuning['chosen']))}. "
-            "Reproduce the boxes: <code>make boxes ARGS=&quot;"
-            f"{html.escape(tuning['make_boxes_args'])}&quot;</code></p>")  # fmt: skip
+    return (
+        f"<p>Tuned on <b>{html.escape(tuning['split'])}</b> only ({tuning['images']} images; "
+        f"{html.escape(tuning['objective'])}): {html.escape(json.dumps(tuning['chosen']))}. "
+        "Reproduce the boxes: <code>make boxes ARGS=&quot;"
+        f"{html.escape(tuning['make_boxes_args'])}&quot;</code></p>"
+    )
 
 
 def gallery_split(cfg: Config) -> str:
@@ -210,8 +226,10 @@ def scored_flags(cfg: Config, split: str | None = None) -> dict[str, list[str]]:
     preds = read_table(cfg.run.dir, "preds", None if split is None else _split(split))
     preds = preds[preds["stage"].isin(["cam", "infer"])].sort_values("stage")  # cam before infer
     preds = preds.drop_duplicates("image_id")
-    return {str(i): [str(f) for f in flags] if flags is not None else [] for i, flags in
-            zip(preds["image_id"], preds["qc_flags"], strict=True)}  # fmt: skip
+    return {
+        str(i): [str(f) for f in flags] if flags is not None else []
+        for i, flags in zip(preds["image_id"], preds["qc_flags"], strict=True)
+    }
 
 
 def spread_pick(frame: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -235,6 +253,12 @@ def _overlay(
 ) -> tuple[bytes, bytes]:
     """Returns the PNGs of one scan in original px: the raw grey levels the model saw, and the overlay of its CAM,
     pseudo boxes, GT boxes and kept mask contours (framed in QC_MARK_COLOUR when the image is QC-flagged)."""
+    from engine.core.localization.box_methods import ORIG_COLUMNS, heatmap_of, meta_of  # torch: not at import
+    from engine.core.model.cam import heatmap_to_original, upsample_heatmap
+    from engine.io.evaluate_masks import decoded_by_image
+    from engine.io.heatmap_access import read_scan
+    from engine.io.overlays import render_overlay
+
     image = read_scan(cfg.data.root, str(row.path), cfg.data.count_scale)  # as the model stream read it
     meta = meta_of(row)
     heat = heatmap_to_original(upsample_heatmap(heatmap_of(row), meta.canvas_h, meta.canvas_w), meta)
@@ -258,19 +282,26 @@ def _figure(cfg: Config, out: _Out, row: object, inputs: tuple, key: str, place:
     name = out.write(f"gallery/{key}_{place[0]}.png", png)
     link = html.escape(browse_link(row.image_id))
     mark = f'<span class="qcmark">QC: {html.escape(", ".join(flags))}</span> ' if flags else ""
-    return (f'<figure><a href="{link}">{_img(raw_name, "raw " + row.image_id)}{_img(name, row.image_id)}</a>'
-            f"<figcaption>{mark}{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of "
-            f"{place[1]} by p); left: the raw scan as the model saw it, right: CAM and boxes"
-            f"{' (framed in orange: QC-flagged)' if flags else ''}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure><a href="{link}">{_img(raw_name, "raw " + row.image_id)}{_img(name, row.image_id)}</a>'
+        f"<figcaption>{mark}{key.upper()}: {html.escape(row.image_id)}, p={row.y_prob:.3f} ({place[0]} of "
+        f"{place[1]} by p); left: the raw scan as the model saw it, right: CAM and boxes"
+        f"{' (framed in orange: QC-flagged)' if flags else ''}</figcaption></figure>"
+    )
 
 
 def _gallery(cfg: Config, out: _Out) -> str:
+    from engine.core.localization.box_methods import gt_by_image  # torch: not at import
+
     thr = selected_thr(cfg)
     split = gallery_split(cfg)
     frame = _gallery_rows(cfg, thr, split)
     masks = read_table(cfg.run.dir, "masks", _split(split))
-    inputs = (read_table(cfg.run.dir, "boxes", _split(split)), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
-              masks[masks["kept"].fillna(False).astype(bool)])  # none without `make masks`: no contours  # fmt: skip
+    inputs = (
+        read_table(cfg.run.dir, "boxes", _split(split)),
+        gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+        masks[masks["kept"].fillna(False).astype(bool)],
+    )  # none without `make masks`: no contours
     unlabeled = frame["label"].isna()
     groups = (OUTCOMES if (~unlabeled).any() else ()) + (UNLABELED if unlabeled.any() else ())
     parts, failed = [], 0
@@ -286,23 +317,29 @@ def _gallery(cfg: Config, out: _Out) -> str:
                 failed += 1
                 log.warning("gallery: %s (image_id=%s): %s", row.path, row.image_id, exc)
         body = "".join(figures) or "<p>none</p>"
-        parts.append(f'<h3 id="gallery-{key}">{title} ({key.upper()}): {len(figures)} shown of {len(group)}</h3>'
-                     f'<div class="gallery">{body}</div>')  # fmt: skip
+        parts.append(
+            f'<h3 id="gallery-{key}">{title} ({key.upper()}): {len(figures)} shown of {len(group)}</h3>'
+            f'<div class="gallery">{body}</div>'
+        )
     unread = f'<p class="missing">{failed} images could not be read.</p>' if failed else ""
     flagged = int(frame["qc_flags"].map(bool).sum())
-    qc = (f"<p>{flagged} of the {len(frame)} scored images of split {html.escape(split)} carry a QC flag: their "
-          'figures are marked <span class="qcmark">QC: ...</span>, framed in orange (see Quality control).</p>')
+    qc = (
+        f"<p>{flagged} of the {len(frame)} scored images of split {html.escape(split)} carry a QC flag: their "
+        'figures are marked <span class="qcmark">QC: ...</span>, framed in orange (see Quality control).</p>'
+    )
     return _gallery_key(cfg, thr) + qc + unread + "".join(parts)
 
 
 def _gallery_key(cfg: Config, thr: float) -> str:
-    return (f"<p>Outcomes at the selected threshold {thr:.3f} (called abnormal when p &gt;= thr); per group up to "
-            f"{cfg.report.gallery} images evenly spread from the most to the least confident, at 1x in original px. "
-            "Each image opens its page in <code>make browse</code> when this report is served there "
-            f"(http://127.0.0.1:{cfg.browse.port}/report/); opened as a file, the links lead nowhere.</p>"
-            '<p class="key"><span style="background:red"></span>pseudo boxes (rank)'
-            '<span style="background:lime"></span>GT Abnormal (solid)<span style="background:cyan"></span>GT Normal '
-            '(dashed)<span style="background:magenta"></span>kept pseudo masks; CAM in JET</p>')  # fmt: skip
+    return (
+        f"<p>Outcomes at the selected threshold {thr:.3f} (called abnormal when p &gt;= thr); per group up to "
+        f"{cfg.report.gallery} images evenly spread from the most to the least confident, at 1x in original px. "
+        "Each image opens its page in <code>make browse</code> when this report is served there "
+        f"(http://127.0.0.1:{cfg.browse.port}/report/); opened as a file, the links lead nowhere.</p>"
+        '<p class="key"><span style="background:red"></span>pseudo boxes (rank)'
+        '<span style="background:lime"></span>GT Abnormal (solid)<span style="background:cyan"></span>GT Normal '
+        '(dashed)<span style="background:magenta"></span>kept pseudo masks; CAM in JET</p>'
+    )
 
 
 def _quality(cfg: Config) -> tuple[str, dict[str, Any]]:
@@ -317,17 +354,26 @@ def _quality(cfg: Config) -> tuple[str, dict[str, Any]]:
     scored = dict(Counter(flag for raised in flags.values() for flag in raised))
     scored = {**{flag: scored.get(flag, 0) for flag in (*QC_FLAGS, "domain_shift")}, **scored}
     units = qc["count_unit"].fillna("not recorded").value_counts()
-    parts = [f"<p>Every indexed image is measured by <code>make index</code>: {int(units.get('counts', 0))} on their "
-             f"true counts (16-bit files, DICOM frames), {int(units.get('grey', 0))} on grey levels only (8-bit "
-             "files hold no counts; their low_count is judged on grey, which is never fewer than the counts)"
-             + (f", {int(units.get('not recorded', 0))} indexed before counts were recorded" if "not recorded" in units
-                else "") + ". Scored images: the predictions of <code>make cam</code> (else <code>make infer</code>)."
-             "</p>", qc_counts_html(indexed, scored, len(qc), len(flags))]  # fmt: skip
+    parts = [
+        f"<p>Every indexed image is measured by <code>make index</code>: {int(units.get('counts', 0))} on their "
+        f"true counts (16-bit files, DICOM frames), {int(units.get('grey', 0))} on grey levels only (8-bit "
+        "files hold no counts; their low_count is judged on grey, which is never fewer than the counts)"
+        + (
+            f", {int(units.get('not recorded', 0))} indexed before counts were recorded"
+            if "not recorded" in units
+            else ""
+        )
+        + ". Scored images: the predictions of <code>make cam</code> (else <code>make infer</code>)."
+        "</p>",
+        qc_counts_html(indexed, scored, len(qc), len(flags)),
+    ]
     record = read_qc_reference(cfg.run.dir)
     if record is None:
-        parts.append("<p><code>domain_shift</code>: not checked. It compares new scans scored with another run's "
-                     "model (<code>make cam model.from_run=&lt;run&gt;</code>) with the images that model was trained "
-                     "on; this run's predictions come from its own model.</p>")  # fmt: skip
+        parts.append(
+            "<p><code>domain_shift</code>: not checked. It compares new scans scored with another run's "
+            "model (<code>make cam model.from_run=&lt;run&gt;</code>) with the images that model was trained "
+            "on; this run's predictions come from its own model.</p>"
+        )
     else:
         here = qc[qc["image_id"].isin(list(flags))]
         medians = {name: float(here[name].median()) for name in record["stats"] if name in here}
@@ -341,13 +387,18 @@ def _quality(cfg: Config) -> tuple[str, dict[str, Any]]:
             f"p{100 * record['spread_quantile']:g} or p{100 * (1 - record['spread_quantile']):g}), exceeds "
             f"{record['threshold']:.3g}: {record['train_flagged']} of the training images themselves do "
             f"({100 * share:.1f} %). Reference: <code>qc_reference.json</code>.</p>"
-            + shift_reference_html(record, medians))  # fmt: skip
+            + shift_reference_html(record, medians)
+        )
     counts = {"indexed": indexed, "scored": scored, "domain_shift_checked": record is not None}
     return "".join(parts), counts
 
 
-SECTIONS = (("Classification", _classification), ("Training", _training), ("Localisation", _localisation),
-            ("Gallery", _gallery))  # fmt: skip
+SECTIONS = (
+    ("Classification", _classification),
+    ("Training", _training),
+    ("Localisation", _localisation),
+    ("Gallery", _gallery),
+)
 
 
 def page(cfg: Config, sections: list[tuple[str, str]], quality: str = "") -> str:
@@ -358,8 +409,10 @@ def page(cfg: Config, sections: list[tuple[str, str]], quality: str = "") -> str
     title = html.escape(f"BS-80K run report: {cfg.run.dir}")
     canvas = f"canvas {cfg.canvas.height} x {cfg.canvas.width}"
     about = html.escape(f"model {cfg.model.name}, view {cfg.data.view}, {canvas}")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{title}</h1><p>{about}</p>{body}</body></html>")  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1><p>{about}</p>{body}</body></html>"
+    )
 
 
 def run_report(cfg: Config) -> StageSummary:
@@ -383,3 +436,11 @@ def run_report(cfg: Config) -> StageSummary:
         if qc_counts:
             summary.extra["qc_flags_scored"] = {k: v for k, v in qc_counts["scored"].items() if v}
     return summary
+
+
+STAGE = Stage(
+    name="report",
+    run=run_report,
+    help="one offline HTML page: curves, confusion matrix, grouped metrics, TP/FP/FN/TN gallery -> report/index.html",
+    sections=("report", "evaluate"),
+)

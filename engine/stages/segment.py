@@ -1,118 +1,39 @@
 """`make segment`: the trained segmentation network over a split (or the whole index) -> table `seg_masks`.
 
 A Ray Data actor-pool stream like `make cam`: ``engine.runtime.pipeline.image_stream`` decodes and letterboxes, the
-`SegmentStage` actors (one network each, loaded once, weights_only=True) turn each canvas into a probability
-map, its components into COCO RLE rows in original px (``engine.core.segnet.arrays.component_rows``). Every image of the
-trained view is scored (no QC exclusion, as `make cam`); an undecodable image becomes an `errors` row.
+`SegmentStage` actors (engine/runtime/udfs/segment.py; one network each, loaded once, weights_only=True) turn each
+canvas into a probability map, its components into COCO RLE rows in original px. Every image of the trained view is
+scored (no QC exclusion, as `make cam`); an undecodable image becomes an `errors` row.
 Rows in = images segmented (with or without a component) + errors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.config import Config
-from engine.config_sections import SegTrainConfig
-from engine.core.segnet.arrays import SEGMENTER, component_rows
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
 from engine.stages._rows import select_rows
 from engine.stages._run import StageRun
+from engine.stages._stage import INDEX, SPLITS, Need, Stage
 
-MASK_COLUMNS = ("rank", "rle_h", "rle_w", "area", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "score",
-                "y_prob")  # fmt: skip
-NULL_COLUMNS = ("contrast", "cam_inside", "cam_ring", "agreement_iou")  # no box prompt, no CAM
-META = ("orig_h", "orig_w", "new_h", "new_w", "pad_left", "pad_top")
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """What a segment actor needs (built from `run.dir`, `segtrain.*` and `train.*`)."""
-
-    run_dir: str
-    seg: SegTrainConfig
-    use_gpu: bool = False
-    amp: bool = True
-    cpu_threads: int = 1
-
-
-def image_rows(batch: dict[str, np.ndarray], probs: np.ndarray, seg: SegTrainConfig, version: str) -> list[dict]:
-    """Returns one row per component of each ok image, one `rank = -1` row per image without one or with an error.
-
-    Args:
-        batch: image_stream output (image_id, split, folder, path, error, letterbox meta).
-        probs: (B, H, W) float pixel probabilities (rows with an error are ignored).
-        seg: threshold, min_area_px, max_components.
-        version: the segmenter version recorded with the rows.
-    """
-    out = []
-    for i, image_id in enumerate(batch["image_id"]):
-        base = {"image_id": str(image_id), "split": str(batch["split"][i]), "folder": str(batch["folder"][i]),
-                "path": str(batch["path"][i]), "error": str(batch["error"][i]), "segmenter": SEGMENTER,
-                "segmenter_version": version}  # fmt: skip
-        rows = [] if base["error"] else component_rows(probs[i], {k: int(batch[k][i]) for k in META}, seg)
-        out += [{**base, **row} for row in rows] or [{**base, "rank": -1}]
-    return out
-
-
-def row_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Returns the rows as numpy columns of the seg_masks table (+ path, error); missing values NaN / ""."""
-    ints = {"rank": np.int16, "rle_h": np.int32, "rle_w": np.int32, "area": np.int64}
-    out: dict[str, np.ndarray] = {}
-    for name in (*MASK_COLUMNS, *NULL_COLUMNS):
-        dtype = ints.get(name, np.float32)
-        out[name] = np.array([row.get(name, 0 if name in ints else np.nan) for row in rows], dtype=dtype)
-    for name in ("image_id", "rle_counts", "segmenter", "segmenter_version", "split", "folder", "path", "error"):
-        out[name] = np.array([row.get(name, "") for row in rows], dtype=object)
-    out["kept"] = np.ones(len(rows), dtype=bool)
-    return out
-
-
-class SegmentStage:
-    """Ray Data actor UDF: uint8 canvases -> the network's component mask rows (see ``image_rows``)."""
-
-    def __init__(self, settings: SegmentSettings) -> None:
-        """Loads the run's best segnet once per actor."""
-        import torch
-
-        from engine.io.checkpoints import load_segnet
-
-        self.torch, self.settings = torch, settings
-        self.device = torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, settings.cpu_threads))
-        model, info = load_segnet(settings.run_dir)
-        self.model = model.to(self.device).eval().requires_grad_(False)
-        self.version = f"{info['arch']}/{info['encoder']}/epoch-{info['epoch']}"
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Returns ``row_columns`` of ``image_rows`` of the batch."""
-        from engine.core.model.classifier import bf16_autocast, normalize_canvas
-
-        torch = self.torch
-        ok = np.asarray(batch["error"]) == ""
-        probs = np.zeros(batch["canvas"].shape, dtype=np.float32)
-        if ok.any():
-            canvas = torch.from_numpy(np.ascontiguousarray(batch["canvas"][ok])).to(self.device)
-            with torch.inference_mode(), bf16_autocast(self.device.type == "cuda" and self.settings.amp):
-                logits = self.model(normalize_canvas(canvas))
-            probs[ok] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        return row_columns(image_rows(batch, probs, self.settings.seg, self.version))
+if TYPE_CHECKING:
+    from engine.runtime.udfs.segment import SegmentSettings
 
 
 def _stream(cfg: Config, rows: Any, settings: SegmentSettings) -> Any:
-    from ray.data import ActorPoolStrategy
+    from engine.runtime.decode import DecodeSettings
+    from engine.runtime.pipeline import PoolSpec, StreamSettings, actor_stream, image_stream
+    from engine.runtime.udfs.segment import SegmentStage
 
-    from engine.runtime.pipeline import image_stream
-
-    return image_stream(rows, cfg).map_batches(
-        SegmentStage, fn_constructor_args=(settings,), batch_size=cfg.segtrain.batch_size,
-        compute=ActorPoolStrategy(size=cfg.segtrain.actors), num_gpus=cfg.segtrain.num_gpus if settings.use_gpu else 0,
-        num_cpus=cfg.infer.num_cpus, batch_format="numpy",
-    )  # fmt: skip
+    seg = cfg.segtrain
+    gpus = seg.num_gpus if settings.use_gpu else 0
+    pool = PoolSpec(actors=seg.actors, rows_per_call=seg.batch_size, num_cpus=cfg.infer.num_cpus, num_gpus=gpus)
+    images = image_stream(rows, DecodeSettings.of(cfg.data, cfg.canvas), StreamSettings.of(cfg.ray))
+    return actor_stream(images, SegmentStage, (settings,), pool)
 
 
 def _write(writer: TableWriter, out: dict[str, np.ndarray], summary: StageSummary, seen: dict[str, set]) -> None:
@@ -132,6 +53,7 @@ def run_segment(cfg: Config) -> StageSummary:
     """Segments `segtrain.split` (or every split: `all`) of the trained view with the run's segnet -> seg_masks."""
     from engine.io.checkpoints import load_segnet
     from engine.runtime.pipeline import init_ray, iter_results, use_gpu
+    from engine.runtime.udfs.segment import SegmentSettings
 
     load_segnet(cfg.run.dir)  # fail fast: no network, or one that does not load
     split = None if cfg.segtrain.split == "all" else cfg.segtrain.split
@@ -147,6 +69,17 @@ def run_segment(cfg: Config) -> StageSummary:
             for out in iter_results(_stream(cfg, rows, settings)):
                 _write(run.writer, out, summary, seen)
         run.commit()
-        summary.extra.update(split=cfg.segtrain.split, images_with_masks=len(seen["with_masks"]),
-                             threshold=cfg.segtrain.threshold)  # fmt: skip
+        summary.extra.update(
+            split=cfg.segtrain.split, images_with_masks=len(seen["with_masks"]), threshold=cfg.segtrain.threshold
+        )
     return summary
+
+
+STAGE = Stage(
+    name="segment",
+    run=run_segment,
+    help="the segmentation network's masks of segtrain.split (all: whole index), actor pool -> seg_masks",
+    sections=("ray", "canvas", "model", "segtrain"),
+    needs=(INDEX, SPLITS, Need("segnet/best.pt", "make segtrain")),
+    writes=("seg_masks", "errors"),
+)

@@ -7,6 +7,7 @@ from engine.core.splitting import assign_splits, split_sizes, split_sizes_line
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages._run import StageRun
+from engine.stages._stage import INDEX, Stage
 
 
 def run_split(cfg: Config) -> StageSummary:
@@ -23,3 +24,13 @@ def run_split(cfg: Config) -> StageSummary:
         run.summary.extra["whole_body_images normal/abnormal"] = split_sizes_line(split_sizes(whole_body))
         run.summary.extra["patients_per_split"] = dict(splits.groupby("split")["patient_id"].nunique())
     return run.summary
+
+
+STAGE = Stage(
+    name="split",
+    run=run_split,
+    help="patient-level train/val/test split -> table splits",
+    sections=("split",),
+    needs=(INDEX,),
+    writes=("splits",),
+)

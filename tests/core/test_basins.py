@@ -10,9 +10,7 @@ from engine.core.model.cam import CamError, normalize_cams, refine_cell_centres
 
 
 def test_cam_basins_follow_steepest_ascent_to_each_local_maximum():
-    cam = torch.tensor([[[0.0, 0.2, 0.1, 0.0, 0.0],
-                         [0.9, 0.3, 0.1, 0.4, 0.6],
-                         [0.2, 0.1, 0.0, 0.3, 0.2]]])  # fmt: skip
+    cam = torch.tensor([[[0.0, 0.2, 0.1, 0.0, 0.0], [0.9, 0.3, 0.1, 0.4, 0.6], [0.2, 0.1, 0.0, 0.3, 0.2]]])
     left, right = 1 * 5 + 0, 1 * 5 + 4  # flat indices of the two maxima
     expected = [[left, left, right, right, right]] * 3
     # (0, 2) = 0.1 is 0.2 / 0.3 from the left slope but 0.4 (1, 3) from the right one: the steepest way is right;

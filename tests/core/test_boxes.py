@@ -213,8 +213,9 @@ def test_boxes_sit_on_refined_centres_and_unrefined_peaks_keep_their_cell_centre
     moved = extract_pseudo_boxes(heatmap, DEFAULT_BODY, 1024, 512, params, refined)
     np.testing.assert_allclose(moved[0], [170, 130, 210, 170, 1.0])
     np.testing.assert_allclose(moved[1], plain[1])  # (20, 9) has no refined centre
-    batch, counts = boxes_for_batch(np.stack([heatmap, heatmap]), np.array([DEFAULT_BODY] * 2), 1024, 512, params,
-                                    [refined, None])  # fmt: skip
+    batch, counts = boxes_for_batch(
+        np.stack([heatmap, heatmap]), np.array([DEFAULT_BODY] * 2), 1024, 512, params, [refined, None]
+    )
     np.testing.assert_allclose(batch[0, :2], moved)
     np.testing.assert_allclose(batch[1, :2], plain)
     with pytest.raises(BoxError):

@@ -173,7 +173,11 @@ def test_count_rules_parse_and_print_back():
     assert parse_count_scale("p99.5") == CountScale("percentile", 99.5)
     assert parse_count_scale("fixed:0.5") == CountScale("fixed", 0.5)
     assert [parse_count_scale(rule).rule for rule in ("max", "p99.5", "p100", "fixed:2")] == [
-        "max", "p99.5", "p100", "fixed:2"]  # fmt: skip
+        "max",
+        "p99.5",
+        "p100",
+        "fixed:2",
+    ]
 
 
 @pytest.mark.parametrize("rule", ["mean", "p0", "p101", "fixed:0", "fixed:-1", "fixed:", "p"])
@@ -230,4 +234,3 @@ def test_decode_gray8_applies_the_given_rule_to_a_16_bit_png():
 def test_bytes_asked_for_a_dicom_frame_that_are_not_dicom_are_refused_with_a_code():
     with pytest.raises(DecodeError, match=r"^unreadable_dicom: "):
         decode_scan(encode(".png", COUNTS), frame=0)
-

@@ -34,8 +34,9 @@ NONE = np.zeros((0, 4))
 
 def case(boxes=NONE, abnormal=NONE, normal=NONE, peak=None, label=1, y_prob=0.9, cutoff=0.5) -> ImageCase:
     """Returns a 30 x 20 (h x w) image case."""
-    return ImageCase(np.asarray(boxes, float), np.asarray(abnormal), np.asarray(normal), peak, 30, 20, label, y_prob,
-                     cutoff)  # fmt: skip
+    return ImageCase(
+        np.asarray(boxes, float), np.asarray(abnormal), np.asarray(normal), peak, 30, 20, label, y_prob, cutoff
+    )
 
 
 def mask(box, h: int = SIDE, w: int = SIDE) -> np.ndarray:
@@ -154,15 +155,23 @@ def test_nan_probability_and_bad_boxes_are_counted_not_crashing():
 
 
 def test_labels_that_disagree_with_the_gt_boxes_are_counted():
-    counts = score_image(case(label=1), LocSettings()) + score_image(case(abnormal=[[0, 0, 2, 2]], label=0),
-                                                                     LocSettings())  # fmt: skip
+    counts = score_image(case(label=1), LocSettings()) + score_image(
+        case(abnormal=[[0, 0, 2, 2]], label=0), LocSettings()
+    )
     assert counts["abnormal_without_gt"] == 1 and counts["label_conflict"] == 1 and counts["target_images"] == 1
 
 
 def test_merged_shards_equal_one_pass():
     rng = np.random.default_rng(0)
-    cases = [case(rng.integers(0, 10, (3, 4)).cumsum(axis=1) % 20, abnormal=[[1, 1, 5, 5]], peak=(2, 2),
-                  y_prob=float(rng.random())) for _ in range(6)]  # fmt: skip
+    cases = [
+        case(
+            rng.integers(0, 10, (3, 4)).cumsum(axis=1) % 20,
+            abnormal=[[1, 1, 5, 5]],
+            peak=(2, 2),
+            y_prob=float(rng.random()),
+        )
+        for _ in range(6)
+    ]
     whole = LocalizationAccumulator().update(cases)
     merged = LocalizationAccumulator().update(cases[:2]).merge(LocalizationAccumulator().update(cases[2:]))
     assert merged.counts == whole.counts

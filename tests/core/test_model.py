@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig, load_config
-from engine.core.contract import contract_info
+from engine.contract import contract_info
 from engine.core.model.classifier import ModelError, arch_info, build_classifier, probe_cell_centre
-from engine.io.checkpoints import load_model, save_model
+from engine.io.checkpoints import build_classifier_from_files, load_model, save_model
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
@@ -50,6 +50,23 @@ def test_checkpoint_carries_the_contract_scoring_reads_in_both_files(tmp_path):
         assert recorded["cam_settings"]["cam.method"] == "auto" and recorded["threshold"] == "threshold.json"
 
 
+def test_start_weights_are_read_in_io_and_core_refuses_a_weights_file_alone(tmp_path):
+    torch.manual_seed(0)
+    source = build_classifier(ModelConfig(name="test_resnet", pretrained=False))
+    path = tmp_path / "start.pt"
+    torch.save({"model": source.state_dict()}, path)
+    cfg = ModelConfig(name="test_resnet", pretrained=False, weights=str(path))
+    with pytest.raises(ModelError, match="build_classifier_from_files"):
+        build_classifier(cfg)
+    model = build_classifier_from_files(cfg)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "start.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = build_classifier_from_files(ModelConfig(name="test_resnet", pretrained=False, weights=str(path)))
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_missing_checkpoint_names_make_train(tmp_path):
     with pytest.raises(ModelError, match="make train"):
         load_model(str(tmp_path), ModelConfig(name="test_resnet", pretrained=False))
@@ -83,8 +100,9 @@ def test_probe_cell_centre_finds_a_hand_worked_receptive_field_centre(kernel, pa
     assert model.training  # the probe leaves the mode as it was
 
 
-@pytest.mark.parametrize(("name", "stride"), [("test_resnet", 32), ("test_resnet", 16), ("test_efficientnet", 32),
-                                              ("test_efficientnet", 16)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "stride"), [("test_resnet", 32), ("test_resnet", 16), ("test_efficientnet", 32), ("test_efficientnet", 16)]
+)
 def test_checkpoint_records_the_models_cell_centre(tmp_path, name, stride):
     cfg = ModelConfig(name=name, pretrained=False, output_stride=stride)
     torch.manual_seed(0)

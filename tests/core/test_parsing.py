@@ -1,6 +1,5 @@
 """Folder names, label files, Pascal-VOC XML and image headers: pure parsers, bad input as error rows."""
 
-
 import cv2
 import numpy as np
 import pytest
@@ -68,9 +67,26 @@ def test_knee_left_anterior_keeps_its_side_unlike_the_seeds_greedy_regex():
 
 @pytest.mark.parametrize(
     "name",
-    ["", "knee", "kneeANT", "headLANT", "wholeBodyLPOST", "kneeLant", "kneeLANTx", "KNEELANT", "wholebodyANT",
-     "kneeXANT", "fooANT", " kneeLANT", "kneeLANT/", "shoulderLANT", "ant", "post", "__MACOSX"],
-)  # fmt: skip
+    [
+        "",
+        "knee",
+        "kneeANT",
+        "headLANT",
+        "wholeBodyLPOST",
+        "kneeLant",
+        "kneeLANTx",
+        "KNEELANT",
+        "wholebodyANT",
+        "kneeXANT",
+        "fooANT",
+        " kneeLANT",
+        "kneeLANT/",
+        "shoulderLANT",
+        "ant",
+        "post",
+        "__MACOSX",
+    ],
+)
 def test_folder_names_outside_the_28_are_unknown(name):
     assert parse_folder_name(name) is None
 
@@ -78,14 +94,27 @@ def test_folder_names_outside_the_28_are_unknown(name):
 @pytest.mark.parametrize(
     ("line", "code"),
     [
-        ("3.jpg\t2", "bad_label"), ("3.jpg\t-1", "bad_label"), ("3.jpg\tyes", "bad_label"), ("3.jpg\t1.0", "bad_label"),
-        ("3.jpg", "missing_label"), ("3.jpg\t1\textra", "extra_tokens"), ("3 copy.jpg\t1", "extra_tokens"),
-        ("../3.jpg\t1", "unsafe_path"), ("/etc/passwd\t0", "unsafe_path"), ("sub/3.jpg\t1", "unsafe_path"),
-        ("sub\\3.jpg\t1", "unsafe_path"), ("C:3.jpg\t0", "unsafe_path"), ("..\t0", "unsafe_path"),
-        ("a..jpg\t0", "unsafe_path"), ("\\\\server\\3.jpg\t0", "unsafe_path"), ("3.jpg\x00\t0", "unsafe_path"),
-        ("3.gif\t1", "bad_extension"), ("3\t1", "bad_extension"), ("3.jpg.txt\t0", "bad_extension"),
+        ("3.jpg\t2", "bad_label"),
+        ("3.jpg\t-1", "bad_label"),
+        ("3.jpg\tyes", "bad_label"),
+        ("3.jpg\t1.0", "bad_label"),
+        ("3.jpg", "missing_label"),
+        ("3.jpg\t1\textra", "extra_tokens"),
+        ("3 copy.jpg\t1", "extra_tokens"),
+        ("../3.jpg\t1", "unsafe_path"),
+        ("/etc/passwd\t0", "unsafe_path"),
+        ("sub/3.jpg\t1", "unsafe_path"),
+        ("sub\\3.jpg\t1", "unsafe_path"),
+        ("C:3.jpg\t0", "unsafe_path"),
+        ("..\t0", "unsafe_path"),
+        ("a..jpg\t0", "unsafe_path"),
+        ("\\\\server\\3.jpg\t0", "unsafe_path"),
+        ("3.jpg\x00\t0", "unsafe_path"),
+        ("3.gif\t1", "bad_extension"),
+        ("3\t1", "bad_extension"),
+        ("3.jpg.txt\t0", "bad_extension"),
     ],
-)  # fmt: skip
+)
 def test_each_bad_label_line_is_one_error_row_and_the_good_lines_are_kept(line, code):
     kept, errors = parse_label_file(f"1.jpg\t0\n{line}\n2.jpg\t1\n", "F/F.txt")
     assert kept == [LabelLine("1.jpg", 0, 1), LabelLine("2.jpg", 1, 3)]
@@ -223,11 +252,15 @@ def test_voc_unknown_class_is_an_error_and_the_other_boxes_are_kept():
 @pytest.mark.parametrize(
     ("data", "code"),
     [
-        (b"<annotation><object>", "malformed_xml"), (b"", "malformed_xml"), (b"\x89PNG garbage", "malformed_xml"),
-        (b"<html><object/></html>", "malformed_xml"), (voc([]), "no_objects"), (EXTERNAL_ENTITY, "unsafe_xml"),
+        (b"<annotation><object>", "malformed_xml"),
+        (b"", "malformed_xml"),
+        (b"\x89PNG garbage", "malformed_xml"),
+        (b"<html><object/></html>", "malformed_xml"),
+        (voc([]), "no_objects"),
+        (EXTERNAL_ENTITY, "unsafe_xml"),
         (b'<!DOCTYPE annotation SYSTEM "http://example.com/x.dtd"><annotation/>', "unsafe_xml"),
     ],
-)  # fmt: skip
+)
 def test_broken_xml_documents_give_one_error_row_and_no_boxes(data, code):
     boxes, errors, _ = parse_voc_xml(data, "a.xml", 256, 1024)
     assert boxes == []
@@ -256,4 +289,3 @@ def test_image_size_skips_app_segments_before_the_frame_header():
     assert parse_image_size(data[:2] + app1 + data[2:]) == (256, 1024)
     assert parse_image_size(data[:2] + app1) is None
     assert parse_image_size(b"not an image") is None
-

@@ -240,9 +240,11 @@ def test_counts_of_another_shape_are_refused():
 
 
 def test_qc_rows_fill_the_schema_and_read_back_in_pandas_and_duckdb():
-    rows = [qc_row("wholeBodyANT/1.jpg", "wholeBodyANT", image_qc(block(slice(200, 800), slice(60, 196)))),
-            qc_row("wholeBodyPOST/1.jpg", "wholeBodyPOST", image_qc(np.zeros((H, W), np.uint8))),
-            qc_row("dicom/s.dcm#1", "dicom", counts_qc(body_counts(99_000, seed=1)))]  # fmt: skip
+    rows = [
+        qc_row("wholeBodyANT/1.jpg", "wholeBodyANT", image_qc(block(slice(200, 800), slice(60, 196)))),
+        qc_row("wholeBodyPOST/1.jpg", "wholeBodyPOST", image_qc(np.zeros((H, W), np.uint8))),
+        qc_row("dicom/s.dcm#1", "dicom", counts_qc(body_counts(99_000, seed=1))),
+    ]
     qc_table = pa.Table.from_pylist(rows, schema=SCHEMA)
     assert qc_table.column_names == SCHEMA.names
     frame = qc_table.to_pandas()
@@ -308,8 +310,10 @@ def test_domain_shift_flags_at_most_2_percent_of_the_training_images_and_of_scan
     reference = fit_shift_reference(train)
     flagged_train = domain_shift(train, reference).mean()
     flagged_held = domain_shift(held_out, reference).mean()
-    print(f"\n[domain_shift] flagged: training {flagged_train:.3f}, held-out {flagged_held:.3f}, "
-          f"threshold {reference.threshold:.3f}")  # fmt: skip
+    print(
+        f"\n[domain_shift] flagged: training {flagged_train:.3f}, held-out {flagged_held:.3f}, "
+        f"threshold {reference.threshold:.3f}"
+    )
     assert flagged_train <= 0.02 and reference.train_flagged == round(flagged_train * reference.images)
     assert flagged_held <= 0.03  # expected ~1-2 % of scans from the same population
     old = np.zeros(len(train["mean_grey"]), bool)  # the former rule: each statistic against its 1-99 % range
@@ -322,8 +326,12 @@ def test_domain_shift_flags_at_most_2_percent_of_the_training_images_and_of_scan
 def test_domain_shift_flags_scans_unlike_the_training_images(training_like):
     train, _ = training_like
     reference = fit_shift_reference(train)
-    clinic = {"mean_grey": np.array([13.8]), "zero_fraction": np.array([0.51]), "p99_grey": np.array([120.0]),
-              "body_height_fraction": np.array([0.99])}  # a clinic export: cropped to the body, brighter, less sparse
+    clinic = {
+        "mean_grey": np.array([13.8]),
+        "zero_fraction": np.array([0.51]),
+        "p99_grey": np.array([120.0]),
+        "body_height_fraction": np.array([0.99]),
+    }  # a clinic export: cropped to the body, brighter, less sparse
     assert domain_shift(clinic, reference).tolist() == [True]
     typical = {name: np.array([np.median(train[name])]) for name in SHIFT_STATS}
     assert domain_shift(typical, reference).tolist() == [False]
@@ -348,10 +356,14 @@ def test_domain_shift_reference_round_trips_through_json_and_ignores_unmeasured_
 def test_the_threshold_keeps_at_most_alpha_of_any_training_set_above_it():
     rng = np.random.default_rng(0)
     for n in (5, 30, 99, 100, 400, 2000):
-        train = {"mean_grey": rng.lognormal(1.3, 0.4, n), "zero_fraction": rng.beta(30, 10, n),
-                 "p99_grey": rng.gamma(20, 2.3, n),
-                 "body_height_fraction": np.where(rng.random(n) < 0.08, rng.uniform(0.3, 0.55, n),
-                                                  rng.normal(0.66, 0.04, n))}  # fmt: skip
+        train = {
+            "mean_grey": rng.lognormal(1.3, 0.4, n),
+            "zero_fraction": rng.beta(30, 10, n),
+            "p99_grey": rng.gamma(20, 2.3, n),
+            "body_height_fraction": np.where(
+                rng.random(n) < 0.08, rng.uniform(0.3, 0.55, n), rng.normal(0.66, 0.04, n)
+            ),
+        }
         reference = fit_shift_reference(train)
         flagged = int(domain_shift(train, reference).sum())
         assert flagged == reference.train_flagged <= math.floor(0.01 * n), n

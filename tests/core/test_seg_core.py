@@ -22,7 +22,7 @@ from engine.core.segnet.arrays import (
     unpack_rles,
 )
 from engine.runtime.segtrain_loop import augment_pair
-from engine.stages.segment import image_rows, row_columns
+from engine.runtime.udfs.segment import image_rows, row_columns
 from engine.stages.segtrain import decode_with_targets
 from tests.conftest import REPO
 
@@ -92,12 +92,22 @@ def test_image_rows_mark_images_without_components_and_errors_with_rank_minus_on
     probs = np.zeros((3, 8, 8), dtype=np.float32)
     probs[0, 2:5, 2:5] = 0.9
     probs[2, 2:5, 2:5] = 0.9  # an undecodable row: its map is ignored
-    meta = {"orig_h": [8] * 3, "orig_w": [8] * 3, "new_h": [8] * 3, "new_w": [8] * 3, "pad_left": [0] * 3,
-            "pad_top": [0] * 3}  # fmt: skip
-    batch = {"image_id": np.array(["a", "b", "c"], dtype=object), "split": np.array(["test"] * 3, dtype=object),
-             "folder": np.array(["f"] * 3, dtype=object), "path": np.array(["pa", "pb", "pc"], dtype=object),
-             "error": np.array(["", "", "missing_file: pc"], dtype=object),
-             **{k: np.array(v) for k, v in meta.items()}}  # fmt: skip
+    meta = {
+        "orig_h": [8] * 3,
+        "orig_w": [8] * 3,
+        "new_h": [8] * 3,
+        "new_w": [8] * 3,
+        "pad_left": [0] * 3,
+        "pad_top": [0] * 3,
+    }
+    batch = {
+        "image_id": np.array(["a", "b", "c"], dtype=object),
+        "split": np.array(["test"] * 3, dtype=object),
+        "folder": np.array(["f"] * 3, dtype=object),
+        "path": np.array(["pa", "pb", "pc"], dtype=object),
+        "error": np.array(["", "", "missing_file: pc"], dtype=object),
+        **{k: np.array(v) for k, v in meta.items()},
+    }
     columns = row_columns(image_rows(batch, probs, SegTrainConfig(), "v"))
     assert list(columns["image_id"]) == ["a", "b", "c"] and list(columns["rank"]) == [0, -1, -1]
     assert list(columns["error"]) == ["", "", "missing_file: pc"] and columns["area"][0] == 9
@@ -108,7 +118,7 @@ def test_augment_moves_the_target_with_the_image() -> None:
     cfg = load_config(REPO / "conf" / "demo.yaml", ["train.affine_p=1.0", "train.jitter_p=0.0", "train.rotate_deg=20"])
     target = torch.zeros(2, 1, 32, 16)
     target[:, :, 8:20, 4:10] = 1.0
-    x, moved = augment_pair(target.clone(), target.clone(), cfg, torch.Generator().manual_seed(0))
+    x, moved = augment_pair(target.clone(), target.clone(), cfg.train, torch.Generator().manual_seed(0))
     assert not torch.equal(moved, target)  # the affine did something
     assert torch.equal(moved, (x >= 0.5).float())  # and the same thing to both
     assert set(moved.unique().tolist()) <= {0.0, 1.0}

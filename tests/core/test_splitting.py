@@ -149,8 +149,14 @@ def test_an_80_10_10_split_of_ten_patients_per_label_is_8_1_1():
     index = index_frame([(str(i), int(i >= 10), int(i >= 10), False) for i in range(20)])
     splits = assign_splits(index, 0.8, 0.1, seed=0, duplicate_groups=())
     per_label = splits.drop_duplicates("patient_id").groupby(["patient_label", "split"]).size()
-    assert per_label.to_dict() == {(0, "test"): 1, (0, "train"): 8, (0, "val"): 1,
-                                   (1, "test"): 1, (1, "train"): 8, (1, "val"): 1}  # fmt: skip
+    assert per_label.to_dict() == {
+        (0, "test"): 1,
+        (0, "train"): 8,
+        (0, "val"): 1,
+        (1, "test"): 1,
+        (1, "train"): 8,
+        (1, "val"): 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,27 @@ from tests.conftest import REPO
 
 def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, tmp_path: Path) -> None:
     run_dir, results = tmp_path / "run", tmp_path / "BENCH.md"
-    cfg = load_config(REPO / "conf" / "bench.yaml", [
-        f"run.dir={run_dir}", f"bench.data_root={tmp_path / 'data'}", "bench.patients=3", "bench.images=12",
-        "bench.scale=2", "bench.model_batches=1", f"bench.out={results}", "canvas.height=256", "canvas.width=128",
-        "boxes.size=12", "infer.batch_size=4", "infer.actors=1", "bench.feed_images=40", "bench.feed_scale=2",
-        "bench.feed_canvas=[256, 128]", "bench.feed_repeats=2",
-    ])  # fmt: skip
+    cfg = load_config(
+        REPO / "conf" / "bench.yaml",
+        [
+            f"run.dir={run_dir}",
+            f"bench.data_root={tmp_path / 'data'}",
+            "bench.patients=3",
+            "bench.images=12",
+            "bench.scale=2",
+            "bench.model_batches=1",
+            f"bench.out={results}",
+            "canvas.height=256",
+            "canvas.width=128",
+            "boxes.size=12",
+            "infer.batch_size=4",
+            "infer.actors=1",
+            "bench.feed_images=40",
+            "bench.feed_scale=2",
+            "bench.feed_canvas=[256, 128]",
+            "bench.feed_repeats=2",
+        ],
+    )
     summary = run_bench(cfg)
     figures = summary.extra
     for key in ("model_only_eager_img_per_s", "plain_loop_img_per_s", "engine_img_per_s", "peak_mem_mb_large"):

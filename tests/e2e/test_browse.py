@@ -24,6 +24,7 @@ from tests.conftest import test_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ALL = 10**6  # a page size that holds every row
+PAGE = 97  # a page size well under the session index's row count that does not divide it
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +93,35 @@ def test_best_box_hits_when_it_shares_a_pixel_centre_with_an_abnormal_box(cam_ru
     assert len(gt) == 3
     # x2 = GT x1 + 0.6 covers the centre of pixel column x1 (hit); + 0.4 does not (miss); far away: miss; rank 1 ignored
     edges = [0.6, 0.4, -50.0]
-    frame = pd.DataFrame([{"image_id": g.image_id, "rank": 0, "x1_orig": max(g.x1 + e - 4, 0), "x2_orig": g.x1 + e,
-                           "y1_orig": g.y1, "y2_orig": g.y2, "split": "test", "folder": index.loc[g.image_id, "folder"]}
-                          for g, e in zip(gt.itertuples(), edges, strict=True)])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {
+                "image_id": g.image_id,
+                "rank": 0,
+                "x1_orig": max(g.x1 + e - 4, 0),
+                "x2_orig": g.x1 + e,
+                "y1_orig": g.y1,
+                "y2_orig": g.y2,
+                "split": "test",
+                "folder": index.loc[g.image_id, "folder"],
+            }
+            for g, e in zip(gt.itertuples(), edges, strict=True)
+        ]
+    )
     frame = pd.concat([frame, frame.iloc[[1]].assign(rank=1, x1_orig=gt.iloc[1].x1, x2_orig=gt.iloc[1].x2)])
-    for column in ("x1", "y1", "x2", "y2", "score", "score_raw", "y_prob", "box_size", "nms_iou", "boxes_max",
-                   "min_score"):
+    for column in (
+        "x1",
+        "y1",
+        "x2",
+        "y2",
+        "score",
+        "score_raw",
+        "y_prob",
+        "box_size",
+        "nms_iou",
+        "boxes_max",
+        "min_score",
+    ):
         frame[column] = 1.0
     shutil.rmtree(copy / "tables" / "boxes")
     writer = TableWriter(str(copy), "boxes", replace=("boxes",))
@@ -110,12 +134,15 @@ def test_best_box_hits_when_it_shares_a_pixel_centre_with_an_abnormal_box(cam_ru
 def test_sorting_filtering_and_paging_return_consistent_pages(cam_run: Path) -> None:
     catalog = RunCatalog(str(cam_run), selected_thr(cam_run))
     everything = catalog.images(ImageQuery(), ALL)[0]
-    test_post, total = catalog.images(ImageQuery(sort="y_prob", descending=True, filters={"split": "test",
-                                                                                         "view": "POST"}), ALL)
+    test_post, total = catalog.images(
+        ImageQuery(sort="y_prob", descending=True, filters={"split": "test", "view": "POST"}), ALL
+    )
     assert total == int(((everything["split"] == "test") & (everything["view"] == "POST")).sum()) == len(test_post)
     probs = test_post["y_prob"].dropna().to_numpy()
     assert len(probs) > 1 and np.all(np.diff(probs) <= 0)
-    pages = [catalog.images(ImageQuery(page=p), 7)[0] for p in range(-(-len(everything) // 7))]
+    size = PAGE  # 16 pages of the session's 1498 index rows, the last one partial: 32 queries, not 428
+    pages = [catalog.images(ImageQuery(page=p), size)[0] for p in range(-(-len(everything) // size))]
+    assert len(pages) > 2 and [len(page) for page in pages[:-1]] == [size] * (len(pages) - 1)
     assert [i for page in pages for i in page["image_id"]] == everything["image_id"].tolist()
 
 
@@ -145,7 +172,8 @@ def test_qc_flags_show_when_a_qc_table_exists_and_each_flag_filters(cam_run: Pat
     left = all_rows(copy)["qc"]
     assert left.drop(index=scored.index).isna().all()
     assert {i: (None if pd.isna(v) else v) for i, v in left[scored.index].items()} == {
-        i: ", ".join(f) or None for i, f in scored.items()}
+        i: ", ".join(f) or None for i, f in scored.items()
+    }
 
 
 def test_browse_config_reads_overrides_and_rejects_unknown_keys(data_root: Path, tmp_path: Path) -> None:
@@ -183,10 +211,19 @@ def test_files_are_served_only_from_under_the_run_dir_and_the_data_root(server, 
     (data_root.parent / "secret.txt").write_text("root:x:0:0")
     os.symlink(data_root.parent / "secret.txt", data_root / "link.txt")
     try:
-        for path in ("/files/data/../secret.txt", "/files/data/%2e%2e/secret.txt", "/files/data/..%2fsecret.txt",
-                     "/files/run/..%2F..%2F..%2Fsecret.txt", "/files/data//etc/passwd", "/files/data/%2Fetc%2Fpasswd",
-                     f"/files/data/{data_root.parent / 'secret.txt'}", "/files/data/link.txt", "/files/etc/passwd",
-                     "/files/data/nothing-here.jpg", "/files/data/C:%5Cwindows"):  # fmt: skip
+        for path in (
+            "/files/data/../secret.txt",
+            "/files/data/%2e%2e/secret.txt",
+            "/files/data/..%2fsecret.txt",
+            "/files/run/..%2F..%2F..%2Fsecret.txt",
+            "/files/data//etc/passwd",
+            "/files/data/%2Fetc%2Fpasswd",
+            f"/files/data/{data_root.parent / 'secret.txt'}",
+            "/files/data/link.txt",
+            "/files/etc/passwd",
+            "/files/data/nothing-here.jpg",
+            "/files/data/C:%5Cwindows",
+        ):
             status, body = raw_get(base, path)
             assert status in (403, 404), path
             assert b"root:" not in body, path

@@ -26,8 +26,11 @@ from tests.io.test_dicom import CLINIC_OUTCOMES, CLINIC_ROWS, clinic_folder  # n
 
 def _inputs(root: Path) -> set[str]:
     """Every file a person would call part of the folder: all but hidden files and the README."""
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".txt"}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".txt"
+    }
 
 
 @pytest.fixture

@@ -20,10 +20,23 @@ from tests.eval_recount import recount
 # stride-8 CAM (16 original px per cell). 300 patients with a 40 % train share keep the 120 training images of
 # 200 patients x 60 % (the same training time) and give ~160 test images (~50 abnormal) instead of ~60 (~19):
 # the floors below sit many standard errors above chance.
-LEARNABLE = ("canvas.height=512", "canvas.width=256", "boxes.size=24", "model.output_stride=8", "train.epochs=4",
-             "train.batch_size=16", "train.lr=3e-3", "train.torch_threads=2", "ray.decode_batch_size=16",
-             "infer.batch_size=16", "split.train=0.4", "split.val=0.07", "evaluate.tune=false", "evaluate.coco=false",
-             "cam.overlays=0")  # fmt: skip
+LEARNABLE = (
+    "canvas.height=512",
+    "canvas.width=256",
+    "boxes.size=24",
+    "model.output_stride=8",
+    "train.epochs=4",
+    "train.batch_size=16",
+    "train.lr=3e-3",
+    "train.torch_threads=2",
+    "ray.decode_batch_size=16",
+    "infer.batch_size=16",
+    "split.train=0.4",
+    "split.val=0.07",
+    "evaluate.tune=false",
+    "evaluate.coco=false",
+    "cam.overlays=0",
+)
 # The floors' measured spread: the test's docstring.
 AUC_FLOOR = 0.62
 POINTING_FLOOR = 0.60
@@ -58,8 +71,10 @@ def test_a_trained_tiny_model_points_at_the_lesions_far_above_chance(learned_run
     loc = read_table(str(run_dir), "loc_metrics")
     rows = loc[(loc["method"] == "peaks") & (loc["split"] == "test") & (loc["folder"] == "*")].set_index("metric")
     pointing, chance = rows.loc["pointing_game"], rows.loc["pointing_chance", "value"]
-    print(f"\n[learned run] test AUC {auc:.3f} on {len(preds)} images, pointing game {pointing['value']:.3f} "
-          f"({pointing['numerator']}/{pointing['denominator']}), chance {chance:.3f}")  # fmt: skip
+    print(
+        f"\n[learned run] test AUC {auc:.3f} on {len(preds)} images, pointing game {pointing['value']:.3f} "
+        f"({pointing['numerator']}/{pointing['denominator']}), chance {chance:.3f}"
+    )
     assert len(preds) >= 120 and pointing["denominator"] >= 35
     assert auc >= AUC_FLOOR, auc
     assert pointing["value"] >= max(POINTING_FLOOR, 10 * chance), (pointing.to_dict(), chance, auc)

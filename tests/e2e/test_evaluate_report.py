@@ -36,8 +36,13 @@ from tests.e2e.test_browse import chrome
 from tests.eval_recount import recount
 
 # The seed's 48 px boxes at a quarter of the full canvas; a small tuning grid keeps the test short.
-EVAL = ("evaluate.seed_size=12", "evaluate.tune_sizes=[8,12,24]", "evaluate.tune_nms_iou=[0.0,0.15]",
-        "evaluate.tune_min_scores=[0.0,0.5]", "evaluate.tune_cutoffs=[0.0,0.5]")  # fmt: skip
+EVAL = (
+    "evaluate.seed_size=12",
+    "evaluate.tune_sizes=[8,12,24]",
+    "evaluate.tune_nms_iou=[0.0,0.15]",
+    "evaluate.tune_min_scores=[0.0,0.5]",
+    "evaluate.tune_cutoffs=[0.0,0.5]",
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,16 @@ def metric(loc: pd.DataFrame, method: str, name: str, split: str = "test") -> pd
 def test_evaluate_scores_every_method_with_counts_from_the_gt_table(evaluated_run) -> None:
     run_dir, cfg, summary, _ = evaluated_run
     loc = read_table(str(run_dir), "loc_metrics")
-    assert set(loc["method"]) == {"peaks", "peaks_unrefined", "peaks_tuned", "seed_rule", "seed", "centre_prior",
-                                  "body_prior", "max_box_acc"}  # fmt: skip
+    assert set(loc["method"]) == {
+        "peaks",
+        "peaks_unrefined",
+        "peaks_tuned",
+        "seed_rule",
+        "seed",
+        "centre_prior",
+        "body_prior",
+        "max_box_acc",
+    }
     assert set(loc.loc[loc["method"] == "peaks_tuned", "split"]) == {"val", "test"}
     test_ids = read_table(str(run_dir), "heatmaps").query("split == 'test'")["image_id"]
     gt = read_table(str(run_dir), "gt_boxes")
@@ -144,8 +157,15 @@ def write_heatmaps(run_dir: Path, frame: pd.DataFrame, maps: list[np.ndarray], s
     writer = TableWriter(str(run_dir), "cam", overwrite=True, split=split)
     stacked = np.stack(maps)
     columns = {c: frame[c].to_numpy() for c in frame.columns if c in schemas.TABLES["heatmaps"].SCHEMA.names}
-    writer.write("heatmaps", columns | {"heatmap": heatmap_column(stacked), "heatmap_h": [stacked.shape[1]] * len(maps),
-                                        "heatmap_w": [stacked.shape[2]] * len(maps)})  # fmt: skip
+    writer.write(
+        "heatmaps",
+        columns
+        | {
+            "heatmap": heatmap_column(stacked),
+            "heatmap_h": [stacked.shape[1]] * len(maps),
+            "heatmap_w": [stacked.shape[2]] * len(maps),
+        },
+    )
     writer.commit()
 
 
@@ -213,11 +233,21 @@ def test_untuned_coco_export_holds_every_image_and_box_of_the_split_in_original_
     keys = {image["id"]: image["image_key"] for image in coco["images"]}
     first = coco["annotations"][0]
     assert keys[first["image_id"]] == boxes["image_id"].iloc[0] and first["category_id"] == 1
-    expected = [boxes["x1_orig"][0], boxes["y1_orig"][0], boxes["x2_orig"][0] - boxes["x1_orig"][0],
-                boxes["y2_orig"][0] - boxes["y1_orig"][0]]  # fmt: skip
+    expected = [
+        boxes["x1_orig"][0],
+        boxes["y1_orig"][0],
+        boxes["x2_orig"][0] - boxes["x1_orig"][0],
+        boxes["y2_orig"][0] - boxes["y1_orig"][0],
+    ]
     assert first["bbox"] == pytest.approx(expected, abs=0.01)
-    assert coco["info"]["box_params"] == [{"box_size": 12, "nms_iou": pytest.approx(cfg.boxes.nms_iou),
-                                           "boxes_max": cfg.boxes.max, "min_score": cfg.boxes.min_score}]  # fmt: skip
+    assert coco["info"]["box_params"] == [
+        {
+            "box_size": 12,
+            "nms_iou": pytest.approx(cfg.boxes.nms_iou),
+            "boxes_max": cfg.boxes.max,
+            "min_score": cfg.boxes.min_score,
+        }
+    ]
 
 
 def test_coco_files_per_split_carry_the_tuned_boxes_and_evaluate_in_pycocotools(evaluated_run) -> None:
@@ -272,8 +302,15 @@ def test_report_references_only_existing_files_and_every_png_decodes(evaluated_r
     for png in (run_dir / "report").rglob("*.png"):
         assert cv2.imdecode(np.fromfile(png, dtype=np.uint8), cv2.IMREAD_COLOR).size > 0
     assert set(re.findall(r'href="([^"]+)"', page)) == set(re.findall(r'href="(\.\./image/[^"]+)"', page))
-    for section in ("ROC", "Confusion", "Localisation", "True positives", "False positives", "False negatives",
-                    "True negatives"):  # fmt: skip
+    for section in (
+        "ROC",
+        "Confusion",
+        "Localisation",
+        "True positives",
+        "False positives",
+        "False negatives",
+        "True negatives",
+    ):
         assert section in page or section.lower() in page
     assert report.balanced and report.rows_ok == 4
 

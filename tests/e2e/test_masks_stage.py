@@ -28,12 +28,22 @@ from engine.stages._rows import view_folders
 from engine.stages.evaluate.run import run_evaluate
 from engine.stages.masks import run_masks
 from engine.stages.report import run_report
-from jobs.masks import main as masks_main
+from jobs import stage_main
 from tests.conftest import TEST_OVERRIDES, test_config
 
+masks_main = stage_main("masks")
 pytestmark = pytest.mark.slow
-QC_CODES = {"empty", "area_small", "area_large", "peak_outside", "leak", "low_contrast", "cam_not_above_ring",
-            "disagree", "below_threshold"}  # fmt: skip
+QC_CODES = {
+    "empty",
+    "area_small",
+    "area_large",
+    "peak_outside",
+    "leak",
+    "low_contrast",
+    "cam_not_above_ring",
+    "disagree",
+    "below_threshold",
+}
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +191,13 @@ def test_evaluate_scores_tight_boxes_and_writes_the_mask_metrics(evaluated_masks
     scored = heat.loc[heat["folder"].isin(view_folders(test_config(data_root, run_dir).data.view)), "image_id"]
     lesion_files = sum((data_root / lesion_mask_path(i)).exists() for i in scored)
     gt_boxes = peaks.loc["recall@iou0.3", "denominator"]
-    expected = {"mask_box_iou": gt_boxes, "mask_hit_rate": gt_boxes,
-                "mask_inside_fraction": on_gt, "mask_dice": lesion_files, "mask_pxap": lesion_files}  # fmt: skip
+    expected = {
+        "mask_box_iou": gt_boxes,
+        "mask_hit_rate": gt_boxes,
+        "mask_inside_fraction": on_gt,
+        "mask_dice": lesion_files,
+        "mask_pxap": lesion_files,
+    }
     for key, count in expected.items():
         assert quality.loc[key, "denominator"] == count > 0 or key == "mask_inside_fraction", key
         assert 0.0 <= quality.loc[key, "value"] <= 1.0 or count == 0, key

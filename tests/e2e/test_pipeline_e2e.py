@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,9 @@ from sklearn.metrics import roc_auc_score
 import schemas
 from engine.io.checkpoints import load_model
 from engine.io.tables import read_table
-from engine.runtime.cam_stream import CAM_TABLES
 from engine.stages._rows import select_rows
 from engine.stages.boxes import run_boxes
-from engine.stages.cam import run_cam
+from engine.stages.cam import CAM_TABLES, run_cam
 from engine.stages.infer import run_infer
 from tests.conftest import test_config
 
@@ -33,10 +33,11 @@ def trained_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def cam_run(trained_run: Path, data_root: Path) -> tuple[Path, object]:
-    """The trained run after `make cam` over the test split."""
-    summary = run_cam(test_config(data_root, trained_run))
-    return trained_run, summary
+def cam_run(scored_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of the session's trained run after `make cam` over the test split, and that cam's saved summary."""
+    run_dir = tmp_path_factory.mktemp("cam_e2e") / "run"
+    shutil.copytree(scored_run, run_dir)  # scored once per session (tests/conftest.py); boxes tests rewrite it
+    return run_dir, json.loads((run_dir / "summaries" / "cam.json").read_text())
 
 
 def test_training_writes_epochs_val_preds_checkpoints_and_best_model(trained_run: Path, data_root: Path) -> None:
@@ -87,7 +88,7 @@ def test_cam_writes_one_pred_or_error_per_selected_image(cam_run, data_root: Pat
     errors = read_table(str(run_dir), "errors")
     errors = errors[errors["stage"] == "cam"]
     assert sorted(preds["image_id"].tolist() + errors["image_id"].tolist()) == sorted(selected["image_id"])
-    assert summary.balanced and summary.rows_in == len(selected)
+    assert summary["balanced"] and summary["rows_in"] == len(selected)
     heatmaps = read_table(str(run_dir), "heatmaps")
     assert sorted(heatmaps["image_id"]) == sorted(preds["image_id"])
     first = heatmaps.iloc[0]
@@ -104,8 +105,10 @@ def test_cam_preds_carry_the_qc_flags_and_meta_the_qc_body_box(cam_run) -> None:
     for image_id, flags in preds["qc_flags"].items():
         raised = [f for f in ("noise_frame", "low_count", "small_body", "body_cut") if qc.loc[image_id, f]]
         assert list(flags) == raised
-    noisy = duckdb.sql(f"SELECT image_id FROM read_parquet('{run_dir}/tables/preds/**/*.parquet', "
-                       "hive_partitioning=true) WHERE stage = 'cam' AND list_contains(qc_flags, 'noise_frame')").df()
+    noisy = duckdb.sql(
+        f"SELECT image_id FROM read_parquet('{run_dir}/tables/preds/**/*.parquet', "
+        "hive_partitioning=true) WHERE stage = 'cam' AND list_contains(qc_flags, 'noise_frame')"
+    ).df()
     assert set(noisy["image_id"]) == {i for i in preds.index if qc.loc[i, "noise_frame"]}
     meta = read_table(str(run_dir), "meta").set_index("image_id")
     body = qc.loc[meta.index]
@@ -205,7 +208,7 @@ def test_cam_renders_the_overlays_it_references(cam_run) -> None:
     run_dir, summary = cam_run
     heatmaps = read_table(str(run_dir), "heatmaps")
     refs = heatmaps["overlay_canvas"].dropna().tolist() + heatmaps["overlay_orig"].dropna().tolist()
-    assert len(refs) == 4 and summary.extra["overlays_rendered"] == 2
+    assert len(refs) == 4 and summary["overlays_rendered"] == 2
     for ref in refs:
         assert (run_dir / ref).stat().st_size > 0
 

@@ -31,23 +31,30 @@ from tests.conftest import REPO, TEST_OVERRIDES, test_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture chain trains twice on 2 shared CPUs
 # Masks as in tests/e2e/test_masks_stage.py (the 2-epoch model's masks all leak otherwise); 2 small epochs.
-SEG_OVERRIDES = ("masks.leak_sides=4", "masks.min_prob=all", "segtrain.epochs=2", "segtrain.batch_size=8",
-                 "segtrain.decoder_channels=[16,16,8,8,8]", "cam.overlays=0", "evaluate.tune=false")  # fmt: skip
+SEG_OVERRIDES = (
+    "masks.leak_sides=4",
+    "masks.min_prob=all",
+    "segtrain.epochs=2",
+    "segtrain.batch_size=8",
+    "segtrain.decoder_channels=[16,16,8,8,8]",
+    "cam.overlays=0",
+    "evaluate.tune=false",
+)
 
 
-def masks_on_every_split(trained_run: Path, data_root: Path, run_dir: Path) -> None:
-    """Copies the trained run to `run_dir` and runs `make cam` on train, val and test, then `make masks`."""
-    shutil.copytree(trained_run, run_dir)
-    for split in ("train", "val", "test"):
+def masks_on_every_split(scored_run: Path, data_root: Path, run_dir: Path) -> None:
+    """Copies the scored run (cam over test) to `run_dir`, runs `make cam` on train and val, then `make masks`."""
+    shutil.copytree(scored_run, run_dir)
+    for split in ("train", "val"):
         run_cam(test_config(data_root, run_dir, *SEG_OVERRIDES, f"cam.split={split}"))
     run_masks(test_config(data_root, run_dir, *SEG_OVERRIDES))
 
 
 @pytest.fixture(scope="module")
-def masked_run(trained_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def masked_run(scored_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's trained run with heatmaps, boxes and kept pseudo masks on every split (copy to modify)."""
     run_dir = tmp_path_factory.mktemp("segmasked") / "run"
-    masks_on_every_split(trained_run, data_root, run_dir)
+    masks_on_every_split(scored_run, data_root, run_dir)
     return run_dir
 
 
@@ -123,7 +130,7 @@ def test_evaluate_puts_segnet_rows_beside_the_pseudo_masks(seg_run) -> None:
 
 def test_encoder_starts_from_the_classifier_backbone(trained_run: Path, data_root: Path) -> None:
     cfg = test_config(data_root, trained_run)
-    segnet = build_segnet(segnet_arch(cfg))
+    segnet = build_segnet(segnet_arch(cfg.segtrain, cfg.model.name))
     copied = init_encoder_from_classifier(segnet, str(trained_run))
     state = torch.load(trained_run / "model" / "best.pt", map_location="cpu", weights_only=True)["model"]
     encoder = segnet.encoder.model.state_dict()
@@ -134,7 +141,7 @@ def test_encoder_starts_from_the_classifier_backbone(trained_run: Path, data_roo
 def test_missing_classifier_or_segnet_is_a_clear_model_error(tmp_path: Path, data_root: Path) -> None:
     cfg = test_config(data_root, tmp_path)
     with pytest.raises(ModelError, match="make train"):
-        init_encoder_from_classifier(build_segnet(segnet_arch(cfg)), str(tmp_path))
+        init_encoder_from_classifier(build_segnet(segnet_arch(cfg.segtrain, cfg.model.name)), str(tmp_path))
     with pytest.raises(ModelError, match="make segtrain"):
         load_segnet(str(tmp_path))
 
@@ -153,15 +160,22 @@ def _wait_for(path: Path, timeout_s: float, proc: subprocess.Popen) -> bool:
     return path.exists()
 
 
-def test_killed_segtrain_resumes_from_its_last_checkpoint(seg_run, masked_run: Path, data_root: Path,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_killed_segtrain_resumes_from_its_last_checkpoint(
+    seg_run, masked_run: Path, data_root: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(masked_run, run_dir)
     command = _segtrain_command(data_root, run_dir)
     # rank 0 stops after reporting epoch 1's checkpoint (engine/io/pause.py): the kill lands part-way on any machine
     pause = {PAUSE_AT_ENV: "segtrain_epoch_1", PAUSE_DIR_ENV: str(tmp_path / "pause")}
-    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **pause},
+    )
     try:  # a checkpoint counts once Ray Train has registered it in its snapshot
         assert _wait_for(tmp_path / "pause" / "segtrain_epoch_1", 300, proc)
         assert _wait_for(run_dir / "segtrain_state" / "checkpoint_manager_snapshot.json", 300, proc)

@@ -21,8 +21,13 @@ EPOCHS = 2
 
 def _train_command(data_root: Path, run_dir: Path) -> list[str]:
     """The session's `trained_run` training (the test config, EPOCHS epochs) as a job process."""
-    overrides = [f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, f"train.epochs={EPOCHS}",
-                 "ray.num_cpus=2"]  # fmt: skip
+    overrides = [
+        f"data.root={data_root}",
+        f"run.dir={run_dir}",
+        *TEST_OVERRIDES,
+        f"train.epochs={EPOCHS}",
+        "ray.num_cpus=2",
+    ]
     return [sys.executable, "-m", "jobs", "train", "--config", "conf/demo.yaml", *overrides]
 
 
@@ -46,8 +51,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(
     first_epoch_file = run_dir / "tables" / "epochs" / "epoch-001-0.parquet"
     # rank 0 stops after reporting epoch 1's checkpoint (engine/io/pause.py): the kill lands part-way on any machine
     pause = {PAUSE_AT_ENV: "train_epoch_1", PAUSE_DIR_ENV: str(tmp_path / "pause")}
-    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **pause},
+    )
     try:
         # A checkpoint counts once Ray Train has registered it in its snapshot, not when its folder appears.
         snapshot = run_dir / "train_state" / "checkpoint_manager_snapshot.json"

@@ -117,8 +117,9 @@ def test_header_gives_each_frame_its_detector_view_patient_spacing_and_date(stud
     with path.open("rb") as handle:
         frames = read_nm_frames(handle)
     assert [(f.frame, f.view) for f in frames] == [(0, "ANT"), (1, "POST")]
-    assert {(f.patient_id, f.pixel_spacing_y_mm, f.pixel_spacing_x_mm, f.study_date, f.is_whole_body)
-            for f in frames} == {("P0042", 2.4, 2.5, "2024-01-31", True)}  # fmt: skip
+    assert {
+        (f.patient_id, f.pixel_spacing_y_mm, f.pixel_spacing_x_mm, f.study_date, f.is_whole_body) for f in frames
+    } == {("P0042", 2.4, 2.5, "2024-01-31", True)}
 
 
 def test_detector_vector_maps_frames_to_detectors_and_a_meaning_alone_names_the_view(tmp_path):
@@ -185,7 +186,10 @@ def test_dicom_layout_indexes_one_row_per_frame_and_reports_bad_files(dicom_root
     assert list(index["folder"]) == [".", ".", "ward"]
     assert index["label"].isna().all() and index["line"].isna().all()
     assert list(index["study_date"].astype(object).where(index["study_date"].notna(), None)) == [
-        "2024-01-31", "2024-01-31", None]  # fmt: skip
+        "2024-01-31",
+        "2024-01-31",
+        None,
+    ]
     np.testing.assert_allclose(index["pixel_spacing_y_mm"].to_numpy(dtype=float), [2.4, 2.4, 2.4], rtol=1e-6)
     reasons = {row.file: row.reason.split(":")[0] for row in result.errors.itertuples()}
     assert reasons == {"broken.dcm": "unreadable_dicom", "ct.dcm": "not_nm"}
@@ -267,8 +271,16 @@ def write_media_export(folder: Path) -> Path:
     from pydicom import dcmread
     from pydicom.fileset import FileSet
 
-    source = write_nm(folder.parent / "source.dcm", [counts_image(9), counts_image(10)], ["AN", "PO"],
-                      PatientID="P77", StudyTime="101500", StudyID="1", SeriesNumber=1, InstanceNumber=1)  # fmt: skip
+    source = write_nm(
+        folder.parent / "source.dcm",
+        [counts_image(9), counts_image(10)],
+        ["AN", "PO"],
+        PatientID="P77",
+        StudyTime="101500",
+        StudyID="1",
+        SeriesNumber=1,
+        InstanceNumber=1,
+    )
     media = FileSet()
     media.add(dcmread(source))
     media.write(folder)
@@ -287,8 +299,13 @@ def clinic_folder(tmp_path) -> Path:
     write_nm(root / "derived" / "s01_colour.dcm", [rgb(1)], sop_class=SC_STORAGE, **derived)
     mask = np.where(counts_image(1, 64, 32) > 7, 255, 0).astype(np.uint8)
     write_nm(root / "derived" / "s01_mask.dcm", [mask], sop_class=SC_STORAGE, **derived)
-    write_nm(root / "upload" / "photo.dcm", [rgb(2), rgb(3), rgb(4)], sop_class=SC_TRUE_COLOUR,
-             Modality="OT", ImageType=["ORIGINAL", "PRIMARY"])  # fmt: skip
+    write_nm(
+        root / "upload" / "photo.dcm",
+        [rgb(2), rgb(3), rgb(4)],
+        sop_class=SC_TRUE_COLOUR,
+        Modality="OT",
+        ImageType=["ORIGINAL", "PRIMARY"],
+    )
     write_media_export(root / "media")
     (root / "media" / "IM000001").write_bytes(b"\x00" * 200 + b"a vendor's log, not DICOM")
     (root / "README.txt").write_text("exported 2026-12-07")  # not an input: named, and not DICOM
@@ -303,8 +320,14 @@ def clinic_folder(tmp_path) -> Path:
     tiny = [np.full((8, 8), i, np.uint16) for i in range(60)]
     write_nm(root / "dynamic.dcm", tiny, ["AN"], ImageType=["ORIGINAL", "PRIMARY", "DYNAMIC", "EMISSION"])
     write_nm(root / "dynamic_untyped.dcm", tiny, ImageType=None)
-    write_nm(root / "windows.dcm", [counts_image(i) for i in range(4)], ["AN", "PO"], DetectorVector=[1, 2, 1, 2],
-             EnergyWindowVector=[1, 1, 2, 2], EnergyWindowInformationSequence=[window("PEAK"), window("SCATTER")])
+    write_nm(
+        root / "windows.dcm",
+        [counts_image(i) for i in range(4)],
+        ["AN", "PO"],
+        DetectorVector=[1, 2, 1, 2],
+        EnergyWindowVector=[1, 1, 2, 2],
+        EnergyWindowInformationSequence=[window("PEAK"), window("SCATTER")],
+    )
     write_nm(root / "ct.dcm", [counts_image(8)], Modality="CT")
     return root
 
@@ -317,15 +340,32 @@ def window(name: str) -> Dataset:
 
 
 MEDIA_IMAGE = "media/PT000000/ST000000/SE000000/IM000000"
-CLINIC_ROWS = ["mono1.dcm#0", "raw/s01.dcm#0", "raw/s01.dcm#1", "rescaled.dcm#0", "windows.dcm#0", "windows.dcm#1",
-               f"{MEDIA_IMAGE}#0", f"{MEDIA_IMAGE}#1"]  # fmt: skip
+CLINIC_ROWS = [
+    "mono1.dcm#0",
+    "raw/s01.dcm#0",
+    "raw/s01.dcm#1",
+    "rescaled.dcm#0",
+    "windows.dcm#0",
+    "windows.dcm#1",
+    f"{MEDIA_IMAGE}#0",
+    f"{MEDIA_IMAGE}#1",
+]
 CLINIC_OUTCOMES = {  # file -> reason code of its error or skip row
-    "derived/s01_colour.dcm": "secondary_capture", "derived/s01_mask.dcm": "secondary_capture",
-    "upload/photo.dcm": "secondary_capture", "nm_screen.dcm": "secondary_capture", "nm_colour.dcm": "color_image",
-    "palette.dcm": "palette_color", "nm_derived.dcm": "derived_image", "ct.dcm": "not_nm",
-    "zero_slope.dcm": "bad_rescale", "media/IM000001": "not_dicom", "media/DICOMDIR": "dicomdir",
-    "dynamic.dcm": "not_static", "dynamic_untyped.dcm": "not_static", "windows.dcm": "secondary_energy_window",
-}  # fmt: skip
+    "derived/s01_colour.dcm": "secondary_capture",
+    "derived/s01_mask.dcm": "secondary_capture",
+    "upload/photo.dcm": "secondary_capture",
+    "nm_screen.dcm": "secondary_capture",
+    "nm_colour.dcm": "color_image",
+    "palette.dcm": "palette_color",
+    "nm_derived.dcm": "derived_image",
+    "ct.dcm": "not_nm",
+    "zero_slope.dcm": "bad_rescale",
+    "media/IM000001": "not_dicom",
+    "media/DICOMDIR": "dicomdir",
+    "dynamic.dcm": "not_static",
+    "dynamic_untyped.dcm": "not_static",
+    "windows.dcm": "secondary_energy_window",
+}
 CLINIC_SKIPPED = {"dicomdir": 1, "not_static": 2, "secondary_energy_window": 1}
 
 
@@ -407,8 +447,9 @@ def test_rescale_slope_and_intercept_give_the_true_counts(tmp_path):
     # the model sees the rescaled counts: the same canvas as a file storing them directly, under every rule
     write_nm(tmp_path / "direct.dcm", [stored * 2 + 3])
     for rule in ("max", "p99.5", "fixed:0.5"):
-        out = decode_batch({"path": np.array(["r.dcm#0", "direct.dcm#0"], dtype=object)}, str(tmp_path), 128, 64,
-                           count_scale=rule)  # fmt: skip
+        out = decode_batch(
+            {"path": np.array(["r.dcm#0", "direct.dcm#0"], dtype=object)}, str(tmp_path), 128, 64, count_scale=rule
+        )
         assert list(out["error"]) == ["", ""]
         np.testing.assert_array_equal(out["canvas"][0], out["canvas"][1])
         assert out["counts_per_grey"][0] == out["counts_per_grey"][1]

@@ -54,28 +54,56 @@ def voc(*objects: tuple[str, int, int, int, int]) -> bytes:
 def messy_files(outside: Path) -> dict[str, bytes | Link]:
     """Returns relative path -> content of a data root holding every mess case once."""
     ant_lines = [
-        "1.jpg\t1", "2.jpg   0", "", "3.jpg\t1", "4.jpg\t0 ", "5.jpg\t2", "6.jpg", "7.jpg\t0\tx", "1.jpg\t0",
-        "8.jpg\t0", "../outside.jpg\t0", "/etc/passwd\t0", "notes.txt\t0", "11.jpg\t0", "12.jpg\t0", "13.jpg\t0",
-        "14.jpg\t0", "15.jpg\t0",
-    ]  # fmt: skip
+        "1.jpg\t1",
+        "2.jpg   0",
+        "",
+        "3.jpg\t1",
+        "4.jpg\t0 ",
+        "5.jpg\t2",
+        "6.jpg",
+        "7.jpg\t0\tx",
+        "1.jpg\t0",
+        "8.jpg\t0",
+        "../outside.jpg\t0",
+        "/etc/passwd\t0",
+        "notes.txt\t0",
+        "11.jpg\t0",
+        "12.jpg\t0",
+        "13.jpg\t0",
+        "14.jpg\t0",
+        "15.jpg\t0",
+    ]
     files: dict[str, bytes | Link] = {"wholeBodyANT/wholeBodyANT.txt": ("\ufeff" + "\r\n".join(ant_lines)).encode()}
     for stem in (1, 2, 3, 4, 5, 6, 7, 10, 12, 13, 14, 15):
         files[f"wholeBodyANT/{stem}.jpg"] = jpeg()
-    files.update({
-        "wholeBodyANT/11.jpg": Link(outside / "secret.jpg"), "wholeBodyANT/readme.md": b"not an image",
-        "wholeBodyANT/ant/1.xml": voc(("Abnormal", 2, 3, 10, 20), ("Normal", 1, 1, 4, 4)),
-        "wholeBodyANT/ant/2.xml": voc(("Normal", 1, 1, 5, 5)), "wholeBodyANT/ant/3.xml": voc(("Normal", 1, 1, 5, 5)),
-        "wholeBodyANT/ant/4.xml": b"<annotation><object>", "wholeBodyANT/ant/7.xml": voc(("Normal", 1, 1, 5, 5)),
-        "wholeBodyANT/ant/13.xml": voc(("Normal", 100, 1, 120, 9), ("Normal", 1, 1, 5, 5)),
-        "wholeBodyANT/ant/14.xml": b'<!DOCTYPE a [<!ENTITY x "&x;">]><annotation>&x;</annotation>',
-        "wholeBodyANT/ant/15.xml": Link(outside / "secret.xml"), "outside.jpg": jpeg(),
-        "wholeBodyPOST/wholeBodyPOST.txt": b"1.jpg\t1\n2.jpg\t0\n", "wholeBodyPOST/1.jpg": jpeg(),
-        "wholeBodyPOST/2.jpg": b"not a jpeg", "wholeBodyPOST/post/1.xml": voc(("Abnormal", 5, 5, 200, 50)),
-        "wholeBodyPOST/post/2.xml": voc(("Normal", 200, 1, 300, 9)),
-        "kneeLANT/kneeLANT.txt": b"2.jpg\t1\n1.jpg\t0\n", "kneeLANT/1.jpg": jpeg(8, 8), "kneeLANT/2.JPG": jpeg(8, 8),
-        "kneeLANT/2.jpg": jpeg(8, 8), "headPOST/1.jpg": jpeg(8, 8), "randomFolder/x.jpg": jpeg(8, 8),
-        "pelvisANT": Link(outside / "pelvisANT"), "README.md": b"a file at the top is ignored",
-    })  # fmt: skip
+    files.update(
+        {
+            "wholeBodyANT/11.jpg": Link(outside / "secret.jpg"),
+            "wholeBodyANT/readme.md": b"not an image",
+            "wholeBodyANT/ant/1.xml": voc(("Abnormal", 2, 3, 10, 20), ("Normal", 1, 1, 4, 4)),
+            "wholeBodyANT/ant/2.xml": voc(("Normal", 1, 1, 5, 5)),
+            "wholeBodyANT/ant/3.xml": voc(("Normal", 1, 1, 5, 5)),
+            "wholeBodyANT/ant/4.xml": b"<annotation><object>",
+            "wholeBodyANT/ant/7.xml": voc(("Normal", 1, 1, 5, 5)),
+            "wholeBodyANT/ant/13.xml": voc(("Normal", 100, 1, 120, 9), ("Normal", 1, 1, 5, 5)),
+            "wholeBodyANT/ant/14.xml": b'<!DOCTYPE a [<!ENTITY x "&x;">]><annotation>&x;</annotation>',
+            "wholeBodyANT/ant/15.xml": Link(outside / "secret.xml"),
+            "outside.jpg": jpeg(),
+            "wholeBodyPOST/wholeBodyPOST.txt": b"1.jpg\t1\n2.jpg\t0\n",
+            "wholeBodyPOST/1.jpg": jpeg(),
+            "wholeBodyPOST/2.jpg": b"not a jpeg",
+            "wholeBodyPOST/post/1.xml": voc(("Abnormal", 5, 5, 200, 50)),
+            "wholeBodyPOST/post/2.xml": voc(("Normal", 200, 1, 300, 9)),
+            "kneeLANT/kneeLANT.txt": b"2.jpg\t1\n1.jpg\t0\n",
+            "kneeLANT/1.jpg": jpeg(8, 8),
+            "kneeLANT/2.JPG": jpeg(8, 8),
+            "kneeLANT/2.jpg": jpeg(8, 8),
+            "headPOST/1.jpg": jpeg(8, 8),
+            "randomFolder/x.jpg": jpeg(8, 8),
+            "pelvisANT": Link(outside / "pelvisANT"),
+            "README.md": b"a file at the top is ignored",
+        }
+    )
     return files
 
 
@@ -114,30 +142,42 @@ def messy(tmp_path: Path, outside: Path) -> Path:
 def error_keys(errors: pd.DataFrame) -> list[tuple]:
     """Returns (file, line or None, image_id or None, reason code) per error row."""
     return [
-        (row.file, None if pd.isna(row.line) else int(row.line), None if pd.isna(row.image_id) else row.image_id,
-         row.reason.split(":")[0])
+        (
+            row.file,
+            None if pd.isna(row.line) else int(row.line),
+            None if pd.isna(row.image_id) else row.image_id,
+            row.reason.split(":")[0],
+        )
         for row in errors.itertuples()
-    ]  # fmt: skip
+    ]
 
 
 def test_every_mess_case_ends_in_its_error_reason_and_nothing_else_is_lost(messy):
     result = build_index(messy)
-    assert sorted(error_keys(result.errors), key=str) == sorted([
-        (ANT_TXT, 6, "wholeBodyANT/5.jpg", "bad_label"), (ANT_TXT, 7, "wholeBodyANT/6.jpg", "missing_label"),
-        (ANT_TXT, 8, "wholeBodyANT/7.jpg", "extra_tokens"), (ANT_TXT, 9, "wholeBodyANT/1.jpg", "duplicate_line"),
-        (ANT_TXT, 10, "wholeBodyANT/8.jpg", "missing_file"), (ANT_TXT, 11, None, "unsafe_path"),
-        (ANT_TXT, 12, None, "unsafe_path"), (ANT_TXT, 13, "wholeBodyANT/notes.txt", "bad_extension"),
-        (ANT_TXT, 14, "wholeBodyANT/11.jpg", "unsafe_path"),
-        ("wholeBodyANT/10.jpg", None, "wholeBodyANT/10.jpg", "unlisted_file"),
-        ("wholeBodyANT/ant/3.xml", None, "wholeBodyANT/3.jpg", "label_box_mismatch"),
-        ("wholeBodyANT/ant/4.xml", None, "wholeBodyANT/4.jpg", "malformed_xml"),
-        ("wholeBodyANT/ant/13.xml", None, "wholeBodyANT/13.jpg", "box_outside_image"),
-        ("wholeBodyANT/ant/14.xml", None, "wholeBodyANT/14.jpg", "unsafe_xml"),
-        ("wholeBodyANT/ant/15.xml", None, "wholeBodyANT/15.jpg", "unsafe_path"),
-        ("kneeLANT/2.JPG", None, "kneeLANT/2.JPG", "unlisted_file"),
-        ("headPOST/headPOST.txt", None, None, "missing_label_file"), ("randomFolder", None, None, "unknown_folder"),
-        ("pelvisANT", None, None, "unsafe_path"),
-    ], key=str)  # fmt: skip
+    assert sorted(error_keys(result.errors), key=str) == sorted(
+        [
+            (ANT_TXT, 6, "wholeBodyANT/5.jpg", "bad_label"),
+            (ANT_TXT, 7, "wholeBodyANT/6.jpg", "missing_label"),
+            (ANT_TXT, 8, "wholeBodyANT/7.jpg", "extra_tokens"),
+            (ANT_TXT, 9, "wholeBodyANT/1.jpg", "duplicate_line"),
+            (ANT_TXT, 10, "wholeBodyANT/8.jpg", "missing_file"),
+            (ANT_TXT, 11, None, "unsafe_path"),
+            (ANT_TXT, 12, None, "unsafe_path"),
+            (ANT_TXT, 13, "wholeBodyANT/notes.txt", "bad_extension"),
+            (ANT_TXT, 14, "wholeBodyANT/11.jpg", "unsafe_path"),
+            ("wholeBodyANT/10.jpg", None, "wholeBodyANT/10.jpg", "unlisted_file"),
+            ("wholeBodyANT/ant/3.xml", None, "wholeBodyANT/3.jpg", "label_box_mismatch"),
+            ("wholeBodyANT/ant/4.xml", None, "wholeBodyANT/4.jpg", "malformed_xml"),
+            ("wholeBodyANT/ant/13.xml", None, "wholeBodyANT/13.jpg", "box_outside_image"),
+            ("wholeBodyANT/ant/14.xml", None, "wholeBodyANT/14.jpg", "unsafe_xml"),
+            ("wholeBodyANT/ant/15.xml", None, "wholeBodyANT/15.jpg", "unsafe_path"),
+            ("kneeLANT/2.JPG", None, "kneeLANT/2.JPG", "unlisted_file"),
+            ("headPOST/headPOST.txt", None, None, "missing_label_file"),
+            ("randomFolder", None, None, "unknown_folder"),
+            ("pelvisANT", None, None, "unsafe_path"),
+        ],
+        key=str,
+    )
     assert set(result.errors["stage"]) == {"index"}
     assert result.lines_listed == 17 + 2 + 2
     assert result.lines_listed == len(result.index) + int(result.errors["line"].notna().sum())
@@ -156,7 +196,13 @@ def test_index_rows_are_sorted_numerically_and_carry_labels_views_and_xml_flags(
     assert ant["xml_path"].isna().tolist() == [False, False, False, False, True, False, False, True]
     knee = index[index["folder"] == "kneeLANT"].iloc[1]
     assert (knee.part, knee.side, knee.view, knee.patient_id, knee.path, knee.label) == (
-        "knee", "L", "ANT", "2", "kneeLANT/2.jpg", 1)  # fmt: skip
+        "knee",
+        "L",
+        "ANT",
+        "2",
+        "kneeLANT/2.jpg",
+        1,
+    )
     assert (knee.is_whole_body, knee.has_xml, pd.isna(knee.xml_path)) == (False, False, True)
     assert (index["side"].isna().sum(), index["is_whole_body"].sum()) == (10, 10)
 
@@ -178,13 +224,30 @@ def test_gt_boxes_are_zero_based_exclusive_and_clipped_to_the_real_image_size(me
 
 def test_frames_have_exactly_the_documented_columns_and_dtypes_even_when_empty(messy, tmp_path):
     for result in (build_index(messy), build_index(tmp_path / "outside" / "pelvisANT")):
-        for frame, columns in ((result.index, INDEX_COLUMNS), (result.gt_boxes, GT_BOX_COLUMNS),
-                               (result.errors, ERROR_COLUMNS)):  # fmt: skip
+        for frame, columns in (
+            (result.index, INDEX_COLUMNS),
+            (result.gt_boxes, GT_BOX_COLUMNS),
+            (result.errors, ERROR_COLUMNS),
+        ):
             assert list(frame.columns) == list(columns)
             assert [str(dtype) for dtype in frame.dtypes] == list(columns.values())
     assert list(INDEX_COLUMNS.values()) == [
-        "str", "str", "str", "str", "str", "str", "str", "Int8", "bool", "bool", "str", "Int32",
-        "Float32", "Float32", "str"]  # fmt: skip
+        "str",
+        "str",
+        "str",
+        "str",
+        "str",
+        "str",
+        "str",
+        "Int8",
+        "bool",
+        "bool",
+        "str",
+        "Int32",
+        "Float32",
+        "Float32",
+        "str",
+    ]
     assert list(ERROR_COLUMNS.values()) == ["str", "Int32", "str", "str", "str"]
 
 
@@ -221,9 +284,10 @@ def test_non_utf8_label_file_and_escaping_xml_folder_are_reported_and_the_rest_i
     (outside / "post").mkdir()
     (outside / "post" / "1.xml").write_bytes(voc(("Abnormal", 1, 1, 5, 5)))
     files = {
-        "wholeBodyPOST/wholeBodyPOST.txt": b"1.jpg\t1\n\xff2.jpg\t0\n", "wholeBodyPOST/1.jpg": jpeg(),
+        "wholeBodyPOST/wholeBodyPOST.txt": b"1.jpg\t1\n\xff2.jpg\t0\n",
+        "wholeBodyPOST/1.jpg": jpeg(),
         "wholeBodyPOST/post": Link(outside / "post"),
-    }  # fmt: skip
+    }
     result = build_index(build_root(tmp_path / "root", files, seed=0))
     assert error_keys(result.errors) == [
         ("wholeBodyPOST/post", None, None, "unsafe_path"),

@@ -64,7 +64,8 @@ def test_a_patient_pattern_pairs_the_views_and_a_miss_is_reported(image_root):
     result = build_index(image_root, layout=layout)
     assert list(result.index["patient_id"]) == ["p7", "p7", "patient3", "p9"]
     assert [(row.image_id, row.reason.split(":")[0]) for row in result.errors.itertuples()] == [
-        ("2024/patient3.png", "no_patient_match")]  # fmt: skip
+        ("2024/patient3.png", "no_patient_match")
+    ]
     assert result.listing_errors().empty  # a finding on an indexed row, not a lost input
 
 
@@ -87,7 +88,10 @@ def test_symlinks_leaving_the_root_are_errors_and_a_symlink_loop_is_listed_once(
     assert "secret_ANT" not in " ".join(result.index["path"])
     assert len(result.index) == 4
     assert sorted((row.file, row.reason.split(":")[0]) for row in result.errors.itertuples()) == [
-        ("2024/again", "duplicate_folder"), ("elsewhere", "unsafe_path"), ("leak_ANT.png", "unsafe_path")]  # fmt: skip
+        ("2024/again", "duplicate_folder"),
+        ("elsewhere", "unsafe_path"),
+        ("leak_ANT.png", "unsafe_path"),
+    ]
     assert result.lines_listed == len(result.index) + len(result.listing_errors()) == 7
 
 

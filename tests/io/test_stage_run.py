@@ -15,9 +15,18 @@ from engine.stages._run import StageRun
 from engine.stages.report import run_report
 from engine.stages.threshold import run_threshold
 
-SPLITS = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "folder": ["wholeBodyANT"] * 2,
-                       "view": ["ANT"] * 2, "label": [0, 1], "patient_label": [0, 1], "group_id": ["p1", "p2"],
-                       "split": ["train", "test"]})  # fmt: skip
+SPLITS = pd.DataFrame(
+    {
+        "image_id": ["a", "b"],
+        "patient_id": ["p1", "p2"],
+        "folder": ["wholeBodyANT"] * 2,
+        "view": ["ANT"] * 2,
+        "label": [0, 1],
+        "patient_label": [0, 1],
+        "group_id": ["p1", "p2"],
+        "split": ["train", "test"],
+    }
+)
 
 
 def _config(run_dir: Path) -> Config:
@@ -42,8 +51,10 @@ def test_balanced_run_commits_its_tables_and_saves_config_and_summary(tmp_path: 
 
 
 def test_unbalanced_run_commits_nothing_and_names_the_counts(tmp_path: Path) -> None:
-    with pytest.raises(AccountError, match=r"split: 3 rows in, but 2 ok \+ 0 errors"), \
-            StageRun(_config(tmp_path), "split", ("splits",)) as run:  # fmt: skip
+    with (
+        pytest.raises(AccountError, match=r"split: 3 rows in, but 2 ok \+ 0 errors"),
+        StageRun(_config(tmp_path), "split", ("splits",)) as run,
+    ):
         run.summary.rows_in = 3
         run.summary.rows_ok = run.writer.write("splits", SPLITS)
     assert read_table(str(tmp_path), "splits").empty
@@ -81,10 +92,21 @@ def test_existing_output_fails_on_entry_without_overwrite(tmp_path: Path) -> Non
 
 def _val_preds(n: int) -> dict[str, list]:
     ids = [f"wholeBodyANT/{i}.jpg" for i in range(n)]
-    return {"image_id": ids, "patient_id": ids, "view": ["ANT"] * n, "y_true": [i % 2 for i in range(n)],
-            "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)], "logit": [0.0] * n, "epoch": [1] * n,
-            "run_id": ["r"] * n, "model": ["m"] * n, "stage": ["train"] * n, "split": ["val"] * n,
-            "folder": ["wholeBodyANT"] * n, "qc_flags": [None] * n}  # fmt: skip
+    return {
+        "image_id": ids,
+        "patient_id": ids,
+        "view": ["ANT"] * n,
+        "y_true": [i % 2 for i in range(n)],
+        "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)],
+        "logit": [0.0] * n,
+        "epoch": [1] * n,
+        "run_id": ["r"] * n,
+        "model": ["m"] * n,
+        "stage": ["train"] * n,
+        "split": ["val"] * n,
+        "folder": ["wholeBodyANT"] * n,
+        "qc_flags": [None] * n,
+    }
 
 
 def test_threshold_and_report_save_their_resolved_config_beside_the_tables(tmp_path: Path) -> None:

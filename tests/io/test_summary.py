@@ -101,8 +101,12 @@ def test_save_writes_json_that_reads_back_equal(tmp_path):
 
 def test_saved_json_keeps_numpy_counts_as_numbers(tmp_path):
     summary = summary_of(2, 2, [])
-    summary.extra = {"images_by_view": {"ANT": np.int64(1), "POST": np.int64(1)}, "by_label": {np.int64(0): 2},
-                     "auc": np.float32(0.5), "sizes": np.array([1, 2])}  # fmt: skip
+    summary.extra = {
+        "images_by_view": {"ANT": np.int64(1), "POST": np.int64(1)},
+        "by_label": {np.int64(0): 2},
+        "auc": np.float32(0.5),
+        "sizes": np.array([1, 2]),
+    }
     summary.save(str(tmp_path))
     saved = json.loads((tmp_path / "summaries" / "cam.json").read_text())
     assert saved["images_by_view"] == {"ANT": 1, "POST": 1}
@@ -118,25 +122,54 @@ def test_save_accepts_a_file_uri_run_dir(tmp_path):
 def _val_preds(image_ids: list[str]) -> dict[str, list]:
     """Returns best-epoch (1) val `preds` rows of `make train` for `image_ids`, half of them abnormal."""
     n = len(image_ids)
-    return {"image_id": image_ids, "patient_id": image_ids, "view": ["ANT"] * n, "y_true": [i % 2 for i in range(n)],
-            "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)], "logit": [0.0] * n, "epoch": [1] * n,
-            "run_id": ["r"] * n, "model": ["m"] * n, "stage": ["train"] * n, "split": ["val"] * n,
-            "folder": ["wholeBodyANT"] * n, "qc_flags": [None] * n}  # fmt: skip
+    return {
+        "image_id": image_ids,
+        "patient_id": image_ids,
+        "view": ["ANT"] * n,
+        "y_true": [i % 2 for i in range(n)],
+        "y_prob": [0.1 + 0.8 * (i % 2) for i in range(n)],
+        "logit": [0.0] * n,
+        "epoch": [1] * n,
+        "run_id": ["r"] * n,
+        "model": ["m"] * n,
+        "stage": ["train"] * n,
+        "split": ["val"] * n,
+        "folder": ["wholeBodyANT"] * n,
+        "qc_flags": [None] * n,
+    }
 
 
 def test_commit_of_an_unbalanced_account_raises_and_commits_nothing(tmp_path):
     writer = TableWriter(str(tmp_path), "cam", split="test")
     writer.check(["errors"])
-    writer.write("errors", {"file": ["a.jpg"], "line": [None], "image_id": ["a"], "stage": ["cam"],
-                            "reason": ["undecodable: junk"], "split": ["test"]})  # fmt: skip
+    writer.write(
+        "errors",
+        {
+            "file": ["a.jpg"],
+            "line": [None],
+            "image_id": ["a"],
+            "stage": ["cam"],
+            "reason": ["undecodable: junk"],
+            "split": ["test"],
+        },
+    )
     summary = summary_of(3, 1, ["undecodable: junk"])  # one row lost
     with pytest.raises(AccountError, match=r"cam: 3 rows in, but 1 ok \+ 1 errors \+ 0 skipped: .*nothing"):
         summary.commit(writer)
     assert not (tmp_path / "tables").exists()
     assert not list((tmp_path / "_staging").glob("cam-*"))
     balanced = TableWriter(str(tmp_path), "cam", split="test")
-    balanced.write("errors", {"file": ["a.jpg"], "line": [None], "image_id": ["a"], "stage": ["cam"],
-                              "reason": ["undecodable: junk"], "split": ["test"]})  # fmt: skip
+    balanced.write(
+        "errors",
+        {
+            "file": ["a.jpg"],
+            "line": [None],
+            "image_id": ["a"],
+            "stage": ["cam"],
+            "reason": ["undecodable: junk"],
+            "split": ["test"],
+        },
+    )
     assert summary_of(2, 1, ["undecodable: junk"]).commit(balanced) == {"errors": 1}
 
 

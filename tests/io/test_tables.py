@@ -265,8 +265,18 @@ def test_rows_outside_the_writers_partition_are_refused_not_dropped(tmp_path):
 
 
 def test_write_part_rewrites_the_same_basename_in_place(tmp_path):
-    epoch = {"epoch": [1], "train_loss": [0.5], "val_loss": [0.5], "val_auc": [0.5], "lr": [0.5], "images": [8],
-             "train_errors": [0], "seconds": [1.0], "img_per_s": [8.0], "is_best": [True]}  # fmt: skip
+    epoch = {
+        "epoch": [1],
+        "train_loss": [0.5],
+        "val_loss": [0.5],
+        "val_auc": [0.5],
+        "lr": [0.5],
+        "images": [8],
+        "train_errors": [0],
+        "seconds": [1.0],
+        "img_per_s": [8.0],
+        "is_best": [True],
+    }
     assert write_part(str(tmp_path), "epochs", epoch, "epoch-001") == 1
     write_part(str(tmp_path), "epochs", epoch | {"train_loss": [0.25]}, "epoch-001")
     write_part(str(tmp_path), "epochs", epoch | {"epoch": [2]}, "epoch-002")

@@ -63,12 +63,19 @@ POST_LABELS = b"1.jpg\t1\n2.jpg\t0\n3.jpg\t1\n4.jpg\t0\n5.jpg\t2\n../secret.jpg\
 # Every error reason an object store can produce (it has no symlinks).
 MESSY = {
     "wholeBodyPOST/wholeBodyPOST.txt": POST_LABELS,
-    "wholeBodyPOST/1.jpg": _jpeg(), "wholeBodyPOST/2.jpg": b"not a jpeg", "wholeBodyPOST/3.jpg": _jpeg(),
-    "wholeBodyPOST/9.jpg": _jpeg(), "wholeBodyPOST/post/1.xml": _voc("Abnormal"),
-    "wholeBodyPOST/post/2.xml": _voc("Abnormal"), "wholeBodyPOST/post/3.xml": b"<annotation><object>",
-    "kneeLANT/kneeLANT.txt": b"1.jpg\t0\n\xff2.jpg\t1\n", "kneeLANT/1.jpg": _jpeg(8, 8),
-    "headPOST/1.jpg": _jpeg(8, 8), "randomFolder/x.jpg": _jpeg(8, 8), "README.md": b"ignored",
-}  # fmt: skip
+    "wholeBodyPOST/1.jpg": _jpeg(),
+    "wholeBodyPOST/2.jpg": b"not a jpeg",
+    "wholeBodyPOST/3.jpg": _jpeg(),
+    "wholeBodyPOST/9.jpg": _jpeg(),
+    "wholeBodyPOST/post/1.xml": _voc("Abnormal"),
+    "wholeBodyPOST/post/2.xml": _voc("Abnormal"),
+    "wholeBodyPOST/post/3.xml": b"<annotation><object>",
+    "kneeLANT/kneeLANT.txt": b"1.jpg\t0\n\xff2.jpg\t1\n",
+    "kneeLANT/1.jpg": _jpeg(8, 8),
+    "headPOST/1.jpg": _jpeg(8, 8),
+    "randomFolder/x.jpg": _jpeg(8, 8),
+    "README.md": b"ignored",
+}
 
 
 class RecordingHandler(pafs.FSSpecHandler):
@@ -112,15 +119,24 @@ def test_a_non_local_filesystem_indexes_like_the_local_disk_and_opens_nothing_ou
     local = build_index(tmp_path / "root")
     _assert_same_index(local, remote)
     assert [(row.file, row.reason.split(":")[0]) for row in remote.errors.itertuples()] == [
-        ("headPOST/headPOST.txt", "missing_label_file"), ("kneeLANT/kneeLANT.txt", "bad_encoding"),
-        ("kneeLANT/kneeLANT.txt", "missing_file"), ("randomFolder", "unknown_folder"),
-        ("wholeBodyPOST/9.jpg", "unlisted_file"), ("wholeBodyPOST/post/2.xml", "label_box_mismatch"),
-        ("wholeBodyPOST/post/3.xml", "malformed_xml"), ("wholeBodyPOST/wholeBodyPOST.txt", "missing_file"),
-        ("wholeBodyPOST/wholeBodyPOST.txt", "bad_label"), ("wholeBodyPOST/wholeBodyPOST.txt", "unsafe_path"),
+        ("headPOST/headPOST.txt", "missing_label_file"),
+        ("kneeLANT/kneeLANT.txt", "bad_encoding"),
+        ("kneeLANT/kneeLANT.txt", "missing_file"),
+        ("randomFolder", "unknown_folder"),
+        ("wholeBodyPOST/9.jpg", "unlisted_file"),
+        ("wholeBodyPOST/post/2.xml", "label_box_mismatch"),
+        ("wholeBodyPOST/post/3.xml", "malformed_xml"),
+        ("wholeBodyPOST/wholeBodyPOST.txt", "missing_file"),
+        ("wholeBodyPOST/wholeBodyPOST.txt", "bad_label"),
         ("wholeBodyPOST/wholeBodyPOST.txt", "unsafe_path"),
-    ]  # fmt: skip
-    assert list(remote.index["image_id"]) == ["kneeLANT/1.jpg", "wholeBodyPOST/1.jpg", "wholeBodyPOST/2.jpg",
-                                              "wholeBodyPOST/3.jpg"]  # fmt: skip
+        ("wholeBodyPOST/wholeBodyPOST.txt", "unsafe_path"),
+    ]
+    assert list(remote.index["image_id"]) == [
+        "kneeLANT/1.jpg",
+        "wholeBodyPOST/1.jpg",
+        "wholeBodyPOST/2.jpg",
+        "wholeBodyPOST/3.jpg",
+    ]
     assert f"{prefix}/root/wholeBodyPOST/post/1.xml" in handler.touched
     assert [path for path in handler.touched if not path.startswith(f"{prefix}/root")] == []
 
@@ -134,8 +150,12 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> str:
         port = probe.getsockname()[1]
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():  # fmt: skip
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }.items():
         monkeypatch.setenv(key, value)
     bucket = f"bs80k-{uuid.uuid4().hex[:8]}"
     pafs.FileSystem.from_uri(f"s3://{bucket}?allow_bucket_creation=true")[0].create_dir(bucket)
@@ -145,8 +165,12 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_s3_data_root_indexes_decodes_and_run_dir_commits_tables(s3_bucket: str, data_root: Path) -> None:
     s3, bucket = pafs.FileSystem.from_uri(s3_bucket)
-    pafs.copy_files(str(data_root / "wholeBodyPOST"), f"{bucket}/data/wholeBodyPOST",
-                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)  # fmt: skip
+    pafs.copy_files(
+        str(data_root / "wholeBodyPOST"),
+        f"{bucket}/data/wholeBodyPOST",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=s3,
+    )
     remote = build_index(f"{s3_bucket}/data")
     local = build_index(data_root)
     post = local.index[local.index["folder"] == "wholeBodyPOST"].reset_index(drop=True)

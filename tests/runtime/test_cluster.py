@@ -100,8 +100,17 @@ def _clean_env() -> dict[str, str]:
 
 def _start_node(cluster: LocalCluster, args: list[str], log: Path) -> None:
     launcher = [sys.executable, "-c", FATE_SHARED] if sys.platform.startswith("linux") else []
-    command = [*launcher, sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-               f"--temp-dir={cluster.temp_dir}", "--object-store-memory=300000000", *args]  # fmt: skip
+    command = [
+        *launcher,
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        f"--temp-dir={cluster.temp_dir}",
+        "--object-store-memory=300000000",
+        *args,
+    ]
     with open(log, "wb") as out:
         cluster.nodes.append(subprocess.Popen(command, env=cluster.env, stdout=out, stderr=subprocess.STDOUT))
 
@@ -123,8 +132,12 @@ def _run_job(stage: str, cfg_args: list[str], env: dict[str, str], log: Path) ->
     with open(log, "wb") as out:
         done = subprocess.run(
             [sys.executable, "-m", "jobs", stage, "--config", "conf/demo.yaml", *cfg_args],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=JOB_TIMEOUT_S,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=JOB_TIMEOUT_S,
+        )
     assert done.returncode == 0, f"jobs {stage} failed:\n{log.read_text()[-4000:]}"
     return time.monotonic() - started
 
@@ -139,8 +152,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     local = LocalCluster(temp_dir=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")), env=env)  # short: socket paths
     try:
         port = _free_port()
-        _start_node(local, ["--head", f"--port={port}", f"--num-cpus={NODE_CPUS[0]}", "--include-dashboard=false",
-                            "--disable-usage-stats"], logs / "head.log")  # fmt: skip
+        _start_node(
+            local,
+            [
+                "--head",
+                f"--port={port}",
+                f"--num-cpus={NODE_CPUS[0]}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            logs / "head.log",
+        )
         address = _wait_for_file(local.temp_dir / "ray_current_cluster", local, logs / "head.log")
         _start_node(local, [f"--address={address}", f"--num-cpus={NODE_CPUS[1]}"], logs / "worker.log")
         local.env = env | {"RAY_ADDRESS": address}
@@ -152,8 +174,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 def test_the_cluster_has_a_head_and_a_worker_node(cluster: LocalCluster, tmp_path: Path) -> None:
     check = NODE_CHECK.format(timeout=START_TIMEOUT_S, nodes=len(NODE_CPUS))
-    done = subprocess.run([sys.executable, "-c", check], env=cluster.env, capture_output=True, text=True,
-                          timeout=START_TIMEOUT_S + 30)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", check], env=cluster.env, capture_output=True, text=True, timeout=START_TIMEOUT_S + 30
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == sorted(float(c) for c in NODE_CPUS)
 
@@ -190,8 +213,10 @@ def _print_timings(capsys: pytest.CaptureFixture, runs: dict, stage: str) -> Non
                 continue
             summary = _summary(runs["dirs"][f"{stage}_{kind}"], stage)
             wall = runs["wall_s"][f"{stage}_{kind}"]
-            print(f"\n[cluster test] {stage:5s} {kind:8s}: {summary['rows_in']} rows, stage {summary['seconds']:.1f} s,"
-                  f" job wall {wall:.1f} s (with interpreter and Ray start/attach)")  # fmt: skip
+            print(
+                f"\n[cluster test] {stage:5s} {kind:8s}: {summary['rows_in']} rows, stage {summary['seconds']:.1f} s,"
+                f" job wall {wall:.1f} s (with interpreter and Ray start/attach)"
+            )
 
 
 def test_job_arguments_are_the_test_config(data_root: Path, tmp_path: Path) -> None:
@@ -225,8 +250,12 @@ def test_cam_on_the_cluster_equals_the_embedded_cam_for_the_same_model(
     cluster_dir, embedded_dir = str(runs["dirs"]["cam_cluster"]), str(runs["dirs"]["cam_embedded"])
     selected = select_rows(test_config(data_root, cluster_dir, *JOB_OVERRIDES), ("train",), qc_exclude=False)
     tables = {}
-    for name, key in (("preds", ["image_id"]), ("heatmaps", ["image_id"]), ("meta", ["image_id"]),
-                      ("boxes", ["image_id", "rank"])):  # fmt: skip
+    for name, key in (
+        ("preds", ["image_id"]),
+        ("heatmaps", ["image_id"]),
+        ("meta", ["image_id"]),
+        ("boxes", ["image_id", "rank"]),
+    ):
         frames = [read_table(d, name) for d in (cluster_dir, embedded_dir)]
         frames = [f[f["stage"] == "cam"] if "stage" in f else f for f in frames]  # the copied run's train preds
         tables[name] = [f.sort_values(key).reset_index(drop=True) for f in frames]

@@ -18,8 +18,8 @@ from engine.io.checkpoints import save_model
 from engine.io.pause import PAUSE_AT_ENV, PAUSE_DIR_ENV
 from engine.io.summary import AccountError
 from engine.io.tables import OutputError, TableWriter, read_table, write_part
-from engine.runtime.pipeline import iter_results, scored_stream
-from engine.stages._scoring import cam_settings as _settings
+from engine.runtime.pipeline import iter_results, scored_stream, use_gpu
+from engine.stages._scoring import cam_settings, scoring_feed
 from engine.stages.boxes import run_boxes
 from engine.stages.cam import cam_rows, run_cam
 from tests.conftest import REPO, test_config
@@ -53,7 +53,8 @@ def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_sessio
         data_root, untrained_run, "cam.scope=all", "cam.limit=48", "infer.batch_size=4", "infer.call_batches=1"
     )  # 12 batches: the kill lands mid-stream
     rows = cam_rows(cfg)
-    stream = iter_results(scored_stream(rows, cfg, _settings(cfg, with_cam=True)), batch_size=4)
+    gpu = use_gpu(cfg.train.use_gpu)
+    stream = iter_results(scored_stream(rows, cam_settings(cfg, True, gpu), scoring_feed(cfg, gpu)), batch_size=4)
     seen: list[str] = list(next(stream)["image_id"])
     killed = _model_actor_pids()
     assert killed, "no model actor process found"
@@ -69,15 +70,30 @@ def test_killed_model_actor_is_restarted_and_every_image_arrives_once(ray_sessio
 
 
 def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: Path, data_root: Path) -> None:
-    args = [f"data.root={data_root}", f"run.dir={untrained_run}", "canvas.height=256", "canvas.width=128",
-            "boxes.size=12", "model.output_stride=32", "cam.scope=all", "cam.limit=64", "infer.batch_size=4",
-            "ray.num_cpus=2"]  # fmt: skip
+    args = [
+        f"data.root={data_root}",
+        f"run.dir={untrained_run}",
+        "canvas.height=256",
+        "canvas.width=128",
+        "boxes.size=12",
+        "model.output_stride=32",
+        "cam.scope=all",
+        "cam.limit=24",
+        "infer.batch_size=4",
+        "ray.num_cpus=2",
+    ]
     command = [sys.executable, "-m", "jobs", "cam", "--config", "conf/demo.yaml", *args]
-    # the driver stops after staging its first batch (engine/io/pause.py): killed mid-run on any machine
+    # the driver stops after staging its first of 6 batches (engine/io/pause.py): killed mid-run on any machine
     marker = untrained_run.parent / "pause" / "cam_staged"
     pause = {PAUSE_AT_ENV: "cam_staged", PAUSE_DIR_ENV: str(marker.parent)}
-    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, **pause})  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **pause},
+    )
     staging = untrained_run / "_staging"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
@@ -91,7 +107,7 @@ def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     preds = read_table(str(untrained_run), "preds").query("stage == 'cam'")
     errors = read_table(str(untrained_run), "errors").query("stage == 'cam'")
-    expected = cam_rows(test_config(data_root, untrained_run, "cam.scope=all", "cam.limit=64"))["image_id"]
+    expected = cam_rows(test_config(data_root, untrained_run, "cam.scope=all", "cam.limit=24"))["image_id"]
     assert sorted(preds["image_id"].tolist() + errors["image_id"].tolist()) == sorted(expected)
     assert not any(staging.glob("cam-*")), "the rerun should clear the interrupted run's staging"
 
@@ -107,8 +123,16 @@ def test_existing_cam_outputs_are_not_replaced_without_overwrite(ray_session, un
 def test_unwritable_run_dir_fails_fast_with_a_clear_message(untrained_run: Path, data_root: Path, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    command = [sys.executable, "-m", "jobs", "index", "--config", "conf/demo.yaml", f"data.root={data_root}",
-               f"run.dir={blocker}/run"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "jobs",
+        "index",
+        "--config",
+        "conf/demo.yaml",
+        f"data.root={data_root}",
+        f"run.dir={blocker}/run",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "error:" in result.stderr and str(blocker) in result.stderr

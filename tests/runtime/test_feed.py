@@ -36,9 +36,17 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]
     (root / "scans" / "e.png").write_bytes(b"")
     (root.parent / "outside.jpg").write_bytes((root / "scans" / "0.jpg").read_bytes())
     paths[3:3], paths[9:9] = [BAD["missing"], BAD["corrupt"]], [BAD["escape"], BAD["empty"]]
-    rows = pd.DataFrame({"image_id": [f"id{i}" for i in range(len(paths))], "patient_id": [str(i) for i in
-                         range(len(paths))], "view": "POST", "split": "test", "folder": "scans",
-                         "label": [i % 2 for i in range(len(paths))], "path": paths})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "image_id": [f"id{i}" for i in range(len(paths))],
+            "patient_id": [str(i) for i in range(len(paths))],
+            "view": "POST",
+            "split": "test",
+            "folder": "scans",
+            "label": [i % 2 for i in range(len(paths))],
+            "path": paths,
+        }
+    )
     return root, rows
 
 
@@ -89,8 +97,10 @@ def test_decoder_chunks_reuse_one_buffer_and_give_the_rows_of_decode_batch_whate
         assert not want["canvas"][want["error"] != ""].any()  # failed rows are zero canvases
 
 
-@pytest.mark.parametrize(("n_rows", "call", "actors"), [(1, 64, 1), (640, 64, 1), (82_500, 256, 2), (38_400, 128, 2),
-                                                     (82_500, 64, 64), (100, 32, 8), (0, 32, 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n_rows", "call", "actors"),
+    [(1, 64, 1), (640, 64, 1), (82_500, 256, 2), (38_400, 128, 2), (82_500, 64, 64), (100, 32, 8), (0, 32, 2)],
+)
 def test_index_blocks_are_whole_calls_that_shrink_as_the_stream_drains(n_rows: int, call: int, actors: int) -> None:
     sizes = index_block_sizes(n_rows, call, actors, in_flight=4, max_calls=16)
     assert sum(sizes) == n_rows  # every row once, in order
@@ -123,11 +133,13 @@ def test_batch_bytes_count_array_buffers_and_string_bytes() -> None:
 
 
 def _scored(cfg, rows: pd.DataFrame) -> pd.DataFrame:
-    from engine.runtime.pipeline import iter_results, scored_stream
-    from engine.stages._scoring import cam_settings
+    from engine.runtime.pipeline import iter_results, scored_stream, use_gpu
+    from engine.stages._scoring import cam_settings, scoring_feed
 
     frames = []
-    for batch in iter_results(scored_stream(rows, cfg, cam_settings(cfg, with_cam=True)), batch_size=8):
+    gpu = use_gpu(cfg.train.use_gpu)
+    stream = scored_stream(rows, cam_settings(cfg, True, gpu), scoring_feed(cfg, gpu))
+    for batch in iter_results(stream, batch_size=8):
         keep = {k: list(v) if v.ndim > 1 else v for k, v in batch.items() if k != "actor_pid"}
         frames.append(pd.DataFrame(keep))
     return pd.concat(frames).sort_values("image_id").reset_index(drop=True)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runtime.pipeline import image_stream
-from engine.runtime.udfs import CamSettings, ClassifyCamStage
+from engine.runtime.decode import DecodeSettings
+from engine.runtime.pipeline import StreamSettings, image_stream
+from engine.runtime.udfs.cam import CamSettings, ClassifyCamStage
 from engine.stages._scoring import cam_settings
 from engine.stages.cam import cam_rows
 from tests.conftest import test_config
@@ -35,8 +36,9 @@ def images(ray_session, data_root: Path, trained_run: Path) -> tuple[CamSettings
     """The trained run's float32 CPU settings and one decoded batch of its test images."""
     cfg = test_config(data_root, trained_run, "cam.refine=true")
     rows = cam_rows(cfg).head(IMAGES)
-    batch = image_stream(rows, cfg).take_batch(IMAGES, batch_format="numpy")
-    return replace(cam_settings(cfg, with_cam=True), use_gpu=False, amp=False, compile=False), batch
+    stream = image_stream(rows, DecodeSettings.of(cfg.data, cfg.canvas), StreamSettings.of(cfg.ray))
+    batch = stream.take_batch(IMAGES, batch_format="numpy")
+    return replace(cam_settings(cfg, with_cam=True, use_gpu=False), amp=False, compile=False), batch
 
 
 def _score(settings: CamSettings, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,11 +50,14 @@ def _top_box_centres(out: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([(top[:, 0] + top[:, 2]) / 2, (top[:, 1] + top[:, 3]) / 2], axis=1)
 
 
-@pytest.mark.parametrize(("amp", "compiled", "prob_atol", "heat_atol"), [
-    (False, False, 1e-4, 2e-3),  # float32 on the GPU: the CPU path up to kernel rounding
-    (True, False, 2e-2, 6e-2),  # bf16 backbone (the CAM itself stays float32)
-    (True, True, 2e-2, 6e-2),  # bf16 + torch.compile
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("amp", "compiled", "prob_atol", "heat_atol"),
+    [
+        (False, False, 1e-4, 2e-3),  # float32 on the GPU: the CPU path up to kernel rounding
+        (True, False, 2e-2, 6e-2),  # bf16 backbone (the CAM itself stays float32)
+        (True, True, 2e-2, 6e-2),  # bf16 + torch.compile
+    ],
+)
 def test_gpu_paths_give_the_float32_cpu_probabilities_cams_and_boxes(images, amp, compiled, prob_atol, heat_atol):
     settings, batch = images
     reference = _score(settings, batch)
@@ -85,8 +90,15 @@ def test_two_calls_in_flight_on_one_actor_give_the_rows_of_one_call_at_a_time(im
 def test_the_refined_cam_compiles_or_falls_back_to_the_eager_model_with_a_warning(images, caplog):
     settings, batch = images
     with caplog.at_level("WARNING", logger="engine"):
-        stage = ClassifyCamStage(replace(settings, use_gpu=not ON_CPU, amp=True, compile=True,
-                                         warmup=(IMAGES, int(batch["canvas_h"][0]), int(batch["canvas_w"][0]))))
+        stage = ClassifyCamStage(
+            replace(
+                settings,
+                use_gpu=not ON_CPU,
+                amp=True,
+                compile=True,
+                warmup=(IMAGES, int(batch["canvas_h"][0]), int(batch["canvas_w"][0])),
+            )
+        )
     out = stage(batch)
     assert np.isfinite(out["y_prob"]).all() and out["box_count"].sum() > 0
     fell_back = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.runtime.pipeline import image_stream, iter_results
+from engine.runtime.decode import DecodeSettings
+from engine.runtime.pipeline import StreamSettings, image_stream, iter_results
 from engine.stages._rows import select_rows
 from tests.conftest import test_config
 
@@ -35,7 +36,8 @@ def test_stream_yields_one_row_or_error_per_index_row(ray_session, messy_root: P
     cfg = test_config(messy_root, split_run)
     rows = select_rows(cfg, None, qc_exclude=False)  # the stream decodes QC-flagged images too
     out = {}
-    for batch in iter_results(image_stream(rows, cfg), batch_size=16):
+    stream = image_stream(rows, DecodeSettings.of(cfg.data, cfg.canvas), StreamSettings.of(cfg.ray))
+    for batch in iter_results(stream, batch_size=16):
         for i, image_id in enumerate(batch["image_id"]):
             assert image_id not in out, f"{image_id} yielded twice"
             out[image_id] = (batch["error"][i], batch["canvas"][i], batch["new_w"][i])

@@ -7,13 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
 
 from engine.runtime.console import Progress, done_line, epoch_line, format_duration, native_log_path, progress_line
-from tests.conftest import REPO, TEST_OVERRIDES
+from tests.conftest import REPO, run_job
 
 # Lines only Ray itself writes: actor/worker prefixes, C++ core logs, Ray Data / Train internals, Ray's warnings.
 RAY_INTERNAL = re.compile(
@@ -24,9 +24,8 @@ RAY_INTERNAL = re.compile(
 # Ray 2.60's driver core worker logs this for every Ray Data actor pool (github.com/ray-project/ray/issues/57733):
 # a quiet job routes it to its native log file (engine/runtime/console.py)
 RAY_ISSUE_57733 = "has constructor arguments in the object store and max_restarts > 0"
-# the display's cadence forced, so that every machine prints the same kinds of lines, however fast: rank 0 sends
-# an event at every batch and the driver writes a progress line at every event
-CADENCE = ("log.events_s=0", "log.progress_s=0")
+# The jobs run with the display's cadence forced (JOB_CADENCE of tests/conftest.py), so that every machine prints the
+# same kinds of lines, however fast: rank 0 sends an event at every batch, the driver a progress line at every event.
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2 train_loss \d+\.\d+ val_loss \d+\.\d+ val_auc (\d+\.\d+|nan) ")
 
 
@@ -76,10 +75,12 @@ def test_progress_without_a_terminal_writes_few_plain_lines() -> None:
         bar.update(1)
     bar.close()
     # a line once 5 s have passed since the last one (at 3, 6 and 9 of 10, after 6, 12, 18 s), then the closing one
-    assert stream.getvalue().splitlines() == ["cam: 3/10 images (30%), 0.5 images/s, 14s left",
-                                              "cam: 6/10 images (60%), 0.5 images/s, 8s left",
-                                              "cam: 9/10 images (90%), 0.5 images/s, 2s left",
-                                              "cam: 10/10 images, 0.5 images/s in 20s"]  # fmt: skip
+    assert stream.getvalue().splitlines() == [
+        "cam: 3/10 images (30%), 0.5 images/s, 14s left",
+        "cam: 6/10 images (60%), 0.5 images/s, 8s left",
+        "cam: 9/10 images (90%), 0.5 images/s, 2s left",
+        "cam: 10/10 images, 0.5 images/s in 20s",
+    ]
 
 
 def test_progress_at_interval_zero_writes_every_update_but_the_last() -> None:
@@ -95,7 +96,7 @@ def test_progress_at_interval_zero_writes_every_update_but_the_last() -> None:
 def test_the_driver_shows_rank_zeros_events_as_a_bar_then_one_epoch_line(capsys: pytest.CaptureFixture) -> None:
     from engine.config_sections import LogConfig
     from engine.runtime.console import configure
-    from engine.runtime.pipeline import _show_event
+    from engine.runtime.fit import _show_event
 
     configure(LogConfig(progress_s=0))
     try:
@@ -108,18 +109,23 @@ def test_the_driver_shows_rank_zeros_events_as_a_bar_then_one_epoch_line(capsys:
         configure(LogConfig())
     out = capsys.readouterr()
     bars = [line for line in out.err.splitlines() if line.startswith("train epoch 1/2: ")]
-    assert [line.split(" batches")[0] for line in bars] == ["train epoch 1/2: 0/6", "train epoch 1/2: 2/6",
-                                                            "train epoch 1/2: 4/6"]  # fmt: skip
+    assert [line.split(" batches")[0] for line in bars] == [
+        "train epoch 1/2: 0/6",
+        "train epoch 1/2: 2/6",
+        "train epoch 1/2: 4/6",
+    ]
     assert out.out.splitlines() == [epoch_line(metrics, 2)]  # no closing bar line: the epoch line says it all
 
 
 def test_native_stderr_goes_to_the_log_and_python_stderr_stays_on_the_terminal() -> None:
-    script = ("import os, sys\n"
-              "from engine.runtime.console import route_native_stderr\n"
-              "path = route_native_stderr('probe')\n"
-              "os.write(2, b'native line\\n')\n"
-              "print('python line', file=sys.stderr)\n"
-              "print(path)\n")  # fmt: skip
+    script = (
+        "import os, sys\n"
+        "from engine.runtime.console import route_native_stderr\n"
+        "path = route_native_stderr('probe')\n"
+        "os.write(2, b'native line\\n')\n"
+        "print('python line', file=sys.stderr)\n"
+        "print(path)\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip())
@@ -128,24 +134,13 @@ def test_native_stderr_goes_to_the_log_and_python_stderr_stays_on_the_terminal()
     path.unlink()
 
 
-def _job(stage: str, data_root: Path, run_dir: Path, *extra: str) -> tuple[int, list[str], float]:
-    """Runs `python -m jobs <stage>` on the tiny test config; returns exit code, stdout+stderr lines, seconds."""
-    command = [sys.executable, "-m", "jobs", stage, "--config", "conf/demo.yaml", f"data.root={data_root}",
-               f"run.dir={run_dir}", *TEST_OVERRIDES, "ray.num_cpus=2", *CADENCE, *extra]  # fmt: skip
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    return done.returncode, done.stdout.splitlines(), time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
-def quiet_runs(data_root: Path, split_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 2-epoch train then cam of a copy of the split run, each a real job process; their exit codes and lines."""
-    run_dir = tmp_path_factory.mktemp("terminal") / "run"
-    shutil.copytree(split_run, run_dir)
-    out = {"run_dir": run_dir, "started": time.time()}
-    for stage in ("train", "threshold", "cam"):
-        out[stage] = _job(stage, data_root, run_dir)
-    return out
+def quiet_runs(scored_run: Path, session_jobs: dict) -> dict:
+    """The session's 2-epoch train, threshold and cam, each a real job process (tests/conftest.py): their runs.
+
+    They made `trained_run` and `scored_run`, so the suite trains this model once, not again here.
+    """
+    return {"run_dir": scored_run, **{stage: session_jobs[stage] for stage in ("train", "threshold", "cam")}}
 
 
 def _report(capsys: pytest.CaptureFixture, name: str, lines: list[str], seconds: float) -> None:
@@ -155,7 +150,7 @@ def _report(capsys: pytest.CaptureFixture, name: str, lines: list[str], seconds:
 
 @pytest.mark.parametrize("stage", ["train", "threshold", "cam"])
 def test_jobs_print_no_ray_internal_lines(quiet_runs: dict, stage: str, capsys: pytest.CaptureFixture) -> None:
-    code, lines, seconds = quiet_runs[stage]
+    code, lines, seconds, _ = astuple(quiet_runs[stage])
     _report(capsys, stage, lines, seconds)
     assert code == 0, "\n".join(lines[-40:])
     assert [line for line in lines if RAY_INTERNAL.search(line)] == []
@@ -163,7 +158,7 @@ def test_jobs_print_no_ray_internal_lines(quiet_runs: dict, stage: str, capsys: 
 
 
 def test_train_prints_each_epoch_once_counted_from_one_with_batch_progress(quiet_runs: dict) -> None:
-    _, lines, _ = quiet_runs["train"]
+    lines = quiet_runs["train"].lines
     assert [EPOCH_LINE.match(line).group(1) for line in lines if EPOCH_LINE.match(line)] == ["1", "2"]
     assert [line for line in lines if line.startswith("epoch ")] == [line for line in lines if EPOCH_LINE.match(line)]
     assert any(re.match(r"train epoch [12]/2: \d+/\d+ batches \(\d+%\), [\d.]+ batches/s, ", line) for line in lines)
@@ -171,20 +166,23 @@ def test_train_prints_each_epoch_once_counted_from_one_with_batch_progress(quiet
 
 
 def test_rays_native_actor_line_goes_to_the_jobs_native_log_not_the_terminal(quiet_runs: dict) -> None:
-    _, lines, _ = quiet_runs["cam"]
-    assert not any(RAY_ISSUE_57733 in line for line in lines)
-    logs = [path for path in Path(native_log_path("cam")).parent.glob("cam-*.log")
-            if path.stat().st_mtime >= quiet_runs["started"]]  # fmt: skip
-    assert any(RAY_ISSUE_57733 in path.read_text() for path in logs), "the line went neither to the terminal nor a log"
+    cam = quiet_runs["cam"]
+    assert not any(RAY_ISSUE_57733 in line for line in cam.lines)
+    log = Path(native_log_path("cam")).parent / f"cam-{cam.pid}.log"  # that job's own log (console.native_log_path)
+    assert log.is_file() and RAY_ISSUE_57733 in log.read_text(), "the line went neither to the terminal nor a log"
 
 
 def test_cam_prints_its_image_progress(quiet_runs: dict) -> None:
-    _, lines, _ = quiet_runs["cam"]
+    lines = quiet_runs["cam"].lines
     assert any(re.match(r"cam: \d+/\d+ images, [\d.]+ images/s in \d+", line) for line in lines)
 
 
-def test_verbose_brings_rays_own_lines_back(quiet_runs: dict, data_root: Path, capsys: pytest.CaptureFixture) -> None:
-    code, lines, seconds = _job("cam", data_root, quiet_runs["run_dir"], "run.overwrite=true", "--verbose")
+def test_verbose_brings_rays_own_lines_back(
+    quiet_runs: dict, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(quiet_runs["run_dir"], run_dir)  # the session's scored run stays as it is
+    code, lines, seconds, _ = astuple(run_job("cam", data_root, run_dir, "run.overwrite=true", "--verbose"))
     _report(capsys, "cam --verbose", lines, seconds)
     assert code == 0, "\n".join(lines[-40:])
     assert any(RAY_INTERNAL.search(line) and RAY_ISSUE_57733 not in line for line in lines)

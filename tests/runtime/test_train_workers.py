@@ -9,7 +9,7 @@ import pytest
 
 from engine.config import ConfigError
 from engine.io.tables import read_table
-from engine.runtime.pipeline import train_fit_problem
+from engine.runtime.fit import train_fit_problem
 from engine.stages._rows import select_rows
 from engine.stages.split import run_split
 from engine.stages.train import run_train

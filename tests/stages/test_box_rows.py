@@ -19,11 +19,18 @@ def two_image_batch() -> tuple[dict, np.ndarray, np.ndarray, BoxParams]:
     heatmaps[1, 0, 2], heatmaps[1, 3, 1], heatmaps[1, 2, 2] = 1.0, 0.5, 0.1  # 0.1 <= min_score: no box
     bodies = np.array([meta.body_box()] * 2, dtype=np.float64)
     boxes, counts = boxes_for_batch(heatmaps, bodies, 16, 16, params)
-    batch = {name: np.array([getattr(meta, name)] * 2) for name in
-             ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")}  # fmt: skip
-    batch.update(image_id=np.array(["a", "b"], dtype=object), y_prob=np.array([0.7, 0.9], dtype=np.float32),
-                 raw_min=np.zeros(2, np.float32), raw_max=np.array([2.0, 4.0], np.float32),
-                 split=np.array(["test"] * 2, dtype=object), folder=np.array(["f"] * 2, dtype=object))  # fmt: skip
+    batch = {
+        name: np.array([getattr(meta, name)] * 2)
+        for name in ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")
+    }
+    batch.update(
+        image_id=np.array(["a", "b"], dtype=object),
+        y_prob=np.array([0.7, 0.9], dtype=np.float32),
+        raw_min=np.zeros(2, np.float32),
+        raw_max=np.array([2.0, 4.0], np.float32),
+        split=np.array(["test"] * 2, dtype=object),
+        folder=np.array(["f"] * 2, dtype=object),
+    )
     return batch, boxes, counts, params
 
 

@@ -26,8 +26,20 @@ def test_stages_are_listed_in_pipeline_order_per_run_with_the_total(tmp_path: Pa
 
 def test_a_long_run_wraps_its_stage_times_and_keeps_every_stage(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
-    stages = ("index", "split", "train", "threshold", "infer", "cam", "boxes", "masks", "segtrain", "segment",
-              "evaluate", "report")  # fmt: skip
+    stages = (
+        "index",
+        "split",
+        "train",
+        "threshold",
+        "infer",
+        "cam",
+        "boxes",
+        "masks",
+        "segtrain",
+        "segment",
+        "evaluate",
+        "report",
+    )
     for stage in stages:
         _summary(demo, stage, 1234.0, 1)
     lines = timing_lines([demo], started=None, now=0.0)[1:]
@@ -43,8 +55,9 @@ def test_figures_are_printed_from_the_evaluate_and_infer_summaries(tmp_path: Pat
     assert figure_lines({"peaks": 1, "unrelated": 2})[1:] == ["  peaks: 1"]
     assert main([str(demo)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("classification on the test split: auc 0.918, sensitivity 0.875, specificity 0.762 at thr 0.839"
-                      " (40 images)")
+    assert out[0] == (
+        "classification on the test split: auc 0.918, sensitivity 0.875, specificity 0.762 at thr 0.839 (40 images)"
+    )
     assert "  peaks: pointing_game=0.900, n=3" in out
     assert not any("centre_prior" in line for line in out)  # a baseline: in evaluate's own summary, not the headline
     assert "  demo: infer 2 s, evaluate 5 s" in out

@@ -69,8 +69,17 @@ def test_mask_quality_without_true_masks_has_no_dice_or_pxap_and_a_miss_counts()
 
 
 def test_tight_boxes_are_the_mask_bboxes_and_empty_masks_give_none() -> None:
-    masks = pd.DataFrame({"image_id": ["a", "a"], "rank": [0, 1], "mask_x1": [3.0, np.nan], "mask_y1": [4.0, np.nan],
-                          "mask_x2": [9.0, np.nan], "mask_y2": [7.0, np.nan], "score": [0.8, 0.1]})  # fmt: skip
+    masks = pd.DataFrame(
+        {
+            "image_id": ["a", "a"],
+            "rank": [0, 1],
+            "mask_x1": [3.0, np.nan],
+            "mask_y1": [4.0, np.nan],
+            "mask_x2": [9.0, np.nan],
+            "mask_y2": [7.0, np.nan],
+            "score": [0.8, 0.1],
+        }
+    )
     out = tight_boxes(masks)
     assert out[["x1_orig", "y1_orig", "x2_orig", "y2_orig"]].to_numpy().tolist() == [[3, 4, 9, 7]]
     assert out["rank"].tolist() == [0]
@@ -88,11 +97,22 @@ def test_read_truth_unions_the_label_map_and_is_none_without_a_file(tmp_path: Pa
 
 
 def test_coco_export_with_segmentation_loads_in_pycocotools(tmp_path: Path) -> None:
-    images = pd.DataFrame({"image_id": ["f/a.jpg"], "path": ["f/a.jpg"], "orig_w": [8], "orig_h": [6],
-                           "split": ["test"], "y_prob": [0.7]})  # fmt: skip
-    boxes = pd.DataFrame({"image_id": ["f/a.jpg"] * 3, "rank": [0, 1, 2], "x1_orig": [1.0, 4, 0],
-                          "y1_orig": [1.0, 0, 0], "x2_orig": [3.0, 6, 2], "y2_orig": [3.0, 2, 2],
-                          "score": [0.9, 0.5, 0.2], "score_raw": [0.9, 0.5, 0.2], "y_prob": [0.7] * 3})  # fmt: skip
+    images = pd.DataFrame(
+        {"image_id": ["f/a.jpg"], "path": ["f/a.jpg"], "orig_w": [8], "orig_h": [6], "split": ["test"], "y_prob": [0.7]}
+    )
+    boxes = pd.DataFrame(
+        {
+            "image_id": ["f/a.jpg"] * 3,
+            "rank": [0, 1, 2],
+            "x1_orig": [1.0, 4, 0],
+            "y1_orig": [1.0, 0, 0],
+            "x2_orig": [3.0, 6, 2],
+            "y2_orig": [3.0, 2, 2],
+            "score": [0.9, 0.5, 0.2],
+            "score_raw": [0.9, 0.5, 0.2],
+            "y_prob": [0.7] * 3,
+        }
+    )
     mask = square(6, 8, 1, 1, 3, 3)
     counts, h, w = encode_rle(mask)
     rows = [

@@ -28,8 +28,10 @@ from tests.io.test_dicom import VIEWS, write_nm
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
 # NM Detector module geometry (LPS): anterior detector in front of the patient, posterior one behind, facing back.
-GEOMETRY = {"AN": ([-150.0, -300.0, 900.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
-            "PO": ([150.0, 300.0, 900.0], [-1.0, 0.0, 0.0, 0.0, 0.0, -1.0])}  # fmt: skip
+GEOMETRY = {
+    "AN": ([-150.0, -300.0, 900.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+    "PO": ([150.0, 300.0, 900.0], [-1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+}
 SETTINGS = ExportSettings(series_number=9001, series_description="test export")
 
 
@@ -48,11 +50,22 @@ def detectors(codes: list[str], geometry: bool) -> list[Dataset]:
 
 def write_study(path: Path, seed: int, patient: str, frame_of_reference: bool) -> dict[str, str]:
     """Writes a 2-frame (anterior, posterior) NM study; returns its identifiers."""
-    ids = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(), "PatientID": patient,
-           "PatientName": f"Doe^{patient}", "AccessionNumber": f"ACC{seed}"}  # fmt: skip
+    ids = {
+        "StudyInstanceUID": generate_uid(),
+        "SeriesInstanceUID": generate_uid(),
+        "PatientID": patient,
+        "PatientName": f"Doe^{patient}",
+        "AccessionNumber": f"ACC{seed}",
+    }
     extra = {"FrameOfReferenceUID": generate_uid()} if frame_of_reference else {}
-    write_nm(path, [whole_body_counts(seed), whole_body_counts(seed + 1)], ["AN", "PO"], **ids, **extra,
-             DetectorInformationSequence=detectors(["AN", "PO"], frame_of_reference))  # fmt: skip
+    write_nm(
+        path,
+        [whole_body_counts(seed), whole_body_counts(seed + 1)],
+        ["AN", "PO"],
+        **ids,
+        **extra,
+        DetectorInformationSequence=detectors(["AN", "PO"], frame_of_reference),
+    )
     return {**ids, **extra}
 
 
@@ -60,8 +73,10 @@ def write_study(path: Path, seed: int, patient: str, frame_of_reference: bool) -
 def clinic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
     """Returns a data root with study A (Frame of Reference + detector geometry) and study B (neither)."""
     root = tmp_path_factory.mktemp("export_clinic") / "dicom"
-    studies = {"a/study_a.dcm": write_study(root / "a" / "study_a.dcm", 11, "P1", True),
-               "b/study_b.dcm": write_study(root / "b" / "study_b.dcm", 21, "P2", False)}  # fmt: skip
+    studies = {
+        "a/study_a.dcm": write_study(root / "a" / "study_a.dcm", 11, "P1", True),
+        "b/study_b.dcm": write_study(root / "b" / "study_b.dcm", 21, "P2", False),
+    }
     return root, studies
 
 
@@ -77,11 +92,32 @@ def write_kept_masks(run_dir: Path) -> None:
         mask[max(y1, 0) + 2 : min(y2, shape[0]) - 2, max(x1, 0) + 2 : min(x2, shape[1]) - 2] = True
         counts, h, w = encode_rle(mask)
         assert index.loc[box.image_id, "path"].endswith(("#0", "#1"))
-        rows.append({"image_id": box.image_id, "rank": 0, "rle_counts": counts, "rle_h": h, "rle_w": w,
-                     "area": int(mask.sum()), "mask_x1": np.nan, "mask_y1": np.nan, "mask_x2": np.nan,
-                     "mask_y2": np.nan, "contrast": 0.5, "cam_inside": 0.5, "cam_ring": 0.1, "agreement_iou": np.nan,
-                     "score": 0.9, "y_prob": box.y_prob, "segmenter": "threshold", "segmenter_version": "test",
-                     "qc_flags": [], "kept": True, "split": box.split, "folder": box.folder})  # fmt: skip
+        rows.append(
+            {
+                "image_id": box.image_id,
+                "rank": 0,
+                "rle_counts": counts,
+                "rle_h": h,
+                "rle_w": w,
+                "area": int(mask.sum()),
+                "mask_x1": np.nan,
+                "mask_y1": np.nan,
+                "mask_x2": np.nan,
+                "mask_y2": np.nan,
+                "contrast": 0.5,
+                "cam_inside": 0.5,
+                "cam_ring": 0.1,
+                "agreement_iou": np.nan,
+                "score": 0.9,
+                "y_prob": box.y_prob,
+                "segmenter": "threshold",
+                "segmenter_version": "test",
+                "qc_flags": [],
+                "kept": True,
+                "split": box.split,
+                "folder": box.folder,
+            }
+        )
     writer = TableWriter(str(run_dir), "masks", replace=("masks",))
     writer.check(["masks"])
     writer.write("masks", pd.DataFrame(rows))
@@ -113,7 +149,10 @@ def test_export_writes_one_secondary_capture_per_scored_frame_in_a_new_series_of
         assert sc.SOPClassUID == SC_STORAGE and sc.Modality == "OT"
         assert sc.StudyInstanceUID == source["StudyInstanceUID"] == row.study_uid
         assert (sc.PatientID, str(sc.PatientName), sc.AccessionNumber) == (
-            source["PatientID"], source["PatientName"], source["AccessionNumber"])  # fmt: skip
+            source["PatientID"],
+            source["PatientName"],
+            source["AccessionNumber"],
+        )
         assert sc.StudyDate == "20240131" and row.study_date == "2024-01-31"
         assert sc.SeriesInstanceUID == row.sc_series_uid != source["SeriesInstanceUID"]
         assert sc.SOPInstanceUID == row.sc_sop_uid
@@ -186,10 +225,15 @@ def test_a_segmentation_is_written_where_the_source_has_a_frame_of_reference_and
     source = studies["a/study_a.dcm"]
     assert seg.SOPClassUID == SEG_STORAGE and seg.Modality == "SEG"
     assert (seg.StudyInstanceUID, seg.PatientID, seg.FrameOfReferenceUID) == (
-        source["StudyInstanceUID"], source["PatientID"], source["FrameOfReferenceUID"])  # fmt: skip
+        source["StudyInstanceUID"],
+        source["PatientID"],
+        source["FrameOfReferenceUID"],
+    )
     assert seg.SeriesInstanceUID not in (source["SeriesInstanceUID"], with_for["sc_series_uid"].iloc[0])
-    frames = sorted(int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
-                    for f in seg.PerFrameFunctionalGroupsSequence)  # fmt: skip
+    frames = sorted(
+        int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        for f in seg.PerFrameFunctionalGroupsSequence
+    )
     assert frames == sorted(with_for["frame_number"].tolist())
     assert hd.seg.segread(run_dir / with_for["seg_file"].iloc[0]).number_of_segments == 1
     assert (~without["seg_written"]).all() and without["seg_file"].isna().all()
@@ -279,10 +323,13 @@ def test_the_segmentation_writer_references_the_masked_frames_of_its_source() ->
         segmentation(header, both, generate_uid(), 1, SETTINGS)
 
 
-@pytest.mark.parametrize(("kwargs", "reason"), [
-    ({"frame_of_reference": False}, "no_frame_of_reference"),
-    ({"geometry": False}, "no_geometry"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"frame_of_reference": False}, "no_frame_of_reference"),
+        ({"geometry": False}, "no_geometry"),
+    ],
+)
 def test_the_segmentation_writer_refuses_a_source_without_frame_of_reference_or_geometry(kwargs, reason) -> None:
     masks = np.zeros((2, 32, 8), dtype=bool)
     masks[1, 10:14, 2:6] = True

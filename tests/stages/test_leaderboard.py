@@ -10,16 +10,31 @@ import pytest
 
 import schemas
 from engine.io.tables import read_table, write_part
-from jobs.leaderboard import main
+from jobs import stage_main
 from tests.conftest import REPO
 
 CONFIG = str(REPO / "conf" / "demo.yaml")
+main = stage_main("leaderboard")
 
 
 def _metrics(split: str, auc: float) -> dict[str, list]:
-    return {"run_id": ["r"], "split": [split], "view": ["POST"], "thr": [0.5], "auc": [auc], "accuracy": [0.75],
-            "sensitivity": [0.5], "specificity": [1.0], "precision": [1.0], "f1": [2 / 3], "tp": [1], "tn": [2],
-            "fp": [0], "fn": [1], "n": [4]}  # fmt: skip
+    return {
+        "run_id": ["r"],
+        "split": [split],
+        "view": ["POST"],
+        "thr": [0.5],
+        "auc": [auc],
+        "accuracy": [0.75],
+        "sensitivity": [0.5],
+        "specificity": [1.0],
+        "precision": [1.0],
+        "f1": [2 / 3],
+        "tp": [1],
+        "tn": [2],
+        "fp": [0],
+        "fn": [1],
+        "n": [4],
+    }
 
 
 def test_leaderboard_writes_one_schema_row_per_run_best_auc_first(tmp_path: Path, capsys) -> None:

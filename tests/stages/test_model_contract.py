@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.config import CanvasConfig, Config, load_config
-from engine.core.contract import CAM_KEYS, CONTRACT_KEYS, ContractError, apply_contract, contract_info
+from engine.contract import CAM_KEYS, CONTRACT_KEYS, ContractError, apply_contract, contract_info
 from engine.io.tables import read_table, write_part
 from engine.preflight import preflight
 from engine.stages._rows import trained_view_only
@@ -43,8 +43,9 @@ def test_a_contradicting_key_is_one_error_naming_both_values_unless_overridden()
     assert "\n" not in message and "run/model/best.json" in message and "model.override_contract=true" in message
     assert "canvas.height=256 but the model was trained with canvas.height=512" in message
     assert "data.count_scale=p99 but the model was trained with data.count_scale=max" in message
-    forced = load_config(REPO / "conf" / "demo.yaml", ["canvas.height=256", "model.override_contract=true",
-                                                       "model.output_stride=16"])  # fmt: skip
+    forced = load_config(
+        REPO / "conf" / "demo.yaml", ["canvas.height=256", "model.override_contract=true", "model.output_stride=16"]
+    )
     cfg, notes = apply_contract(forced, contract_info(TRAINED), "run/model/best.json")
     assert cfg.canvas.height == 256 and "override_contract" in notes["canvas.height"]
     assert cfg.model.output_stride == 8  # the weights' architecture is the checkpoint's, overridden or not
@@ -75,8 +76,9 @@ def test_a_trained_run_records_its_contract_and_where_its_threshold_is(trained_r
 
 
 def test_a_limit_keeps_that_many_scored_rows_and_counts_the_other_views_before_them() -> None:
-    rows = pd.DataFrame({"image_id": list("abcdefgh"),
-                         "view": ["ANT", "ANT", "POST", "ANT", "POST", "POST", "unknown", "POST"]})  # fmt: skip
+    rows = pd.DataFrame(
+        {"image_id": list("abcdefgh"), "view": ["ANT", "ANT", "POST", "ANT", "POST", "POST", "unknown", "POST"]}
+    )
     cfg = load_config(None, [])  # data.view=POST
     for limit, kept, skipped in ((0, "cefh", 4), (1, "c", 2), (3, "cef", 3), (9, "cefh", 4)):
         scored = trained_view_only(cfg, rows, limit)
@@ -87,8 +89,20 @@ def test_a_limit_keeps_that_many_scored_rows_and_counts_the_other_views_before_t
 
 def _job(stage: str, data_root: Path, run_dir: Path, *extra: str) -> tuple[int, str, str]:
     """Runs `python -X importtime -m jobs <stage>`; returns exit code, its output lines, the modules it imported."""
-    command = [sys.executable, "-X", "importtime", "-m", "jobs", stage, "--config", "conf/demo.yaml",
-               f"data.root={data_root}", f"run.dir={run_dir}", *TEST_OVERRIDES, *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "jobs",
+        stage,
+        "--config",
+        "conf/demo.yaml",
+        f"data.root={data_root}",
+        f"run.dir={run_dir}",
+        *TEST_OVERRIDES,
+        *extra,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("import time:")]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
@@ -168,8 +182,15 @@ def test_rescoring_with_another_model_adopts_its_threshold_and_other_views_are_f
     assert adopt_threshold(test_config(data_root, run_dir, f"model.from_run={trained_run}")).startswith("thr ")
     first = json.loads((run_dir / "threshold.json").read_text())  # as a first `make cam` with trained_run left it
     other = second_model(trained_run, tmp_path / "other", thr=0.123)
-    cfg = test_config(data_root, run_dir, f"model.from_run={other}", "model.other_views=score", "canvas.height=192",
-                      "model.override_contract=true", "cam.overlays=0")  # fmt: skip
+    cfg = test_config(
+        data_root,
+        run_dir,
+        f"model.from_run={other}",
+        "model.other_views=score",
+        "canvas.height=192",
+        "model.override_contract=true",
+        "cam.overlays=0",
+    )
     summary = run_cam(cfg)
     record = json.loads((run_dir / "threshold.json").read_text())
     assert record["from_run"] == str(other) and record["thr"] == pytest.approx(0.123)

@@ -140,8 +140,9 @@ def test_threshold_is_chosen_without_the_flagged_val_images_and_counts_them(spli
     n_noisy = int(val["noise_frame"].sum())
     assert n_noisy, "some selected images are noise frames"
     probs = np.random.default_rng(0).random(len(val)).astype(np.float32)
-    preds = val.assign(y_true=val["label"], y_prob=probs, logit=None, epoch=1, run_id="r", model="m", stage="train",
-                       qc_flags=None)  # fmt: skip
+    preds = val.assign(
+        y_true=val["label"], y_prob=probs, logit=None, epoch=1, run_id="r", model="m", stage="train", qc_flags=None
+    )
     write_part(str(run_dir), "preds", preds, "epoch-001")
     (run_dir / "model").mkdir()
     (run_dir / "model" / "best.json").write_text(json.dumps({"epoch": 1}))
@@ -156,9 +157,14 @@ def test_qc_measures_the_true_counts_of_16_bit_files_and_dicom_frames(tmp_path: 
     cv2.imwrite(str(tmp_path / "low_POST.jpg"), counts_to_gray8(low)[0])  # what an 8-bit export of it holds
     write_nm(tmp_path / "s.dcm", [low, body_counts(1_400_000, seed=2, hot=3000)], ["AN", "PO"])
     paths = ["low_POST.png", "low_POST.jpg", "s.dcm#0", "s.dcm#1"]
-    batch = {"image_id": np.array(paths, object), "folder": np.full(4, ".", object), "path": np.array(paths, object),
-             "part": np.full(4, None), "pixel_spacing_y_mm": np.array([np.nan, np.nan, 4.8, 2.4]),
-             "pixel_spacing_x_mm": np.array([np.nan, np.nan, 2.4, 2.4])}  # fmt: skip
+    batch = {
+        "image_id": np.array(paths, object),
+        "folder": np.full(4, ".", object),
+        "path": np.array(paths, object),
+        "part": np.full(4, None),
+        "pixel_spacing_y_mm": np.array([np.nan, np.nan, 4.8, 2.4]),
+        "pixel_spacing_x_mm": np.array([np.nan, np.nan, 2.4, 2.4]),
+    }
     rows = pd.DataFrame(qc_batch(batch, str(tmp_path), QcThresholds())).set_index("image_id")
     assert (rows["error"] == "").all()
     assert rows["count_unit"].tolist() == ["counts", "grey", "counts", "counts"]
@@ -227,8 +233,10 @@ def test_domain_shift_is_counted_in_the_cam_summary_and_recorded_in_the_run(clin
     record = json.loads((run_dir / "qc_reference.json").read_text())
     trained = training_qc_reference(test_config(data_root, trained_run))
     assert record["model_run"] == str(trained_run) and record["images"] == trained["images"]
-    assert record["threshold"] == trained["threshold"] and str(run_dir / "qc_reference.json") in (
-        summary.extra["domain_shift_reference"])
+    assert (
+        record["threshold"] == trained["threshold"]
+        and str(run_dir / "qc_reference.json") in (summary.extra["domain_shift_reference"])
+    )
 
 
 def test_the_report_counts_the_qc_flags_and_marks_flagged_gallery_images(clinic_run) -> None:
@@ -254,6 +262,7 @@ def test_browse_shows_the_flag_and_filters_on_it(clinic_run) -> None:
     filtered, total = catalog.images(ImageQuery(qc_flag="domain_shift"), 10**6)
     assert total == len(shifted) and set(filtered["image_id"]) == shifted
     assert "domain_shift" in catalog.qc_flags()
-    html = table_page(filtered, total, ImageQuery(qc_flag="domain_shift"), catalog.choices(), 50, "", True,
-                      catalog.qc_flags())  # fmt: skip
+    html = table_page(
+        filtered, total, ImageQuery(qc_flag="domain_shift"), catalog.choices(), 50, "", True, catalog.qc_flags()
+    )
     assert '<option value="domain_shift" selected>' in html and html.count('class="c-qc qc-flagged"') == total

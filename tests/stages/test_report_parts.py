@@ -65,9 +65,13 @@ def test_every_localisation_metric_has_a_group_and_a_plain_description() -> None
 
 
 def test_grouped_tables_show_each_group_with_only_the_methods_that_scored_it() -> None:
-    rows = [("peaks", "pointing_game", 0.5, 2, 4), ("body_prior", "pointing_game", 0.25, 1, 4),
-            ("masks", "mask_dice", 0.8, 4, 5), ("peaks", "n_images", 9.0, 9, None),
-            ("peaks_tuned", "pointing_game", 0.75, 3, 4)]  # fmt: skip
+    rows = [
+        ("peaks", "pointing_game", 0.5, 2, 4),
+        ("body_prior", "pointing_game", 0.25, 1, 4),
+        ("masks", "mask_dice", 0.8, 4, 5),
+        ("peaks", "n_images", 9.0, 9, None),
+        ("peaks_tuned", "pointing_game", 0.75, 3, 4),
+    ]
     loc = pd.DataFrame(rows, columns=["method", "metric", "value", "numerator", "denominator"])
     loc = loc.assign(split=["test"] * 4 + ["val"], view="POST", folder="*")
     groups = grouped_metrics(loc, "test")["POST/*"]
@@ -80,23 +84,59 @@ def test_grouped_tables_show_each_group_with_only_the_methods_that_scored_it() -
 
 def coco_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     """Writes a hand-made GT and prediction pair of two images; returns their paths and the kept mask."""
-    images = pd.DataFrame({"image_id": ["f/b.jpg", "f/a.jpg"], "path": ["f/b.jpg", "f/a.jpg"], "orig_w": [8, 8],
-                           "orig_h": [6, 6], "split": ["test"] * 2, "y_prob": [0.2, 0.9]})  # fmt: skip
+    images = pd.DataFrame(
+        {
+            "image_id": ["f/b.jpg", "f/a.jpg"],
+            "path": ["f/b.jpg", "f/a.jpg"],
+            "orig_w": [8, 8],
+            "orig_h": [6, 6],
+            "split": ["test"] * 2,
+            "y_prob": [0.2, 0.9],
+        }
+    )
     listed, ids = coco_images(images)
     assert ids == {"f/a.jpg": 1, "f/b.jpg": 2} and listed[0]["split"] == "test" and listed[0]["y_prob"] == 0.9
-    gt = pd.DataFrame({"image_id": ["f/a.jpg", "f/a.jpg"], "cls": ["Abnormal", "Normal"], "x1": [1, 5],
-                       "y1": [1, 0], "x2": [3, 7], "y2": [3, 2]})  # fmt: skip
+    gt = pd.DataFrame(
+        {
+            "image_id": ["f/a.jpg", "f/a.jpg"],
+            "cls": ["Abnormal", "Normal"],
+            "x1": [1, 5],
+            "y1": [1, 0],
+            "x2": [3, 7],
+            "y2": [3, 2],
+        }
+    )
     mask = np.zeros((6, 8), bool)
     mask[1:3, 1:3] = True
     counts, h, w = encode_rle(mask)
-    stored = pd.DataFrame({"image_id": ["f/a.jpg"], "rank": [0], "x1_orig": [0.0], "y1_orig": [0.0],
-                           "x2_orig": [4.0], "y2_orig": [4.0]})  # fmt: skip
-    masks = pd.DataFrame({"image_id": ["f/a.jpg"], "rank": [0], "rle_counts": [counts], "rle_h": [h], "rle_w": [w],
-                          "area": [4], "kept": [True]})  # fmt: skip
+    stored = pd.DataFrame(
+        {"image_id": ["f/a.jpg"], "rank": [0], "x1_orig": [0.0], "y1_orig": [0.0], "x2_orig": [4.0], "y2_orig": [4.0]}
+    )
+    masks = pd.DataFrame(
+        {
+            "image_id": ["f/a.jpg"],
+            "rank": [0],
+            "rle_counts": [counts],
+            "rle_h": [h],
+            "rle_w": [w],
+            "area": [4],
+            "kept": [True],
+        }
+    )
     # Tuned boxes: a smaller box around the same peak (centre 2, 2) and one elsewhere (no mask).
-    tuned = pd.DataFrame({"image_id": ["f/a.jpg", "f/a.jpg"], "rank": [0, 1], "x1_orig": [1.0, 4.0],
-                          "y1_orig": [1.0, 3.0], "x2_orig": [3.0, 6.0], "y2_orig": [3.0, 5.0], "score": [1.0, 0.4],
-                          "score_raw": [2.0, 0.8], "y_prob": [0.9, 0.9]})  # fmt: skip
+    tuned = pd.DataFrame(
+        {
+            "image_id": ["f/a.jpg", "f/a.jpg"],
+            "rank": [0, 1],
+            "x1_orig": [1.0, 4.0],
+            "y1_orig": [1.0, 3.0],
+            "x2_orig": [3.0, 6.0],
+            "y2_orig": [3.0, 5.0],
+            "score": [1.0, 0.4],
+            "score_raw": [2.0, 0.8],
+            "y_prob": [0.9, 0.9],
+        }
+    )
     predictions = prediction_annotations(tuned, ids, mask_segments(masks, tuned, stored))
     paths = []
     for name, rows in (("gt", gt_annotations(gt, ids)), ("pred", predictions)):
@@ -135,8 +175,13 @@ def test_the_qc_table_lists_each_flag_once_with_both_counts_and_its_meaning() ->
 
 
 def test_the_shift_reference_table_shows_the_training_spread_beside_the_scored_median() -> None:
-    record = {"stats": ["mean_grey"], "median": {"mean_grey": 3.6}, "low": {"mean_grey": 1.0},
-              "high": {"mean_grey": 6.0}, "spread_quantile": 0.05}  # fmt: skip
+    record = {
+        "stats": ["mean_grey"],
+        "median": {"mean_grey": 3.6},
+        "low": {"mean_grey": 1.0},
+        "high": {"mean_grey": 6.0},
+        "spread_quantile": 0.05,
+    }
     page = shift_reference_html(record, {"mean_grey": 13.8})
     assert "<th>training p5</th>" in page and "<th>training p95</th>" in page
     assert "<td>1</td><td>3.6</td><td>6</td><td>13.8</td>" in page

@@ -1,9 +1,11 @@
-"""`python -m jobs.segtrain --check-enabled`: the switch `make all` asks before segtrain and segment."""
+"""`python -m jobs segtrain --check-enabled`: the switch `make all` asks before segtrain and segment."""
 
 from __future__ import annotations
 
-from jobs.segtrain import main
+from jobs import stage_main
 from tests.conftest import REPO
+
+main = stage_main("segtrain")
 
 
 def test_check_enabled_reports_the_switch_in_the_exit_code_and_runs_nothing() -> None:

@@ -56,10 +56,19 @@ class MethodRun:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-ready record: parameters and `view/folder -> metric -> value`."""
-        groups = {f"{view}/{folder}": {name: r.value for name, r in metrics.items()}
-                  for (view, folder), metrics in self.groups.items()}  # fmt: skip
-        return {"split": self.split, "params": asdict(self.params), "cutoff": self.cutoff, "canvas": list(self.canvas),
-                "source_run": self.source_run, "tuned_on": self.tuned_on, "groups": groups}  # fmt: skip
+        groups = {
+            f"{view}/{folder}": {name: r.value for name, r in metrics.items()}
+            for (view, folder), metrics in self.groups.items()
+        }
+        return {
+            "split": self.split,
+            "params": asdict(self.params),
+            "cutoff": self.cutoff,
+            "canvas": list(self.canvas),
+            "source_run": self.source_run,
+            "tuned_on": self.tuned_on,
+            "groups": groups,
+        }
 
 
 def heatmap_of(row: Any) -> np.ndarray:
@@ -105,8 +114,17 @@ def recompute_boxes(frame: pd.DataFrame, params: BoxParams) -> pd.DataFrame:
     """Returns `boxes`-table rows for every image of `frame` with `params` (NaN-probability images get none)."""
     parts = [pd.DataFrame(columns=["image_id", "rank", *ORIG_COLUMNS])]
     for _, chunk in frame.groupby(["heatmap_h", "heatmap_w", "canvas_h", "canvas_w"], sort=False):
-        wanted = ("image_id", "y_prob", "raw_min", "raw_max", "split", "folder", *META_COLUMNS, *BODY_CANVAS_COLUMNS,
-                  *PEAK_COLUMNS)  # fmt: skip
+        wanted = (
+            "image_id",
+            "y_prob",
+            "raw_min",
+            "raw_max",
+            "split",
+            "folder",
+            *META_COLUMNS,
+            *BODY_CANVAS_COLUMNS,
+            *PEAK_COLUMNS,
+        )
         batch: dict[str, Any] = {c: chunk[c].to_numpy() for c in wanted if c in chunk}
         maps = np.stack(chunk["heatmap"].to_numpy()).reshape(len(chunk), int(chunk["heatmap_h"].iloc[0]), -1)
         boxes, counts = pseudo_boxes(maps.astype(np.float16), batch, params)
@@ -148,18 +166,33 @@ def group_metrics(fine: dict[GroupKey, Any]) -> dict[GroupKey, dict[str, Ratio]]
 
 
 def score_method(
-    method: str, frame: pd.DataFrame, boxes: pd.DataFrame, peaks: list[tuple[int, int] | None],
-    gt: dict[str, tuple[np.ndarray, np.ndarray]], params: BoxParams, cutoff: float, settings: LocSettings,
+    method: str,
+    frame: pd.DataFrame,
+    boxes: pd.DataFrame,
+    peaks: list[tuple[int, int] | None],
+    gt: dict[str, tuple[np.ndarray, np.ndarray]],
+    params: BoxParams,
+    cutoff: float,
+    settings: LocSettings,
     source_run: str,
-) -> MethodRun:  # fmt: skip
+) -> MethodRun:
     """Returns `method` scored on every image of `frame` (peaks[i] belongs to row i) against the GT boxes."""
     by_image, empty = boxes_by_image(boxes), np.zeros((0, 4))
     fine: dict[GroupKey, LocalizationAccumulator] = {}
     for row, peak in zip(frame.itertuples(index=False), peaks, strict=True):
         abnormal, normal = gt.get(row.image_id, (empty, empty))
         prob = float(row.y_prob) if row.y_prob is not None else float("nan")
-        case = ImageCase(by_image.get(row.image_id, empty), abnormal, normal, peak, int(row.orig_h), int(row.orig_w),
-                         _label(row.label), prob, cutoff)  # fmt: skip
+        case = ImageCase(
+            by_image.get(row.image_id, empty),
+            abnormal,
+            normal,
+            peak,
+            int(row.orig_h),
+            int(row.orig_w),
+            _label(row.label),
+            prob,
+            cutoff,
+        )
         key = (str(row.view), str(row.folder))
         fine.setdefault(key, LocalizationAccumulator(settings)).update([case])
     canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
@@ -168,9 +201,14 @@ def score_method(
 
 
 def seed_rule_boxes(
-    method: str, frame: pd.DataFrame, gt: dict[str, tuple[np.ndarray, np.ndarray]], settings: LocSettings,
-    params: BoxParams, cutoff: float, source_run: str,
-) -> MethodRun:  # fmt: skip
+    method: str,
+    frame: pd.DataFrame,
+    gt: dict[str, tuple[np.ndarray, np.ndarray]],
+    settings: LocSettings,
+    params: BoxParams,
+    cutoff: float,
+    source_run: str,
+) -> MethodRun:
     """Returns the seed's way scored: its top-pixel boxes and brightest pixel on canvas-resolution maps."""
     rows, peaks = [], []
     for row in frame.itertuples(index=False):
@@ -179,7 +217,9 @@ def seed_rule_boxes(
         peaks.append(brightest_pixel_original(heat, meta))
         found = top_pixel_boxes(heat, params)
         orig = canvas_to_original(found[:, :4].reshape(-1, 4), meta)
-        rows += [{"image_id": row.image_id, "rank": rank, **dict(zip(ORIG_COLUMNS, box, strict=True))}
-                 for rank, box in enumerate(orig)]  # fmt: skip
+        rows += [
+            {"image_id": row.image_id, "rank": rank, **dict(zip(ORIG_COLUMNS, box, strict=True))}
+            for rank, box in enumerate(orig)
+        ]
     boxes = pd.DataFrame(rows, columns=["image_id", "rank", *ORIG_COLUMNS])
     return score_method(method, frame, boxes, peaks, gt, params, cutoff, settings, source_run)

@@ -70,9 +70,15 @@ def explode_boxes(
     names = ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")
     per_box = {k: np.asarray(batch[k])[img_idx] for k in names}
     orig = canvas_to_original_batch(
-        flat[:, :4], per_box["scale"], per_box["pad_left"], per_box["pad_top"], per_box["orig_w"], per_box["orig_h"],
-        new_w=per_box["new_w"], new_h=per_box["new_h"],
-    )  # fmt: skip
+        flat[:, :4],
+        per_box["scale"],
+        per_box["pad_left"],
+        per_box["pad_top"],
+        per_box["orig_w"],
+        per_box["orig_h"],
+        new_w=per_box["new_w"],
+        new_h=per_box["new_h"],
+    )
     raw_min = np.asarray(batch["raw_min"], dtype=np.float32)[img_idx]
     raw_max = np.asarray(batch["raw_max"], dtype=np.float32)[img_idx]
     columns: dict[str, np.ndarray] = {

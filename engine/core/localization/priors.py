@@ -144,7 +144,9 @@ class BoxAccuracyAccumulator:
     def compute(self) -> dict[str, Ratio]:
         """Returns `max_box_acc@iou…` = best correct images / target images, and `n_target_images`."""
         _, ious = self.settings
-        out = {f"max_box_acc@iou{d:g}": ratio(int(self.hits[:, j].max()) if self.hits is not None else 0, self.images)
-               for j, d in enumerate(ious)}  # fmt: skip
+        out = {
+            f"max_box_acc@iou{d:g}": ratio(int(self.hits[:, j].max()) if self.hits is not None else 0, self.images)
+            for j, d in enumerate(ious)
+        }
         out["n_target_images"] = ratio(self.images, None)
         return out

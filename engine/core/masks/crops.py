@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from engine.config_sections import MasksConfig
-from engine.core.masks.segmenters import border_and_peak, box_bounds, smooth
+from engine.core.masks.pixels import border_and_peak, box_bounds, smooth
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ class MaskMeasures:
     cam_ring: float  # mean CAM on the ring of ring_px around the mask (NaN when empty)
 
 
-def measure_mask(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, box: np.ndarray, peak: np.ndarray,
-                 cfg: MasksConfig) -> MaskMeasures:  # fmt: skip
+def measure_mask(
+    image: np.ndarray, heat: np.ndarray, mask: np.ndarray, box: np.ndarray, peak: np.ndarray, cfg: MasksConfig
+) -> MaskMeasures:
     """Returns the QC measures of one crop mask (inputs as in ``CropBatch``, one row)."""
     x1, y1, x2, y2 = box_bounds(box, image.shape)
     region = smooth(image, cfg.smooth_sigma)[y1:y2, x1:x2]
@@ -138,8 +139,15 @@ def measure_mask(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, box: np.
     return MaskMeasures(int(mask.sum()), float(contrast), float(heat[mask].mean()), cam_ring)
 
 
-def qc_flags(mask: np.ndarray, box: np.ndarray, peak: np.ndarray, measures: MaskMeasures, cfg: MasksConfig,
-             below_threshold: bool, agreement: float | None) -> list[str]:  # fmt: skip
+def qc_flags(
+    mask: np.ndarray,
+    box: np.ndarray,
+    peak: np.ndarray,
+    measures: MaskMeasures,
+    cfg: MasksConfig,
+    below_threshold: bool,
+    agreement: float | None,
+) -> list[str]:
     """Returns the QC reason codes of one crop mask (empty list: the mask is kept); see the module docstring."""
     if measures.area_px == 0:
         flags = ["empty"]

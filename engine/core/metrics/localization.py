@@ -35,8 +35,11 @@ class LocSettings:
 
     def criteria(self) -> tuple[tuple[str, str, float], ...]:
         """Returns (name, kind, threshold) per matching criterion, e.g. ("iou0.3", "iou", 0.3)."""
-        return tuple((f"{kind}{t:g}", kind, t) for kind, ts in (("iou", self.iou_thresholds),
-                     ("iogt", self.iogt_thresholds)) for t in ts)  # fmt: skip
+        return tuple(
+            (f"{kind}{t:g}", kind, t)
+            for kind, ts in (("iou", self.iou_thresholds), ("iogt", self.iogt_thresholds))
+            for t in ts
+        )
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,9 @@ def ratio(numerator: int, denominator: int | None) -> Ratio:
     return Ratio(numerator / denominator if denominator else float("nan"), int(numerator), int(denominator))
 
 
-def _score_target(counts: Counter, case: ImageCase, boxes: np.ndarray, hits: np.ndarray, is_above: bool,
-                  settings: LocSettings) -> None:  # fmt: skip
+def _score_target(
+    counts: Counter, case: ImageCase, boxes: np.ndarray, hits: np.ndarray, is_above: bool, settings: LocSettings
+) -> None:
     """Adds the counts of an image with Abnormal GT boxes: pointing, chance, hit@k, matches."""
     abnormal = pixel_boxes(case.gt_abnormal, case.orig_w, case.orig_h)
     counts["target_images"] += 1
@@ -231,8 +235,14 @@ def score_image(case: ImageCase, settings: LocSettings) -> Counter:
     has_prob = bool(np.isfinite(case.y_prob))
     is_above = has_prob and case.y_prob >= case.cutoff
     is_target, is_normal = len(abnormal) > 0, len(abnormal) == 0 and case.label == 0
-    counts = Counter(images=1, boxes=len(boxes), bad_boxes=int((~finite).sum()), nan_prob=int(not has_prob),
-                     boxes_on_normal_gt=int(on_normal.sum()), gt_normal=len(normal))  # fmt: skip
+    counts = Counter(
+        images=1,
+        boxes=len(boxes),
+        bad_boxes=int((~finite).sum()),
+        nan_prob=int(not has_prob),
+        boxes_on_normal_gt=int(on_normal.sum()),
+        gt_normal=len(normal),
+    )
     if is_above:
         counts.update(images_at_cutoff=1, boxes_at_cutoff=len(boxes), fp_boxes_at_cutoff=int((~hits).sum()))
     if is_normal:
@@ -244,8 +254,20 @@ def score_image(case: ImageCase, settings: LocSettings) -> Counter:
     return counts
 
 
-COUNT_METRICS = ("images", "target_images", "normal_images", "gt_abnormal", "gt_normal", "boxes", "images_at_cutoff",
-                 "abnormal_without_gt", "label_conflict", "no_peak", "nan_prob", "bad_boxes")  # fmt: skip
+COUNT_METRICS = (
+    "images",
+    "target_images",
+    "normal_images",
+    "gt_abnormal",
+    "gt_normal",
+    "boxes",
+    "images_at_cutoff",
+    "abnormal_without_gt",
+    "label_conflict",
+    "no_peak",
+    "nan_prob",
+    "bad_boxes",
+)
 
 
 @dataclass
@@ -276,8 +298,10 @@ class LocalizationAccumulator:
         `precision_on_target_images@…` divides by the boxes of images with an Abnormal box only.
         """
         c = self.counts
-        out = {"pointing_game": ratio(c["pointing_hits"], c["target_images"]),
-               "pointing_chance": ratio(c["chance_pixels"], c["image_pixels"])}  # fmt: skip
+        out = {
+            "pointing_game": ratio(c["pointing_hits"], c["target_images"]),
+            "pointing_chance": ratio(c["chance_pixels"], c["image_pixels"]),
+        }
         for k in self.settings.ks:
             out[f"hit@{k}"] = ratio(c[f"hits@{k}"], c["target_images"])
         for name, _, _ in self.settings.criteria():

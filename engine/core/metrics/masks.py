@@ -105,8 +105,12 @@ class PxapAccumulator:
         precision = np.divide(self.true_positive, predicted, out=np.zeros(len(predicted)), where=predicted > 0)
         recall = self.true_positive / self.positives if self.positives else np.zeros(len(predicted))
         drop = recall - np.append(recall[1:], 0.0)
-        return {"pxap": float(np.sum(drop * precision)), "precision": precision, "recall": recall,
-                "thresholds": self.thresholds}  # fmt: skip
+        return {
+            "pxap": float(np.sum(drop * precision)),
+            "precision": precision,
+            "recall": recall,
+            "thresholds": self.thresholds,
+        }
 
 
 def pxap(scores: list[np.ndarray], truths: list[np.ndarray], thresholds: np.ndarray | None = None) -> float:

@@ -17,8 +17,15 @@ class MetricNote(NamedTuple):
     text: str  # one plain sentence, the suffix (if any) spelled out
 
 
-GROUP_ORDER = ("Pointing", "Box precision / recall", "Boxes at the probability cutoff",
-               "False positives", "Box accuracy", "Masks", "Counts")  # fmt: skip
+GROUP_ORDER = (
+    "Pointing",
+    "Box precision / recall",
+    "Boxes at the probability cutoff",
+    "False positives",
+    "Box accuracy",
+    "Masks",
+    "Counts",
+)
 
 # The classification table's columns (``engine.core.metrics.classification.binary_metrics``) at the selected threshold.
 CLASSIFICATION: dict[str, str] = {
@@ -38,21 +45,34 @@ METRICS: dict[str, tuple[str, str]] = {
     "pointing_chance": ("Pointing", "the pointing game of a uniformly random pixel (the chance level)"),
     "hit": ("Pointing", "images with an Abnormal GT box where one of the best {at} pseudo boxes touches one"),
     "precision": ("Box precision / recall", "pseudo boxes (of every scored image) matching an Abnormal box at {at}"),
-    "precision_on_target_images": ("Box precision / recall", "as precision, counting only the boxes of images "
-                                   "that hold an Abnormal box"),  # fmt: skip
+    "precision_on_target_images": (
+        "Box precision / recall",
+        "as precision, counting only the boxes of images that hold an Abnormal box",
+    ),
     "recall": ("Box precision / recall", "Abnormal GT boxes matched by a pseudo box at {at}"),
-    "precision_at_cutoff": ("Boxes at the probability cutoff", "precision at {at}, boxes only on images with "
-                            "p >= the method's cutoff"),  # fmt: skip
+    "precision_at_cutoff": (
+        "Boxes at the probability cutoff",
+        "precision at {at}, boxes only on images with p >= the method's cutoff",
+    ),
     "recall_at_cutoff": ("Boxes at the probability cutoff", "recall at {at}, boxes only on images with p >= cutoff"),
-    "fp_boxes_per_image_at_cutoff": ("Boxes at the probability cutoff", "unmatched boxes per image, boxes only on "
-                                     "images with p >= cutoff"),  # fmt: skip
-    "fp_boxes_per_normal_image_at_cutoff": ("Boxes at the probability cutoff", "boxes per normal image, boxes only "
-                                            "on images with p >= cutoff"),  # fmt: skip
+    "fp_boxes_per_image_at_cutoff": (
+        "Boxes at the probability cutoff",
+        "unmatched boxes per image, boxes only on images with p >= cutoff",
+    ),
+    "fp_boxes_per_normal_image_at_cutoff": (
+        "Boxes at the probability cutoff",
+        "boxes per normal image, boxes only on images with p >= cutoff",
+    ),
     "fp_boxes_per_normal_image": ("False positives", "pseudo boxes per normal image (all of them are false)"),
-    "boxes_on_normal_gt": ("False positives", "pseudo boxes that miss every Abnormal box but touch a Normal "
-                           "(physiological) GT box"),  # fmt: skip
-    "max_box_acc": ("Box accuracy", "MaxBoxAcc (Choe et al. 2020): best share over CAM thresholds of target images "
-                    "whose CAM box reaches {at} with an Abnormal box"),  # fmt: skip
+    "boxes_on_normal_gt": (
+        "False positives",
+        "pseudo boxes that miss every Abnormal box but touch a Normal (physiological) GT box",
+    ),
+    "max_box_acc": (
+        "Box accuracy",
+        "MaxBoxAcc (Choe et al. 2020): best share over CAM thresholds of target images "
+        "whose CAM box reaches {at} with an Abnormal box",
+    ),
     "mask_box_iou": ("Masks", "mean over Abnormal boxes of the best IoU of a kept mask's bounding box"),
     "mask_inside_fraction": ("Masks", "mean share of a kept mask lying inside one Abnormal box"),
     "mask_hit_rate": ("Masks", "Abnormal boxes whose best kept-mask bounding box reaches the smallest IoU level"),

@@ -207,10 +207,20 @@ def refine_cell_centres(
     centre_y = (torch.arange(grid_h, device=device, dtype=torch.float64) + float(cell_centre[1])) * cell_h
     shift = max(abs(float(cell_centre[0]) - 0.5), abs(float(cell_centre[1]) - 0.5))
     span = math.ceil(reach + 0.5 + shift) + 1  # cells a window can touch on each side, pixel rounding included
-    cols = neighbour_spans(grid_w, width, (centre_x - reach * cell_w).floor().clamp(0, width).long(),
-                           (centre_x + reach * cell_w).ceil().clamp(0, width).long(), span)  # fmt: skip
-    rows = neighbour_spans(grid_h, height, (centre_y - reach * cell_h).floor().clamp(0, height).long(),
-                           (centre_y + reach * cell_h).ceil().clamp(0, height).long(), span)  # fmt: skip
+    cols = neighbour_spans(
+        grid_w,
+        width,
+        (centre_x - reach * cell_w).floor().clamp(0, width).long(),
+        (centre_x + reach * cell_w).ceil().clamp(0, width).long(),
+        span,
+    )
+    rows = neighbour_spans(
+        grid_h,
+        height,
+        (centre_y - reach * cell_h).floor().clamp(0, height).long(),
+        (centre_y + reach * cell_h).ceil().clamp(0, height).long(),
+        span,
+    )
     basins = cam_basins(cams) if cams is not None else torch.zeros(batch, grid_h, grid_w, device=device).long()
     total, sum_x, sum_y = basin_window_sums(tables, basins, rows, cols)
     has = total > 1e-12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,11 +21,18 @@ class ModelError(RuntimeError):
     """A model that cannot be built or a checkpoint that cannot be loaded."""
 
 
-def build_classifier(cfg: ModelConfig) -> nn.Module:
+def build_classifier(
+    cfg: ModelConfig, read_weights: Callable[[str], Mapping[str, torch.Tensor]] | None = None
+) -> nn.Module:
     """Returns the timm classifier with one logit (`timm.create_model`, the only call site).
 
+    Args:
+        read_weights: reads the state dict of `model.weights` when set (engine/io/checkpoints.py
+            `read_start_weights`; `build_classifier_from_files` passes it): core reads no files.
+
     Raises:
-        ModelError: hub weights unreachable (with the offline alternatives) or a bad weights file.
+        ModelError: hub weights unreachable (with the offline alternatives), a bad weights file, or `model.weights`
+            set without a `read_weights`.
     """
     import timm
 
@@ -42,18 +50,17 @@ def build_classifier(cfg: ModelConfig) -> nn.Module:
             ) from exc
         raise ModelError(f"cannot build model '{cfg.name}': {exc}") from exc
     if cfg.weights:
-        _load_start_weights(model, cfg.weights)
+        if read_weights is None:
+            raise ModelError(
+                f"model.weights={cfg.weights!r}: build the model with "
+                "engine.io.checkpoints.build_classifier_from_files, which reads the file"
+            )
+        _load_start_weights(model, read_weights(cfg.weights), cfg.weights)
     return model
 
 
-def _load_start_weights(model: nn.Module, path: str) -> None:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+def _load_start_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Copies the tensors of `state` whose name and shape fit the model (read from `path`, named in the log)."""
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(state) - set(kept))
@@ -128,5 +135,3 @@ def model_stride(model: nn.Module, info: dict[str, Any]) -> int:
     if feature_info:
         return int(feature_info[-1]["reduction"])
     return int(info.get("output_stride", 32))
-
-

@@ -67,8 +67,13 @@ def sens_spec_png(y_true: np.ndarray, y_prob: np.ndarray, thr: float, dpi: int) 
     ax.plot(THRESHOLD_GRID, sens, color="darkorange", label="sensitivity")
     ax.plot(THRESHOLD_GRID, spec, color="teal", label="specificity")
     ax.axvline(thr, color="crimson", linestyle="--", label=f"thr {thr:.3f}")
-    ax.set(xlabel="threshold (positive when p >= thr)", ylabel="rate", title="Sensitivity / specificity",
-           xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+    ax.set(
+        xlabel="threshold (positive when p >= thr)",
+        ylabel="rate",
+        title="Sensitivity / specificity",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="center left")
     return _png(fig, dpi)
 

@@ -70,8 +70,10 @@ def classification_html(row: dict[str, float]) -> str:
     lines = []
     for name, value in row.items():
         shown = f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
-        lines.append(f'<tr><td class="name"><code>{html.escape(name)}</code></td><td>{shown}</td>'
-                     f'<td class="text">{html.escape(CLASSIFICATION.get(name, ""))}</td></tr>')  # fmt: skip
+        lines.append(
+            f'<tr><td class="name"><code>{html.escape(name)}</code></td><td>{shown}</td>'
+            f'<td class="text">{html.escape(CLASSIFICATION.get(name, ""))}</td></tr>'
+        )
     return f'<table class="loc">{"".join(lines)}</table>'
 
 
@@ -84,7 +86,7 @@ def parameters(loc: pd.DataFrame, run_dir: str) -> pd.DataFrame:
     return shown.assign(canvas=canvas, run=source)
 
 
-QC_NOTES = {  # QC flag -> what it means, for the report's QC table (engine/core/scans/qc.py, engine/stages/common.py)
+QC_NOTES = {  # QC flag -> what it means, for the report's QC table (engine/core/scans/qc.py, engine/stages/_rows.py)
     "noise_frame": "no body: detector noise or a blank frame (no smooth body-shaped blob)",
     "low_count": "fewer counts per body pixel than qc.low_count_per_px (true counts where the file has them)",
     "small_body": "body shorter than qc.small_body_height of the frame (a child, or a partial scan)",
@@ -107,8 +109,10 @@ def qc_counts_html(indexed: dict[str, int], scored: dict[str, int], images: int,
         counts = "".join(f"<td>{table[flag]}</td>" if flag in table else "<td>–</td>" for table in (indexed, scored))
         name, note = html.escape(flag), html.escape(QC_NOTES.get(flag, ""))
         lines.append(f'<tr><td class="name"><code>{name}</code></td>{counts}<td class="text">{note}</td></tr>')
-    head = (f"<tr><th>flag</th><th>indexed images<br><small>of {images}</small></th><th>scored images<br><small>of "
-            f"{scored_images}</small></th><th>meaning</th></tr>")  # fmt: skip
+    head = (
+        f"<tr><th>flag</th><th>indexed images<br><small>of {images}</small></th><th>scored images<br><small>of "
+        f"{scored_images}</small></th><th>meaning</th></tr>"
+    )
     return f'<table class="loc qc">{head}{"".join(lines)}</table>'
 
 
@@ -116,8 +120,10 @@ def shift_reference_html(record: dict, here: dict[str, float]) -> str:
     """Returns the domain_shift reference as a table: per statistic the training images' median and side quantiles
     (engine.core.scans.qc.ShiftReference.to_dict) beside the scored images' median (`here`: stat -> value)."""
     q = float(record.get("spread_quantile", 0.05))
-    head = (f"<tr><th>statistic</th><th>training p{100 * q:g}</th><th>training median</th>"
-            f"<th>training p{100 * (1 - q):g}</th><th>scored median</th></tr>")  # fmt: skip
+    head = (
+        f"<tr><th>statistic</th><th>training p{100 * q:g}</th><th>training median</th>"
+        f"<th>training p{100 * (1 - q):g}</th><th>scored median</th></tr>"
+    )
     lines = []
     for name in record["stats"]:
         values = (record["low"][name], record["median"][name], record["high"][name], here.get(name, float("nan")))

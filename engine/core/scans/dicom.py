@@ -44,21 +44,42 @@ UNKNOWN_VIEW = "unknown"
 MAX_FRAMES = 64  # a whole-body study holds 1-2 frames; more is a dynamic or SPECT acquisition, not a scan
 PAIR_FRAMES = 2  # frames of one energy window a file without per-frame detectors may hold (an ANT/POST pair)
 MEDIA_DIRECTORY_UID = "1.2.840.10008.1.3.10"  # DICOMDIR
-SECONDARY_CAPTURE_UIDS = frozenset({
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
-    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
-})  # fmt: skip
+SECONDARY_CAPTURE_UIDS = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+    }
+)
 # ImageType value 3 of NM acquisitions that are not one static picture per view (PS3.3 C.8.4.8.1.1)
 NOT_STATIC_KINDS = frozenset({"DYNAMIC", "GATED", "TOMO", "GATED TOMO", "RECON TOMO", "RECON GATED TOMO"})
 # Frame Increment Pointer vectors that index frames by time, phase, rotation or slice, never by view
-MOTION_VECTORS = ("TimeSliceVector", "PhaseVector", "RRIntervalVector", "TimeSlotVector", "RotationVector",
-                  "AngularViewVector", "SliceVector")  # fmt: skip
+MOTION_VECTORS = (
+    "TimeSliceVector",
+    "PhaseVector",
+    "RRIntervalVector",
+    "TimeSlotVector",
+    "RotationVector",
+    "AngularViewVector",
+    "SliceVector",
+)
 SKIP_CODES = frozenset({"dicomdir", "not_static", "secondary_energy_window"})  # left out on purpose, not errors
-ERROR_CODES = frozenset({"unreadable_dicom", "bad_frames", "no_image", "secondary_capture", "color_image",
-                         "palette_color", "derived_image", "not_nm", "bad_rescale", "undecodable"})  # fmt: skip
+ERROR_CODES = frozenset(
+    {
+        "unreadable_dicom",
+        "bad_frames",
+        "no_image",
+        "secondary_capture",
+        "color_image",
+        "palette_color",
+        "derived_image",
+        "not_nm",
+        "bad_rescale",
+        "undecodable",
+    }
+)
 REASON_CODES = ERROR_CODES | SKIP_CODES  # every code this module's reasons start with
 # PatientID values that name nobody (anonymiser placeholders); the file stem stands in for them.
 ANONYMOUS_ID_RE = re.compile(r"^(?:|anon\w*|anonymous|unknown|none|n/?a|0+|x+)$", re.IGNORECASE)
@@ -139,8 +160,9 @@ def read_nm_frames(source: BinaryIO) -> list[DicomFrame]:
 def _nm_study(header: pydicom.Dataset) -> NmStudy:
     """Returns the kept frames and left-out reasons of a parsed header (read_nm_study)."""
     if _sop_classes(header) & {MEDIA_DIRECTORY_UID}:
-        return NmStudy([], ["dicomdir: a PS3.10 media directory (DICOMDIR), not an image; its files are read"
-                            " where they lie"])  # fmt: skip
+        return NmStudy(
+            [], ["dicomdir: a PS3.10 media directory (DICOMDIR), not an image; its files are read where they lie"]
+        )
     _refuse_object(header)
     frames = _frame_count(header)
     not_static = _not_static(header, frames)
@@ -151,17 +173,28 @@ def _nm_study(header: pydicom.Dataset) -> NmStudy:
     kept, left_out = _primary_window(header, frames)
     explained = max(_detector_count(header), PAIR_FRAMES)
     if len(kept) > explained:
-        return NmStudy([], [f"not_static: {len(kept)} frames in one energy window but its detector views explain"
-                            f" {explained} (a dynamic, gated or tomographic series?); not indexed"])  # fmt: skip
+        return NmStudy(
+            [],
+            [
+                f"not_static: {len(kept)} frames in one energy window but its detector views explain"
+                f" {explained} (a dynamic, gated or tomographic series?); not indexed"
+            ],
+        )
     spacing = _spacing(header)
     kind = _values(header, "ImageType")[2:3]
     whole_body = not kind or kind[0] == "WHOLE BODY"
     patient = str(header.get("PatientID", "") or "").strip()
     records = [
-        DicomFrame(frame, _frame_view(header, frame, frames), None if ANONYMOUS_ID_RE.match(patient) else patient,
-                   *spacing, _iso_date(header.get("StudyDate")), whole_body)
+        DicomFrame(
+            frame,
+            _frame_view(header, frame, frames),
+            None if ANONYMOUS_ID_RE.match(patient) else patient,
+            *spacing,
+            _iso_date(header.get("StudyDate")),
+            whole_body,
+        )
         for frame in kept
-    ]  # fmt: skip
+    ]
     return NmStudy(records, left_out)
 
 
@@ -190,8 +223,10 @@ def _refuse_object(header: pydicom.Dataset) -> None:
         raise DicomError(f"no_image: no Rows/Columns (Modality {modality!r}): not an image object; not indexed")
     capture = sorted(_sop_classes(header) & SECONDARY_CAPTURE_UIDS)
     if capture:
-        raise DicomError(f"secondary_capture: SOP class {capture[0]} (Modality {modality!r}): a Secondary Capture"
-                         " (screen or derived image), not an acquisition; not indexed")  # fmt: skip
+        raise DicomError(
+            f"secondary_capture: SOP class {capture[0]} (Modality {modality!r}): a Secondary Capture"
+            " (screen or derived image), not an acquisition; not indexed"
+        )
     _refuse_colour(header)
     if modality != NM_MODALITY:
         raise DicomError(f"not_nm: Modality {modality!r}, only {NM_MODALITY!r} (nuclear medicine) is scored")
@@ -202,8 +237,10 @@ def _refuse_colour(header: pydicom.Dataset) -> str:
     samples = header.get("SamplesPerPixel", 1)
     photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
     if _int(samples, 1) > 1:
-        raise DicomError(f"color_image: {samples} samples per pixel ({photometric or 'no photometric'}): a colour"
-                         " rendering, not counts")  # fmt: skip
+        raise DicomError(
+            f"color_image: {samples} samples per pixel ({photometric or 'no photometric'}): a colour"
+            " rendering, not counts"
+        )
     if photometric == "PALETTE COLOR":
         raise DicomError("palette_color: PALETTE COLOR pixels are indices into a colour map, not counts")
     return photometric
@@ -214,8 +251,9 @@ def _refuse_derived(header: pydicom.Dataset) -> None:
     image_type = _values(header, "ImageType")
     if image_type[:1] == ["DERIVED"] or image_type[1:2] == ["SECONDARY"]:
         stated = "\\".join(image_type)
-        raise DicomError(f"derived_image: ImageType {stated}: derived from another image, not an acquisition;"
-                         " not indexed")  # fmt: skip
+        raise DicomError(
+            f"derived_image: ImageType {stated}: derived from another image, not an acquisition; not indexed"
+        )
 
 
 def _int(value: object, default: int) -> int:
@@ -229,8 +267,10 @@ def _int(value: object, default: int) -> int:
 def _rescale(header: pydicom.Dataset) -> tuple[float, float]:
     """Returns (RescaleSlope, RescaleIntercept), (1, 0) when absent; bad_rescale unless the slope is positive."""
     try:
-        slope, intercept = (float(header.get(name) if header.get(name) not in (None, "") else default)
-                            for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))  # fmt: skip
+        slope, intercept = (
+            float(header.get(name) if header.get(name) not in (None, "") else default)
+            for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0))
+        )
     except (TypeError, ValueError) as exc:
         raise DicomError(f"bad_rescale: RescaleSlope/RescaleIntercept are not numbers: {exc}") from exc
     if not (np.isfinite(slope) and np.isfinite(intercept) and slope > 0):
@@ -274,12 +314,16 @@ def _primary_window(header: pydicom.Dataset, frames: int) -> tuple[list[int], li
     primary = 1 if 1 in vector else min(vector)
     kept = [frame for frame, window in enumerate(vector) if window == primary]
     others = [frame for frame, window in enumerate(vector) if window != primary]
-    names = [str(item.get("EnergyWindowName", "") or "").strip()
-             for item in header.get("EnergyWindowInformationSequence") or []]  # fmt: skip
+    names = [
+        str(item.get("EnergyWindowName", "") or "").strip()
+        for item in header.get("EnergyWindowInformationSequence") or []
+    ]
     named = {window: names[window - 1] for window in set(vector) if 0 < window <= len(names) and names[window - 1]}
     windows = ", ".join(f"{w} {named[w]!r}" if w in named else str(w) for w in sorted(set(vector) - {primary}))
-    reason = (f"secondary_energy_window: frame(s) {', '.join(map(str, others))} of energy window(s) {windows} not"
-              f" indexed; only window {primary}'s frames ({', '.join(map(str, kept))}) are")  # fmt: skip
+    reason = (
+        f"secondary_energy_window: frame(s) {', '.join(map(str, others))} of energy window(s) {windows} not"
+        f" indexed; only window {primary}'s frames ({', '.join(map(str, kept))}) are"
+    )
     return kept, [reason]
 
 

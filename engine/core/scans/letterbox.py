@@ -196,8 +196,16 @@ def canvas_to_original_batch(
         new_h: (N,) height of the resized image on the canvas, px (optional, preferred).
     """
     boxes = _as_boxes(boxes)
-    meta = _per_row(len(boxes), scale=scale, pad_left=pad_left, pad_top=pad_top, orig_w=orig_w, orig_h=orig_h,
-                    new_w=new_w, new_h=new_h)  # fmt: skip
+    meta = _per_row(
+        len(boxes),
+        scale=scale,
+        pad_left=pad_left,
+        pad_top=pad_top,
+        orig_w=orig_w,
+        orig_h=orig_h,
+        new_w=new_w,
+        new_h=new_h,
+    )
     orig_w, orig_h = meta["orig_w"], meta["orig_h"]
     if np.any(meta["scale"] <= 0) or np.any(orig_w < 1) or np.any(orig_h < 1):
         raise LetterboxError("scale must be > 0 and orig_w, orig_h >= 1 for every row")

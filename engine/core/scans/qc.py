@@ -96,8 +96,9 @@ def check_counts(counts: np.ndarray, image: np.ndarray) -> np.ndarray:
     """Returns `counts` if it is a real-valued array of the image's shape; raises ValueError otherwise."""
     if not isinstance(counts, np.ndarray) or counts.shape != image.shape or not np.isrealobj(counts):
         shape, dtype = getattr(counts, "shape", None), getattr(counts, "dtype", type(counts).__name__)
-        raise ValueError(f"QC counts must be a real (H, W) array of the image's shape {image.shape}, got shape"
-                         f" {shape} dtype {dtype}")  # fmt: skip
+        raise ValueError(
+            f"QC counts must be a real (H, W) array of the image's shape {image.shape}, got shape {shape} dtype {dtype}"
+        )
     return counts
 
 
@@ -203,9 +204,12 @@ def counts_per_body_px(
 
 
 def image_qc(
-    image: np.ndarray, thresholds: QcThresholds = QcThresholds(), whole_body: bool = True,
-    counts: np.ndarray | None = None, pixel_mm: tuple[float, float] | None = None,
-) -> ImageQc:  # fmt: skip
+    image: np.ndarray,
+    thresholds: QcThresholds = QcThresholds(),
+    whole_body: bool = True,
+    counts: np.ndarray | None = None,
+    pixel_mm: tuple[float, float] | None = None,
+) -> ImageQc:
     """Returns the QC statistics and flags of one uint8 (H, W) image.
 
     Args:
@@ -324,12 +328,17 @@ class ShiftReference:
         stats = list(self.stats)
         return {
             "rule": "flag when max over stats of (x - median) / (high - median) above the median, (median - x) /"
-                    " (median - low) below, exceeds threshold (the 1 - alpha quantile of the training images' scores)",
-            "stats": stats, "median": dict(zip(stats, self.median, strict=True)),
-            "low": dict(zip(stats, self.low, strict=True)), "high": dict(zip(stats, self.high, strict=True)),
-            "threshold": self.threshold, "alpha": self.alpha, "spread_quantile": self.spread_quantile,
-            "images": self.images, "train_flagged": self.train_flagged,
-        }  # fmt: skip
+            " (median - low) below, exceeds threshold (the 1 - alpha quantile of the training images' scores)",
+            "stats": stats,
+            "median": dict(zip(stats, self.median, strict=True)),
+            "low": dict(zip(stats, self.low, strict=True)),
+            "high": dict(zip(stats, self.high, strict=True)),
+            "threshold": self.threshold,
+            "alpha": self.alpha,
+            "spread_quantile": self.spread_quantile,
+            "images": self.images,
+            "train_flagged": self.train_flagged,
+        }
 
     @classmethod
     def from_dict(cls, record: dict) -> ShiftReference:
@@ -339,10 +348,17 @@ class ShiftReference:
         def values(key: str) -> tuple[float, ...]:
             return tuple(float(record[key][name]) for name in stats)
 
-        return cls(stats=stats, median=values("median"), low=values("low"), high=values("high"),
-                   threshold=float(record["threshold"]), images=int(record["images"]),
-                   train_flagged=int(record["train_flagged"]), alpha=float(record.get("alpha", SHIFT_ALPHA)),
-                   spread_quantile=float(record.get("spread_quantile", SHIFT_SPREAD_QUANTILE)))  # fmt: skip
+        return cls(
+            stats=stats,
+            median=values("median"),
+            low=values("low"),
+            high=values("high"),
+            threshold=float(record["threshold"]),
+            images=int(record["images"]),
+            train_flagged=int(record["train_flagged"]),
+            alpha=float(record.get("alpha", SHIFT_ALPHA)),
+            spread_quantile=float(record.get("spread_quantile", SHIFT_SPREAD_QUANTILE)),
+        )
 
 
 def _side_spreads(median: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -380,18 +396,26 @@ def fit_shift_reference(
     scores = _scores(values, median, low, high)
     finite = scores[np.isfinite(scores)]
     threshold = float(np.quantile(finite, 1 - alpha, method="higher"))
-    return ShiftReference(stats=names, median=tuple(map(float, median)), low=tuple(map(float, low)),
-                          high=tuple(map(float, high)), threshold=threshold, images=int(len(finite)),
-                          train_flagged=int((finite > threshold).sum()), alpha=alpha,
-                          spread_quantile=spread_quantile)  # fmt: skip
+    return ShiftReference(
+        stats=names,
+        median=tuple(map(float, median)),
+        low=tuple(map(float, low)),
+        high=tuple(map(float, high)),
+        threshold=threshold,
+        images=int(len(finite)),
+        train_flagged=int((finite > threshold).sum()),
+        alpha=alpha,
+        spread_quantile=spread_quantile,
+    )
 
 
 def shift_scores(stats: dict[str, np.ndarray], reference: ShiftReference) -> np.ndarray:
     """Returns each image's shift score against `reference` (NaN where none of its statistics is measured)."""
     n = len(next(iter(stats.values()))) if stats else 0
     values = _matrix(stats, reference.stats, n)
-    return _scores(values, *(np.asarray(v, dtype=np.float64) for v in (reference.median, reference.low,
-                                                                        reference.high)))  # fmt: skip
+    return _scores(
+        values, *(np.asarray(v, dtype=np.float64) for v in (reference.median, reference.low, reference.high))
+    )
 
 
 def domain_shift(stats: dict[str, np.ndarray], reference: ShiftReference | None) -> np.ndarray:

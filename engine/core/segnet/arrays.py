@@ -130,7 +130,19 @@ def component_rows(prob: np.ndarray, meta: dict[str, Any], settings: Any) -> lis
             continue
         counts, h, w = encode_rle(orig)
         bbox = mask_bbox(orig) or (np.nan,) * 4
-        rows.append({"rank": len(rows), "rle_counts": counts, "rle_h": h, "rle_w": w, "area": int(orig.sum()),
-                     "mask_x1": bbox[0], "mask_y1": bbox[1], "mask_x2": bbox[2], "mask_y2": bbox[3],
-                     "score": score, "y_prob": y_prob})  # fmt: skip
+        rows.append(
+            {
+                "rank": len(rows),
+                "rle_counts": counts,
+                "rle_h": h,
+                "rle_w": w,
+                "area": int(orig.sum()),
+                "mask_x1": bbox[0],
+                "mask_y1": bbox[1],
+                "mask_x2": bbox[2],
+                "mask_y2": bbox[3],
+                "score": score,
+                "y_prob": y_prob,
+            }
+        )
     return rows

@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.config import Config
+from engine.config_sections import SegTrainConfig
 from engine.core.model.classifier import ModelError
 
 log = logging.getLogger(__name__)
 SEGNET_DIR = "segnet"
 
 
-def segnet_arch(cfg: Config) -> dict[str, Any]:
-    """Returns what rebuilds the network: arch, timm encoder name, decoder widths."""
-    seg = cfg.segtrain
-    return {"arch": seg.arch, "encoder": seg.encoder or cfg.model.name, "decoder_channels": list(seg.decoder_channels)}
+def segnet_arch(seg: SegTrainConfig, model_name: str) -> dict[str, Any]:
+    """Returns what rebuilds the network: arch, timm encoder name (`segtrain.encoder`, else the classifier's
+    `model_name`), decoder widths."""
+    return {"arch": seg.arch, "encoder": seg.encoder or model_name, "decoder_channels": list(seg.decoder_channels)}
 
 
 def build_segnet(arch: dict[str, Any]) -> nn.Module:
@@ -41,8 +41,15 @@ def build_segnet(arch: dict[str, Any]) -> nn.Module:
     extra = {"decoder_channels": tuple(arch["decoder_channels"])} if arch["arch"] == "Unet" else {}
     depth = len(arch["decoder_channels"]) if arch["arch"] == "Unet" else 5
     try:
-        return smp.create_model(arch["arch"], encoder_name=f"tu-{arch['encoder']}", encoder_weights=None,
-                                encoder_depth=depth, in_channels=3, classes=1, **extra)  # fmt: skip
+        return smp.create_model(
+            arch["arch"],
+            encoder_name=f"tu-{arch['encoder']}",
+            encoder_weights=None,
+            encoder_depth=depth,
+            in_channels=3,
+            classes=1,
+            **extra,
+        )
     except Exception as exc:  # smp and timm raise many types for a bad name or depth
         raise ModelError(f"cannot build segnet {arch}: {type(exc).__name__}: {exc}") from exc
 
@@ -61,5 +68,3 @@ class SegLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Returns the weighted loss of logits vs a 0/1 float target of the same shape."""
         return self.dice_weight * self.dice(logits, target) + self.focal_weight * self.focal(logits, target)
-
-

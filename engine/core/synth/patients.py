@@ -22,8 +22,9 @@ CONTAMINATION_RATE = 0.12  # urine contamination specks on skin or clothing (unb
 CATHETER_RATE = 0.04  # a urinary catheter with its bag
 
 
-def _normal(body: Body, u: float, t: float, radius: tuple[float, float], amp: np.ndarray,
-            boxed: tuple[bool, bool]) -> Spot:  # fmt: skip
+def _normal(
+    body: Body, u: float, t: float, radius: tuple[float, float], amp: np.ndarray, boxed: tuple[bool, bool]
+) -> Spot:
     """Returns a Normal spot at body coordinates (u, t) with radii (rx, ry) px and per-view peaks."""
     x, y = body.point(u, t)
     return Spot("Normal", x, y, radius[0], radius[1], (float(amp[0]), float(amp[1])), boxed)
@@ -142,9 +143,18 @@ def sample_patient(
     for view in np.flatnonzero(is_noise):
         spots = _without_view(spots, int(view))
     return Patient(
-        pid=pid, body=body, bone_level=float(levels[0]), gain=(1.0, float(levels[1])), tissue_level=float(levels[2]),
-        background=float(levels[3]), count_factor=float(low_factor) if is_low_count else 1.0, blur=float(levels[4]),
-        spots=tuple(spots), tubes=tuple(tubes), is_noise=(bool(is_noise[0]), bool(is_noise[1])),
-        has_regions=bool(has_regions), has_normal_xml=(bool(has_normal_xml[0]), bool(has_normal_xml[1])),
+        pid=pid,
+        body=body,
+        bone_level=float(levels[0]),
+        gain=(1.0, float(levels[1])),
+        tissue_level=float(levels[2]),
+        background=float(levels[3]),
+        count_factor=float(low_factor) if is_low_count else 1.0,
+        blur=float(levels[4]),
+        spots=tuple(spots),
+        tubes=tuple(tubes),
+        is_noise=(bool(is_noise[0]), bool(is_noise[1])),
+        has_regions=bool(has_regions),
+        has_normal_xml=(bool(has_normal_xml[0]), bool(has_normal_xml[1])),
         crop_scale=crop_scale,
-    )  # fmt: skip
+    )

@@ -40,12 +40,15 @@ Gt = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _box_rows(image_id: str, boxes: np.ndarray) -> list[dict[str, Any]]:
-    return [{"image_id": image_id, "rank": rank, **dict(zip(ORIG_COLUMNS, box, strict=True))}
-            for rank, box in enumerate(boxes)]  # fmt: skip
+    return [
+        {"image_id": image_id, "rank": rank, **dict(zip(ORIG_COLUMNS, box, strict=True))}
+        for rank, box in enumerate(boxes)
+    ]
 
 
-def centre_prior_method(frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float, settings: LocSettings,
-                        source: str) -> MethodRun:  # fmt: skip
+def centre_prior_method(
+    frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float, settings: LocSettings, source: str
+) -> MethodRun:
     """Returns the centre prior scored on `frame`: peak at the image centre, boxes along the vertical midline."""
     rows, peaks = [], []
     for row in frame.itertuples(index=False):
@@ -64,8 +67,9 @@ def _prior_of_image(cfg: Config, path: str, meta: LetterboxMeta) -> np.ndarray:
     return brightness_prior_map(canvas, meta, cfg.evaluate.prior_sigma_px)
 
 
-def body_prior_method(cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float,
-                      settings: LocSettings) -> tuple[MethodRun, dict[str, Any]]:  # fmt: skip
+def body_prior_method(
+    cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float, settings: LocSettings
+) -> tuple[MethodRun, dict[str, Any]]:
     """Returns the brightness prior scored on `frame` and its account (images read, unreadable by reason).
 
     The prior map replaces the CAM: peak = its best body peak (the brightest smoothed body pixel), boxes = the
@@ -90,8 +94,9 @@ def body_prior_method(cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxParam
     return run, note
 
 
-def max_box_acc_method(cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float,
-                       source: str) -> tuple[MethodRun, dict[str, Any]]:  # fmt: skip
+def max_box_acc_method(
+    cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxParams, cutoff: float, source: str
+) -> tuple[MethodRun, dict[str, Any]]:
     """Returns MaxBoxAcc of the stored heatmaps over the target images, and the best threshold per IoU level.
 
     Images without an Abnormal box are not part of it (Choe et al. score images that hold an object).
@@ -111,7 +116,8 @@ def max_box_acc_method(cfg: Config, frame: pd.DataFrame, gt: Gt, params: BoxPara
     for acc in fine.values():
         total = total.merge(acc)
     canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
-    run = MethodRun("max_box_acc", str(frame["split"].iloc[0]), params, float(cutoff), canvas, source,
-                    group_metrics(fine))  # fmt: skip
+    run = MethodRun(
+        "max_box_acc", str(frame["split"].iloc[0]), params, float(cutoff), canvas, source, group_metrics(fine)
+    )
     note = {"step": cfg.evaluate.box_acc_step, "thresholds": len(thresholds), "best_threshold": total.best_thresholds()}
     return run, note

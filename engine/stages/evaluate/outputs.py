@@ -30,8 +30,10 @@ from engine.io.fs import resolve_fs
 from engine.io.tables import read_table
 from engine.stages.evaluate.population import scored_frame
 
-CATEGORIES = [{"id": 1, "name": "Abnormal", "supercategory": "uptake"},
-              {"id": 2, "name": "Normal", "supercategory": "uptake"}]  # fmt: skip
+CATEGORIES = [
+    {"id": 1, "name": "Abnormal", "supercategory": "uptake"},
+    {"id": 2, "name": "Normal", "supercategory": "uptake"},
+]
 CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}  # pseudo boxes are Abnormal candidates
 LICENSES = [{"id": 1, "name": "unspecified: the licence of the source data set applies", "url": ""}]
 
@@ -71,9 +73,19 @@ def coco_images(images: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[str, i
     """
     images = images.drop_duplicates("image_id").sort_values("image_id").reset_index(drop=True)
     ids = {str(image_id): n + 1 for n, image_id in enumerate(images["image_id"])}
-    listed = [{"id": ids[str(r.image_id)], "file_name": r.path, "width": int(r.orig_w), "height": int(r.orig_h),
-               "license": 1, "image_key": r.image_id, "split": r.split, "y_prob": _number(r.y_prob, 6)}
-              for r in images.itertuples(index=False)]  # fmt: skip
+    listed = [
+        {
+            "id": ids[str(r.image_id)],
+            "file_name": r.path,
+            "width": int(r.orig_w),
+            "height": int(r.orig_h),
+            "license": 1,
+            "image_key": r.image_id,
+            "split": r.split,
+            "y_prob": _number(r.y_prob, 6),
+        }
+        for r in images.itertuples(index=False)
+    ]
     return listed, ids
 
 
@@ -93,10 +105,22 @@ def prediction_annotations(boxes: pd.DataFrame, ids: dict[str, int], segments: d
     out = []
     for r in boxes.sort_values(["image_id", "rank"], kind="stable").itertuples(index=False):
         bbox, area = _xywh(r.x1_orig, r.y1_orig, r.x2_orig, r.y2_orig)
-        out.append({"id": len(out) + 1, "image_id": ids[str(r.image_id)], "category_id": CATEGORY_IDS["Abnormal"],
-                    "iscrowd": 0, "bbox": bbox, "area": area, "score": _number(r.score),
-                    "score_raw": _number(r.score_raw), "rank": int(r.rank), "y_prob": _number(r.y_prob),
-                    "segmentation": [], **segments.get((str(r.image_id), int(r.rank)), {})})  # fmt: skip
+        out.append(
+            {
+                "id": len(out) + 1,
+                "image_id": ids[str(r.image_id)],
+                "category_id": CATEGORY_IDS["Abnormal"],
+                "iscrowd": 0,
+                "bbox": bbox,
+                "area": area,
+                "score": _number(r.score),
+                "score_raw": _number(r.score_raw),
+                "rank": int(r.rank),
+                "y_prob": _number(r.y_prob),
+                "segmentation": [],
+                **segments.get((str(r.image_id), int(r.rank)), {}),
+            }
+        )
     return out
 
 
@@ -106,8 +130,17 @@ def gt_annotations(gt: pd.DataFrame, ids: dict[str, int]) -> list[dict[str, Any]
     out = []
     for r in rows.sort_values(["image_id", "cls", "x1", "y1"], kind="stable").itertuples(index=False):
         bbox, area = _xywh(r.x1, r.y1, r.x2, r.y2)
-        out.append({"id": len(out) + 1, "image_id": ids[str(r.image_id)], "category_id": CATEGORY_IDS[r.cls],
-                    "iscrowd": 0, "bbox": bbox, "area": area, "segmentation": []})  # fmt: skip
+        out.append(
+            {
+                "id": len(out) + 1,
+                "image_id": ids[str(r.image_id)],
+                "category_id": CATEGORY_IDS[r.cls],
+                "iscrowd": 0,
+                "bbox": bbox,
+                "area": area,
+                "segmentation": [],
+            }
+        )
     return out
 
 
@@ -125,8 +158,10 @@ def mask_segments(masks: pd.DataFrame, boxes: pd.DataFrame, stored: pd.DataFrame
     centres = {}
     for r in with_box.itertuples(index=False):
         key = (str(r.image_id), round((r.x1_orig + r.x2_orig) / 2 * 2), round((r.y1_orig + r.y2_orig) / 2 * 2))
-        centres[key] = {"segmentation": {"size": [int(r.rle_h), int(r.rle_w)], "counts": str(r.rle_counts)},
-                        "mask_area": int(r.area)}  # fmt: skip
+        centres[key] = {
+            "segmentation": {"size": [int(r.rle_h), int(r.rle_w)], "counts": str(r.rle_counts)},
+            "mask_area": int(r.area),
+        }
     out = {}
     for r in boxes.itertuples(index=False):
         key = (str(r.image_id), round((r.x1_orig + r.x2_orig) / 2 * 2), round((r.y1_orig + r.y2_orig) / 2 * 2))
@@ -143,16 +178,24 @@ def _export_boxes(cfg: Config, frame: pd.DataFrame, stored: pd.DataFrame, tuning
     chosen = tuning.get("chosen")
     if not chosen:
         found = [c for c in ("box_size", "nms_iou", "boxes_max", "min_score") if c in stored]
-        return stored, {"boxes_from": "the run's boxes table (make cam / make boxes), every box",
-                        "box_params": stored[found].drop_duplicates().to_dict("records"), "cutoff": None,
-                        "tuned_on": None}  # fmt: skip
-    params = BoxParams(size=chosen["size"], max_boxes=cfg.boxes.max, nms_iou=chosen["nms_iou"],
-                       min_score=chosen["min_score"])  # fmt: skip
+        return stored, {
+            "boxes_from": "the run's boxes table (make cam / make boxes), every box",
+            "box_params": stored[found].drop_duplicates().to_dict("records"),
+            "cutoff": None,
+            "tuned_on": None,
+        }
+    params = BoxParams(
+        size=chosen["size"], max_boxes=cfg.boxes.max, nms_iou=chosen["nms_iou"], min_score=chosen["min_score"]
+    )
     boxes = recompute_boxes(valid_heatmaps(frame)[0], params)
     boxes = boxes[boxes["y_prob"].astype(float) >= chosen["cutoff"]] if len(boxes) else boxes
-    return boxes, {"boxes_from": f"peaks_tuned: box settings and probability cutoff chosen by make evaluate on "
-                   f"split {tuning['split']} ({tuning['objective']}); boxes only on images with y_prob >= cutoff",
-                   "box_params": [asdict(params)], "cutoff": chosen["cutoff"], "tuned_on": tuning["split"]}  # fmt: skip
+    return boxes, {
+        "boxes_from": f"peaks_tuned: box settings and probability cutoff chosen by make evaluate on "
+        f"split {tuning['split']} ({tuning['objective']}); boxes only on images with y_prob >= cutoff",
+        "box_params": [asdict(params)],
+        "cutoff": chosen["cutoff"],
+        "tuned_on": tuning["split"],
+    }
 
 
 def export_coco(cfg: Config, tuning: dict[str, Any]) -> dict[str, Any]:
@@ -176,17 +219,36 @@ def export_coco(cfg: Config, tuning: dict[str, Any]) -> dict[str, Any]:
         boxes, origin = _export_boxes(cfg, frame, stored, tuning)
         images, ids = coco_images(frame)
         masks = read_table(cfg.run.dir, "masks", pads.field("split") == split)
-        info = {"description": f"BS-80K CAM pseudo boxes, split {split}, original-image px, bbox [x, y, w, h]",
-                "version": "1", "year": int(created[:4]), "contributor": "", "url": "", "date_created": created,
-                "data_root": cfg.data.root, "run_dir": cfg.run.dir, "split": split, **origin,
-                "segmentation": "kept pseudo masks of make masks (COCO RLE) where they exist, else []"}  # fmt: skip
+        info = {
+            "description": f"BS-80K CAM pseudo boxes, split {split}, original-image px, bbox [x, y, w, h]",
+            "version": "1",
+            "year": int(created[:4]),
+            "contributor": "",
+            "url": "",
+            "date_created": created,
+            "data_root": cfg.data.root,
+            "run_dir": cfg.run.dir,
+            "split": split,
+            **origin,
+            "segmentation": "kept pseudo masks of make masks (COCO RLE) where they exist, else []",
+        }
         predictions = prediction_annotations(boxes, ids, mask_segments(masks, boxes, stored))
-        documents = {"predictions": (f"prompts/coco_{split}.json", predictions),
-                     "ground_truth": (f"prompts/coco_{split}_gt.json", gt_annotations(gt, ids))}  # fmt: skip
-        out[split] = {"images": len(images), "annotations": len(predictions),
-                      "with_segmentation": sum(bool(a["segmentation"]) for a in predictions)}  # fmt: skip
+        documents = {
+            "predictions": (f"prompts/coco_{split}.json", predictions),
+            "ground_truth": (f"prompts/coco_{split}_gt.json", gt_annotations(gt, ids)),
+        }
+        out[split] = {
+            "images": len(images),
+            "annotations": len(predictions),
+            "with_segmentation": sum(bool(a["segmentation"]) for a in predictions),
+        }
         for kind, (relative, listed) in documents.items():
-            document = {"info": {**info, "kind": kind}, "licenses": LICENSES, "images": images,
-                        "annotations": listed, "categories": CATEGORIES}  # fmt: skip
+            document = {
+                "info": {**info, "kind": kind},
+                "licenses": LICENSES,
+                "images": images,
+                "annotations": listed,
+                "categories": CATEGORIES,
+            }
             out[split][kind] = write_json(cfg.run.dir, relative, document)
     return out

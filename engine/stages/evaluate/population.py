@@ -32,8 +32,14 @@ class Population:
 
     def note(self) -> dict:
         """Returns the JSON-ready account: selected, usable, errors by reason, left out per folder."""
-        return {"split": self.split, "folders": self.folders, "selected": self.selected, "usable": len(self.frame),
-                "errors": dict(self.errors), "left_out_per_folder": self.left_out}  # fmt: skip
+        return {
+            "split": self.split,
+            "folders": self.folders,
+            "selected": self.selected,
+            "usable": len(self.frame),
+            "errors": dict(self.errors),
+            "left_out_per_folder": self.left_out,
+        }
 
 
 def scored_frame(run_dir: str, split: str, index: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +70,9 @@ def scored_population(cfg: Config, run_dir: str, split: str) -> Population:
     with_meta = heat.merge(meta, on="image_id", how="inner")
     frame = with_meta.merge(selected, on="image_id", how="inner")
     frame, bad = valid_heatmaps(frame)
-    errors = Counter(no_heatmap=int((~selected["image_id"].isin(heat["image_id"])).sum()),
-                     no_meta=int((~heat["image_id"].isin(meta["image_id"])).sum()), bad_heatmap=bad)  # fmt: skip
+    errors = Counter(
+        no_heatmap=int((~selected["image_id"].isin(heat["image_id"])).sum()),
+        no_meta=int((~heat["image_id"].isin(meta["image_id"])).sum()),
+        bad_heatmap=bad,
+    )
     return Population(split, folders, len(selected), frame, +errors, left_out)

@@ -61,9 +61,22 @@ from engine.stages.evaluate.population import scored_population
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("pointing_game", "pointing_chance", "hit@5", "precision@iou0.3", "recall@iou0.3", "max_box_acc@iou0.3",
-            "max_box_acc@iou0.5", "mask_box_iou", "mask_inside_fraction", "mask_hit_rate", "mask_dice",
-            "mask_pxap", "mask_fp_per_normal", "mask_fp_image_rate")  # fmt: skip
+HEADLINE = (
+    "pointing_game",
+    "pointing_chance",
+    "hit@5",
+    "precision@iou0.3",
+    "recall@iou0.3",
+    "max_box_acc@iou0.3",
+    "max_box_acc@iou0.5",
+    "mask_box_iou",
+    "mask_inside_fraction",
+    "mask_hit_rate",
+    "mask_dice",
+    "mask_pxap",
+    "mask_fp_per_normal",
+    "mask_fp_image_rate",
+)
 
 
 @dataclass
@@ -155,8 +168,10 @@ def check_tuning(cfg: Config) -> None:
     """Raises ValueError when tuning would see the scored split or optimise an IoU that is not reported."""
     ev = cfg.evaluate
     if ev.tune and (ev.tune_split == ev.split or ev.tune_iou not in ev.iou):
-        raise ValueError(f"evaluate.tune_split={ev.tune_split!r} must differ from evaluate.split={ev.split!r} and "
-                         f"evaluate.tune_iou={ev.tune_iou} must be one of evaluate.iou={list(ev.iou)}")  # fmt: skip
+        raise ValueError(
+            f"evaluate.tune_split={ev.tune_split!r} must differ from evaluate.split={ev.split!r} and "
+            f"evaluate.tune_iou={ev.tune_iou} must be one of evaluate.iou={list(ev.iou)}"
+        )
 
 
 def _method_tuned(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
@@ -166,22 +181,31 @@ def _method_tuned(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
     ctx.notes["population"][ev.tune_split] = population.note()
     val, bad = population.frame, sum(population.errors.values())
     if val.empty:
-        ctx.notes["tuning"] = {"skipped": f"no heatmaps for split={ev.tune_split}: run `make cam "
-                                          f"ARGS=\"cam.split={ev.tune_split}\"` before `make evaluate`"}  # fmt: skip
+        ctx.notes["tuning"] = {
+            "skipped": f"no heatmaps for split={ev.tune_split}: run `make cam "
+            f'ARGS="cam.split={ev.tune_split}"` before `make evaluate`'
+        }
         return []
     grid = _tuning_grid(ctx, val)
     best = grid[0]
     params = BoxParams(size=best["size"], max_boxes=cfg.boxes.max, nms_iou=best["nms_iou"], min_score=best["min_score"])
-    ctx.notes["tuning"] = {"split": ev.tune_split, "objective": f"F1 of box precision/recall at IoU {ev.tune_iou:g}, "
-                           "boxes only on images with y_prob >= cutoff", "images": len(val), "not_usable": bad,
-                           "chosen": best, "grid_size": len(grid), "grid_top": grid[:10],
-                           "make_boxes_args": f"boxes.size={best['size']} boxes.nms_iou={best['nms_iou']} "
-                           f"boxes.min_score={best['min_score']}"}  # fmt: skip
+    ctx.notes["tuning"] = {
+        "split": ev.tune_split,
+        "objective": f"F1 of box precision/recall at IoU {ev.tune_iou:g}, boxes only on images with y_prob >= cutoff",
+        "images": len(val),
+        "not_usable": bad,
+        "chosen": best,
+        "grid_size": len(grid),
+        "grid_top": grid[:10],
+        "make_boxes_args": f"boxes.size={best['size']} boxes.nms_iou={best['nms_iou']} "
+        f"boxes.min_score={best['min_score']}",
+    }
     runs = []
     for frame in (val, test):
         boxes = recompute_boxes(frame, params)
-        run = score_method("peaks_tuned", frame, boxes, _peaks(frame), ctx.gt, params, best["cutoff"], ctx.settings,
-                           cfg.run.dir)  # fmt: skip
+        run = score_method(
+            "peaks_tuned", frame, boxes, _peaks(frame), ctx.gt, params, best["cutoff"], ctx.settings, cfg.run.dir
+        )
         runs.append(replace(run, tuned_on=ev.tune_split))
     return runs
 
@@ -192,8 +216,12 @@ def _method_baseline(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
         return []
     population = scored_population(ctx.cfg, ev.baseline_run, ev.split)
     frame = population.frame[population.frame["image_id"].isin(test["image_id"])]
-    ctx.notes["baseline"] = {"run": ev.baseline_run, "common_with_this_run": len(frame), "this_run": len(test),
-                             "population": population.note()}  # fmt: skip
+    ctx.notes["baseline"] = {
+        "run": ev.baseline_run,
+        "common_with_this_run": len(frame),
+        "this_run": len(test),
+        "population": population.note(),
+    }
     if frame.empty:
         ctx.notes["baseline"]["skipped"] = f"no heatmaps of split={ev.split} shared with this run"
         return []
@@ -206,13 +234,32 @@ def method_rows(run: MethodRun, run_id: str, tolerance: float) -> pd.DataFrame:
     rows = []
     for (view, folder), metrics in run.groups.items():
         for metric, ratio in metrics.items():
-            rows.append({"metric": metric, "value": ratio.value, "numerator": ratio.numerator,
-                         "denominator": ratio.denominator, "view": view, "folder": folder})  # fmt: skip
+            rows.append(
+                {
+                    "metric": metric,
+                    "value": ratio.value,
+                    "numerator": ratio.numerator,
+                    "denominator": ratio.denominator,
+                    "view": view,
+                    "folder": folder,
+                }
+            )
     frame = pd.DataFrame(rows)
-    params = {"run_id": run_id, "method": run.method, "split": run.split, "box_size": run.params.size,
-              "nms_iou": run.params.nms_iou, "min_score": run.params.min_score, "max_boxes": run.params.max_boxes,
-              "cutoff": run.cutoff, "canvas_h": run.canvas[0], "canvas_w": run.canvas[1], "tolerance_px": tolerance,
-              "tuned_on": run.tuned_on, "source_run": run.source_run}  # fmt: skip
+    params = {
+        "run_id": run_id,
+        "method": run.method,
+        "split": run.split,
+        "box_size": run.params.size,
+        "nms_iou": run.params.nms_iou,
+        "min_score": run.params.min_score,
+        "max_boxes": run.params.max_boxes,
+        "cutoff": run.cutoff,
+        "canvas_h": run.canvas[0],
+        "canvas_w": run.canvas[1],
+        "tolerance_px": tolerance,
+        "tuned_on": run.tuned_on,
+        "source_run": run.source_run,
+    }
     return frame.assign(**params)
 
 
@@ -234,14 +281,21 @@ def run_evaluate(cfg: Config) -> StageSummary:
     check_tuning(cfg)
     summary = StageSummary("evaluate")
     if read_table(cfg.run.dir, "splits").empty and not read_table(cfg.run.dir, "index").empty:
-        summary.extra["skipped"] = ("this run has no splits table (new scans scored with model.from_run): "
-                                    "no labelled split to score; nothing written")  # fmt: skip
+        summary.extra["skipped"] = (
+            "this run has no splits table (new scans scored with model.from_run): "
+            "no labelled split to score; nothing written"
+        )
         summary.save(cfg.run.dir)
         return summary.finish()
     with StageRun(cfg, "evaluate", ("loc_metrics",), replace=("loc_metrics",)) as run:
         notes: dict[str, Any] = {"population": {}}
-        ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
-                          _threshold(cfg.run.dir, notes, "threshold"), notes)  # fmt: skip
+        ctx = EvalContext(
+            cfg,
+            loc_settings(cfg),
+            gt_by_image(read_table(cfg.run.dir, "gt_boxes")),
+            _threshold(cfg.run.dir, notes, "threshold"),
+            notes,
+        )
         runs = _scored_methods(ctx, run.summary)
         table = pd.concat([method_rows(r, run_id(cfg), cfg.evaluate.tolerance_px) for r in runs], ignore_index=True)
         run.writer.write("loc_metrics", table)
@@ -261,8 +315,10 @@ def _scored_methods(ctx: EvalContext, summary: StageSummary) -> list[MethodRun]:
     notes["population"][cfg.evaluate.split] = population.note()
     test = population.frame
     if test.empty:
-        raise ValueError(f"{cfg.run.dir}: no usable heatmaps for split={cfg.evaluate.split} in folders "
-                         f"{population.folders} (data.view={cfg.data.view}); run `make cam` first")  # fmt: skip
+        raise ValueError(
+            f"{cfg.run.dir}: no usable heatmaps for split={cfg.evaluate.split} in folders "
+            f"{population.folders} (data.view={cfg.data.view}); run `make cam` first"
+        )
     summary.rows_in = population.selected
     summary.errors.update(population.errors)
     runs, params = _method_peaks(ctx, test)
@@ -288,8 +344,13 @@ def _account(notes: dict[str, Any]) -> dict[str, Any]:
 
 def _document(cfg: Config, ctx: EvalContext, runs: list[MethodRun]) -> dict[str, Any]:
     methods = {f"{r.method}/{r.split}": r.to_dict() for r in runs}
-    return {"split": cfg.evaluate.split, "settings": cfg.to_dict()["evaluate"], "threshold": ctx.thr,
-            "methods": methods, **ctx.notes}  # fmt: skip
+    return {
+        "split": cfg.evaluate.split,
+        "settings": cfg.to_dict()["evaluate"],
+        "threshold": ctx.thr,
+        "methods": methods,
+        **ctx.notes,
+    }
 
 
 def _headline(runs: list[MethodRun], split: str) -> dict[str, str]:

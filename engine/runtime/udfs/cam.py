@@ -1,4 +1,5 @@
-"""ClassifyCamStage: the model actor's UDF — probability, CAM and pseudo boxes per batch, one pass."""
+"""ClassifyCamStage: the model actor's UDF of `make cam` / `make infer` — probability, CAM and pseudo boxes per
+batch, one pass."""
 
 from __future__ import annotations
 
@@ -23,15 +24,30 @@ from engine.runtime.decode import BatchDecoder, DecodeSettings
 log = logging.getLogger(__name__)
 
 PASS_THROUGH = (
-    "image_id", "patient_id", "view", "split", "folder", "label", "path", "error",
-    "orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w",
+    "image_id",
+    "patient_id",
+    "view",
+    "split",
+    "folder",
+    "label",
+    "path",
+    "error",
+    "orig_h",
+    "orig_w",
+    "canvas_h",
+    "canvas_w",
+    "scale",
+    "pad_left",
+    "pad_top",
+    "new_h",
+    "new_w",
     *BODY_CANVAS_COLUMNS,
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
 class CamSettings:
-    """What the model actor computes (built by the job from `cam.*`, `boxes.*` and `infer.*`)."""
+    """What the model actor computes (built by the stage from `cam.*`, `boxes.*`, `infer.*` and `train.*`)."""
 
     run_dir: str  # run holding model/best.pt
     model_name: str  # timm name (architecture only; weights come from the run)
@@ -124,8 +140,9 @@ class ClassifyCamStage:
             with autocast:
                 logits, cams, evidence = fused_cam_with_evidence(self.model, x, self.class_weight, self.features)
             reach, power = self.settings.refine_reach, self.settings.refine_power
-            centres = refine_cell_centres(evidence, cams.shape[1], cams.shape[2], reach, power, cams=cams,
-                                          cell_centre=self.cell_centre)  # fmt: skip
+            centres = refine_cell_centres(
+                evidence, cams.shape[1], cams.shape[2], reach, power, cams=cams, cell_centre=self.cell_centre
+            )
             return logits, cams.float(), centres
         if self.method == "fused":
             with torch.inference_mode():
@@ -231,13 +248,14 @@ class ClassifyCamStage:
             if "centres" in host:
                 peaks = refined_peak_columns(heat[ok], ok_meta, host["centres"], self.settings.refine_peaks)
                 ok_meta.update(peaks)
-                columns = {k: np.full((n, *v.shape[1:]), -1 if k == "peak_index" else np.nan, dtype=v.dtype)
-                           for k, v in peaks.items()}  # fmt: skip
+                columns = {
+                    k: np.full((n, *v.shape[1:]), -1 if k == "peak_index" else np.nan, dtype=v.dtype)
+                    for k, v in peaks.items()
+                }
                 for k, v in peaks.items():
                     columns[k][ok] = v
             boxes[ok], counts[ok] = pseudo_boxes(heat[ok], ok_meta, params)
-        return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts,
-                **columns}  # fmt: skip
+        return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts, **columns}
 
     def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
         h, w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])

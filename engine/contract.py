@@ -28,8 +28,13 @@ ARCH_KEYS = ("model.name", "model.output_stride")  # always the checkpoint's, ev
 # config key -> recorded and adopted where the config leaves it at its default; a set value wins
 CAM_KEYS = ("cam.method", "cam.target_layer", "cam.refine", "cam.refine_reach", "cam.refine_power", "cam.refine_peaks")
 # flat keys of checkpoints written before `contract` was recorded (core/model/classifier.py arch_info + training info)
-LEGACY_KEYS = {"model": "model.name", "output_stride": "model.output_stride", "canvas_h": "canvas.height",
-               "canvas_w": "canvas.width", "view": "data.view"}  # fmt: skip
+LEGACY_KEYS = {
+    "model": "model.name",
+    "output_stride": "model.output_stride",
+    "canvas_h": "canvas.height",
+    "canvas_w": "canvas.width",
+    "view": "data.view",
+}
 TRAINED_VIEWS = {"ANT": ("ANT",), "POST": ("POST",), "BOTH": ("ANT", "POST")}  # data.view -> index `view` values
 THRESHOLD_FILE = "threshold.json"  # the run's chosen operating point (`make threshold`), relative to the run dir
 
