@@ -5,6 +5,8 @@ core package import each other without a cycle."""
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +25,12 @@ SECTION_ROOMS = ("core", "io", "runtime")
 CORE_MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ENGINE / "core").rglob("*.py") if p.stem != "__init__"
 )
-# The child makes ray and pyarrow unimportable, then imports one module: pandas 3 loads pyarrow whenever it can, so
-# "not in sys.modules" alone would blame every frame-using module; with the block a core module (or anything it
-# imports from engine) that needs them fails to import, and one that reaches them by a side door shows in sys.modules.
+# The child makes ray and pyarrow unimportable, then imports every core module in turn: pandas 3 loads pyarrow whenever
+# it can, so "not in sys.modules" alone would blame every frame-using module; with the block a core module (or anything
+# it imports from engine) that needs them fails to import, and one that reaches them by a side door shows in
+# sys.modules right after its import. One interpreter for all modules (not one each) keeps the check to seconds.
 CHILD = """
-import importlib, importlib.abc, sys
+import importlib, importlib.abc, json, sys, traceback
 
 class Unavailable(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -36,9 +39,26 @@ class Unavailable(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Unavailable())
-importlib.import_module(sys.argv[1])
-print(",".join(sorted(m for m in sys.modules if m.partition(".")[0] in ("ray", "pyarrow"))))
+found = {}
+for module in sys.argv[1:]:
+    try:
+        importlib.import_module(module)
+        error = ""
+    except Exception:
+        error = traceback.format_exc()[-2000:]
+    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("ray", "pyarrow"))
+    found[module] = {"error": error, "loaded": loaded}
+print(json.dumps(found))
 """
+
+
+@functools.cache
+def _core_imports() -> dict[str, dict]:
+    """Returns, per core module, the error of importing it where ray and pyarrow cannot load, and what it loaded."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, *CORE_MODULES], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _module_name(path: Path) -> str:
@@ -202,9 +222,7 @@ def test_no_import_cycle_inside_a_core_package() -> None:
 
 @pytest.mark.parametrize("module", CORE_MODULES)
 def test_core_module_imports_without_ray_or_pyarrow(module: str) -> None:
-    """Each engine/core module imports in a fresh interpreter where ray and pyarrow cannot load, and loads neither."""
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, module], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, f"{module} needs ray or pyarrow:\n{result.stderr[-2000:]}"
-    assert result.stdout.strip() == "", f"{module} loaded {result.stdout.strip()}"
+    """Each engine/core module imports where ray and pyarrow cannot load, and loads neither."""
+    found = _core_imports()[module]
+    assert found["error"] == "", f"{module} needs ray or pyarrow:\n{found['error']}"
+    assert found["loaded"] == [], f"{module} loaded {found['loaded']}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from engine.config import ConfigError, RayConfig
+from engine.config import ConfigError, RayConfig, TrainConfig
 from engine.runtime.console import Progress, epoch_line
 from engine.runtime.pipeline import cluster_address
 
@@ -36,6 +36,11 @@ class FitSpec:
     state: str  # the folder under `run_dir` that holds the checkpoints: `train_state`, `segtrain_state`
     epochs: int  # for the driver's display
     steps_per_epoch: int  # batches per epoch of one worker, for the driver's bar
+
+    @classmethod
+    def of(cls, train: TrainConfig, use_gpu: bool, run_dir: str, state: str, epochs: int, steps: int) -> FitSpec:
+        """Returns the spec of a run with `train.*`'s workers, CPUs and restarts (train and segtrain share them)."""
+        return cls(train.num_workers, use_gpu, train.cpus_per_worker, train.max_failures, run_dir, state, epochs, steps)
 
 
 def fit(loop: Callable[[dict[str, Any]], None], settings: Any, spec: FitSpec, train: Any, val: Any) -> Any:

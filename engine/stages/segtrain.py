@@ -123,16 +123,7 @@ def run_segtrain(cfg: Config) -> StageSummary:
         canvas_w=cfg.canvas.width,
         view=cfg.data.view,
     )
-    spec = FitSpec(
-        workers=cfg.train.num_workers,
-        use_gpu=gpu,
-        cpus_per_worker=cfg.train.cpus_per_worker,
-        max_failures=cfg.train.max_failures,
-        run_dir=cfg.run.dir,
-        state="segtrain_state",
-        epochs=cfg.segtrain.epochs,
-        steps_per_epoch=steps,
-    )
+    spec = FitSpec.of(cfg.train, gpu, cfg.run.dir, "segtrain_state", cfg.segtrain.epochs, steps)
     fit(segtrain_loop_per_worker, settings, spec, target_stream(train_rows, cfg), target_stream(val_rows, cfg))
     save_config(cfg, "segtrain")
     _count_rows(cfg, summary, len(train_rows), len(val_rows))

@@ -55,16 +55,7 @@ def run_train(cfg: Config) -> StageSummary:
         view=cfg.data.view,
         contract=contract,
     )
-    spec = FitSpec(
-        workers=cfg.train.num_workers,
-        use_gpu=gpu,
-        cpus_per_worker=cfg.train.cpus_per_worker,
-        max_failures=cfg.train.max_failures,
-        run_dir=cfg.run.dir,
-        state="train_state",
-        epochs=cfg.train.epochs,
-        steps_per_epoch=steps,
-    )
+    spec = FitSpec.of(cfg.train, gpu, cfg.run.dir, "train_state", cfg.train.epochs, steps)
     decode, stream = DecodeSettings.of(cfg.data, cfg.canvas), StreamSettings.of(cfg.ray)
     train, val = image_stream(train_rows, decode, stream), image_stream(val_rows, decode, stream)
     fit(train_loop_per_worker, settings, spec, train, val)
