@@ -1,8 +1,9 @@
 """`make report`: one self-contained offline HTML page of a run (`<run.dir>/report/index.html`), PNGs beside it.
 
 Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
-selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`, grouped and
-explained by ``core.metrics.notes``) and a gallery of overlays in original px for true positives, false positives,
+selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`: one line on
+whether the run's boxes beat the no-model body prior, a panel per metric, tables grouped and explained by
+``core.metrics.notes``) and a gallery of overlays in original px for true positives, false positives,
 false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
 resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
 whose inputs are missing says which stage to run; it never stops the others.
@@ -57,6 +58,9 @@ LOC_PLOTTED = (
     "max_box_acc@iou0.3",
     "max_box_acc@iou0.5",
 )
+RUN_METHOD = "peaks"  # the boxes the run writes (`make cam` / `make boxes`): the method the report judges
+PRIOR_METHOD = "body_prior"  # the no-model prior it has to beat
+VERDICT_METRICS = ("pointing_game", "precision@iou0.3")  # the two it has to beat it on
 OUTCOMES = (
     ("tp", "True positives", 1, True),
     ("fp", "False positives", 0, True),
@@ -167,16 +171,51 @@ def _localisation(cfg: Config, out: _Out) -> str:
     ]
     chart = loc[(loc["split"] == split) & (loc["folder"] == "*")]
     view = "all" if (chart["view"] == "all").any() else chart["view"].iloc[0] if len(chart) else None
+    values = pd.DataFrame()
     if view is not None:
         values = chart[chart["view"] == view].pivot(index="metric", columns="method", values="value")
-        name = out.write("localisation.png", plots.localisation_png(values, LOC_PLOTTED, cfg.report.dpi))
-        parts.append(f'<div class="plots">{_img(name, "localisation")}</div>')
+    parts.append(f"<p><b>{html.escape(prior_verdict(values))}</b></p>")
+    if view is not None:
+        png = plots.localisation_png(values, LOC_PLOTTED, cfg.report.dpi, RUN_METHOD, PRIOR_METHOD)
+        name = out.write("localisation.png", png)
+        parts.append(f'<p><img src="{html.escape(name)}" alt="localisation" style="max-width:100%"></p>')  # full width
     parts.append("<h3>Methods</h3>" + methods_html(list(dict.fromkeys(loc.loc[loc["split"] == split, "method"]))))
     for name, groups in grouped_metrics(loc, split).items():
         parts.append(f"<h3>{html.escape(name)}</h3>")
         parts += [f"<h4>{html.escape(group)}</h4>" + group_table_html(rows) for group, rows in groups.items()]
     parts.append("<h3>Box parameters per method</h3>" + _table(parameters(loc, cfg.run.dir)))
     return "".join(parts) + _tuning_note(cfg)
+
+
+def prior_verdict(values: pd.DataFrame) -> str:
+    """Returns one sentence: whether the run's boxes (RUN_METHOD) beat the no-model PRIOR_METHOD on VERDICT_METRICS.
+
+    Args:
+        values: the scored split's values (rows: metric, columns: method), as the localisation figure shows them.
+            A higher value beats; a tie does not. A missing row or NaN value (denominator 0) leaves it untold.
+    """
+    subject = f"run's boxes ({RUN_METHOD})"
+    pairs, missing = {}, []
+    for metric in VERDICT_METRICS:
+        pair = [_cell(values, metric, method) for method in (RUN_METHOD, PRIOR_METHOD)]
+        missing += [f"{metric} of {m}" for m, v in zip((RUN_METHOD, PRIOR_METHOD), pair, strict=True) if np.isnan(v)]
+        pairs[metric] = pair
+    if missing:
+        return (
+            f"Whether the {subject} beat the no-model {PRIOR_METHOD} cannot be told: no value for {', '.join(missing)}."
+        )
+    numbers = ", ".join(f"{metric} {ours:.3f} vs {prior:.3f}" for metric, (ours, prior) in pairs.items())
+    beaten = [metric for metric, (ours, prior) in pairs.items() if ours > prior]
+    verdict = "beat" if beaten else "do not beat"
+    only = f" on {' and '.join(beaten)} only" if beaten and len(beaten) < len(pairs) else ""
+    return f"The {subject} {verdict} the no-model {PRIOR_METHOD}{only}: {numbers}."
+
+
+def _cell(values: pd.DataFrame, metric: str, method: str) -> float:
+    """Returns one value of the metric x method table; NaN where the row or column is missing."""
+    if metric not in values.index or method not in values.columns:
+        return np.nan
+    return float(values.at[metric, method])
 
 
 def _tuning_note(cfg: Config) -> str:

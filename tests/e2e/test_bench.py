@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from engine.bench.run import run_bench
 from engine.config import load_config
@@ -49,6 +50,17 @@ def test_quick_bench_reports_figures_and_engine_matches_plain_loop(ray_session, 
         assert figures[f"feed_{mode}_img_per_s"] > 0 and figures[f"feed_efficiency_{mode}"] > 0, mode
         runs = figures[f"feed_efficiency_{mode}_runs"]
         assert len(runs) == 2 and figures[f"feed_efficiency_{mode}"] == min(runs)  # the lower middle of two
+        # the whole run (start-up and drain included) of the same run: rows over its seconds, over the same baseline
+        whole, whole_runs = figures[f"feed_whole_efficiency_{mode}"], figures[f"feed_whole_efficiency_{mode}_runs"]
+        assert len(whole_runs) == 2 and min(whole_runs) > 0 and whole in whole_runs, mode
+        images, seconds = figures[f"feed_{mode}_whole_images"], figures[f"feed_{mode}_whole_s"]
+        assert images == 2 * 40 and seconds > 0, mode
+        whole_rate = figures[f"feed_{mode}_whole_img_per_s"]
+        assert whole_rate == pytest.approx(images / seconds, rel=1e-3, abs=0.1), mode
+        per_core = figures[f"feed_{mode}_plain_per_core_img_per_s"]
+        assert whole == pytest.approx(whole_rate / (figures["feed_decode_cpus"] * per_core), rel=1e-2, abs=2e-3), mode
+        lost = figures[f"feed_{mode}_startup_lost_s"] + figures[f"feed_{mode}_drain_lost_s"]
+        assert lost == pytest.approx(seconds - images / figures[f"feed_{mode}_img_per_s"], rel=1e-2, abs=1e-2), mode
     assert len(figures["feed_plain_per_core_img_per_s"]) == 1 + 2 * 2  # before, then after each large run
     assert min(figures["feed_plain_per_core_img_per_s"]) > 0 and figures["feed_canvas"] == "256x128"
     # decode tasks ship each 256 x 128 canvas through the object store; an actor that decodes gets index rows only

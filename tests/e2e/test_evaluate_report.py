@@ -315,6 +315,23 @@ def test_report_references_only_existing_files_and_every_png_decodes(evaluated_r
     assert report.balanced and report.rows_ok == 4
 
 
+def test_the_localisation_section_says_in_one_line_whether_the_runs_boxes_beat_the_body_prior(evaluated_run):
+    run_dir, _, _, _ = evaluated_run
+    page = (run_dir / "report" / "index.html").read_text()
+    loc = read_table(str(run_dir), "loc_metrics")
+    names = ("pointing_game", "precision@iou0.3")
+    pairs = [(metric(loc, "peaks", name)["value"], metric(loc, "body_prior", name)["value"]) for name in names]
+    numbers = ", ".join(f"{name} {ours:.3f} vs {prior:.3f}" for name, (ours, prior) in zip(names, pairs, strict=True))
+    line = re.search(
+        r"<p><b>The run&#x27;s boxes \(peaks\) (beat|do not beat) the no-model body_prior([^:<]*): ([^<]+)\.</b></p>",
+        page,
+    )
+    assert line and line.group(3) == numbers, line
+    beaten = [p > q for p, q in pairs]
+    assert (line.group(1) == "beat") == any(beaten) and (line.group(2) == "") == (all(beaten) or not any(beaten))
+    assert '<img src="localisation.png" alt="localisation" style="max-width:100%">' in page  # the page's width
+
+
 def test_the_gallery_covers_every_outcome_with_its_count_and_links_each_image_to_its_browse_page(evaluated_run):
     run_dir, cfg, _, _ = evaluated_run
     page = (run_dir / "report" / "index.html").read_text()

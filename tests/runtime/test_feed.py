@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.bench.feed import batch_nbytes, steady_rate
+from engine.bench.feed import batch_nbytes, lost_seconds, steady_rate
 from engine.core.localization.columns import row_slices
 from engine.core.model.classifier import arch_info, build_classifier
 from engine.core.sizing import index_block_sizes
@@ -125,6 +125,19 @@ def test_steady_rate_leaves_out_the_start_up_and_the_buffered_burst() -> None:
     assert steady_rate(np.concatenate([burst, steady, drain])) == pytest.approx(100.0, rel=0.01)
     assert steady_rate(np.concatenate([burst, steady, drain]), drain=0.0) < 90.0
     assert steady_rate(np.array([1.0])) == 0.0
+
+
+def test_lost_seconds_split_the_whole_run_beyond_the_steady_rate_into_start_up_and_drain() -> None:
+    burst = np.full(300, 10.0)  # 10 s start-up, then 300 buffered rows at once
+    steady = 10.0 + np.arange(1, 901) / 100  # 100 img/s
+    drain = steady[-1] + np.arange(1, 101) / 10  # 10 img/s
+    done_at = np.concatenate([burst, steady, drain])
+    setup, last_row = 1.0, float(drain[-1]) + 0.5  # 1 s to build the stream; the last row at the driver 0.5 s later
+    startup, drain_lost = lost_seconds(done_at, 100.0, setup, last_row)
+    assert startup == pytest.approx(1.0 + 10.0 - 3.0, rel=0.01)  # the burst's 300 rows are 3 s at the steady rate
+    assert drain_lost == pytest.approx(10.0 + 0.5 - 1.0, rel=0.01)  # 100 rows in 10 s instead of 1 s, and transit
+    assert startup + drain_lost == pytest.approx(setup + last_row - len(done_at) / 100.0)  # whole s - rows / steady
+    assert lost_seconds(done_at, 0.0, setup, last_row) == (None, None)
 
 
 def test_batch_bytes_count_array_buffers_and_string_bytes() -> None:

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from engine.core.masks.segmenters import encode_rle
 from engine.core.metrics.localization import LocalizationAccumulator, LocSettings
 from engine.core.metrics.notes import GROUP_ORDER, describe
+from engine.core.render.plots import localisation_png
 from engine.core.render.tables import group_table_html, grouped_metrics, qc_counts_html, shift_reference_html
 from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
 from engine.stages.evaluate.outputs import (
@@ -24,7 +26,7 @@ from engine.stages.evaluate.outputs import (
     mask_segments,
     prediction_annotations,
 )
-from engine.stages.report import browse_link, spread_pick
+from engine.stages.report import LOC_PLOTTED, browse_link, prior_verdict, spread_pick
 
 
 def test_spread_pick_spans_the_probability_order_and_ignores_row_order() -> None:
@@ -50,6 +52,61 @@ def test_render_overlay_draws_gt_boxes_two_px_outside_solid_abnormal_and_dashed_
         assert (out[row, 8:22] == GT_ABNORMAL_COLOUR).all()
         dashed = (out[row, 39:71] == GT_NORMAL_COLOUR).all(axis=1)
         assert 0.3 < dashed.mean() < 0.8
+
+
+def loc_values(pointing: tuple[float, float], precision: tuple[float, float]) -> pd.DataFrame:
+    """Returns a hand-made metric x method table as the localisation section pivots `loc_metrics`.
+
+    `pointing`, `precision`: (peaks, body_prior) on pointing_game and precision@iou0.3; the other cells realistic.
+    """
+    methods = ["peaks", "peaks_tuned", "peaks_unrefined", "seed_rule", "seed", "centre_prior", "body_prior"]
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.uniform(0.05, 0.9, (len(LOC_PLOTTED), len(methods))), LOC_PLOTTED, methods)
+    table.loc["pointing_chance"] = 0.04
+    table.loc[["max_box_acc@iou0.3", "max_box_acc@iou0.5"]] = np.nan
+    table["max_box_acc"] = np.nan
+    table.loc[["max_box_acc@iou0.3", "max_box_acc@iou0.5"], "max_box_acc"] = [0.61, 0.32]
+    table["masks"] = np.nan  # mask metrics only: no bar
+    table.loc["pointing_game", ["peaks", "body_prior"]] = pointing
+    table.loc["precision@iou0.3", ["peaks", "body_prior"]] = precision
+    return table
+
+
+def test_the_verdict_says_in_one_line_whether_the_runs_boxes_beat_the_body_prior() -> None:
+    beats = prior_verdict(loc_values((0.975, 0.95), (0.12, 0.096)))
+    assert beats == (
+        "The run's boxes (peaks) beat the no-model body_prior: pointing_game 0.975 vs 0.950, "
+        "precision@iou0.3 0.120 vs 0.096."
+    )
+    assert prior_verdict(loc_values((0.95, 0.975), (0.086, 0.096))) == (
+        "The run's boxes (peaks) do not beat the no-model body_prior: pointing_game 0.950 vs 0.975, "
+        "precision@iou0.3 0.086 vs 0.096."
+    )
+    mixed = prior_verdict(loc_values((0.95, 0.975), (0.12, 0.096)))
+    assert mixed.startswith("The run's boxes (peaks) beat the no-model body_prior on precision@iou0.3 only: ")
+    assert "do not beat" in prior_verdict(loc_values((0.95, 0.95), (0.096, 0.096)))  # a tie does not beat
+
+
+def test_the_verdict_cannot_be_told_without_both_rows() -> None:
+    no_prior = prior_verdict(loc_values((0.95, 0.9), (0.1, 0.09)).drop(columns="body_prior"))
+    assert no_prior == (
+        "Whether the run's boxes (peaks) beat the no-model body_prior cannot be told: no value for "
+        "pointing_game of body_prior, precision@iou0.3 of body_prior."
+    )
+    no_metric = prior_verdict(loc_values((0.95, 0.9), (0.1, 0.09)).drop(index="precision@iou0.3"))
+    assert "cannot be told: no value for precision@iou0.3 of peaks, precision@iou0.3 of body_prior." in no_metric
+    assert "no value for pointing_game of peaks." in prior_verdict(loc_values((np.nan, 0.9), (0.1, 0.09)))
+    assert "cannot be told" in prior_verdict(pd.DataFrame())
+
+
+@pytest.mark.parametrize("dropped", [[], ["body_prior"], ["peaks", "body_prior", "pointing_chance"]])
+def test_the_localisation_figure_renders_with_and_without_the_prior(dropped: list[str]) -> None:
+    table = loc_values((0.95, 0.975), (0.086, 0.096))
+    table = table.drop(columns=[d for d in dropped if d in table], index=[d for d in dropped if d in table.index])
+    png = cv2.imdecode(np.frombuffer(localisation_png(table, LOC_PLOTTED, 50), np.uint8), cv2.IMREAD_COLOR)
+    assert png is not None and png.shape[1] == 400  # 8 in at 50 dpi: one figure, however many panels
+    empty = localisation_png(pd.DataFrame(), LOC_PLOTTED, 50)
+    assert cv2.imdecode(np.frombuffer(empty, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
 def test_every_localisation_metric_has_a_group_and_a_plain_description() -> None:

@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -17,6 +18,19 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from engine.core.metrics.classification import THRESHOLD_GRID, binary_metrics
 
 MARK = {"color": "crimson", "marker": "o", "markersize": 8, "linestyle": "none"}
+# The localisation figure's rows: groups of `loc_metrics` methods (names of ``core.metrics.notes.METHODS``) in order,
+# each with its bar colour; methods of no group follow as "other".
+METHOD_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("ours", ("peaks", "peaks_tuned", "peaks_unrefined", "max_box_acc"), "#8fb3e0"),
+    ("seed", ("seed_rule", "seed"), "#f2b36b"),
+    ("no model", ("body_prior", "centre_prior"), "#b8b8b8"),
+    ("masks", ("masks_tight", "masks", "segnet_tight", "segnet"), "#9fd4a8"),
+)
+OTHER_COLOUR = "#c9a8e0"
+DEFAULT_COLOUR = "#0b3d91"  # the run's own boxes
+CHANCE = {"pointing_game": "pointing_chance"}  # metric -> its chance level: a dotted line in the metric's panel
+AXIS_LIMITS = (0.05, 0.1, 0.2, 0.5, 1.0)  # a localisation panel's x range: the smallest holding its values
+HALO = [patheffects.withStroke(linewidth=2.5, foreground="white")]  # text readable over lines and bars
 
 
 def _figure(width: float = 5.0, height: float = 4.0) -> tuple[Figure, object]:
@@ -111,15 +125,95 @@ def epochs_png(epochs: pd.DataFrame, dpi: int) -> bytes:
     return _png(fig, dpi)
 
 
-def localisation_png(table: pd.DataFrame, metrics: tuple[str, ...], dpi: int) -> bytes:
-    """Returns grouped bars of `metrics` per method column of `table` (rows: metric, columns: method)."""
-    shown = table.loc[[m for m in metrics if m in table.index]].dropna(axis=1, how="all")  # e.g. method `masks`
-    fig, ax = _figure(8.0, 3.8)
-    width = 0.8 / max(len(shown.columns), 1)
-    positions = np.arange(len(shown.index))
-    for n, column in enumerate(shown.columns):
-        ax.bar(positions + n * width, shown[column].astype(float).fillna(0.0), width, label=str(column))
-    ax.set_xticks(positions + width * (len(shown.columns) - 1) / 2, list(shown.index), rotation=20)
-    ax.set(ylim=(0, 1.2), ylabel="share", title="Localisation against the Abnormal GT boxes")
-    ax.legend(fontsize=8, ncol=min(max(len(shown.columns), 1), 4), loc="upper center")
+def _method_slots(methods: list[str]) -> list[tuple[str, str | None, str]]:
+    """Returns the localisation panels' rows top down: (tick label, method or None for a group's header, colour).
+
+    Methods in METHOD_GROUPS order, each group under its header; methods of no group follow under "other".
+    """
+    grouped = [(name, [m for m in members if m in methods], colour) for name, members, colour in METHOD_GROUPS]
+    known = {m for _, members, _ in grouped for m in members}
+    grouped.append(("other", [m for m in methods if m not in known], OTHER_COLOUR))
+    slots: list[tuple[str, str | None, str]] = []
+    for name, members, colour in grouped:
+        if members:
+            slots += [(f"{name}:", None, "dimgrey")] + [(m, m, colour) for m in members]
+    return slots
+
+
+def _reference_line(ax: object, value: float, y: float, label: str, style: str, limit: float) -> None:
+    """Draws a vertical reference line at `value` over the whole panel (x up to `limit`), labelled at row `y`."""
+    ax.axvline(value, color="black", linestyle=style, linewidth=1.2, zorder=3)
+    right = value > 0.55 * limit  # the label inside the panel: left of a line on the right half
+    x = value - 0.02 * limit if right else value + 0.02 * limit
+    ax.text(x, y, label, ha="right" if right else "left", va="center", fontsize=7, style="italic", path_effects=HALO)
+
+
+def _axis_limit(values: pd.Series) -> float:
+    """Returns the panel's x range: the smallest of AXIS_LIMITS holding every value (a value above 1: the largest)."""
+    top = float(np.nanmax(values.to_numpy(dtype=np.float64), initial=0.0))
+    return next((limit for limit in AXIS_LIMITS if top <= limit), max(top, 1.0))
+
+
+def localisation_png(
+    table: pd.DataFrame, metrics: tuple[str, ...], dpi: int, default: str = "peaks", reference: str = "body_prior"
+) -> bytes:
+    """Returns one panel per metric of `metrics` found in `table` (rows: metric, columns: method; values in [0, 1]).
+
+    Each panel: a horizontal bar per method with its value printed at the bar's end (methods grouped as in
+    METHOD_GROUPS, the same rows in every panel, "–" where a method has no value), the `default` method (the boxes
+    the run writes) highlighted, the `reference` method's value (the no-model prior) a dashed line and a metric's
+    chance level (CHANCE, when both are in `metrics`) a dotted line instead of a panel of its own. No legend. Each
+    panel's x axis runs to the smallest of AXIS_LIMITS holding its values, so small shares (box precision) show.
+    """
+    chances = {m: c for m in metrics if (c := CHANCE.get(m)) in metrics and m in table.index and c in table.index}
+    panels = [m for m in metrics if m in table.index and m not in chances.values()]
+    shown = table.loc[panels].astype(float).dropna(axis=1, how="all")  # e.g. method `masks`: mask metrics only
+    slots = _method_slots([str(c) for c in shown.columns])
+    bottom = len(slots) + 1 if chances else len(slots)  # a row under the bars for the chance label
+    cols = min(3, max(len(panels), 1))
+    rows = -(-max(len(panels), 1) // cols)
+    fig = Figure(figsize=(8.0, 0.45 + rows * (0.55 + 0.15 * (bottom + 1))), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    fig.suptitle(f"Localisation against the Abnormal GT boxes; highlighted: the run's boxes ({default})")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no localisation metrics to plot", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, metric in zip(axes, panels, strict=False):
+        values = shown.loc[metric]
+        chance = float(table.loc[chances[metric]].astype(float).median()) if metric in chances else np.nan
+        limit = _axis_limit(pd.concat([values, pd.Series([chance])]))
+        for y, (_, method, colour) in enumerate(slots, start=1):
+            if method is None:
+                continue
+            value = values.get(method, np.nan)
+            if method == default:
+                ax.axhspan(y - 0.5, y + 0.5, color="gold", alpha=0.3, linewidth=0, zorder=0)
+            if pd.isna(value):
+                ax.text(0.01 * limit, y, "–", va="center", fontsize=7, color="grey")
+                continue
+            ax.barh(y, value, 0.75, color=DEFAULT_COLOUR if method == default else colour, zorder=2)
+            weight = "bold" if method == default else "normal"
+            label = ax.text(value + 0.015 * limit, y, f"{value:.3f}", va="center", fontsize=7, fontweight=weight)
+            label.set(zorder=4, path_effects=HALO)  # over the reference lines
+        prior = values.get(reference, np.nan)
+        if pd.notna(prior):
+            _reference_line(ax, float(prior), 0, f"{reference.replace('_', ' ')} (no model)", "--", limit)
+        if np.isfinite(chance):
+            _reference_line(ax, chance, bottom, "chance", ":", limit)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlim(0, 1.22 * limit)  # room for the value at the end of a full bar
+        ax.set_xticks([0, limit / 2, limit], ["0", f"{limit / 2:g}", f"{limit:g}"], fontsize=7)
+        ax.grid(axis="x", color="lightgrey", linewidth=0.5, zorder=1)
+        ax.tick_params(axis="y", length=0)
+    for ax in axes[len(panels) or 1 :]:
+        ax.remove()
+    axes[0].set_ylim(bottom + 0.6, -0.6)  # shared: top row 0 holds the prior's label, rows run down
+    axes[0].set_yticks(range(1, len(slots) + 1), [label for label, _, _ in slots])
+    for ax in axes[::cols]:
+        for text, (_, method, _) in zip(ax.get_yticklabels(), slots, strict=True):
+            text.set_fontsize(8)
+            if method is None:
+                text.set(style="italic", color="dimgrey")
+            elif method == default:
+                text.set(fontweight="bold")
     return _png(fig, dpi)
