@@ -99,6 +99,34 @@ class JobRun:
     pid: int
 
 
+def importtime_job(
+    stage: str, data_root: Path, run_dir: Path, *extra: str, env: dict | None = None
+) -> tuple[int, str, str]:
+    """Runs `python -X importtime -m jobs <stage>` on the test config, then `extra`; returns the exit code, its output
+    lines (the import timings left out) and the top-level modules it imported (a refusal must come before Ray)."""
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "jobs",
+        stage,
+        "--config",
+        "conf/demo.yaml",
+        f"data.root={data_root}",
+        f"run.dir={run_dir}",
+        *TEST_OVERRIDES,
+        *extra,
+    ]
+    started = time.monotonic()
+    env = {**os.environ, **(env or {})}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    print(f"{stage} {' '.join(extra)}: exit {done.returncode} after {time.monotonic() - started:.2f} s")
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    return done.returncode, "\n".join(lines), " ".join(sorted(imported))
+
+
 def run_job(stage: str, data_root: Path | str, run_dir: Path | str, *extra: str, timeout_s: float = 900) -> JobRun:
     """Runs `python -m jobs <stage>` on the test config (TEST_OVERRIDES, 2 CPUs, JOB_CADENCE), then `extra`."""
     command = [

@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from engine.preflight import host_reachable, hub_repo
-from tests.conftest import REPO, TEST_OVERRIDES
-
-
-def _job(stage: str, data_root: Path, run_dir: Path, *extra: str, env: dict | None = None) -> tuple[int, str, str]:
-    """Runs `python -X importtime -m jobs <stage>`; returns exit code, its output lines and the modules it imported."""
-    command = [
-        sys.executable,
-        "-X",
-        "importtime",
-        "-m",
-        "jobs",
-        stage,
-        "--config",
-        "conf/demo.yaml",
-        f"data.root={data_root}",
-        f"run.dir={run_dir}",
-        *TEST_OVERRIDES,
-        *extra,
-    ]
-    started = time.monotonic()
-    env = {**os.environ, **(env or {})}
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    print(f"{stage} {' '.join(extra)}: exit {done.returncode} after {time.monotonic() - started:.2f} s")
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("import time:")]
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
-    return done.returncode, "\n".join(lines), " ".join(sorted(imported))
+from tests.conftest import REPO, importtime_job
 
 
 def _assert_one_error(code: int, output: str, *needles: str) -> None:
@@ -55,29 +28,29 @@ def split_copy(split_run: Path, tmp_path: Path) -> Path:
 
 
 def test_cam_without_a_model_is_one_line_naming_make_train(data_root: Path, split_copy: Path) -> None:
-    code, output, imported = _job("cam", data_root, split_copy)
+    code, output, imported = importtime_job("cam", data_root, split_copy)
     _assert_one_error(code, output, "model/best.pt missing", "make train")
     assert "ray" not in imported.split() and "torch" not in imported.split()  # refused before the heavy imports
 
 
 def test_train_without_splits_is_one_line_naming_make_split(data_root: Path, split_copy: Path) -> None:
     shutil.rmtree(split_copy / "tables" / "splits")
-    code, output, imported = _job("train", data_root, split_copy)
+    code, output, imported = importtime_job("train", data_root, split_copy)
     _assert_one_error(code, output, "tables/splits missing", "make split")
     assert "ray" not in imported.split()
 
 
 def test_segtrain_without_masks_and_segment_without_a_network_name_the_commands(data_root, split_copy) -> None:
-    code, output, imported = _job("segtrain", data_root, split_copy)
+    code, output, imported = importtime_job("segtrain", data_root, split_copy)
     _assert_one_error(code, output, "tables/masks missing", "make masks")
     assert "ray" not in imported.split() and "torch" not in imported.split()
-    code, output, imported = _job("segment", data_root, split_copy)
+    code, output, imported = importtime_job("segment", data_root, split_copy)
     _assert_one_error(code, output, "segnet/best.pt missing", "make segtrain")
     assert "ray" not in imported.split() and "torch" not in imported.split()
 
 
 def test_a_bad_enum_value_is_refused_before_ray_torch_or_timm_load(data_root: Path, split_copy: Path) -> None:
-    code, output, imported = _job("cam", data_root, split_copy, "cam.scope=everything")
+    code, output, imported = importtime_job("cam", data_root, split_copy, "cam.scope=everything")
     _assert_one_error(code, output, "cam.scope", "split, all")
     assert not {"ray", "torch", "timm"} & set(imported.split()), imported
 
@@ -86,7 +59,7 @@ def test_pretrained_weights_out_of_reach_name_the_offline_settings(
     data_root: Path, split_copy: Path, tmp_path: Path
 ) -> None:
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, and the hub declared offline
-    code, output, imported = _job(
+    code, output, imported = importtime_job(
         "train", data_root, split_copy, "model.pretrained=true", "model.name=hf_hub:timm/resnet18.a1_in1k", env=env
     )
     _assert_one_error(code, output, "model.pretrained=false", "model.weights=", "resnet18.a1_in1k")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +20,7 @@ from engine.stages._rows import trained_view_only
 from engine.stages._scoring import adopt_threshold
 from engine.stages.cam import run_cam
 from engine.stages.infer import run_infer
-from tests.conftest import REPO, TEST_OVERRIDES, test_config
+from tests.conftest import REPO, importtime_job, test_config
 
 TRAINED = load_config(REPO / "conf" / "demo.yaml", ["canvas.height=512", "cam.target_layer=layer3"])
 
@@ -87,33 +85,11 @@ def test_a_limit_keeps_that_many_scored_rows_and_counts_the_other_views_before_t
     assert "".join(flagged["image_id"]) == "abc" and not flagged.attrs.get("skipped")
 
 
-def _job(stage: str, data_root: Path, run_dir: Path, *extra: str) -> tuple[int, str, str]:
-    """Runs `python -X importtime -m jobs <stage>`; returns exit code, its output lines, the modules it imported."""
-    command = [
-        sys.executable,
-        "-X",
-        "importtime",
-        "-m",
-        "jobs",
-        stage,
-        "--config",
-        "conf/demo.yaml",
-        f"data.root={data_root}",
-        f"run.dir={run_dir}",
-        *TEST_OVERRIDES,
-        *extra,
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("import time:")]
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
-    return done.returncode, "\n".join(lines), " ".join(sorted(imported))
-
-
 @pytest.mark.parametrize("stage", ["cam", "infer"])
 def test_a_mismatched_canvas_exits_2_with_one_line_before_ray(stage, trained_run, data_root, tmp_path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("train_state"))
-    code, output, imported = _job(stage, data_root, run_dir, "canvas.height=192")
+    code, output, imported = importtime_job(stage, data_root, run_dir, "canvas.height=192")
     assert code == 2 and len(output.splitlines()) == 1 and output.startswith("error: "), output[-3000:]
     assert "canvas.height=192" in output and "canvas.height=256" in output and "model.override_contract" in output
     assert "ray" not in imported.split() and "torch" not in imported.split()
