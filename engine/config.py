@@ -37,6 +37,9 @@ Count = Annotated[int, Range(0)]  # a count where 0 means none (or: automatic, w
 NonNegative = Annotated[float, Range(0.0)]
 PositiveFloat = Annotated[float, Range(0.0, low_open=True)]
 SplitName = Literal["train", "val", "test"]
+SpotFeature = Literal[
+    "cam", "peak", "contrast", "asym", "physiology", "size"
+]  # engine.core.localization.spots.FEATURES
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class CamConfig:
     refine_reach: PositiveFloat = 2.0  # refinement window half-size, in CAM cells
     refine_power: PositiveFloat = 4.0  # evidence weighting exponent of the refinement centroid
     refine_peaks: Positive = 32  # refined centres stored per image (best peaks first; `make boxes` reuses them)
+    spots: Count = 48  # hot spots found per image on the scan (core.localization.spots) and stored; 0: none
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,14 @@ class BoxesConfig:
     max: Positive = 5  # boxes per image at most (seed recipe)
     nms_iou: Fraction = 0.15  # greedy NMS IoU (seed recipe)
     min_score: Fraction = 0.0  # drop peaks whose normalised CAM value is <= this
+    # spots: the scan's hot spots ranked by the CAM, contrast, asymmetry and the physiology map, tuned on tune_split
+    # (make boxes); cam_peaks: fixed-size boxes on the CAM's local maxima (size, max, nms_iou, min_score above)
+    method: Literal["spots", "cam_peaks"] = "spots"
+    features: tuple[SpotFeature, ...] = ("cam", "peak", "contrast", "asym", "physiology", "size")  # ranker input
+    tune_split: SplitName = "val"  # split whose boxes fit the ranker (its heatmaps: make cam cam.split=val)
+    tune_size_factors: tuple[PositiveFloat, ...] = (2.5, 3.5, 4.5)  # box side / spot sigma tried
+    tune_max: tuple[Positive, ...] = (1, 2, 3, 5)  # boxes per image tried
+    tune_cutoffs: tuple[Fraction, ...] = (0.0, 0.2, 0.4, 0.6)  # classifier cutoffs tried, plus the selected thr
 
 
 @dataclass(frozen=True)

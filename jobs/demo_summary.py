@@ -17,13 +17,18 @@ from engine.io.summary import pack_items
 # the headline methods (every method and baseline: the evaluate summary above it, or tables/loc_metrics)
 FIGURES = (
     "peaks",
+    "body_prior",  # the no-model prior beside the run's boxes and each ablation row below
+    "spots_peak",
+    "spots_scan",
+    "spots_cam",
+    "spots_cam_asym",
+    "spots_full",
     "masks_tight",
     "masks",
     "segnet_tight",
     "segnet",
     "peaks_tuned",
     "seed",
-    "body_prior",
     "max_box_acc",
 )
 STAGE_ORDER = (

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: boxes_max, min_score
+SCHEMA_VERSION = 3  # 2: boxes_max, min_score; 3: box_method
 PARTITION_COLS: tuple[str, ...] = ("split", "folder")
 SCHEMA = pa.schema(
     [
@@ -16,10 +16,11 @@ SCHEMA = pa.schema(
         pa.field("y1_orig", pa.float32()),
         pa.field("x2_orig", pa.float32()),
         pa.field("y2_orig", pa.float32()),
-        pa.field("score", pa.float32()),  # normalised CAM value at the peak, [0, 1]
-        pa.field("score_raw", pa.float32()),  # un-normalised CAM value at the peak: compares across images
+        pa.field("score", pa.float32()),  # [0, 1]: cam_peaks: normalised CAM at the peak; spots: the ranker score
+        pa.field("score_raw", pa.float32()),  # cam_peaks: un-normalised CAM value at the peak (null for spots)
         pa.field("y_prob", pa.float32()),
-        pa.field("box_size", pa.int16()),  # boxes.size used
+        pa.field("box_method", pa.string()),  # boxes.method: cam_peaks, or spots (the run's spot_ranker.json)
+        pa.field("box_size", pa.int16()),  # boxes.size used (spots: this box's side, canvas px)
         pa.field("nms_iou", pa.float32()),  # boxes.nms_iou used
         pa.field("boxes_max", pa.int16()),  # boxes.max used
         pa.field("min_score", pa.float32()),  # boxes.min_score used

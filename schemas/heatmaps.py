@@ -19,6 +19,14 @@ SCHEMA = pa.schema(
         pa.field("peak_index", pa.list_(pa.int32())),
         pa.field("peak_x", pa.list_(pa.float32())),
         pa.field("peak_y", pa.list_(pa.float32())),
+        # cam.spots: the scan's hot spots (engine.core.localization.spots.find_spots), best excess first: centre
+        # (canvas px), blob sigma (canvas px), smoothed peak, contrast to the local background, left-right asymmetry
+        pa.field("spot_x", pa.list_(pa.float32())),
+        pa.field("spot_y", pa.list_(pa.float32())),
+        pa.field("spot_sigma", pa.list_(pa.float32())),
+        pa.field("spot_peak", pa.list_(pa.float32())),
+        pa.field("spot_contrast", pa.list_(pa.float32())),
+        pa.field("spot_asym", pa.list_(pa.float32())),
         pa.field("overlay_canvas", pa.string()),  # PNG path relative to the run dir, or null
         pa.field("overlay_orig", pa.string()),
         pa.field("split", pa.string(), nullable=False),

@@ -93,7 +93,8 @@ def test_override_of_a_key_absent_from_the_yaml_section_keeps_the_others(tmp_pat
 def test_unknown_key_in_yaml_names_file_line_and_known_keys(tmp_path):
     path = write_yaml(tmp_path, "seed: 1\nboxes:\n  size: 32\n  nms_iuo: 0.2\n")
     with pytest.raises(
-        ConfigError, match=r"default\.yaml:4: unknown key 'boxes\.nms_iuo' \(known: size, max, nms_iou, min_score\)"
+        ConfigError,
+        match=r"default\.yaml:4: unknown key 'boxes\.nms_iuo' \(known: size, max, nms_iou, min_score, method, features, tune_split, tune_size_factors, tune_max, tune_cutoffs\)",
     ):
         load_config(path)
 

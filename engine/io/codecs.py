@@ -1,9 +1,11 @@
-"""Table columns <-> arrays: heatmaps as float16 lists, refined peaks as padded lists."""
+"""Table columns <-> arrays: heatmaps as float16 lists, refined peaks and hot spots as padded lists."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from engine.core.localization.spots import SPOT_COLUMNS
 
 
 def heatmap_column(heat: np.ndarray) -> pa.Array:
@@ -36,3 +38,12 @@ def peak_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
         "peak_x": padded_list_column(ok["peak_x"], valid, pa.float32()),
         "peak_y": padded_list_column(ok["peak_y"], valid, pa.float32()),
     }
+
+
+def spot_list_columns(ok: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Returns the hot-spot columns as Arrow lists (NaN padding dropped; nulls when the pass found none)."""
+    n = len(ok["image_id"])
+    if "spot_x" not in ok:
+        return {name: pa.nulls(n, pa.list_(pa.float32())) for name in SPOT_COLUMNS}
+    valid = np.isfinite(ok["spot_x"])
+    return {name: padded_list_column(ok[name], valid, pa.float32()) for name in SPOT_COLUMNS}

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from engine.core.localization.boxes import BoxParams
 from engine.core.localization.columns import BODY_CANVAS_COLUMNS, explode_boxes
-from engine.io.codecs import heatmap_column, peak_list_columns
+from engine.core.localization.spots import SpotRanker
+from engine.io.codecs import heatmap_column, peak_list_columns, spot_list_columns
 from engine.io.pause import pause_point
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter
@@ -31,6 +32,7 @@ class RowContext:
     model: str  # model.name, recorded with each pred
     qc_flags: Mapping[str, list[str] | None]  # image_id -> its QC flags (None: none)
     boxes: BoxParams = BoxParams()  # the pseudo boxes' parameters (with CAM)
+    ranker: SpotRanker | None = None  # set: the actors built the boxes on spots with it (boxes.method=spots)
     min_prob: float = float("-inf")  # rows below it get no box rows (cam.min_prob)
     overlays: OverlayCollector | None = None  # with CAM: keeps the sampled rows, renders their PNGs at the end
 
@@ -66,10 +68,11 @@ def _write_batch(writer: TableWriter, batch: dict, ctx: RowContext, summary: Sta
     overlays = ctx.overlays
     refs = overlays.take(ok) if overlays else {"overlay_canvas": [None] * n, "overlay_orig": [None] * n}
     shape = {"heatmap_h": [ok["heatmap"].shape[1]] * n, "heatmap_w": [ok["heatmap"].shape[2]] * n}
-    writer.write("heatmaps", {**ok, **refs, **shape, **peak_list_columns(ok), "heatmap": heatmap_column(ok["heatmap"])})
+    lists = {**peak_list_columns(ok), **spot_list_columns(ok), "heatmap": heatmap_column(ok["heatmap"])}
+    writer.write("heatmaps", {**ok, **refs, **shape, **lists})
     body = {k: np.full(n, np.nan, np.float32) for k in BODY_CANVAS_COLUMNS if k not in ok}  # a stream without qc
     writer.write("meta", {**ok, **body})
-    writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx.boxes, ctx.min_prob))
+    writer.write("boxes", explode_boxes(ok, ok["boxes"], ok["box_count"], ctx.boxes, ctx.min_prob, ctx.ranker))
 
 
 def stream_to_tables(

@@ -14,7 +14,9 @@ import pyarrow.fs as pafs
 from engine.config import Config
 from engine.contract import apply_contract
 from engine.core.localization.boxes import BoxParams
+from engine.core.localization.spots import SpotRanker, SpotSettings
 from engine.core.metrics.classification import binary_metrics
+from engine.core.metrics.localization import LocSettings
 from engine.io.fs import read_run_json, resolve_fs
 from engine.io.tables import read_table, write_part
 from engine.stages._run import run_id
@@ -155,6 +157,8 @@ def cam_settings(cfg: Config, with_cam: bool, use_gpu: bool) -> CamSettings:
         refine_reach=cfg.cam.refine_reach,
         refine_power=cfg.cam.refine_power,
         refine_peaks=cfg.cam.refine_peaks,
+        spots=SpotSettings(limit=cfg.cam.spots),
+        ranker=spot_ranker(cfg) if with_cam else None,
         warmup=(cfg.infer.batch_size, cfg.canvas.height, cfg.canvas.width),
         model_batch=cfg.infer.batch_size,
     )
@@ -182,6 +186,24 @@ def scoring_feed(cfg: Config, use_gpu: bool) -> ScoringFeed:
     threads = infer.decode_threads or max(1, math.ceil(infer.num_cpus))
     decode = DecodeSettings.of(cfg.data, cfg.canvas, threads)
     return ScoringFeed(pool, decode, StreamSettings.of(cfg.ray), in_actor=infer.decode != "tasks")
+
+
+def loc_settings(cfg: Config) -> LocSettings:
+    """Returns the localisation settings from `evaluate.*` (what a box counts as a hit)."""
+    ev = cfg.evaluate
+    return LocSettings(ks=ev.ks, iou_thresholds=ev.iou, iogt_thresholds=ev.iogt, tolerance_px=ev.tolerance_px)
+
+
+RANKER_FILE = "spot_ranker.json"  # written by `make boxes` (boxes.method=spots) in the model's run
+
+
+def spot_ranker(cfg: Config) -> SpotRanker | None:
+    """Returns the spot ranker `make boxes` tuned for the model's run, or None (boxes.method=cam_peaks, not tuned
+    yet, or cam.spots=0): boxes then sit on the CAM's peaks."""
+    if cfg.boxes.method != "spots" or cfg.cam.spots == 0:
+        return None
+    record = read_run_json(model_run_dir(cfg), RANKER_FILE)
+    return SpotRanker.from_dict(record["ranker"]) if record and record.get("ranker") else None
 
 
 def min_prob(cfg: Config) -> float:

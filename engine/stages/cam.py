@@ -30,6 +30,7 @@ from engine.stages._scoring import (
     scoring_config,
     scoring_extras,
     scoring_feed,
+    spot_ranker,
 )
 from engine.stages._stage import INDEX, MODEL, SPLITS, THRESHOLD, Need, Stage
 
@@ -109,6 +110,7 @@ def run_cam(cfg: Config) -> StageSummary:
         boxes=box_params(cfg),
         min_prob=min_prob(cfg),
         overlays=overlays,
+        ranker=spot_ranker(cfg),
     )
     checks = training_range_check(cfg, ctx.qc_flags) if cfg.model.from_run else {}
     scope = "all" if whole else cfg.cam.scope

@@ -21,7 +21,7 @@ from engine.stages._rows import select_rows
 from engine.stages.boxes import run_boxes
 from engine.stages.cam import CAM_TABLES, run_cam
 from engine.stages.infer import run_infer
-from tests.conftest import test_config
+from tests.conftest import run_job, test_config
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,48 @@ def test_make_boxes_with_equal_parameters_reproduces_cam_boxes(cam_run, data_roo
     run_boxes(test_config(data_root, run_dir, "boxes.max=1"))
     assert read_table(str(run_dir), "boxes").groupby("image_id").size().max() == 1
     run_boxes(test_config(data_root, run_dir))
+
+
+def test_cam_stores_the_scans_hot_spots_on_the_body(cam_run) -> None:
+    run_dir, _ = cam_run
+    heat = read_table(str(run_dir), "heatmaps").merge(read_table(str(run_dir), "meta")[["image_id", "pad_left"]])
+    counts = heat["spot_x"].map(len)
+    assert counts.gt(0).all() and counts.le(48).all()
+    assert (heat["spot_sigma"].map(len) == counts).all() and (heat["spot_asym"].map(len) == counts).all()
+    for row in heat.itertuples():
+        xs = np.asarray(row.spot_x)
+        assert (xs >= row.pad_left).all() and (xs <= 128 - row.pad_left).all()  # inside the letterboxed image
+        assert (np.asarray(row.spot_sigma) > 0).all()
+
+
+def test_make_boxes_tunes_a_spot_ranker_that_cam_then_uses(scored_run: Path, data_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(scored_run, run_dir)
+    cam_boxes = read_table(str(run_dir), "boxes")
+    assert (cam_boxes["box_method"] == "cam_peaks").all()  # no ranker yet: the actors put boxes on CAM peaks
+    summary = run_boxes(test_config(data_root, run_dir, "boxes.tune_split=test"))
+    assert summary.extra["box_method"] == "spots" and summary.balanced
+    ranker = json.loads((run_dir / "spot_ranker.json").read_text())["ranker"]
+    boxes = read_table(str(run_dir), "boxes")
+    heat = read_table(str(run_dir), "heatmaps").set_index("image_id")
+    assert len(boxes) and (boxes["box_method"] == "spots").all()
+    assert boxes.groupby("image_id").size().max() <= ranker["max_boxes"]
+    assert (boxes["y_prob"] >= ranker["cutoff"]).all() and (boxes["score"] >= ranker["min_score"] - 1e-6).all()
+    for box in boxes.itertuples():  # centred on one of its image's stored spots, side = size_factor x its sigma
+        spots = heat.loc[box.image_id]
+        near = np.hypot(
+            np.asarray(spots["spot_x"]) - (box.x1 + box.x2) / 2, np.asarray(spots["spot_y"]) - (box.y1 + box.y2) / 2
+        )
+        side = max(ranker["min_side"], ranker["size_factor"] * float(np.asarray(spots["spot_sigma"])[np.argmin(near)]))
+        assert near.min() < 0.5 * side + 1e-3 and abs((box.x2 - box.x1) - side) < 1e-3 + (side > 64) * side
+    job = run_job("cam", data_root, run_dir, "run.overwrite=true")  # the actors now rank the spots themselves
+    assert job.code == 0, "\n".join(job.lines[-20:])
+    again = read_table(str(run_dir), "boxes")
+    assert (again["box_method"] == "spots").all()
+    key, coords = ["image_id", "rank"], ["x1", "y1", "x2", "y2", "score"]
+    first, second = (b.sort_values(key).reset_index(drop=True) for b in (boxes, again))
+    assert first[key].equals(second[key])
+    np.testing.assert_allclose(first[coords], second[coords], atol=1e-3)
 
 
 def test_cam_tables_open_in_plain_pyarrow_pandas_and_duckdb(cam_run) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.localization.boxes import BoxParams, RefinedPeaks, boxes_for_batch, refined_peaks
+from engine.core.localization.spots import SPOT_COLUMNS, SpotRanker, image_boxes, spot_features, spots_of
 from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original_batch, original_to_canvas
 
 META_COLUMNS = ("orig_h", "orig_w", "canvas_h", "canvas_w", "scale", "pad_left", "pad_top", "new_h", "new_w")
@@ -54,13 +55,19 @@ def body_boxes(batch: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def explode_boxes(
-    batch: dict[str, Any], boxes: np.ndarray, counts: np.ndarray, params: BoxParams, min_prob: float
+    batch: dict[str, Any],
+    boxes: np.ndarray,
+    counts: np.ndarray,
+    params: BoxParams,
+    min_prob: float,
+    ranker: SpotRanker | None = None,
 ) -> dict[str, np.ndarray]:
     """Returns `boxes` table columns: one row per box of the images whose y_prob >= min_prob.
 
-    `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.core.localization.boxes.boxes_for_batch).
-    The original-image coordinates come from the letterbox inverse; every row records the `params` it was built
-    with (box_size, nms_iou, boxes_max, min_score), so a table says how to rebuild it.
+    `boxes` is (N, K, 5) canvas x1, y1, x2, y2, score padded with NaN (engine.core.localization.boxes.boxes_for_batch,
+    or ``ranked_batch_boxes`` when `ranker` built them). The original-image coordinates come from the letterbox
+    inverse; every row records how it was built: box_method, and for CAM peaks the `params` (box_size, nms_iou,
+    boxes_max, min_score), for spots the ranker's settings and each box's own side.
     """
     keep_image = np.asarray(batch["y_prob"], dtype=np.float32) >= min_prob
     rank = np.arange(boxes.shape[1])[None, :]
@@ -81,16 +88,24 @@ def explode_boxes(
     )
     raw_min = np.asarray(batch["raw_min"], dtype=np.float32)[img_idx]
     raw_max = np.asarray(batch["raw_max"], dtype=np.float32)[img_idx]
+    n = len(img_idx)
+    if ranker is None:
+        method, sizes, raw = "cam_peaks", np.full(n, params.size), raw_min + flat[:, 4] * (raw_max - raw_min)
+        nms, most, floor = params.nms_iou, params.max_boxes, params.min_score
+    else:
+        method, sizes, raw = "spots", np.rint(flat[:, 2] - flat[:, 0]), np.full(n, np.nan, dtype=np.float32)
+        nms, most, floor = ranker.nms_iou, ranker.max_boxes, ranker.min_score
     columns: dict[str, np.ndarray] = {
         "image_id": np.asarray(batch["image_id"])[img_idx],
         "rank": rank_idx.astype(np.int16),
         "score": flat[:, 4],
-        "score_raw": raw_min + flat[:, 4] * (raw_max - raw_min),  # undoes the min-max normalisation
+        "score_raw": raw.astype(np.float32),  # cam_peaks: undoes the min-max normalisation
         "y_prob": np.asarray(batch["y_prob"], dtype=np.float32)[img_idx],
-        "box_size": np.full(len(img_idx), params.size, dtype=np.int16),
-        "nms_iou": np.full(len(img_idx), params.nms_iou, dtype=np.float32),
-        "boxes_max": np.full(len(img_idx), params.max_boxes, dtype=np.int16),
-        "min_score": np.full(len(img_idx), params.min_score, dtype=np.float32),
+        "box_method": np.full(n, method, dtype=object),
+        "box_size": sizes.astype(np.int16),
+        "nms_iou": np.full(n, nms, dtype=np.float32),
+        "boxes_max": np.full(n, most, dtype=np.int16),
+        "min_score": np.full(n, floor, dtype=np.float32),
         "split": np.asarray(batch["split"])[img_idx],
         "folder": np.asarray(batch["folder"])[img_idx],
     }
@@ -144,3 +159,24 @@ def pseudo_boxes(heatmaps: np.ndarray, batch: dict[str, Any], params: BoxParams)
     if all(k in batch for k in PEAK_COLUMNS):
         refined = [refined_of(*row) for row in zip(*(batch[k] for k in PEAK_COLUMNS), strict=True)]
     return boxes_for_batch(heatmaps.astype(np.float32), body_boxes(batch), canvas_h, canvas_w, params, refined)
+
+
+def ranked_batch_boxes(
+    heatmaps: np.ndarray, batch: dict[str, Any], ranker: SpotRanker, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns spot boxes of a batch by `ranker`: (N, width, 5) float32 padded with NaN, and counts (N,) int32.
+
+    The batch carries SPOT_COLUMNS (padded arrays or lists), `y_prob` and the letterbox meta; heatmaps are the
+    stored (N, h, w) maps. Row i holds ``spots.image_boxes`` of that row, its first `width` boxes.
+    """
+    canvas_h, canvas_w = int(batch["canvas_h"][0]), int(batch["canvas_w"][0])
+    out = np.full((len(heatmaps), width, 5), np.nan, dtype=np.float32)
+    counts = np.zeros(len(heatmaps), dtype=np.int32)
+    columns = (batch["y_prob"], batch["scale"], *(batch[k] for k in SPOT_COLUMNS))
+    for i, (heat, body, prob, scale, *values) in enumerate(zip(heatmaps, body_boxes(batch), *columns, strict=True)):
+        spots = spots_of(tuple(values))
+        heat = np.asarray(heat, np.float32)
+        features = spot_features(spots, heat, body, canvas_h, canvas_w, ranker.physiology, float(scale))
+        boxes = image_boxes(spots, features, body, float(prob), ranker)[:width]
+        out[i, : len(boxes)], counts[i] = boxes, len(boxes)
+    return out, counts

@@ -15,10 +15,13 @@ import numpy as np
 from engine.core.localization.boxes import BoxParams
 from engine.core.localization.columns import (
     BODY_CANVAS_COLUMNS,
+    body_boxes,
     pseudo_boxes,
+    ranked_batch_boxes,
     refined_peak_columns,
     row_slices,
 )
+from engine.core.localization.spots import SpotRanker, SpotSettings, spot_columns
 from engine.runtime.decode import BatchDecoder, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class CamSettings:
     refine_reach: float = 2.0
     refine_power: float = 4.0
     refine_peaks: int = 32
+    spots: SpotSettings = SpotSettings(limit=0)  # hot spots found and stored per image (cam.spots)
+    ranker: SpotRanker | None = None  # the run's tuned spot ranker (make boxes): boxes on spots instead of CAM peaks
     warmup: tuple[int, int, int] = (0, 0, 0)  # (batch, canvas_h, canvas_w): compile before the first real batch
     decode: DecodeSettings | None = None  # set: the actor gets index rows and decodes them itself (infer.decode)
     model_batch: int = 0  # rows per model call within one actor call (infer.batch_size); 0: the whole call
@@ -235,14 +240,24 @@ class ClassifyCamStage:
             heat = np.zeros((n, *host["heat"].shape[1:]), np.float16)
             heat[ok] = host["heat"].astype(np.float16)
             raw_min[ok], raw_max[ok] = host["raw_min"], host["raw_max"]
-        params = self.settings.boxes
-        boxes = np.full((n, params.max_boxes, 5), np.nan, dtype=np.float32)
+        params, ranker = self.settings.boxes, self.settings.ranker
+        width = max(params.max_boxes, ranker.max_boxes if ranker is not None else 0)
+        boxes = np.full((n, width, 5), np.nan, dtype=np.float32)
         counts = np.zeros(n, dtype=np.int32)
         columns: dict[str, np.ndarray] = {}
         if ok.any():  # undecodable rows have no letterbox meta and get no boxes
             ok_meta = {
                 k: np.asarray(batch[k])[ok]
-                for k in ("canvas_h", "canvas_w", "pad_left", "pad_top", "new_w", "new_h", *BODY_CANVAS_COLUMNS)
+                for k in (
+                    "canvas_h",
+                    "canvas_w",
+                    "scale",
+                    "pad_left",
+                    "pad_top",
+                    "new_w",
+                    "new_h",
+                    *BODY_CANVAS_COLUMNS,
+                )
                 if k in batch
             }
             if "centres" in host:
@@ -254,7 +269,16 @@ class ClassifyCamStage:
                 }
                 for k, v in peaks.items():
                     columns[k][ok] = v
-            boxes[ok], counts[ok] = pseudo_boxes(heat[ok], ok_meta, params)
+            if self.settings.spots.limit > 0:
+                found = spot_columns(np.asarray(batch["canvas"])[ok], body_boxes(ok_meta), self.settings.spots)
+                for k, v in found.items():
+                    columns[k] = np.full((n, v.shape[1]), np.nan, dtype=np.float32)
+                    columns[k][ok] = v
+            if ranker is not None and "spot_x" in columns:
+                rows = {k: v[ok] for k, v in columns.items()} | ok_meta | {"y_prob": host["y_prob"]}
+                boxes[ok], counts[ok] = ranked_batch_boxes(heat[ok], rows, ranker, width)
+            else:
+                boxes[ok, : params.max_boxes], counts[ok] = pseudo_boxes(heat[ok], ok_meta, params)
         return {"heatmap": heat, "raw_min": raw_min, "raw_max": raw_max, "boxes": boxes, "box_count": counts, **columns}
 
     def _feature_shape(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:

@@ -49,12 +49,21 @@ from engine.core.localization.box_methods import (
 )
 from engine.core.localization.boxes import BoxParams
 from engine.core.localization.columns import PEAK_COLUMNS
+from engine.core.localization.spot_methods import (
+    case_peak,
+    has_spots,
+    score_ranker,
+    spot_cases,
+    tune_ranker,
+    with_features,
+)
 from engine.core.metrics.localization import LocSettings, cam_peak_original
 from engine.io.evaluate_masks import mask_methods
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
 from engine.stages._run import StageRun, run_id
-from engine.stages._scoring import selected_threshold
+from engine.stages._scoring import loc_settings, selected_threshold, spot_ranker
+from engine.stages.boxes import tune_grid
 from engine.stages.evaluate.baselines import body_prior_method, centre_prior_method, max_box_acc_method
 from engine.stages.evaluate.outputs import export_coco, write_json
 from engine.stages.evaluate.population import scored_population
@@ -90,12 +99,6 @@ class EvalContext:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def loc_settings(cfg: Config) -> LocSettings:
-    """Returns the localisation settings from `evaluate.*`."""
-    ev = cfg.evaluate
-    return LocSettings(ks=ev.ks, iou_thresholds=ev.iou, iogt_thresholds=ev.iogt, tolerance_px=ev.tolerance_px)
-
-
 def _threshold(run_dir: str, notes: dict, key: str) -> float:
     try:
         return selected_threshold(run_dir)
@@ -110,8 +113,11 @@ def stored_box_params(boxes: pd.DataFrame, cfg: Config) -> tuple[BoxParams, str]
     `box_size` and `nms_iou` are always stored; `boxes_max` and `min_score` only in newer tables: older ones (or
     an empty table) fall back to the config's ``boxes.*``, and the returned text says so.
     """
-    if not len(boxes):
-        return BoxParams(cfg.boxes.size, cfg.boxes.max, cfg.boxes.nms_iou, cfg.boxes.min_score), "config (no boxes)"
+    if not len(boxes) or (boxes["box_method"] == "spots").any():
+        source = (
+            "config (no boxes)" if not len(boxes) else "config (the stored boxes are spots: boxes.size for the rest)"
+        )
+        return BoxParams(cfg.boxes.size, cfg.boxes.max, cfg.boxes.nms_iou, cfg.boxes.min_score), source
     size, nms = int(boxes["box_size"].iloc[0]), round(float(boxes["nms_iou"].iloc[0]), 6)
     if all(c in boxes and boxes[c].notna().all() for c in ("boxes_max", "min_score")):
         max_boxes, min_score = int(boxes["boxes_max"].iloc[0]), round(float(boxes["min_score"].iloc[0]), 6)
@@ -132,6 +138,15 @@ def _peaks(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
     ]
 
 
+def _stored_peaks(ctx: EvalContext, frame: pd.DataFrame, stored: pd.DataFrame) -> list[tuple[int, int] | None]:
+    """Returns the pointing-game peaks of the stored boxes' method: the best-ranked spot when the boxes are the run's
+    spot ranker's (``boxes.method=spots``), else the best CAM body peak."""
+    ranker = spot_ranker(ctx.cfg)
+    if ranker is None or stored.empty or not (stored["box_method"] == "spots").all() or not has_spots(frame):
+        return _peaks(frame)
+    return [case_peak(case, ranker) for case in with_features(spot_cases(frame, ctx.gt), ranker.physiology)]
+
+
 def _method_peaks(ctx: EvalContext, frame: pd.DataFrame) -> tuple[list[MethodRun], BoxParams]:
     """Returns `peaks` (the stored boxes) and `peaks_unrefined` (cell-centre peaks), and the stored box settings."""
     cfg = ctx.cfg
@@ -139,7 +154,7 @@ def _method_peaks(ctx: EvalContext, frame: pd.DataFrame) -> tuple[list[MethodRun
     stored = stored[stored["image_id"].isin(frame["image_id"])]
     params, ctx.notes["box_params_source"] = stored_box_params(stored, cfg)
     args = (ctx.gt, params, ctx.thr, ctx.settings, cfg.run.dir)
-    runs = [score_method("peaks", frame, stored, _peaks(frame), *args)]
+    runs = [score_method("peaks", frame, stored, _stored_peaks(ctx, frame, stored), *args)]
     plain = frame.drop(columns=[c for c in PEAK_COLUMNS if c in frame.columns])
     boxes = recompute_boxes(plain, params)
     boxes = boxes[boxes["image_id"].isin(stored["image_id"])]  # the images `make cam` kept (cam.min_prob)
@@ -207,6 +222,38 @@ def _method_tuned(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
             "peaks_tuned", frame, boxes, _peaks(frame), ctx.gt, params, best["cutoff"], ctx.settings, cfg.run.dir
         )
         runs.append(replace(run, tuned_on=ev.tune_split))
+    return runs
+
+
+# The spot ranker's ablation: (method, features, uses the classifier). No-model rows get no classifier cutoff.
+SPOT_ABLATION = (
+    ("spots_peak", ("peak",), False),
+    ("spots_scan", ("peak", "contrast", "asym", "physiology", "size"), False),
+    ("spots_cam", ("cam",), True),
+    ("spots_cam_contrast", ("cam", "peak", "contrast"), True),
+    ("spots_cam_asym", ("cam", "peak", "contrast", "asym"), True),
+    ("spots_full", ("cam", "peak", "contrast", "asym", "physiology", "size"), True),
+)
+
+
+def _spot_ablation(ctx: EvalContext, test: pd.DataFrame) -> list[MethodRun]:
+    """Returns each SPOT_ABLATION ranker tuned on the tune split and scored on it and on the test split once."""
+    cfg, ev = ctx.cfg, ctx.cfg.evaluate
+    val = scored_population(cfg, cfg.run.dir, ev.tune_split).frame
+    if not (has_spots(val) and has_spots(test)):
+        ctx.notes["spots"] = {"skipped": f"no stored spots for split={ev.tune_split} and {ev.split} (cam.spots=0?)"}
+        return []
+    val_cases, test_cases = spot_cases(val, ctx.gt), spot_cases(test, ctx.gt)
+    runs, records = [], {}
+    for method, features, gated in SPOT_ABLATION:
+        grid = tune_grid(cfg) if gated else replace(tune_grid(cfg), cutoffs=(0.0,))
+        threshold = ctx.thr if gated else 0.0
+        ranker, records[method] = tune_ranker(features, val, val_cases, ctx.gt, grid, threshold, ctx.settings, cfg.seed)
+        with_features(test_cases, ranker.physiology)
+        for frame, cases in ((val, val_cases), (test, test_cases)):
+            run = score_ranker(method, frame, cases, ranker, ctx.gt, ctx.settings, cfg.run.dir)
+            runs.append(replace(run, tuned_on=ev.tune_split))
+    ctx.notes["spots"] = records
     return runs
 
 
@@ -326,6 +373,7 @@ def _scored_methods(ctx: EvalContext, summary: StageSummary) -> list[MethodRun]:
     mask_runs, notes["masks"] = mask_methods(ctx, test, params, _peaks(test))
     runs += mask_runs
     runs += _method_tuned(ctx, test) if cfg.evaluate.tune else []
+    runs += _spot_ablation(ctx, test) if cfg.evaluate.tune else []
     runs.append(seed_rule_boxes("seed_rule", test, ctx.gt, ctx.settings, seed_params(cfg), ctx.thr, cfg.run.dir))
     runs += _method_baseline(ctx, test)
     runs += _baselines(ctx, test, params)
