@@ -2,11 +2,12 @@
 
 Sections: classification (ROC, precision-recall, sensitivity/specificity vs threshold, confusion matrix at the
 selected threshold), training curves (`epochs`), localisation (`loc_metrics` from `make evaluate`: one line on
-whether the run's boxes beat the no-model body prior, a panel per metric, tables grouped and explained by
-``core.metrics.notes``) and a gallery of overlays in original px for true positives, false positives,
-false negatives and true negatives, each image linked to its page in `make browse` (``../image/<image_id>``, which
-resolves when `make browse` serves this page at ``/report/``; opened as a file the links lead nowhere). A section
-whose inputs are missing says which stage to run; it never stops the others.
+whether the run's boxes beat the no-model body prior, a panel per metric, every method's precision beside its share
+of boxes on physiological uptake (Normal GT boxes) and its PxAP with the one classifier-gate rule of the mask
+methods, tables grouped and explained by ``core.metrics.notes``) and a gallery of overlays in original px for true
+positives, false positives, false negatives and true negatives, each image linked to its page in `make browse`
+(``../image/<image_id>``, which resolves when `make browse` serves this page at ``/report/``; opened as a file the
+links lead nowhere). A section whose inputs are missing says which stage to run; it never stops the others.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import pyarrow.dataset as pads
 
 from engine.config import Config
 from engine.core.metrics.classification import binary_metrics
+from engine.core.metrics.notes import MASK_GATE
 from engine.core.render import plots as plots
 from engine.core.render.tables import (
     classification_html,
     group_table_html,
     grouped_metrics,
+    method_metrics_html,
     methods_html,
     parameters,
     qc_counts_html,
@@ -53,11 +56,15 @@ LOC_PLOTTED = (
     "hit@5",
     "precision@iou0.3",
     "recall@iou0.3",
+    "boxes_on_normal_gt",
     "precision@iou0.5",
     "recall@iou0.5",
     "max_box_acc@iou0.3",
     "max_box_acc@iou0.5",
+    "mask_pxap",
 )
+# The table of every method's precision beside its boxes on physiological uptake (Normal GT boxes) and its PxAP.
+PHYSIOLOGY = ("precision@iou0.3", "recall@iou0.3", "boxes_on_normal_gt", "fp_boxes_per_normal_image", "mask_pxap")
 RUN_METHOD = "peaks"  # the boxes the run writes (`make cam` / `make boxes`): the method the report judges
 PRIOR_METHOD = "body_prior"  # the no-model prior it has to beat
 VERDICT_METRICS = ("pointing_game", "precision@iou0.3")  # the two it has to beat it on
@@ -179,12 +186,24 @@ def _localisation(cfg: Config, out: _Out) -> str:
         png = plots.localisation_png(values, LOC_PLOTTED, cfg.report.dpi, RUN_METHOD, PRIOR_METHOD)
         name = out.write("localisation.png", png)
         parts.append(f'<p><img src="{html.escape(name)}" alt="localisation" style="max-width:100%"></p>')  # full width
+        parts.append(_physiology(chart[chart["view"] == view]))
     parts.append("<h3>Methods</h3>" + methods_html(list(dict.fromkeys(loc.loc[loc["split"] == split, "method"]))))
     for name, groups in grouped_metrics(loc, split).items():
         parts.append(f"<h3>{html.escape(name)}</h3>")
         parts += [f"<h4>{html.escape(group)}</h4>" + group_table_html(rows) for group, rows in groups.items()]
     parts.append("<h3>Box parameters per method</h3>" + _table(parameters(loc, cfg.run.dir)))
     return "".join(parts) + _tuning_note(cfg)
+
+
+def _physiology(rows: pd.DataFrame) -> str:
+    """Returns the table of every method's precision beside its false positives on physiology, with its reading."""
+    return (
+        "<h3>Precision beside false positives on physiology</h3><p><code>boxes_on_normal_gt</code>: the share of a "
+        "method's boxes (for masks: their bounding boxes) that touch a Normal GT box, the physiological uptake "
+        "BS-80K marks (bladder, kidneys, injection site), and no Abnormal one; lower is better. "
+        "<code>mask_pxap</code>: on each method's own continuous score map (generated data only). "
+        f"{html.escape(MASK_GATE)}</p>" + method_metrics_html(rows, PHYSIOLOGY)
+    )
 
 
 def prior_verdict(values: pd.DataFrame) -> str:

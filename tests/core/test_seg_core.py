@@ -151,8 +151,34 @@ def test_mask_quality_counts_false_positive_masks_on_normal_images() -> None:
     assert "mask_fp_per_normal" not in MaskQualityAccumulator(0.3).compute()
 
 
-def test_painted_scores_take_the_best_component_score_per_pixel() -> None:
-    from engine.io.evaluate_masks import painted_scores
+def test_each_ok_image_gets_one_seg_probs_row_with_its_pooled_map_across_batches() -> None:
+    from engine.core.masks.scoremaps import PROB_STRIDE, unpool_probability
+    from engine.runtime.udfs.segment import prob_column
+    from engine.stages.segment import prob_rows
 
-    scores = painted_scores([_rect(4, 4, 0, 2, 0, 2), _rect(4, 4, 1, 3, 1, 3)], [0.4, 0.7], (4, 4))
-    assert scores[0, 0] == pytest.approx(0.4) and scores[1, 1] == pytest.approx(0.7) and scores[3, 3] == 0.0
+    size = 4 * PROB_STRIDE
+    probs = np.zeros((3, size, size), dtype=np.float32)
+    probs[0, :PROB_STRIDE, :PROB_STRIDE] = 1.0  # image a: one hot block, top left
+    probs[1, -PROB_STRIDE:, -PROB_STRIDE:] = 0.5  # image b: a half-sure block, bottom right
+    rows = np.array(["a", "a", "b", "c"], dtype=object)  # two components of a, one row each of b and c
+    column = prob_column(np.array(["a", "b", "c"], dtype=object), rows, probs)
+    assert column.shape == (4, 4, 4) and column.dtype == np.uint8
+    assert column[0, 0, 0] == column[1, 0, 0] == 255 and column[0].sum() == 255  # a's map on both of its rows
+    assert column[2, 3, 3] == 128 and column[2].sum() == 128 and not column[3].any()
+    out = {
+        "image_id": rows,
+        "error": np.array(["", "", "", "missing_file: c"], dtype=object),
+        "prob": column,
+        "canvas_h": np.full(4, size),
+        "canvas_w": np.full(4, size),
+        "split": np.array(["test"] * 4, dtype=object),
+        "folder": np.array(["f"] * 4, dtype=object),
+    }
+    written: set[str] = set()
+    first = prob_rows({k: v[:1] for k, v in out.items()}, written)  # a's first row in one stream batch ...
+    rest = prob_rows({k: v[1:] for k, v in out.items()}, written)  # ... its second row in the next: not again
+    assert first["image_id"] == ["a"] and rest["image_id"] == ["b"]  # c failed: no map
+    assert written == {"a", "b"} and list(rest["prob_h"]) == [4] and list(rest["canvas_w"]) == [size]
+    stored = np.asarray(rest["prob"][0].as_py(), dtype=np.uint8).reshape(4, 4)
+    back = unpool_probability(stored, size, size)
+    assert back[-1, -1] == pytest.approx(128 / 255) and back[0, 0] == 0.0  # the half-sure block, back on the canvas

@@ -25,10 +25,10 @@ from engine.core.metrics.localization import LocSettings
 from engine.core.scans.letterbox import original_to_canvas
 from engine.io.codecs import heatmap_column
 from engine.io.tables import TableWriter, read_table
+from engine.stages._population import scored_frame
 from engine.stages.browse import create_app
 from engine.stages.cam import run_cam
 from engine.stages.evaluate.outputs import export_coco
-from engine.stages.evaluate.population import scored_frame
 from engine.stages.evaluate.run import run_evaluate
 from engine.stages.report import run_report
 from tests.conftest import test_config
@@ -61,6 +61,17 @@ def evaluated_run(ray_session, data_root: Path, scored_run: Path, tmp_path_facto
     return run_dir, cfg, summary, report
 
 
+SPOT_METHODS = (
+    "spots_peak",
+    "spots_scan",
+    "spots_cam",
+    "spots_cam_contrast",
+    "spots_cam_asym",
+    "spots_cam_site",
+    "spots_full",
+)
+
+
 def metric(loc: pd.DataFrame, method: str, name: str, split: str = "test") -> pd.Series:
     rows = loc[(loc["method"] == method) & (loc["metric"] == name) & (loc["split"] == split) & (loc["folder"] == "*")]
     assert len(rows) == 1, (method, name, split)
@@ -79,8 +90,17 @@ def test_evaluate_scores_every_method_with_counts_from_the_gt_table(evaluated_ru
         "centre_prior",
         "body_prior",
         "max_box_acc",
+        "cam",  # the CAM's own PxAP: generated data carries true lesion masks (engine.io.evaluate_masks)
+        *SPOT_METHODS,
     }
     assert set(loc.loc[loc["method"] == "peaks_tuned", "split"]) == {"val", "test"}
+    for method in SPOT_METHODS:  # each ablation row is tuned on val and scored on val and test
+        rows = loc[loc["method"] == method]
+        assert set(rows["split"]) == {"val", "test"} and set(rows["tuned_on"]) == {"val"}
+        assert metric(loc, method, "n_target_images")["value"] == metric(loc, "peaks", "n_target_images")["value"]
+    for method in ("spots_peak", "spots_scan"):  # no model: no classifier cutoff
+        assert set(loc.loc[loc["method"] == method, "cutoff"]) == {0.0}
+    assert set(loc.loc[loc["method"] == "cam", "metric"]) == {"mask_pxap"}
     test_ids = read_table(str(run_dir), "heatmaps").query("split == 'test'")["image_id"]
     gt = read_table(str(run_dir), "gt_boxes")
     abnormal = gt[(gt["cls"] == "Abnormal") & gt["image_id"].isin(test_ids)]

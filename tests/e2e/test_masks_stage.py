@@ -176,11 +176,16 @@ def _loc(run_dir: Path, method: str) -> pd.DataFrame:
 
 def test_evaluate_scores_tight_boxes_and_writes_the_mask_metrics(evaluated_masks_run, data_root: Path) -> None:
     run_dir, summary, _ = evaluated_masks_run
-    kept = read_table(str(run_dir), "masks")
-    kept = kept[kept["kept"] & kept["mask_x1"].notna()]
+    table = read_table(str(run_dir), "masks").query("split == 'test'")
+    # No classifier gate: a mask counts when it passes its own QC, a below_threshold flag alone notwithstanding.
+    gated = np.array([list(flags) == ["below_threshold"] for flags in table["qc_flags"]], dtype=bool)
+    kept = table[(table["kept"].to_numpy() | gated) & table["mask_x1"].notna().to_numpy()]
     tight, peaks, quality = _loc(run_dir, "masks_tight"), _loc(run_dir, "peaks"), _loc(run_dir, "masks")
-    # One tight box per kept mask; the CAM peak is the one `peaks` uses.
-    assert tight.loc["n_boxes", "numerator"] == len(kept) > 0
+    # One tight box per counted mask; the CAM peak is the one `peaks` uses.
+    assert tight.loc["n_boxes", "numerator"] == len(kept) > 0 and quality.loc["n_masks", "numerator"] == len(kept)
+    below = int((kept["y_prob"] < _threshold(run_dir)).sum())
+    assert quality.loc["n_masks_below_cutoff", "numerator"] == below
+    assert quality.loc["boxes_on_normal_gt", "value"] == tight.loc["boxes_on_normal_gt", "value"]
     assert tight.loc["pointing_game", "value"] == peaks.loc["pointing_game", "value"]
     assert tight.loc["recall@iou0.3", "denominator"] == peaks.loc["recall@iou0.3", "denominator"]
     # Denominators recounted from the tables and the generator's files: GT boxes, kept masks on GT images, and
@@ -202,8 +207,19 @@ def test_evaluate_scores_tight_boxes_and_writes_the_mask_metrics(evaluated_masks
         assert quality.loc[key, "denominator"] == count > 0 or key == "mask_inside_fraction", key
         assert 0.0 <= quality.loc[key, "value"] <= 1.0 or count == 0, key
     assert "true lesion masks for" in summary.extra["masks_note"] and "mask_dice=" in summary.extra["masks"]
+    assert "Classifier gate: none" in summary.extra["masks_note"]
+    # PxAP per method on its own map, over the same images: the CAM itself, and the CAM inside the masks.
+    cam = _loc(run_dir, "cam")
+    assert cam.loc["mask_pxap", "denominator"] == lesion_files and 0.0 < cam.loc["mask_pxap", "value"] <= 1.0
+    assert quality.loc["mask_pxap", "value"] != cam.loc["mask_pxap", "value"]  # the masks' map is not the CAM
     groups = json.loads((run_dir / "evaluate.json").read_text())["methods"]["masks/test"]["groups"]
     assert all("mask_pxap" in metrics for name, metrics in groups.items() if name.endswith("/*"))
+
+
+def _threshold(run_dir: Path) -> float:
+    from engine.stages._scoring import selected_threshold
+
+    return selected_threshold(str(run_dir))
 
 
 def test_coco_export_carries_the_kept_masks_and_loads_in_pycocotools(evaluated_masks_run) -> None:

@@ -17,6 +17,7 @@ import torch
 from pycocotools import mask as coco_mask
 
 import schemas
+from engine.core.masks.scoremaps import PROB_STRIDE
 from engine.core.model.classifier import ModelError
 from engine.core.segnet.network import build_segnet, segnet_arch
 from engine.io.checkpoints import init_encoder_from_classifier, load_segnet
@@ -112,6 +113,14 @@ def test_segment_writes_segnet_rows_as_coco_rle_in_original_pixels(seg_run) -> N
         assert mask.sum() == row.area and 0 <= row.score <= 1 and row.kept
     table = pads.dataset(str(run_dir / "tables" / "seg_masks"), format="parquet", partitioning="hive").to_table()
     assert set(table.schema.names) == set(schemas.TABLES["seg_masks"].SCHEMA.names)
+    # The network's continuous map: one pooled probability row per segmented image, covering the canvas.
+    probs = read_table(str(run_dir), "seg_probs")
+    assert len(probs) == probs["image_id"].nunique() == summary.rows_ok and set(probs["split"]) == {"test"}
+    for row in probs.itertuples():
+        assert (row.canvas_h, row.canvas_w) == (meta.loc[row.image_id, "canvas_h"], meta.loc[row.image_id, "canvas_w"])
+        assert len(row.prob) == row.prob_h * row.prob_w and row.prob_h == -(-row.canvas_h // PROB_STRIDE)
+    with_masks = probs[probs["image_id"].isin(rows["image_id"])]
+    assert len(with_masks) and all(max(p) > 0 for p in with_masks["prob"])  # a component: pixels >= 0.5 in its map
 
 
 def test_evaluate_puts_segnet_rows_beside_the_pseudo_masks(seg_run) -> None:
@@ -126,6 +135,9 @@ def test_evaluate_puts_segnet_rows_beside_the_pseudo_masks(seg_run) -> None:
     scored = heat.merge(read_table(str(run_dir), "index")[["image_id", "label"]])
     assert set(normals["denominator"]) == {int((scored["label"] == 0).sum())}
     assert "segnet" in summaries["evaluate"].extra and "segnet:" in summaries["evaluate"].extra["masks_note"]
+    assert "PxAP on the network's probability map" in summaries["evaluate"].extra["masks_note"]
+    pxap = table[table["metric"] == "mask_pxap"].set_index("method")
+    assert pxap.loc["segnet", "denominator"] == pxap.loc["masks", "denominator"] > 0
 
 
 def test_encoder_starts_from_the_classifier_backbone(trained_run: Path, data_root: Path) -> None:

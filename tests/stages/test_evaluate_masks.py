@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from pycocotools.coco import COCO
 
+from engine.core.localization.boxes import BoxParams
 from engine.core.masks.segmenters import encode_rle
-from engine.io.evaluate_masks import MaskQualityAccumulator, gt_box_scores, read_truth, tight_boxes
+from engine.io.evaluate_masks import MASK_BOX, MaskQualityAccumulator, gt_box_scores, read_truth, tight_boxes
 from engine.io.overlays import MASK_COLOUR, render_overlay
 from engine.io.synth import lesion_mask_path
 from engine.stages.evaluate.outputs import CATEGORIES, coco_images, mask_segments, prediction_annotations
@@ -138,3 +139,109 @@ def test_render_overlay_draws_mask_contours() -> None:
     changed = np.any(drawn != plain, axis=2)
     assert changed[8, 8:14].all() and not changed[10:12, 10:12].any()  # the outline, not the inside
     assert tuple(drawn[8, 10]) == MASK_COLOUR
+
+
+def mask_row(image_id: str, rank: int, mask: np.ndarray, flags: list[str], segmenter: str = "threshold") -> dict:
+    """Returns one row of table masks (or seg_masks) holding `mask` (original px) with QC `flags`."""
+    counts, h, w = encode_rle(mask)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = dict(zip(MASK_BOX, (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1), strict=True))
+    return {
+        "image_id": image_id,
+        "rank": rank,
+        "rle_counts": counts,
+        "rle_h": h,
+        "rle_w": w,
+        "area": int(mask.sum()),
+        **{k: float(v) for k, v in box.items()},
+        **dict.fromkeys(("contrast", "cam_inside", "cam_ring", "agreement_iou"), np.nan),
+        "score": 0.8,
+        "y_prob": 0.5,
+        "segmenter": segmenter,
+        "segmenter_version": "1",
+        "qc_flags": flags,
+        "kept": not flags,
+        "split": "test",
+        "folder": "wholeBodyPOST",
+    }
+
+
+def test_every_mask_method_is_scored_on_its_own_map_with_one_gate(tmp_path: Path) -> None:
+    """`make evaluate`'s mask methods on a hand-made run of two 16 x 8 images (canvas = original, no letterbox)."""
+    from engine.core.localization.box_methods import gt_by_image
+    from engine.core.masks.scoremaps import masked_score, pool_probability, unpool_probability
+    from engine.core.metrics.masks import pxap
+    from engine.io.evaluate_masks import mask_methods, original_heat
+    from engine.io.tables import write_part
+    from engine.stages.evaluate.run import EvalContext, loc_settings
+    from tests.conftest import test_config
+
+    data_root, run_dir = tmp_path / "data", tmp_path / "run"
+    sick, well = "wholeBodyPOST/1.jpg", "wholeBodyPOST/2.jpg"
+    labels = np.zeros((16, 8), dtype=np.uint8)
+    labels[0:4, 0:4] = 1  # image 1's one lesion: the top-left 4 x 4 px
+    (data_root / "wholeBodyPOST" / "lesion_masks").mkdir(parents=True)
+    cv2.imwrite(str(data_root / lesion_mask_path(sick)), labels)
+    # CAM on a 4 x 2 grid: hot on the lesion (1.0) and on a lower spot (0.8) the pseudo mask leaves out.
+    heat = np.zeros((4, 2), dtype=np.float32)
+    heat[0, 0], heat[3, 1] = 1.0, 0.8
+    meta = {"orig_h": 16, "orig_w": 8, "canvas_h": 16, "canvas_w": 8, "scale": 1.0}
+    meta |= {"pad_left": 0, "pad_top": 0, "new_h": 16, "new_w": 8}
+    frame = pd.DataFrame(
+        {
+            "image_id": [sick, well],
+            "heatmap": [heat.ravel().tolist(), np.zeros(8).tolist()],
+            "heatmap_h": [4, 4],
+            "heatmap_w": [2, 2],
+            "y_prob": [0.9, 0.2],  # the classifier calls image 2 (normal) normal: p < cutoff 0.5
+            "label": [1, 0],
+            "view": ["POST", "POST"],
+            "folder": ["wholeBodyPOST"] * 2,
+            "split": ["test"] * 2,
+            **{k: [v, v] for k, v in meta.items()},
+        }
+    )
+    gt = pd.DataFrame(
+        {"image_id": [sick, well], "cls": ["Abnormal", "Normal"], "x1": [0, 4], "y1": [0, 8], "x2": [4, 8]}
+        | {"y2": [4, 12]}
+    )
+    lesion = square(16, 8, 0, 0, 4, 4)
+    bladder = square(16, 8, 4, 8, 8, 12)  # image 2's Normal GT box: physiological uptake
+    masks = [
+        mask_row(sick, 0, lesion, []),  # kept, on the lesion
+        mask_row(well, 0, bladder, ["below_threshold"]),  # gated by make masks only: it counts here
+        mask_row(well, 1, square(16, 8, 0, 14, 2, 16), ["leak", "below_threshold"]),  # failed its own QC
+    ]
+    write_part(str(run_dir), "masks", pd.DataFrame(masks), "hand")
+    write_part(str(run_dir), "seg_masks", pd.DataFrame([mask_row(sick, 0, lesion, [], "segnet")]), "hand")
+    prob = np.zeros((16, 8), dtype=np.float32)
+    prob[0:4, 0:4], prob[12:16, 4:8] = 0.9, 0.6  # sure on the lesion, unsure on a false spot
+    pooled = pool_probability(prob)
+    probs = {"image_id": [sick], "prob": [pooled.ravel().tolist()], "prob_h": [pooled.shape[0]]}
+    probs |= {"prob_w": [pooled.shape[1]], "canvas_h": [16], "canvas_w": [8], "split": ["test"]}
+    write_part(str(run_dir), "seg_probs", pd.DataFrame(probs | {"folder": ["wholeBodyPOST"]}), "hand")
+    cfg = test_config(data_root, run_dir)
+    ctx = EvalContext(cfg, loc_settings(cfg), gt_by_image(gt), 0.5)
+
+    runs, note = mask_methods(ctx, frame, BoxParams(4, 5, 0.15, 0.0), [None, None])
+    by = {run.method: run.overall() for run in runs}
+    assert list(by) == ["cam", "masks_tight", "masks", "segnet_tight", "segnet"]
+    # PxAP: each method on its own map, over the one image with a true mask.
+    cam_map = original_heat(next(frame.itertuples(index=False)))
+    assert by["cam"]["mask_pxap"] == (pytest.approx(pxap([cam_map], [lesion])), 1, 1)
+    own = masked_score(cam_map, [lesion])
+    assert by["masks"]["mask_pxap"].value == pytest.approx(pxap([own], [lesion]))
+    assert by["masks"]["mask_pxap"].value > by["cam"]["mask_pxap"].value  # the mask cuts the CAM's false spot
+    network = unpool_probability(pooled, 16, 8)
+    assert by["segnet"]["mask_pxap"].value == pytest.approx(pxap([network], [lesion]))
+    assert by["segnet"]["mask_pxap"].value != pytest.approx(pxap([lesion.astype(float)], [lesion]))  # not painted
+    # One gate (none): the mask flagged below_threshold counts, the leaking one does not.
+    assert by["masks"]["n_masks"].value == 2 and by["masks"]["n_masks_below_cutoff"].value == 1
+    assert by["masks"]["mask_fp_per_normal"][:3] == (1.0, 1, 1)
+    assert by["masks"]["mask_fp_per_normal_at_cutoff"][:3] == (0.0, 0, 1)
+    assert by["masks_tight"]["n_boxes"].value == 2 and by["segnet"]["n_masks_below_cutoff"].value == 0
+    # Physiology: the bladder mask lies on the Normal box; the lesion masks do not.
+    assert by["masks"]["boxes_on_normal_gt"][:3] == (0.5, 1, 2) == by["masks_tight"]["boxes_on_normal_gt"][:3]
+    assert by["segnet"]["boxes_on_normal_gt"][:3] == (0.0, 0, 1)
+    assert "classifier gate: none" in note.lower() and note.endswith("Cutoff: 0.500.")
+    assert "PxAP on the network's probability map" in note and "PxAP on the CAM inside the masks" in note

@@ -17,7 +17,13 @@ from engine.core.masks.segmenters import encode_rle
 from engine.core.metrics.localization import LocalizationAccumulator, LocSettings
 from engine.core.metrics.notes import GROUP_ORDER, describe
 from engine.core.render.plots import localisation_png
-from engine.core.render.tables import group_table_html, grouped_metrics, qc_counts_html, shift_reference_html
+from engine.core.render.tables import (
+    group_table_html,
+    grouped_metrics,
+    method_metrics_html,
+    qc_counts_html,
+    shift_reference_html,
+)
 from engine.io.overlays import GT_ABNORMAL_COLOUR, GT_NORMAL_COLOUR, render_overlay
 from engine.stages.evaluate.outputs import (
     CATEGORIES,
@@ -26,7 +32,7 @@ from engine.stages.evaluate.outputs import (
     mask_segments,
     prediction_annotations,
 )
-from engine.stages.report import LOC_PLOTTED, browse_link, prior_verdict, spread_pick
+from engine.stages.report import LOC_PLOTTED, PHYSIOLOGY, browse_link, prior_verdict, spread_pick
 
 
 def test_spread_pick_spans_the_probability_order_and_ignores_row_order() -> None:
@@ -112,6 +118,8 @@ def test_the_localisation_figure_renders_with_and_without_the_prior(dropped: lis
 def test_every_localisation_metric_has_a_group_and_a_plain_description() -> None:
     names = list(LocalizationAccumulator(LocSettings()).compute())
     names += ["max_box_acc@iou0.3", "mask_box_iou", "mask_inside_fraction", "mask_hit_rate", "mask_dice", "mask_pxap"]
+    names += ["mask_fp_per_normal", "mask_fp_image_rate", "mask_fp_per_normal_at_cutoff", "n_masks"]
+    names += ["n_masks_below_cutoff"]
     for name in names:
         note = describe(name)
         assert note.group in GROUP_ORDER and len(note.text) > 10, name
@@ -137,6 +145,45 @@ def test_grouped_tables_show_each_group_with_only_the_methods_that_scored_it() -
     assert "body_<wbr>prior" in pointing and "masks" not in pointing and "peaks_<wbr>tuned" not in pointing
     assert "0.500<br><small>2/4</small>" in pointing and describe("pointing_game").text in pointing
     assert ">9<" in group_table_html(groups["Counts"])  # a plain count alone
+
+
+def test_a_group_of_many_methods_continues_in_a_second_table_of_the_same_rows() -> None:
+    methods = [f"m{n}" for n in range(10)]
+    rows = [(m, metric, 0.5, 1, 2) for m in methods for metric in ("pointing_game", "hit@5")]
+    loc = pd.DataFrame(rows, columns=["method", "metric", "value", "numerator", "denominator"])
+    tables = re.findall(r"<table.*?</table>", group_table_html(loc))
+    assert [len(re.findall(r"<th", t)) - 1 for t in tables] == [8, 2]  # method columns per table
+    assert all(t.count("<code>pointing_<wbr>game</code>") == 1 and "<code>hit@5</code>" in t for t in tables)
+    assert ">m7<" in tables[0] and ">m8<" in tables[1] and ">m8<" not in tables[0]
+
+
+def test_physiology_table_puts_each_methods_precision_beside_its_boxes_on_normal_gt() -> None:
+    rows = [
+        ("peaks", "precision@iou0.3", 0.1, 2, 20),
+        ("peaks", "boxes_on_normal_gt", 0.5, 10, 20),
+        ("body_prior", "boxes_on_normal_gt", 0.75, 3, 4),
+        ("masks_tight", "precision@iou0.3", 0.4, 2, 5),
+        ("masks_tight", "boxes_on_normal_gt", 0.2, 1, 5),
+        ("cam", "mask_pxap", 0.3, 7, 7),
+        ("peaks", "hit@5", 0.9, 9, 10),  # not a column of the table
+    ]
+    loc = pd.DataFrame(rows, columns=["method", "metric", "value", "numerator", "denominator"])
+    table = method_metrics_html(loc, PHYSIOLOGY)
+    header, *lines = table.split("<tr>")[1:]
+    assert re.findall(r">([a-z_@.0-9<>]+)</th>", header.replace("<wbr>", "")) == [
+        "method",
+        "precision@iou0.3",
+        "boxes_on_normal_gt",
+        "mask_pxap",
+    ]  # the metrics present, in PHYSIOLOGY's order; recall and fp_boxes_per_normal_image are absent
+    assert [re.search(r">([a-z_<>]+)</td>", line).group(1).replace("<wbr>", "") for line in lines] == [
+        "peaks",
+        "body_prior",
+        "masks_tight",
+        "cam",
+    ]
+    assert "0.100<br><small>2/20</small></td><td>0.500<br><small>10/20</small></td><td>–" in lines[0]
+    assert "<td>–</td><td>0.750<br><small>3/4</small>" in lines[1] and "hit@5" not in table
 
 
 def coco_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:

@@ -2,7 +2,10 @@
 
 Each gets a tightened box (the threshold segmenter's mask bbox + ``masks.tight_margin``, since SAM-style models
 want a tight box: measured Dice 0.65 tightened vs 0.39 on the loose 48 px box) and the peak as one positive
-point, on the crop; its mask is cut to the prompt box and reduced to the peak's component. Nothing is ever
+point, on the crop; its mask is cut to the prompt box and reduced to the peak's component, and scored by the
+model's own confidence: the mean foreground probability (sigmoid of the mask logits) over the mask
+(``masks_from_probabilities``; SAM and SAM 2 are asked for their logits, not their thresholded mask, whose mean
+is always 1.0). Nothing is ever
 downloaded: a missing package or checkpoint is a MaskError naming what to install or configure. The checkpoint
 itself is read by the caller's `read_weights` (engine/io/checkpoints.py, weights_only=True): core reads no files.
 """
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from engine.config_sections import MasksConfig
 from engine.core.masks.crops import mask_bbox
@@ -36,6 +40,35 @@ def tight_boxes(seeds: np.ndarray, boxes: np.ndarray, margin: int) -> np.ndarray
     return out
 
 
+def mask_probability(logits: np.ndarray) -> np.ndarray:
+    """Returns the float32 foreground probability sigmoid(logits) of a model's mask logits (overflow-free)."""
+    return expit(np.asarray(logits, dtype=np.float64)).astype(np.float32)
+
+
+def masks_from_probabilities(prob: np.ndarray, prompts: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (masks (K, h, w) bool, scores (K,) float32) of K crops' foreground probabilities.
+
+    Each mask is the probability >= 0.5 inside its prompt box, reduced to the peak's component; its score is the
+    model's own confidence there: the mean probability over the mask (0 for an empty mask). With probabilities
+    from the mask logits this ranges over [0.5, 1]; a binary map (thresholded masks) would score 1.0 always.
+
+    Args:
+        prob: (K, h, w) foreground probabilities in [0, 1].
+        prompts: (K, 4) prompt boxes, crop px (x2/y2 exclusive).
+        peaks: (K, 2) peak points x, y, crop px.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    masks = np.zeros(prob.shape, dtype=bool)
+    scores = np.zeros(len(prob), dtype=np.float32)
+    for k in range(len(prob)):
+        x1, y1, x2, y2 = box_bounds(prompts[k], prob.shape[1:])
+        inside = np.zeros(prob.shape[1:], dtype=bool)
+        inside[y1:y2, x1:x2] = prob[k, y1:y2, x1:x2] >= 0.5
+        masks[k] = peak_component(inside, peaks[k])
+        scores[k] = float(prob[k][masks[k]].mean()) if masks[k].any() else 0.0
+    return masks, scores
+
+
 class _TightBoxModel:
     """Base: threshold seed -> tight box + peak point -> the model's probabilities -> cleaned masks."""
 
@@ -53,15 +86,7 @@ class _TightBoxModel:
         seeds, _ = self.seeder.segment(images, boxes, peaks, heat)
         prompts = tight_boxes(seeds, boxes, self.cfg.tight_margin)
         prob = self._probabilities(np.asarray(images), prompts, np.asarray(peaks, dtype=np.float32))
-        masks = np.zeros(prob.shape, dtype=bool)
-        scores = np.zeros(len(prob), dtype=np.float32)
-        for k in range(len(prob)):
-            x1, y1, x2, y2 = box_bounds(prompts[k], prob.shape[1:])
-            inside = np.zeros(prob.shape[1:], dtype=bool)
-            inside[y1:y2, x1:x2] = prob[k, y1:y2, x1:x2] >= 0.5
-            masks[k] = peak_component(inside, peaks[k])
-            scores[k] = float(prob[k][masks[k]].mean()) if masks[k].any() else 0.0
-        return masks, scores
+        return masks_from_probabilities(prob, prompts, peaks)
 
     def _probabilities(self, images: np.ndarray, boxes: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         """Returns (K, h, w) float32 foreground probabilities of K uint8 crops."""
@@ -143,17 +168,23 @@ def _checkpoint(cfg: MasksConfig) -> str:
 
 
 class _PredictorModel(_TightBoxModel):
-    """SAM-family models behind a predictor with set_image / predict (one crop at a time)."""
+    """SAM-family models behind a predictor with set_image / predict (one crop at a time): the mask logits
+    (``return_logits=True``, the original image's size) become probabilities; thresholding them at 0.5 is the
+    predictor's own mask (logit >= 0)."""
 
     def _probabilities(self, images: np.ndarray, boxes: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         out = np.zeros(images.shape, dtype=np.float32)
         for k, image in enumerate(images):
             self.predictor.set_image(np.repeat(image[..., None], 3, axis=2))
             box = boxes[k] - np.array([0, 0, 1, 1], dtype=np.float32)
-            masks, _, _ = self.predictor.predict(
-                point_coords=peaks[k][None], point_labels=np.ones(1), box=box, multimask_output=False
+            logits, _, _ = self.predictor.predict(
+                point_coords=peaks[k][None],
+                point_labels=np.ones(1),
+                box=box,
+                multimask_output=False,
+                return_logits=True,  # the mask logits, not the thresholded mask: the score needs the confidence
             )
-            out[k] = np.asarray(masks[0], dtype=np.float32)
+            out[k] = mask_probability(logits[0])
         return out
 
 

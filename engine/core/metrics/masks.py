@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.core.localization.boxes import box_iou
+from engine.core.metrics.localization import overlap_areas
 
 
 class MetricError(ValueError):
@@ -47,6 +48,17 @@ def bbox_of(mask: np.ndarray) -> np.ndarray:
 def mask_box_iou(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Returns the (M,) IoU of the mask's bounding box with each of M boxes (same frame; 0 for an empty mask)."""
     return box_iou(bbox_of(mask), np.asarray(boxes, dtype=np.float64).reshape(-1, 4))[0]
+
+
+def boxes_on_normal(boxes: np.ndarray, gt_abnormal: np.ndarray, gt_normal: np.ndarray) -> int:
+    """Returns how many of (N, 4) integer boxes touch a Normal GT box and no Abnormal one (x2/y2 exclusive).
+
+    The rule of ``boxes_on_normal_gt`` in ``engine.core.metrics.localization.score_image`` (a shared pixel counts):
+    a predicted region lying on physiological uptake rather than on a lesion.
+    """
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    hits = (overlap_areas(boxes, gt_abnormal)[0] > 0).any(axis=1)
+    return int(((overlap_areas(boxes, gt_normal)[0] > 0).any(axis=1) & ~hits).sum())
 
 
 def inside_fraction(mask: np.ndarray, box: np.ndarray) -> float:

@@ -66,18 +66,35 @@ METRICS: dict[str, tuple[str, str]] = {
     "fp_boxes_per_normal_image": ("False positives", "pseudo boxes per normal image (all of them are false)"),
     "boxes_on_normal_gt": (
         "False positives",
-        "pseudo boxes that miss every Abnormal box but touch a Normal (physiological) GT box",
+        "boxes (of masks: their bounding boxes) that miss every Abnormal box but touch a Normal (physiological) "
+        "GT box, over all of the method's boxes",
     ),
     "max_box_acc": (
         "Box accuracy",
         "MaxBoxAcc (Choe et al. 2020): best share over CAM thresholds of target images "
         "whose CAM box reaches {at} with an Abnormal box",
     ),
-    "mask_box_iou": ("Masks", "mean over Abnormal boxes of the best IoU of a kept mask's bounding box"),
-    "mask_inside_fraction": ("Masks", "mean share of a kept mask lying inside one Abnormal box"),
-    "mask_hit_rate": ("Masks", "Abnormal boxes whose best kept-mask bounding box reaches the smallest IoU level"),
-    "mask_dice": ("Masks", "Dice of the kept masks vs the generator's true lesion masks (generated data only)"),
-    "mask_pxap": ("Masks", "PxAP (Choe et al. 2020): pixel average precision of the CAM vs the true lesion masks"),
+    "mask_box_iou": ("Masks", "mean over Abnormal boxes of the best IoU of a mask's bounding box"),
+    "mask_inside_fraction": ("Masks", "mean share of a mask lying inside one Abnormal box"),
+    "mask_hit_rate": ("Masks", "Abnormal boxes whose best mask bounding box reaches the smallest IoU level"),
+    "mask_dice": ("Masks", "Dice of the method's masks vs the generator's true lesion masks (generated data only)"),
+    "mask_pxap": (
+        "Masks",
+        "PxAP (Choe et al. 2020): pixel average precision of the method's own continuous score map vs the true "
+        "lesion masks (cam: the CAM; masks: the CAM inside the masks, 0 outside; segnet: the network's "
+        "probability map; generated data only)",
+    ),
+    "mask_fp_per_normal": ("False positives", "masks per normal image (all of them are false)"),
+    "mask_fp_image_rate": ("False positives", "normal images with any mask"),
+    "mask_fp_per_normal_at_cutoff": (
+        "Boxes at the probability cutoff",
+        "masks per normal image, masks only on images with p >= the cutoff (the classifier-gated view)",
+    ),
+    "n_masks": ("Counts", "masks counted (classifier gate: none, for every mask method)"),
+    "n_masks_below_cutoff": (
+        "Counts",
+        "masks on images with p < the cutoff: counted, since no mask method is gated by the classifier",
+    ),
     "n_images": ("Counts", "scored images"),
     "n_target_images": ("Counts", "images holding an Abnormal GT box"),
     "n_normal_images": ("Counts", "images labelled normal with no Abnormal box"),
@@ -93,7 +110,14 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 METHODS: dict[str, str] = {
-    "peaks": "the run's pseudo boxes (local CAM maxima on the body), as make cam / make boxes wrote them",
+    "peaks": "the run's pseudo boxes as make cam / make boxes wrote them (boxes.method: spots or CAM peaks)",
+    "spots_peak": "no model: the scan's brightest hot spots, spot-sized boxes (box rule tuned on the tuning split)",
+    "spots_scan": "no model: hot spots ranked by peak, contrast, asymmetry, size and the physiology map (tuned)",
+    "spots_cam": "hot spots ranked by the CAM value at the spot alone (box rule and cutoff tuned)",
+    "spots_cam_contrast": "hot spots ranked by the CAM, peak and contrast (weights and box rule tuned)",
+    "spots_cam_asym": "hot spots ranked by the CAM, peak, contrast and left-right asymmetry (tuned)",
+    "spots_cam_site": "the same plus the physiology map and the spot size (tuned)",
+    "spots_full": "the same plus the classifier's probability: the default ranker's features (tuned)",
     "peaks_unrefined": "the same heatmaps and box settings, peaks at CAM cell centres (what refinement adds)",
     "peaks_tuned": "box size, NMS, min score and probability cutoff chosen on the tuning split only",
     "seed_rule": "the seed's top-pixel rule on this run's heatmaps",
@@ -101,9 +125,19 @@ METHODS: dict[str, str] = {
     "centre_prior": "baseline, no model: a box at the centre of the body",
     "body_prior": "baseline, no model: boxes at the brightest smoothed scan pixels on the body",
     "max_box_acc": "Choe et al.'s threshold-swept box accuracy of this run's heatmaps",
-    "masks_tight": "the kept pseudo masks' bounding boxes, scored like peaks",
-    "masks": "pseudo-mask quality against the Abnormal boxes (and true masks on generated data)",
+    "cam": "the CAM itself as a pixel score map (PxAP against the true lesion masks; no boxes, no masks)",
+    "masks_tight": "the pseudo masks' bounding boxes, scored like peaks (no classifier gate)",
+    "masks": "pseudo-mask quality against the Abnormal boxes (and true masks on generated data; no classifier gate)",
+    "segnet_tight": "the segmentation network's masks' bounding boxes, scored like peaks (no classifier gate)",
+    "segnet": "the segmentation network's mask quality, as masks (PxAP on its probability map; no classifier gate)",
 }
+
+# How every mask method is gated by the classifier (engine.io.evaluate_masks.GATE): one rule, shown with the tables.
+MASK_GATE = (
+    "Classifier gate: none, the same for every mask method: a pseudo mask counts whatever its image's probability "
+    "(its below_threshold flag from make masks is ignored) and every network mask counts; the gated view is in the "
+    "*_at_cutoff rows, at the same cutoff for every method."
+)
 
 
 def spell_suffix(suffix: str) -> str:

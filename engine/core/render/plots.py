@@ -21,14 +21,16 @@ MARK = {"color": "crimson", "marker": "o", "markersize": 8, "linestyle": "none"}
 # The localisation figure's rows: groups of `loc_metrics` methods (names of ``core.metrics.notes.METHODS``) in order,
 # each with its bar colour; methods of no group follow as "other".
 METHOD_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("ours", ("peaks", "peaks_tuned", "peaks_unrefined", "max_box_acc"), "#8fb3e0"),
+    ("ours", ("peaks", "peaks_tuned", "peaks_unrefined", "max_box_acc", "cam"), "#8fb3e0"),
+    ("spots", ("spots_cam", "spots_cam_contrast", "spots_cam_asym", "spots_cam_site", "spots_full"), "#6fa0d8"),
     ("seed", ("seed_rule", "seed"), "#f2b36b"),
-    ("no model", ("body_prior", "centre_prior"), "#b8b8b8"),
+    ("no model", ("body_prior", "centre_prior", "spots_peak", "spots_scan"), "#b8b8b8"),
     ("masks", ("masks_tight", "masks", "segnet_tight", "segnet"), "#9fd4a8"),
 )
 OTHER_COLOUR = "#c9a8e0"
 DEFAULT_COLOUR = "#0b3d91"  # the run's own boxes
 CHANCE = {"pointing_game": "pointing_chance"}  # metric -> its chance level: a dotted line in the metric's panel
+LOWER_IS_BETTER = ("boxes_on_normal_gt",)  # panels whose title says so (false positives on physiological uptake)
 AXIS_LIMITS = (0.05, 0.1, 0.2, 0.5, 1.0)  # a localisation panel's x range: the smallest holding its values
 HALO = [patheffects.withStroke(linewidth=2.5, foreground="white")]  # text readable over lines and bars
 
@@ -162,7 +164,8 @@ def localisation_png(
     Each panel: a horizontal bar per method with its value printed at the bar's end (methods grouped as in
     METHOD_GROUPS, the same rows in every panel, "–" where a method has no value), the `default` method (the boxes
     the run writes) highlighted, the `reference` method's value (the no-model prior) a dashed line and a metric's
-    chance level (CHANCE, when both are in `metrics`) a dotted line instead of a panel of its own. No legend. Each
+    chance level (CHANCE, when both are in `metrics`) a dotted line instead of a panel of its own; a metric where
+    lower is better (LOWER_IS_BETTER: boxes on physiological uptake) says so in its title. No legend. Each
     panel's x axis runs to the smallest of AXIS_LIMITS holding its values, so small shares (box precision) show.
     """
     chances = {m: c for m in metrics if (c := CHANCE.get(m)) in metrics and m in table.index and c in table.index}
@@ -200,7 +203,7 @@ def localisation_png(
             _reference_line(ax, float(prior), 0, f"{reference.replace('_', ' ')} (no model)", "--", limit)
         if np.isfinite(chance):
             _reference_line(ax, chance, bottom, "chance", ":", limit)
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric, fontsize=9)
         ax.set_xlim(0, 1.22 * limit)  # room for the value at the end of a full bar
         ax.set_xticks([0, limit / 2, limit], ["0", f"{limit / 2:g}", f"{limit:g}"], fontsize=7)
         ax.grid(axis="x", color="lightgrey", linewidth=0.5, zorder=1)

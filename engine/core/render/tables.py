@@ -46,17 +46,47 @@ def grouped_metrics(loc: pd.DataFrame, split: str) -> dict[str, dict[str, pd.Dat
     return out
 
 
+MAX_METHOD_COLUMNS = 8  # method columns per table: more (e.g. ablation rows) continue in a table below
+
+
 def group_table_html(rows: pd.DataFrame) -> str:
-    """Returns one group's table: a row per metric (name + plain description), a column per method that has it."""
+    """Returns one group's table: a row per metric (name + plain description), a column per method that has it.
+
+    More than MAX_METHOD_COLUMNS methods continue in further tables of the same rows, so the page stays 800 px wide.
+    """
     methods = list(dict.fromkeys(rows["method"]))
     metrics = list(dict.fromkeys(rows["metric"]))
     cells = {(r.metric, r.method): cell_html(r.value, r.numerator, r.denominator) for r in rows.itertuples()}
-    head = "".join(f'<th title="{html.escape(METHODS.get(m, ""))}">{breakable(m)}</th>' for m in methods)
-    body = []
-    for metric in metrics:
-        name = f'<td class="name"><code>{breakable(metric)}</code><br><small>{html.escape(describe(metric).text)}'
-        body.append(f"<tr>{name}</small></td>" + "".join(f"<td>{cells.get((metric, m), '')}</td>" for m in methods))
-    return f'<table class="loc"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>'
+    tables = []
+    for start in range(0, len(methods), MAX_METHOD_COLUMNS):
+        chunk = methods[start : start + MAX_METHOD_COLUMNS]
+        head = "".join(f'<th title="{html.escape(METHODS.get(m, ""))}">{breakable(m)}</th>' for m in chunk)
+        body = []
+        for metric in metrics:
+            name = f'<td class="name"><code>{breakable(metric)}</code><br><small>{html.escape(describe(metric).text)}'
+            body.append(f"<tr>{name}</small></td>" + "".join(f"<td>{cells.get((metric, m), '')}</td>" for m in chunk))
+        tables.append(f'<table class="loc"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>')
+    return "".join(tables)
+
+
+def method_metrics_html(rows: pd.DataFrame, metrics: tuple[str, ...]) -> str:
+    """Returns a table with a row per method that has any of `metrics` and a column per metric of `metrics` present.
+
+    Args:
+        rows: `loc_metrics` rows of one split and one view/folder (method, metric, value, numerator, denominator).
+        metrics: the columns, in order (e.g. precision beside the share of boxes on physiological uptake).
+    """
+    shown = rows[rows["metric"].isin(metrics)]
+    columns = [m for m in metrics if (shown["metric"] == m).any()]
+    cells = {(r.method, r.metric): cell_html(r.value, r.numerator, r.denominator) for r in shown.itertuples()}
+    head = "".join(f'<th title="{html.escape(describe(m).text)}">{breakable(m)}</th>' for m in columns)
+    body = "".join(
+        f'<tr><td class="name" title="{html.escape(METHODS.get(method, ""))}">{breakable(method)}</td>'
+        + "".join(f"<td>{cells.get((method, m), '–')}</td>" for m in columns)
+        + "</tr>"
+        for method in dict.fromkeys(shown["method"])
+    )
+    return f'<table class="loc"><tr><th>method</th>{head}</tr>{body}</table>'
 
 
 def methods_html(methods: list[str]) -> str:

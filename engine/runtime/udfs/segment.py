@@ -2,6 +2,8 @@
 
 Each canvas becomes a probability map, its components COCO RLE rows in original px
 (``engine.core.segnet.arrays.component_rows``); an image without a component, or with an error, one `rank = -1` row.
+Every row also carries its image's probability map, pooled to uint8 (``engine.core.masks.scoremaps.pool_probability``,
+column `prob`): the stage writes it once per image to table `seg_probs`, the network's continuous map for PxAP.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.config_sections import SegTrainConfig
+from engine.core.masks.scoremaps import pool_probability
 from engine.core.segnet.arrays import SEGMENTER, component_rows
 
 MASK_COLUMNS = ("rank", "rle_h", "rle_w", "area", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "score", "y_prob")
@@ -68,6 +71,19 @@ def row_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
+def prob_column(image_ids: np.ndarray, row_ids: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Returns the (N, h, w) uint8 pooled probability map of each of N rows' image (rows name their image by id).
+
+    Args:
+        image_ids: (B,) the batch's image ids, in the order of `probs`.
+        row_ids: (N,) the image id of each output row (``image_rows``).
+        probs: (B, H, W) float pixel probabilities (zeros for an image with an error).
+    """
+    pooled = np.stack([pool_probability(p) for p in probs]) if len(probs) else np.zeros((0, 1, 1), np.uint8)
+    where = {str(image_id): i for i, image_id in enumerate(image_ids)}
+    return pooled[[where[str(image_id)] for image_id in row_ids]] if len(row_ids) else pooled[:0]
+
+
 class SegmentStage:
     """Ray Data actor UDF: uint8 canvases -> the network's component mask rows (see ``image_rows``)."""
 
@@ -86,7 +102,7 @@ class SegmentStage:
         self.version = f"{info['arch']}/{info['encoder']}/epoch-{info['epoch']}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Returns ``row_columns`` of ``image_rows`` of the batch."""
+        """Returns ``row_columns`` of ``image_rows`` of the batch, with each row's pooled map (``prob_column``)."""
         from engine.core.model.classifier import bf16_autocast, normalize_canvas
 
         torch = self.torch
@@ -97,4 +113,10 @@ class SegmentStage:
             with torch.inference_mode(), bf16_autocast(self.device.type == "cuda" and self.settings.amp):
                 logits = self.model(normalize_canvas(canvas))
             probs[ok] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        return row_columns(image_rows(batch, probs, self.settings.seg, self.version))
+        columns = row_columns(image_rows(batch, probs, self.settings.seg, self.version))
+        n, (canvas_h, canvas_w) = len(columns["image_id"]), batch["canvas"].shape[1:]
+        return columns | {
+            "prob": prob_column(batch["image_id"], columns["image_id"], probs),
+            "canvas_h": np.full(n, canvas_h, dtype=np.int16),
+            "canvas_w": np.full(n, canvas_w, dtype=np.int16),
+        }
