@@ -38,7 +38,7 @@ NonNegative = Annotated[float, Range(0.0)]
 PositiveFloat = Annotated[float, Range(0.0, low_open=True)]
 SplitName = Literal["train", "val", "test"]
 SpotFeature = Literal[
-    "cam", "peak", "contrast", "asym", "physiology", "size"
+    "cam", "peak", "contrast", "asym", "physiology", "size", "prob"
 ]  # engine.core.localization.spots.FEATURES
 
 
@@ -190,7 +190,8 @@ class BoxesConfig:
     # spots: the scan's hot spots ranked by the CAM, contrast, asymmetry and the physiology map, tuned on tune_split
     # (make boxes); cam_peaks: fixed-size boxes on the CAM's local maxima (size, max, nms_iou, min_score above)
     method: Literal["spots", "cam_peaks"] = "spots"
-    features: tuple[SpotFeature, ...] = ("cam", "peak", "contrast", "asym", "physiology", "size")  # ranker input
+    # what the ranker reads (core.localization.spots.FEATURES); prob: the image's classifier probability
+    features: tuple[SpotFeature, ...] = ("cam", "peak", "contrast", "asym", "physiology", "size", "prob")
     tune_split: SplitName = "val"  # split whose boxes fit the ranker (its heatmaps: make cam cam.split=val)
     tune_size_factors: tuple[PositiveFloat, ...] = (2.5, 3.5, 4.5)  # box side / spot sigma tried
     tune_max: tuple[Positive, ...] = (1, 2, 3, 5)  # boxes per image tried

@@ -94,7 +94,8 @@ def test_unknown_key_in_yaml_names_file_line_and_known_keys(tmp_path):
     path = write_yaml(tmp_path, "seed: 1\nboxes:\n  size: 32\n  nms_iuo: 0.2\n")
     with pytest.raises(
         ConfigError,
-        match=r"default\.yaml:4: unknown key 'boxes\.nms_iuo' \(known: size, max, nms_iou, min_score, method, features, tune_split, tune_size_factors, tune_max, tune_cutoffs\)",
+        match=r"default\.yaml:4: unknown key 'boxes\.nms_iuo' \(known: size, max, nms_iou, min_score, method, "
+        r"features, tune_split, tune_size_factors, tune_max, tune_cutoffs\)",
     ):
         load_config(path)
 

@@ -22,6 +22,7 @@ from engine.io.tables import read_table, write_part
 from engine.stages._run import run_id
 
 if TYPE_CHECKING:
+    from engine.core.localization.spot_methods import TuneGrid
     from engine.runtime.pipeline import ScoringFeed
     from engine.runtime.udfs.cam import CamSettings
 
@@ -192,6 +193,16 @@ def loc_settings(cfg: Config) -> LocSettings:
     """Returns the localisation settings from `evaluate.*` (what a box counts as a hit)."""
     ev = cfg.evaluate
     return LocSettings(ks=ev.ks, iou_thresholds=ev.iou, iogt_thresholds=ev.iogt, tolerance_px=ev.tolerance_px)
+
+
+def tune_grid(cfg: Config) -> TuneGrid:
+    """Returns the spot-ranker tuning grid of `boxes.tune_*` (objective: F1 at `evaluate.tune_iou`)."""
+    from engine.core.localization.spot_methods import TuneGrid
+
+    b = cfg.boxes
+    return TuneGrid(
+        size_factors=b.tune_size_factors, max_boxes=b.tune_max, cutoffs=b.tune_cutoffs, iou=cfg.evaluate.tune_iou
+    )
 
 
 RANKER_FILE = "spot_ranker.json"  # written by `make boxes` (boxes.method=spots) in the model's run

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config
-from engine.core.localization.box_methods import gt_by_image
 from engine.core.localization.columns import (
     BODY_CANVAS_COLUMNS,
     META_COLUMNS,
@@ -24,12 +23,19 @@ from engine.core.localization.columns import (
     pseudo_boxes,
     ranked_batch_boxes,
 )
-from engine.core.localization.spot_methods import TuneGrid, has_spots, spot_cases, tune_ranker
 from engine.core.localization.spots import SPOT_COLUMNS, SpotRanker
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
 from engine.stages._run import StageRun
-from engine.stages._scoring import RANKER_FILE, box_params, loc_settings, min_prob, selected_threshold, spot_ranker
+from engine.stages._scoring import (
+    RANKER_FILE,
+    box_params,
+    loc_settings,
+    min_prob,
+    selected_threshold,
+    spot_ranker,
+    tune_grid,
+)
 from engine.stages._stage import HEATMAPS, Stage
 
 
@@ -42,21 +48,15 @@ def _stored_batch(chunk: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
     return batch, maps.astype(np.float16)
 
 
-def tune_grid(cfg: Config) -> TuneGrid:
-    """Returns the spot-ranker tuning grid of `boxes.tune_*` (objective: F1 at `evaluate.tune_iou`)."""
-    b = cfg.boxes
-    return TuneGrid(
-        size_factors=b.tune_size_factors, max_boxes=b.tune_max, cutoffs=b.tune_cutoffs, iou=cfg.evaluate.tune_iou
-    )
-
-
 def fit_run_ranker(cfg: Config) -> tuple[SpotRanker | None, dict[str, Any]]:
     """Returns the ranker tuned on `boxes.tune_split` of this run (None when it cannot be) and the record of it.
 
     A run without splits (new scans scored with `model.from_run`) takes the model run's ranker as it is.
     """
-    from engine.stages.evaluate.outputs import write_json
-    from engine.stages.evaluate.population import scored_population
+    from engine.core.localization.box_methods import gt_by_image  # imports torch: only when tuning
+    from engine.core.localization.spot_methods import has_spots, spot_cases, tune_ranker
+    from engine.io.fs import write_run_json
+    from engine.stages._population import scored_population
 
     if read_table(cfg.run.dir, "splits").empty:
         ranker = spot_ranker(cfg)
@@ -78,7 +78,7 @@ def fit_run_ranker(cfg: Config) -> tuple[SpotRanker | None, dict[str, Any]]:
         tuple(cfg.boxes.features), frame, cases, gt, tune_grid(cfg), threshold, loc_settings(cfg), cfg.seed
     )
     record |= {"split": split, "source": "tuned by make boxes"}
-    write_json(cfg.run.dir, RANKER_FILE, {"ranker": ranker.to_dict(), "tuning": record})
+    write_run_json(cfg.run.dir, RANKER_FILE, {"ranker": ranker.to_dict(), "tuning": record})
     return ranker, record
 
 

@@ -79,7 +79,7 @@ def test_tuned_ranker_finds_the_lesions_and_its_f1_is_the_scorers() -> None:
     val, gt = _corpus(1)
     test, test_gt = _corpus(2)
     gt |= test_gt
-    features = ("cam", "peak", "contrast", "asym", "physiology", "size")
+    features = ("cam", "peak", "contrast", "asym", "physiology", "size", "prob")
     ranker, record = sm.tune_ranker(features, val, sm.spot_cases(val, gt), gt, sm.TuneGrid(), 0.5, SETTINGS)
     assert record["f1"] == record["f1_scored"]  # the prefix search counts as score_method does
     assert record["weights"]["asym"] > 0 and record["weights"]["physiology"] < 0

@@ -176,7 +176,7 @@ def ranked_batch_boxes(
     for i, (heat, body, prob, scale, *values) in enumerate(zip(heatmaps, body_boxes(batch), *columns, strict=True)):
         spots = spots_of(tuple(values))
         heat = np.asarray(heat, np.float32)
-        features = spot_features(spots, heat, body, canvas_h, canvas_w, ranker.physiology, float(scale))
+        features = spot_features(spots, heat, body, canvas_h, canvas_w, ranker.physiology, float(scale), float(prob))
         boxes = image_boxes(spots, features, body, float(prob), ranker)[:width]
         out[i, : len(boxes)], counts[i] = boxes, len(boxes)
     return out, counts

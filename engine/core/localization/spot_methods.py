@@ -119,7 +119,7 @@ def with_features(cases: list[SpotCase], physiology: PhysiologyMap) -> list[Spot
     for case in cases:
         meta = case.meta
         case.features = spot_features(
-            case.spots, case.heatmap, case.body, meta.canvas_h, meta.canvas_w, physiology, meta.scale
+            case.spots, case.heatmap, case.body, meta.canvas_h, meta.canvas_w, physiology, meta.scale, case.y_prob
         )
     return cases
 

@@ -27,7 +27,7 @@ from scipy import ndimage
 from engine.core.localization.boxes import BoxParams, greedy_nms
 
 SPOT_COLUMNS = ("spot_x", "spot_y", "spot_sigma", "spot_peak", "spot_contrast", "spot_asym")
-FEATURES = ("cam", "peak", "contrast", "asym", "physiology", "size")
+FEATURES = ("cam", "peak", "contrast", "asym", "physiology", "size", "prob")
 
 
 @dataclass(frozen=True)
@@ -180,14 +180,17 @@ def spot_features(
     canvas_w: int,
     physiology: PhysiologyMap,
     scale: float = 1.0,
+    y_prob: float = 0.0,
 ) -> np.ndarray:
-    """Returns (K, len(FEATURES)) float64 features of one image's spots: cam, peak, contrast, asym, physiology and
-    size (the blob sigma in original px: canvas sigma / the letterbox `scale`)."""
+    """Returns (K, len(FEATURES)) float64 features of one image's spots: cam, peak, contrast, asym, physiology,
+    size (the blob sigma in original px: canvas sigma / the letterbox `scale`) and prob (the image's classifier
+    probability, 0 when unknown: the same for every spot of the image)."""
     spots = np.asarray(spots, dtype=np.float64).reshape(-1, len(SPOT_COLUMNS))
     cam = sample_heatmap(heatmap, spots[:, 0], spots[:, 1], canvas_h, canvas_w) if len(spots) else np.zeros(0)
     u, t = body_coordinates(spots[:, 0], spots[:, 1], body_box)
     size = spots[:, 2] / max(float(scale), 1e-9)
-    return np.stack([cam, spots[:, 3], spots[:, 4], spots[:, 5], physiology.density(u, t), size], axis=1)
+    prob = np.full(len(spots), float(y_prob) if np.isfinite(y_prob) else 0.0)
+    return np.stack([cam, spots[:, 3], spots[:, 4], spots[:, 5], physiology.density(u, t), size, prob], axis=1)
 
 
 def inside_any(x: np.ndarray, y: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -14,21 +14,19 @@ Both files list the same images with the same ids (``split``, ``y_prob``, ``imag
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
 from engine.config import Config
 from engine.core.localization.box_methods import ORIG_COLUMNS, recompute_boxes, valid_heatmaps
 from engine.core.localization.boxes import BoxParams
-from engine.io.fs import resolve_fs
+from engine.io.fs import write_run_json
 from engine.io.tables import read_table
-from engine.stages.evaluate.population import scored_frame
+from engine.stages._population import scored_frame
 
 CATEGORIES = [
     {"id": 1, "name": "Abnormal", "supercategory": "uptake"},
@@ -36,29 +34,6 @@ CATEGORIES = [
 ]
 CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}  # pseudo boxes are Abnormal candidates
 LICENSES = [{"id": 1, "name": "unspecified: the licence of the source data set applies", "url": ""}]
-
-
-def write_json(run_dir: str, relative: str, document: dict) -> str:
-    """Writes `document` as strict JSON to `<run_dir>/<relative>`; returns the path."""
-    fs, root = resolve_fs(run_dir)
-    path = f"{root}/{relative}"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(json.dumps(json_safe(document), indent=1, allow_nan=False).encode())
-    return path
-
-
-def json_safe(value: Any) -> Any:
-    """Returns `value` with numpy scalars as Python numbers and NaN/inf as null (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
 
 
 def _number(value: Any, digits: int = 4) -> float | None:
@@ -250,5 +225,5 @@ def export_coco(cfg: Config, tuning: dict[str, Any]) -> dict[str, Any]:
                 "annotations": listed,
                 "categories": CATEGORIES,
             }
-            out[split][kind] = write_json(cfg.run.dir, relative, document)
+            out[split][kind] = write_run_json(cfg.run.dir, relative, document)
     return out

@@ -59,14 +59,14 @@ from engine.core.localization.spot_methods import (
 )
 from engine.core.metrics.localization import LocSettings, cam_peak_original
 from engine.io.evaluate_masks import mask_methods
+from engine.io.fs import write_run_json
 from engine.io.summary import StageSummary
 from engine.io.tables import read_table
+from engine.stages._population import scored_population
 from engine.stages._run import StageRun, run_id
-from engine.stages._scoring import loc_settings, selected_threshold, spot_ranker
-from engine.stages.boxes import tune_grid
+from engine.stages._scoring import loc_settings, selected_threshold, spot_ranker, tune_grid
 from engine.stages.evaluate.baselines import body_prior_method, centre_prior_method, max_box_acc_method
-from engine.stages.evaluate.outputs import export_coco, write_json
-from engine.stages.evaluate.population import scored_population
+from engine.stages.evaluate.outputs import export_coco
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def stored_box_params(boxes: pd.DataFrame, cfg: Config) -> tuple[BoxParams, str]
     `box_size` and `nms_iou` are always stored; `boxes_max` and `min_score` only in newer tables: older ones (or
     an empty table) fall back to the config's ``boxes.*``, and the returned text says so.
     """
-    if not len(boxes) or (boxes["box_method"] == "spots").any():
+    if not len(boxes) or ("box_method" in boxes and (boxes["box_method"] == "spots").any()):
         source = (
             "config (no boxes)" if not len(boxes) else "config (the stored boxes are spots: boxes.size for the rest)"
         )
@@ -232,7 +232,8 @@ SPOT_ABLATION = (
     ("spots_cam", ("cam",), True),
     ("spots_cam_contrast", ("cam", "peak", "contrast"), True),
     ("spots_cam_asym", ("cam", "peak", "contrast", "asym"), True),
-    ("spots_full", ("cam", "peak", "contrast", "asym", "physiology", "size"), True),
+    ("spots_cam_site", ("cam", "peak", "contrast", "asym", "physiology", "size"), True),
+    ("spots_full", ("cam", "peak", "contrast", "asym", "physiology", "size", "prob"), True),
 )
 
 
@@ -349,7 +350,7 @@ def run_evaluate(cfg: Config) -> StageSummary:
         run.commit()
         if cfg.evaluate.coco:
             notes["coco"] = export_coco(cfg, notes.get("tuning", {}))
-        write_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
+        write_run_json(cfg.run.dir, "evaluate.json", _document(cfg, ctx, runs))
         run.summary.extra.update(_headline(runs, cfg.evaluate.split))
         run.summary.extra.update(_account(notes))
     return run.summary
