@@ -136,3 +136,16 @@ def test_spot_boxes_follow_the_spot_size_score_and_body():
 def test_spot_boxes_of_no_spot_is_empty(bad):
     boxes = sp.spot_boxes(bad[np.isfinite(bad).all(axis=1)], np.zeros(0), BODY, sp.SpotRanker())
     assert boxes.shape == (0, 5)
+
+
+def test_a_tall_canvas_is_searched_on_a_coarser_grid_and_answers_in_canvas_px():
+    small = _canvas([(35, 50, 1.5, 120), (60, 140, 3.0, 90)])
+    tall = np.kron(small, np.ones((4, 4), dtype=np.uint8))  # 800 x 400, the same scan 4x larger
+    body = tuple(4 * v for v in BODY)
+    found_small = sp.find_spots(small, BODY, sp.SpotSettings())
+    found_tall = sp.find_spots(tall, body, sp.SpotSettings(detect_height=200))  # block means by 4: the small grid
+    np.testing.assert_allclose(found_tall[:, :3], 4 * found_small[:, :3], atol=1e-4)
+    np.testing.assert_allclose(found_tall[:, 3:], found_small[:, 3:], atol=1e-4)
+    direct = sp.find_spots(tall, body, sp.SpotSettings(detect_height=800))  # searched at full size
+    best = direct[np.argmin(np.hypot(direct[:, 0] - 4 * 35.5, direct[:, 1] - 4 * 50.5))]
+    assert abs(best[0] - found_tall[0, 0]) <= 4 and abs(best[1] - found_tall[0, 1]) <= 4
