@@ -12,7 +12,7 @@ DEMO := CONF=conf/demo.yaml
 STAGES := $(sort $(filter-out _%,$(basename $(notdir $(wildcard engine/stages/*.py))) \
 	$(notdir $(patsubst %/__init__.py,%,$(wildcard engine/stages/*/__init__.py)))) bench)
 
-.PHONY: help setup test coverage demo demo-seg all lint clean-demo bench-feed bench-gpu $(STAGES)
+.PHONY: help setup test coverage demo demo-seg all lint clean-demo bench-feed bench-gpu bench-scale $(STAGES)
 
 help: ## list the targets (a stage's line comes from its declaration: python -m jobs --list)
 	@{ if [ -x $(PY) ]; then $(PY) -m jobs --list; else printf '%s\t(its line: make setup, then make help)\n' $(STAGES); fi; \
@@ -62,6 +62,10 @@ bench-gpu: setup ## make bench on one GPU (conf/bench_gpu.yaml): refine on, off,
 	$(PY) -m jobs bench --config conf/bench_gpu.yaml cam.refine=false infer.actors=1 infer.num_gpus=1 infer.num_cpus=8 $(ARGS)
 bench-feed: setup ## the feed alone: plain decode + letterbox per core vs the engine's stream into a null model actor
 	$(PY) -m jobs bench --config $(BENCH_CONF) bench.only=feed $(ARGS)
+# not part of `make test`: the full index (SCALE_PATIENTS=3225: ~82k images) takes ~15 min on 2 CPUs
+SCALE_PATIENTS ?= 3225
+bench-scale: setup ## the full index as a user lives with it (SCALE_PATIENTS=3225): synth, index, split, a tiny model, cam scope=all on a 128 x 64 canvas; images/s, memory, table bytes, browse page ms -> BENCHMARKS.md
+	$(PY) -m engine.bench.scale --patients $(SCALE_PATIENTS) $(ARGS)
 
 # DEMO_SEED: the seed's landscape canvas (512 x 1024 at full scale, half of it here) and the published stride 32,
 # trained the same way, so that `make evaluate` scores the seed's settings on the same data beside ours.

@@ -177,7 +177,9 @@ def _decode_rows(rows: Any, cfg: Config, profile: dict[str, float]) -> dict[str,
 
 def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, float]]:
     """Returns (img/s, seconds per step) of the same work in one process: no Ray, no actors."""
-    from engine.io.codecs import heatmap_column, peak_list_columns
+    from engine.core.localization.columns import body_boxes
+    from engine.core.localization.spots import SpotSettings, spot_columns
+    from engine.io.codecs import heatmap_column, peak_list_columns, spot_list_columns
     from engine.stages._scoring import box_params
 
     device = _device(cfg)
@@ -219,6 +221,9 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
             norm, raw_max = normalize_cams(cams)
             raw_min = cams.flatten(1).min(dim=1).values
             heat = norm.cpu().numpy().astype(np.float16)
+        with _timed(profile, "spots"):  # as ClassifyCamStage: the scan's hot spots, stored with the heatmap
+            if cfg.cam.spots > 0:
+                batch.update(spot_columns(batch["canvas"], body_boxes(batch), SpotSettings(limit=cfg.cam.spots)))
         with _timed(profile, "boxes"):
             if centres is not None:
                 batch.update(refined_peak_columns(heat, batch, centres, cfg.cam.refine_peaks))
@@ -233,6 +238,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
                 {
                     **batch,
                     **peak_list_columns(batch),
+                    **spot_list_columns(batch),
                     **shape,
                     "heatmap": heatmap_column(heat),
                     "overlay_canvas": [None] * n,

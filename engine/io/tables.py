@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -34,6 +35,7 @@ class OutputError(RuntimeError):
 
 
 # Columns that name one row of a table within a partition: commit() refuses a partition where they repeat.
+FLUSH_BYTES = 64 << 20  # a table's buffered rows are staged at this size too (heatmap lists: ~0.8 GB at 50,000 rows)
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "index": ("image_id",),
     "splits": ("image_id",),
@@ -137,7 +139,6 @@ class TableWriter:
         self.staging = join(self.root, "_staging", f"{stage}-{uuid.uuid4().hex[:12]}")
         self.rows: dict[str, int] = {}
         self._parts: dict[str, int] = {}
-        self._keys: dict[str, set[tuple]] = {}
         self._repeated: dict[str, dict[str, Any]] = {}
 
     def check(self, names: list[str] | tuple[str, ...]) -> None:
@@ -176,12 +177,11 @@ class TableWriter:
         """Buffers rows of table `name` (files are staged every `flush_rows`); returns the rows added."""
         table = to_arrow(name, data)
         self._check_owned(name, table)
-        self._track_keys(name, table)
         self.rows[name] = self.rows.get(name, 0) + table.num_rows
         buffer = self._buffers.setdefault(name, [])
         if table.num_rows:
             buffer.append(table)
-        if sum(t.num_rows for t in buffer) >= self.flush_rows:
+        if sum(t.num_rows for t in buffer) >= self.flush_rows or sum(t.nbytes for t in buffer) >= FLUSH_BYTES:
             self._flush(name)
         return table.num_rows
 
@@ -196,17 +196,20 @@ class TableWriter:
             if foreign:
                 raise OutputError(f"table {name}: rows with {col}={foreign}, but this writer owns {col}={value!r}")
 
-    def _track_keys(self, name: str, table: pa.Table) -> None:
-        """Remembers the rows' partition + UNIQUE_KEYS values; notes the first value seen twice."""
-        if name not in UNIQUE_KEYS or name in self._repeated:
-            return
+    def _repeated_key(self, name: str) -> dict[str, Any] | None:
+        """Returns the first partition + UNIQUE_KEYS value that repeats among the staged files of `name`, or None.
+
+        Read at commit from the staged files' key columns only: the writer keeps nothing per row while it writes
+        (a set of keys per row grew the driver by ~1 KB per image over the full index).
+        """
+        path = join(self.staging, name)
+        if name not in UNIQUE_KEYS or not exists(self.fs, path):
+            return None
         columns = [*schemas.TABLES[name].PARTITION_COLS, *UNIQUE_KEYS[name]]
-        seen = self._keys.setdefault(name, set())
-        for key in zip(*(table.column(c).to_pylist() for c in columns), strict=True):
-            if key in seen:
-                self._repeated[name] = dict(zip(columns, key, strict=True))
-                return
-            seen.add(key)
+        staged = pads.dataset(path, filesystem=self.fs, format="parquet", partitioning="hive")
+        counts = staged.to_table(columns=columns).group_by(columns, use_threads=False).aggregate([([], "count_all")])
+        repeated = counts.filter(pc.greater(counts["count_all"], 1))
+        return {c: repeated.column(c)[0].as_py() for c in columns} if repeated.num_rows else None
 
     def _flush(self, name: str) -> None:
         buffer = self._buffers.pop(name, [])
@@ -232,6 +235,11 @@ class TableWriter:
         """Runs `commit()` one filesystem step at a time; yields each step's label (a kill may fall between)."""
         for name in list(self._buffers):
             self._flush(name)
+        for name in self.rows:
+            key = self._repeated_key(name)
+            if key is not None:
+                self._repeated[name] = key
+                break
         if self._repeated:
             self.abort()
             name, key = next(iter(self._repeated.items()))

@@ -1,8 +1,13 @@
-"""`make browse`: a local web page over every image of a run, queried live from the run's tables with DuckDB.
+"""`make browse`: a local web page over every image of a run, queried from the run's tables with DuckDB.
 
-Nothing is precomputed per image: each request runs one DuckDB query over the run's Parquet tables (opened as
-pyarrow datasets, so paths and storage URIs read as in ``engine.io.tables``) and image pages render their PNGs on
-request (``engine.io.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
+The server materialises what a request reads once per run and threshold: the `scored` view (index ⋈ splits ⋈
+preds ⋈ best box ⋈ GT ⋈ hit ⋈ QC over the run's Parquet tables, opened as pyarrow datasets so that paths and
+storage URIs read as in ``engine.io.tables``) becomes one in-memory DuckDB table in image_id order, beside the
+boxes, GT boxes and stored overlays of every image and each filter's choices. Table and image pages query those,
+in milliseconds at the full index. Each request first compares the files of the run's tables and of the model
+run's `thresholds` table with the ones the materialised tables were built from: a new threshold or a new commit
+rebuilds them (the first request after it waits for the build). Image pages render their PNGs on request
+(``engine.io.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
 only from under the run dir and the data root.
 """
 
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 
 READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
+WATCHED_TABLES = (*READ_TABLES, "qc")  # a change to their files rebuilds the materialised tables
 
 
 def qc_sql(columns: list[str]) -> str:
@@ -93,35 +99,124 @@ LEFT JOIN hit h ON h.image_id = i.image_id LEFT JOIN flag f ON f.image_id = i.im
 """
 
 
+def table_stamp(fs: pafs.FileSystem, root: str, names: tuple[str, ...]) -> tuple:
+    """Returns what identifies the current files of tables `names` under run root `root`: (path, size, mtime) of
+    each file, sorted. A commit (new, replaced or removed partitions) changes it; reading the tables does not."""
+    files = []
+    for name in names:
+        selector = pafs.FileSelector(table_dir(root, name), allow_not_found=True, recursive=True)
+        files += [(f.path, f.size, f.mtime_ns) for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
+    return tuple(sorted(files))
+
+
+def image_sql(query: ImageQuery, page_size: int, source: str) -> tuple[str, str, list]:
+    """Returns (the count's SQL, the page's SQL, the count's parameters; the page's add LIMIT and OFFSET) of one
+    table-page request over the scored rows of `source` (the materialised table, or the `scored` view)."""
+    from engine.io.browse_pages import SORTABLE  # the page modules load torch (overlays): not at import
+
+    where, params = ["TRUE"], []
+    for column, value in query.filters.items():
+        where.append(f"CAST({column} AS VARCHAR) = ?")
+        params.append(value)
+    if query.text:
+        where.append("image_id ILIKE ?")
+        params.append(f"%{query.text}%")
+    if query.has_qc:
+        where.append("qc IS NOT NULL")
+    if query.qc_flag:
+        where.append("list_contains(string_split(coalesce(qc, ''), ', '), ?)")
+        params.append(query.qc_flag)
+    if query.sort not in SORTABLE:
+        raise ValueError(f"sort={query.sort!r}: expected one of {SORTABLE}")
+    clause = " AND ".join(where)
+    order = f"{query.sort} {'DESC' if query.descending else 'ASC'} NULLS LAST, image_id"
+    count = f"SELECT count(*) AS n FROM {source} WHERE {clause}"
+    page = f"SELECT * FROM {source} WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
+    return count, page, params
+
+
+# What a request reads, materialised once per run and threshold (RunCatalog._build): name -> its SELECT.
+MATERIALISED = {
+    "scored_rows": "SELECT * FROM scored ORDER BY image_id",
+    "box_rows": """SELECT image_id, "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM t_boxes
+                   ORDER BY image_id, "rank" """,
+    "gt_rows": "SELECT image_id, cls, x1, y1, x2, y2 FROM t_gt_boxes ORDER BY image_id, cls, x1, y1",
+    "overlay_rows": "SELECT image_id, overlay_orig, overlay_canvas FROM t_heatmaps ORDER BY image_id",
+}
+
+
 class RunCatalog:
-    """DuckDB over one run's tables: the image table (sorted, filtered, paged) and one image's rows."""
+    """DuckDB over one run's tables: the image table (sorted, filtered, paged) and one image's rows.
+
+    The scored rows, boxes, GT boxes and overlays are materialised in memory when the catalog opens and again
+    when `refresh` finds a new threshold or new table files; `builds` counts the builds.
+    """
 
     def __init__(self, run_dir: str, thr: float | None) -> None:
         self.run_dir = run_dir
-        self.thr = thr
-        self.lock = threading.Lock()  # one DuckDB connection, shared by the server's request threads
-        self.con = duckdb.connect()
-        fs, root = resolve_fs(run_dir)
+        self.lock = threading.RLock()  # one DuckDB connection, shared by the server's request threads
+        self.fs, self.root = resolve_fs(run_dir)
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.builds = 0
+        self._build(thr, table_stamp(self.fs, self.root, WATCHED_TABLES))
+
+    def _open(self, thr: float | None) -> duckdb.DuckDBPyConnection:
+        """Returns a connection with the run's tables registered and the `scored` view defined at `thr`."""
+        con = duckdb.connect()
         for name in READ_TABLES:
-            path = table_dir(root, name)
+            path = table_dir(self.root, name)
             schema = duckdb_schema(schemas.TABLES[name].SCHEMA)
-            exists = fs.get_file_info(path).type == pafs.FileType.Directory
+            exists = self.fs.get_file_info(path).type == pafs.FileType.Directory
             data = (
-                pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)
+                pads.dataset(path, filesystem=self.fs, format="parquet", partitioning="hive", schema=schema)
                 if exists
                 else schema.empty_table()
             )
-            self.con.register(f"t_{name}", data)
-        qc_path = table_dir(root, "qc")
-        self.has_qc = fs.get_file_info(qc_path).type == pafs.FileType.Directory
+            con.register(f"t_{name}", data)
+        qc_path = table_dir(self.root, "qc")
+        self.has_qc = self.fs.get_file_info(qc_path).type == pafs.FileType.Directory
         if self.has_qc:
-            qc = pads.dataset(qc_path, filesystem=fs, format="parquet", partitioning="hive")
-            self.con.register("t_qc", qc)
-            self.con.execute(f"CREATE TEMP VIEW qc_flags AS {qc_sql(qc.schema.names)}")
+            qc = pads.dataset(qc_path, filesystem=self.fs, format="parquet", partitioning="hive")
+            con.register("t_qc", qc)
+            con.execute(f"CREATE TEMP VIEW qc_flags AS {qc_sql(qc.schema.names)}")
         else:
-            self.con.execute("CREATE TEMP VIEW qc_flags AS SELECT NULL::VARCHAR AS image_id, []::VARCHAR[] AS flags")
-        self.con.execute("CREATE TEMP TABLE run_thr AS SELECT ?::DOUBLE AS value", [thr])
-        self.con.execute(SCORED_SQL)
+            con.execute("CREATE TEMP VIEW qc_flags AS SELECT NULL::VARCHAR AS image_id, []::VARCHAR[] AS flags")
+        con.execute("CREATE TEMP TABLE run_thr AS SELECT ?::DOUBLE AS value", [thr])
+        con.execute(SCORED_SQL)
+        return con
+
+    def _build(self, thr: float | None, stamp: tuple) -> None:
+        """Materialises the tables a request reads (MATERIALISED) and each filter's choices at `thr`."""
+        from engine.io.browse_pages import FILTERS
+
+        con = self._open(thr)
+        for name, select in MATERIALISED.items():
+            con.execute(f"CREATE TEMP TABLE {name} AS {select}")
+        self._choices = {
+            column: con.execute(
+                f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored_rows WHERE {column} IS NOT NULL ORDER BY 1"
+            )
+            .df()["v"]
+            .tolist()
+            for column in FILTERS
+        }
+        flags = "SELECT DISTINCT f AS v FROM (SELECT unnest(string_split(qc, ', ')) AS f FROM scored_rows) ORDER BY 1"
+        self._qc_flags = con.execute(flags).df()["v"].tolist()
+        with self.lock:
+            old, self.con, self.thr, self.stamp = self.con, con, thr, stamp
+            self.builds += 1
+        if old is not None:
+            old.close()
+
+    def refresh(self, thr: float | None) -> bool:
+        """Rebuilds the materialised tables when `thr` or the files of the run's tables changed; returns whether
+        it did."""
+        with self.lock:
+            stamp = table_stamp(self.fs, self.root, WATCHED_TABLES)
+            if thr == self.thr and stamp == self.stamp:
+                return False
+            self._build(thr, stamp)
+            return True
 
     def _frame(self, sql: str, params: list) -> pd.DataFrame:
         with self.lock:
@@ -129,67 +224,42 @@ class RunCatalog:
 
     def images(self, query: ImageQuery, page_size: int) -> tuple[pd.DataFrame, int]:
         """Returns (one page of image rows, rows matching the filters)."""
-        from engine.io.browse_pages import SORTABLE  # the page modules load torch (overlays): not at import
-
-        where, params = ["TRUE"], []
-        for column, value in query.filters.items():
-            where.append(f"CAST({column} AS VARCHAR) = ?")
-            params.append(value)
-        if query.text:
-            where.append("image_id ILIKE ?")
-            params.append(f"%{query.text}%")
-        if query.has_qc:
-            where.append("qc IS NOT NULL")
-        if query.qc_flag:
-            where.append("list_contains(string_split(coalesce(qc, ''), ', '), ?)")
-            params.append(query.qc_flag)
-        if query.sort not in SORTABLE:
-            raise ValueError(f"sort={query.sort!r}: expected one of {SORTABLE}")
-        clause = " AND ".join(where)
-        total = int(self._frame(f"SELECT count(*) AS n FROM scored WHERE {clause}", params)["n"].iloc[0])
-        order = f"{query.sort} {'DESC' if query.descending else 'ASC'} NULLS LAST, image_id"
-        sql = f"SELECT * FROM scored WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
-        return self._frame(sql, [*params, page_size, query.page * page_size]), total
+        count, page, params = image_sql(query, page_size, "scored_rows")
+        total = int(self._frame(count, params)["n"].iloc[0])
+        return self._frame(page, [*params, page_size, query.page * page_size]), total
 
     def choices(self) -> dict[str, list[str]]:
         """Returns the distinct values of each exact-match filter column."""
-        from engine.io.browse_pages import FILTERS
-
-        out = {}
-        for column in FILTERS:
-            sql = f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored WHERE {column} IS NOT NULL ORDER BY 1"
-            out[column] = self._frame(sql, [])["v"].tolist()
-        return out
+        return {column: list(values) for column, values in self._choices.items()}
 
     def qc_flags(self) -> list[str]:
         """Returns the QC flags raised on any image (the `QC flag` filter's choices)."""
-        sql = "SELECT DISTINCT f AS v FROM (SELECT unnest(string_split(qc, ', ')) AS f FROM scored) ORDER BY 1"
-        return self._frame(sql, [])["v"].tolist()
+        return list(self._qc_flags)
 
     def patient_views(self, image_id: str) -> pd.DataFrame:
         """Returns the scored rows of `image_id` and of its patient's other view (same part and side), by view."""
-        sql = """SELECT o.* FROM scored s JOIN scored o ON o.patient_id = s.patient_id
-                 AND o.part IS NOT DISTINCT FROM s.part AND o.side IS NOT DISTINCT FROM s.side
-                 AND (o.image_id = s.image_id OR o.view IS DISTINCT FROM s.view)
-                 WHERE s.image_id = ? ORDER BY o.view, o.image_id"""
+        sql = """SELECT o.* FROM (SELECT * FROM scored_rows WHERE image_id = ?) s JOIN scored_rows o
+                 ON o.patient_id = s.patient_id AND o.part IS NOT DISTINCT FROM s.part
+                 AND o.side IS NOT DISTINCT FROM s.side AND (o.image_id = s.image_id OR o.view IS DISTINCT FROM s.view)
+                 ORDER BY o.view, o.image_id"""
         return self._frame(sql, [image_id])
 
     def boxes(self, image_id: str) -> pd.DataFrame:
         """Returns the pseudo boxes of an image, best first (original px)."""
-        sql = """SELECT "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM t_boxes WHERE image_id = ?
+        sql = """SELECT "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM box_rows WHERE image_id = ?
                  ORDER BY "rank" """
         return self._frame(sql, [image_id])
 
     def gt_boxes(self, image_id: str) -> pd.DataFrame:
         """Returns the GT boxes of an image (cls Abnormal / Normal, original px)."""
         return self._frame(
-            "SELECT cls, x1, y1, x2, y2 FROM t_gt_boxes WHERE image_id = ? ORDER BY cls, x1, y1", [image_id]
+            "SELECT cls, x1, y1, x2, y2 FROM gt_rows WHERE image_id = ? ORDER BY cls, x1, y1", [image_id]
         )
 
     def view(self, row: dict) -> dict:
         """Returns what an image page shows of one scored row: its boxes, GT boxes and stored CAM outputs."""
         image_id = row["image_id"]
-        stored = self._frame("SELECT overlay_orig, overlay_canvas FROM t_heatmaps WHERE image_id = ?", [image_id])
+        stored = self._frame("SELECT overlay_orig, overlay_canvas FROM overlay_rows WHERE image_id = ?", [image_id])
         overlays = [str(v) for v in stored.to_numpy().ravel() if isinstance(v, str) and v]
         return {
             "row": row,
@@ -206,6 +276,26 @@ def _thr_note(cfg: Config) -> tuple[float | None, str]:
     except ValueError as exc:
         return None, f"TP/FP/FN/TN need a threshold: {exc}"
     return thr, f"TP/FP/FN/TN at the selected threshold {thr:.4f}; best box: the rank-0 pseudo box vs Abnormal GT."
+
+
+class SelectedThreshold:
+    """The model run's selected threshold and the table page's note on it, read again only when the files of its
+    `thresholds` table changed (`make threshold` while the server runs)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.fs, self.root = resolve_fs(model_run_dir(cfg))
+        self.stamp: tuple | None = None
+        self.value: tuple[float | None, str] = (None, "")
+        self.lock = threading.Lock()
+
+    def current(self) -> tuple[float | None, str]:
+        """Returns (threshold or None, note)."""
+        with self.lock:
+            stamp = table_stamp(self.fs, self.root, ("thresholds",))
+            if stamp != self.stamp:
+                self.value, self.stamp = _thr_note(self.cfg), stamp
+            return self.value
 
 
 def read_under(root: str, relative: str) -> bytes:
@@ -251,13 +341,20 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
         data_root = saved_data_root(run_dir)
     except HeatmapNotFoundError:
         data_root = cfg.data.root
-    thr, note = _thr_note(cfg)
-    catalog = RunCatalog(run_dir, thr)
+    threshold = SelectedThreshold(cfg)
+    catalog = RunCatalog(run_dir, threshold.current()[0])
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `//etc/passwd` must not be redirected into a relative path
+    app.extensions["browse_catalog"] = catalog
+
+    @app.before_request
+    def fresh() -> None:  # a new threshold or a new commit: rebuild the materialised tables first
+        if request.endpoint in ("table", "image", "render"):
+            catalog.refresh(threshold.current()[0])
 
     @app.get("/")
     def table() -> str:
+        note = threshold.current()[1]
         query = parse_query(request.args)
         rows, total = catalog.images(query, browse.page_size)
         return table_page(

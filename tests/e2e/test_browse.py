@@ -123,6 +123,7 @@ def test_best_box_hits_when_it_shares_a_pixel_centre_with_an_abnormal_box(cam_ru
         "min_score",
     ):
         frame[column] = 1.0
+    frame["box_method"] = "cam_peaks"
     shutil.rmtree(copy / "tables" / "boxes")
     writer = TableWriter(str(copy), "boxes", replace=("boxes",))
     writer.write("boxes", frame)
