@@ -57,7 +57,13 @@ def saved_data_root(run_dir: str) -> str:
 
 
 def _one_row(run_dir: str, table: str, image_id: str) -> dict:
-    frame = read_table(run_dir, table, pads.field("image_id") == image_id)
+    """Returns the last row of `table` for `image_id`, reading only its folder's partition when the id starts with it
+    (`<folder>/<filename>`: one partition's files instead of the whole table at the full index)."""
+    match = pads.field("image_id") == image_id
+    folder = image_id.split("/", 1)[0] if "/" in image_id else None
+    frame = read_table(run_dir, table, match & (pads.field("folder") == folder)) if folder else None
+    if frame is None or frame.empty:  # a folder name holding "/" (or no folder prefix): the whole table
+        frame = read_table(run_dir, table, match)
     if frame.empty:
         raise HeatmapNotFoundError(f"{run_dir} (image_id={image_id}): no row in table {table}; run `make cam` first")
     return frame.iloc[-1].to_dict()
