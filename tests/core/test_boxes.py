@@ -261,3 +261,10 @@ def test_greedy_nms_and_box_iou_equal_a_brute_force_numpy_loop(case):
     assert kept.dtype == np.int64 and kept.tolist() == brute_force_nms(boxes, nms_iou, max_boxes)
     expected = np.array([[brute_force_iou(a, b) for b in boxes] for a in boxes]).reshape(len(boxes), len(boxes))
     np.testing.assert_allclose(box_iou(boxes, boxes), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_peak_equal_to_min_score_in_float32_is_dropped():
+    # found by hypothesis on a fresh clone: float32(0.3) is above the float 0.3, but the stored float32 score is not
+    heat = np.array([[0.3, 0.0]], dtype=np.float32)
+    params = BoxParams(size=1, max_boxes=1, nms_iou=0.0, min_score=0.3)
+    assert extract_pseudo_boxes(heat, (0.0, 0.0, 1.0, 1.0), 1, 2, params).shape == (0, 5)

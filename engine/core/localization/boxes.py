@@ -233,7 +233,7 @@ def extract_pseudo_boxes(
     rows, cols, centre_x, centre_y = body_peaks(heatmap, body_box, canvas_h, canvas_w)
     body = np.asarray(body_box, dtype=np.float64)
     scores = _check_heatmap(heatmap)[rows, cols]
-    keep = scores > params.min_score
+    keep = scores.astype(np.float32) > params.min_score  # as the float32 box rows store and compare it
     rows, cols, scores = rows[keep], cols[keep], scores[keep]
     points = peak_points(rows, cols, centre_x, centre_y, refined)
     side_w = min(float(params.size), body[2] - body[0])
