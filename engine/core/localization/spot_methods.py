@@ -124,15 +124,19 @@ def with_features(cases: list[SpotCase], physiology: PhysiologyMap) -> list[Spot
     return cases
 
 
+def _features(case: SpotCase) -> np.ndarray:
+    """Returns the case's spot features, (0, len(FEATURES)) before `with_features` has run."""
+    return case.features if case.features is not None else np.zeros((0, len(FEATURES)))
+
+
 def _scores(case: SpotCase, ranker: SpotRanker) -> np.ndarray:
-    features = case.features if case.features is not None else np.zeros((0, len(FEATURES)))
+    features = _features(case)
     return ranker.score(features) if len(features) else np.zeros(0)
 
 
 def case_boxes(case: SpotCase, ranker: SpotRanker) -> np.ndarray:
     """Returns (K, 5) canvas boxes of one case by `ranker`; none when its probability is below the cutoff."""
-    features = case.features if case.features is not None else np.zeros((0, len(FEATURES)))
-    return image_boxes(case.spots, features, case.body, case.y_prob, ranker)
+    return image_boxes(case.spots, _features(case), case.body, case.y_prob, ranker)
 
 
 def case_peak(case: SpotCase, ranker: SpotRanker) -> tuple[int, int] | None:
