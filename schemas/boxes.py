@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: boxes_max, min_score; 3: box_method
+SCHEMA_VERSION = 4  # 2: boxes_max, min_score; 3: box_method; 4: cross_view, cross_rank
 PARTITION_COLS: tuple[str, ...] = ("split", "folder")
 SCHEMA = pa.schema(
     [
@@ -24,6 +24,10 @@ SCHEMA = pa.schema(
         pa.field("nms_iou", pa.float32()),  # boxes.nms_iou used
         pa.field("boxes_max", pa.int16()),  # boxes.max used
         pa.field("min_score", pa.float32()),  # boxes.min_score used
+        # the patient's other whole-body view (engine/core/scans/views.py, set by `make boxes`): the score of its box
+        # at the matching place (> 0: confirmed), 0 when it has none there, NaN when that view was not scored
+        pa.field("cross_view", pa.float32()),
+        pa.field("cross_rank", pa.int16()),  # the confirming box's rank in the other view; -1 without one
         pa.field("split", pa.string(), nullable=False),
         pa.field("folder", pa.string(), nullable=False),
     ]

@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 # The demo config scaled down for tests: tiny canvas, stride 32, tiny timm model, CPU (also passed to job CLIs).
 TEST_OVERRIDES = (
+    "data.view=POST",  # one view, as the seed: tests/e2e/test_both_views_e2e.py trains the demo's BOTH
     "split.train=0.8",  # the default split, not the demo's
     "split.val=0.1",
     "canvas.height=256",

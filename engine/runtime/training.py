@@ -24,6 +24,7 @@ from engine.config import ModelConfig, TrainConfig
 from engine.core.metrics.classification import binary_metrics
 from engine.core.model.augment import augment
 from engine.core.model.classifier import arch_info, bf16_autocast, canvas_to_unit, imagenet_normalize
+from engine.core.scans.views import mirror_rows, mirrored
 from engine.io.checkpoints import build_classifier_from_files, load_training_state, save_model
 from engine.io.pause import pause_point
 from engine.io.tables import write_part
@@ -83,7 +84,9 @@ def _split_ok(batch: dict[str, np.ndarray], out: EpochOutputs, stage: str) -> np
     return ok
 
 
-def _inputs(canvas: np.ndarray, device: torch.device) -> torch.Tensor:
+def _inputs(batch: dict[str, np.ndarray], ok: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Returns the uint8 canvases of the `ok` rows on `device`, ANT rows mirrored (engine/core/scans/views.py)."""
+    canvas = mirror_rows(batch["canvas"][ok], mirrored(batch["view"][ok]))
     return torch.from_numpy(np.ascontiguousarray(canvas)).to(device, non_blocking=True)
 
 
@@ -109,7 +112,7 @@ def train_epoch(model: nn.Module, shard: Any, opt: Any, sched: Any, loss_fn: nn.
         ok = _split_ok(batch, out, "train")
         if not ok.any():
             continue
-        x = augment(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])), settings.train, ctx["gen"])
+        x = augment(canvas_to_unit(_inputs(batch, ok, ctx["device"])), settings.train, ctx["gen"])
         y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])
         with bf16_autocast(ctx["amp"]):
             logits = model(imagenet_normalize(x))[:, 0].float()
@@ -140,7 +143,7 @@ def validate(model: nn.Module, shard: Any, loss_fn: nn.Module, ctx: dict, out: E
         ok = _split_ok(batch, out, "train")
         if not ok.any():
             continue
-        x = imagenet_normalize(canvas_to_unit(_inputs(batch["canvas"][ok], ctx["device"])))
+        x = imagenet_normalize(canvas_to_unit(_inputs(batch, ok, ctx["device"])))
         with bf16_autocast(ctx["amp"]):
             logits = model(x)[:, 0].float()
         y = torch.as_tensor(batch["label"][ok], dtype=torch.float32, device=ctx["device"])

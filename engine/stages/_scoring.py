@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from engine.config import Config
@@ -221,3 +222,61 @@ def min_prob(cfg: Config) -> float:
     if cfg.cam.min_prob not in ("all", "threshold"):
         raise ValueError(f"cam.min_prob={cfg.cam.min_prob!r}: expected 'all' or 'threshold'")
     return selected_threshold(model_run_dir(cfg)) if cfg.cam.min_prob == "threshold" else float("-inf")
+
+
+PATIENT_VIEW = "patient"  # the `metrics` row of the patients' fused probabilities (beside the per-view rows)
+
+
+def patient_point_of(cfg: Config) -> dict:
+    """Returns the patient operating point (`threshold.json`'s "patient": fusion rule, thr) of the model that scores
+    the run; a model thresholded before patients were: max fusion at the image threshold."""
+    record = threshold_record(model_run_dir(cfg)) or {}
+    point = record.get("patient")
+    if point:
+        return point
+    return {"fusion": "max", "thr": selected_threshold(model_run_dir(cfg)), "note": "image threshold (no patient one)"}
+
+
+def write_patient_preds(cfg: Config, preds: pd.DataFrame, point: dict, stage: str, split: str) -> pd.DataFrame:
+    """Fuses `preds` (one split's image predictions of the model's views) per patient with `point`'s rule and
+    threshold, writes them to `patient_preds` (stage, split) and returns them."""
+    from engine.core.metrics.patients import fuse_patients
+
+    fused = fuse_patients(preds, point["fusion"])
+    thr = float(point["thr"])
+    fused = fused.assign(
+        y_pred=(fused["y_prob"] >= thr).astype(np.int8),
+        thr=np.float32(thr),
+        fusion=point["fusion"],
+        run_id=run_id(cfg),
+        stage=stage,
+        split=split,
+    )
+    write_part(cfg.run.dir, "patient_preds", fused, "patients")
+    return fused
+
+
+def scored_patients(cfg: Config, stage: str, split: str | None) -> str:
+    """Writes `patient_preds` of the whole-body images of the model's views that `stage` scored in `split` (every
+    split with None), one partition per split; returns the summary line (how many patients from both views, how
+    many from one), or why there are none."""
+    from engine.contract import trained_views
+    from engine.stages._rows import view_folders
+
+    preds = read_table(cfg.run.dir, "preds", pads.field("stage") == stage)
+    preds = preds[preds["view"].isin(trained_views(cfg)) & preds["folder"].isin(view_folders("BOTH"))]
+    if split is not None:
+        preds = preds[preds["split"] == split]
+    if preds.empty:
+        return "none: no whole-body image of the model's views was scored"
+    try:
+        point = patient_point_of(cfg)
+    except ValueError as exc:  # no threshold yet
+        return f"none: {exc}"
+    counts: dict[str, int] = {}
+    for part, rows in preds.groupby("split"):
+        fused = write_patient_preds(cfg, rows, point, stage, str(part))
+        for views, n in fused["views"].value_counts().items():
+            counts[str(views)] = counts.get(str(views), 0) + int(n)
+    views = ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
+    return f"{sum(counts.values())} ({views}), {point['fusion']} fusion"

@@ -24,6 +24,7 @@ from engine.core.localization.columns import (
     ranked_batch_boxes,
 )
 from engine.core.localization.spots import SPOT_COLUMNS, SpotRanker
+from engine.core.scans.views import cross_view_columns
 from engine.io.summary import StageSummary, write_errors
 from engine.io.tables import TableWriter, read_table
 from engine.stages._run import StageRun
@@ -131,14 +132,28 @@ def _write_boxes(
     write_errors(writer, orphans["image_id"], orphans["image_id"], reasons, orphans["split"], summary)
     frame = heat.merge(meta, on="image_id", how="inner")
     params, floor = box_params(cfg), min_prob(cfg)
+    parts = []
     for start in range(0, len(frame), 4096):
         batch, maps = _stored_batch(frame.iloc[start : start + 4096])
         if ranker is not None:
             boxes, counts = ranked_batch_boxes(maps, batch, ranker, ranker.max_boxes)
         else:
             boxes, counts = pseudo_boxes(maps, batch, params)
-        writer.write("boxes", explode_boxes(batch, boxes, counts, params, floor, ranker))
+        parts.append(pd.DataFrame(explode_boxes(batch, boxes, counts, params, floor, ranker)))
         summary.rows_ok += len(counts)  # images whose boxes were computed (a repeated meta row counts twice)
+    if not parts:
+        return
+    boxes = pd.concat(parts, ignore_index=True)
+    patients = read_table(cfg.run.dir, "index")[["image_id", "patient_id"]].drop_duplicates("image_id")
+    images = frame.drop(columns=["heatmap"]).merge(patients, on="image_id", how="inner")
+    found = cross_view_columns(boxes, images)
+    writer.write("boxes", boxes.assign(**found))
+    confirmed = found["cross_view"][np.isfinite(found["cross_view"])]
+    if len(confirmed):
+        summary.extra["cross_view"] = (
+            f"{int((confirmed > 0).sum())} of {len(confirmed)} boxes with the patient's other view scored are "
+            "confirmed there (a box of that view at the matching place)"
+        )
 
 
 STAGE = Stage(

@@ -27,6 +27,7 @@ from engine.stages._scoring import (
     cam_settings,
     min_prob,
     model_run_dir,
+    scored_patients,
     scoring_config,
     scoring_extras,
     scoring_feed,
@@ -122,6 +123,7 @@ def run_cam(cfg: Config) -> StageSummary:
         run.summary.rows_in += add_skipped(run.summary, rows)  # view_mismatch: selected, not scored
         run.commit()
         run.summary.extra["scope"] = scope
+        run.summary.extra["patients"] = scored_patients(cfg, "cam", split)
         run.summary.extra.update(checks)
         if cfg.model.from_run:
             run.summary.extra["model_from_run"] = cfg.model.from_run

@@ -19,14 +19,17 @@ from engine.stages._rows import (
 )
 from engine.stages._run import StageRun, add_skipped, run_id
 from engine.stages._scoring import (
+    PATIENT_VIEW,
     adopt_threshold,
     cam_settings,
     model_run_dir,
+    patient_point_of,
     scoring_config,
     scoring_extras,
     scoring_feed,
     selected_threshold,
     split_metrics,
+    write_patient_preds,
 )
 from engine.stages._stage import INDEX, MODEL, SPLITS, THRESHOLD, Stage
 
@@ -70,8 +73,25 @@ def _split_metrics(cfg: Config, split: str, thr: float) -> dict:
     if labeled.empty:
         return {"metrics": f"skipped: none of the {len(preds)} scored images has a label"}
     metrics = split_metrics(cfg, labeled, split, thr)
-    write_part(cfg.run.dir, "metrics", pd.DataFrame([metrics]), split)
-    return {k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")}
+    rows = [metrics]  # first: every image of the model's views; then each view alone when it has two; then patients
+    views = trained_views(cfg)
+    if len(views) > 1:
+        for view in views:
+            alone = labeled[labeled["view"] == view]
+            if len(alone):
+                rows.append(split_metrics(cfg, alone, split, thr) | {"view": view})
+    point = patient_point_of(cfg)
+    patients = write_patient_preds(cfg, preds, point, "infer", split)
+    patients = patients[patients["y_true"] >= 0]
+    if len(patients):
+        rows.append(split_metrics(cfg, patients, split, float(point["thr"])) | {"view": PATIENT_VIEW})
+    write_part(cfg.run.dir, "metrics", pd.DataFrame(rows), split)
+    out = {k: metrics[k] for k in ("split", "thr", "auc", "sensitivity", "specificity", "f1", "n")}
+    for row in rows[1:]:
+        out[f"auc_{row['view']}"] = row["auc"]
+    if len(patients):
+        out["patients"] = f"{len(patients)} ({point['fusion']} of their views, thr {float(point['thr']):.4g})"
+    return out
 
 
 STAGE = Stage(

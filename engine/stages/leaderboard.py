@@ -25,7 +25,7 @@ def leaderboard_frame(runs_dir: str) -> tuple[pd.DataFrame, list[str]]:
             continue  # not a run with `make infer` outputs (or this stage's own folders)
         test = read_table(run_dir, "metrics").query("split == 'test'")
         if len(test):
-            rows.append(test.iloc[-1].to_dict() | {"run": entry})
+            rows.append(test.iloc[0].to_dict() | {"run": entry})  # every image of the model's views (infer.py)
         else:
             missing.append(entry)
     board = pd.DataFrame(rows).reindex(columns=schemas.TABLES["leaderboard"].SCHEMA.names)

@@ -108,6 +108,9 @@ def explode_boxes(
         "min_score": np.full(n, floor, dtype=np.float32),
         "split": np.asarray(batch["split"])[img_idx],
         "folder": np.asarray(batch["folder"])[img_idx],
+        # set by `make boxes` once both views of the patient are scored (engine/core/scans/views.py)
+        "cross_view": np.full(n, np.nan, dtype=np.float32),
+        "cross_rank": np.full(n, -1, dtype=np.int16),
     }
     for j, name in enumerate(("x1", "y1", "x2", "y2")):
         columns[name] = flat[:, j]

@@ -16,6 +16,10 @@ canvas is 1024 tall x 512 wide (README.md "What changed"): a 256 x 1024 portrait
 Mapping: ``x_canvas = x_orig * (new_w / orig_w) + pad_left`` and likewise for y. Because new_w and new_h are
 rounded, the exact per-axis factors (not ``scale``) are used both ways, so the round trip is exact up to
 float error.
+
+Views: the canvas is never mirrored. The model alone sees an ANT canvas flipped left-right (column ``c`` ->
+``W - 1 - c``), so that the patient's left lies on the viewer's left as in POST; its CAM is flipped back before it
+is stored, and every box and heatmap on disk is in the image's own pixels (``engine.core.scans.views``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from engine.core.localization.columns import (
     row_slices,
 )
 from engine.core.localization.spots import SpotRanker, SpotSettings, spot_columns
+from engine.core.scans.views import mirror_rows, mirrored, unmirror_centres
 from engine.runtime.decode import BatchDecoder, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -196,10 +197,16 @@ class ClassifyCamStage:
         if ok.any():
             pixels = batch["canvas"]  # the decoder's buffer as it is; else a copy (bad rows, or a read-only block)
             pixels = pixels if ok.all() and pixels.flags.writeable else pixels[ok]
-            canvas = torch.from_numpy(np.ascontiguousarray(pixels))
+            # ANT rows reach the model mirrored (core/scans/views.py); their CAM and peaks are flipped back below
+            flip = mirrored(batch["view"])[ok] if "view" in batch else np.zeros(int(ok.sum()), bool)
+            canvas = torch.from_numpy(np.ascontiguousarray(mirror_rows(pixels, flip)))
             if self.device.type == "cuda":
                 canvas = canvas.pin_memory().to(self.device, non_blocking=True)
             host = self._to_host(*self._run_model(self._model_input(canvas)))
+            if "heat" in host:
+                host["heat"] = mirror_rows(host["heat"], flip)
+            if "centres" in host:
+                host["centres"] = unmirror_centres(host["centres"], flip, int(pixels.shape[-1]))
             logit[ok], y_prob[ok] = host["logit"], host["y_prob"]
         out["y_prob"], out["logit"] = y_prob, logit
         if self.settings.with_cam:
