@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import posixpath
 from typing import Any
@@ -106,23 +107,28 @@ def delete_outputs(run_dir: str, relatives: tuple[str, ...]) -> None:
 
 
 def write_run_json(run_dir: str, relative: str, document: dict) -> str:
-    """Writes `document` as strict JSON to `<run_dir>/<relative>`; returns the path."""
+    """Writes `document` as strict, compact JSON (no indentation) to `<run_dir>/<relative>`; returns the path."""
     fs, root = resolve_fs(run_dir)
     path = f"{root}/{relative}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as out:
-        out.write(json.dumps(json_safe(document), indent=1, allow_nan=False).encode())
+        out.write(json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False).encode())
     return path
+
+
+_PLAIN = (str, int, bool, type(None))  # JSON-ready as they are (bool is an int)
 
 
 def json_safe(value: Any) -> Any:
     """Returns `value` with numpy scalars as Python numbers and NaN/inf as null (strict JSON)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+        return json_safe(value.item())
+    return str(value)

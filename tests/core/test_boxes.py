@@ -14,7 +14,9 @@ from engine.core.localization.boxes import (
     extract_pseudo_boxes,
     find_peaks,
     greedy_nms,
+    nms_keep,
     refined_peaks,
+    stack_peaks,
     top_pixel_boxes,
 )
 from engine.core.model.cam import upsample_heatmap
@@ -268,3 +270,76 @@ def test_a_peak_equal_to_min_score_in_float32_is_dropped():
     heat = np.array([[0.3, 0.0]], dtype=np.float32)
     params = BoxParams(size=1, max_boxes=1, nms_iou=0.0, min_score=0.3)
     assert extract_pseudo_boxes(heat, (0.0, 0.0, 1.0, 1.0), 1, 2, params).shape == (0, 5)
+
+
+def _plain_nms(boxes: np.ndarray, nms_iou: float, most: int) -> list[int]:
+    """Greedy NMS box by box: keep a box when its IoU with every kept box is <= nms_iou (inverted sides: width 0)."""
+    kept: list[int] = []
+    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        x2, y2 = max(x2, x1), max(y2, y1)
+        drop = False
+        for i in kept:
+            a1, b1, a2, b2 = boxes[i].tolist()
+            a2, b2 = max(a2, a1), max(b2, b1)
+            inter = max(0.0, min(a2, x2) - max(a1, x1)) * max(0.0, min(b2, y2) - max(b1, y1))
+            union = (a2 - a1) * (b2 - b1) + (x2 - x1) * (y2 - y1) - inter
+            drop = drop or (union > 0 and inter / union > nms_iou)
+        if not drop and len(kept) < most:
+            kept.append(j)
+    return kept
+
+
+def test_nms_keep_of_a_stack_equals_greedy_nms_box_by_box_per_image():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n, p = int(rng.integers(1, 6)), int(rng.integers(0, 12))
+        corner = rng.integers(0, 12, size=(n, p, 2))
+        boxes = np.concatenate([corner, corner + rng.integers(0, 6, size=(n, p, 2))], axis=2).astype(np.float64)
+        present = rng.random((n, p)) < 0.8
+        nms_iou, most = float(rng.choice([0.0, 0.15, 0.25, 0.5, 1.0])), int(rng.integers(0, 6))
+        keep = nms_keep(boxes, present, nms_iou, most)
+        for i in range(n):
+            rows = np.flatnonzero(present[i])
+            assert rows[_plain_nms(boxes[i, rows], nms_iou, most)].tolist() == np.flatnonzero(keep[i]).tolist()
+
+
+def _plain_peaks(heat: np.ndarray, valid: np.ndarray) -> list[tuple[int, int]]:
+    """Peaks cell by cell: valid, > 0, >= every valid 8-neighbour; one per 8-connected plateau (its first cell)."""
+    h, w = heat.shape
+    near = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+
+    def inside(r, c):
+        return 0 <= r < h and 0 <= c < w
+
+    peak = {
+        (r, c)
+        for r in range(h)
+        for c in range(w)
+        if valid[r, c]
+        and heat[r, c] > 0
+        and all(heat[r, c] >= heat[r + a, c + b] for a, b in near if inside(r + a, c + b) and valid[r + a, c + b])
+    }
+    firsts, seen = [], set()
+    for cell in sorted(peak):
+        if cell in seen:
+            continue
+        firsts.append(cell)
+        stack = [cell]
+        while stack:
+            r, c = stack.pop()
+            if (r, c) in seen:
+                continue
+            seen.add((r, c))
+            stack += [(r + a, c + b) for a, b in near if (r + a, c + b) in peak]
+    return sorted(firsts, key=lambda rc: (-heat[rc], rc))
+
+
+def test_stack_peaks_equal_the_peaks_of_each_map_found_cell_by_cell():
+    rng = np.random.default_rng(4)
+    heat = np.round(rng.random((12, 6, 5)) * 3) / 3 * (rng.random((12, 6, 5)) < 0.7)
+    valid = rng.random(heat.shape) < 0.85
+    image, rows, cols = stack_peaks(heat, valid)
+    for i in range(len(heat)):
+        found = list(zip(rows[image == i].tolist(), cols[image == i].tolist(), strict=True))
+        assert found == _plain_peaks(heat[i], valid[i])
+    assert np.all(np.diff(image) >= 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,11 +20,14 @@ from engine.core.metrics.localization import (
     greedy_match,
     iogt_matrix,
     iou_matrix,
+    matched_rows,
     overlap_areas,
     pixel_boxes,
     point_hits_boxes,
     pointing_chance_pixels,
+    points_hit_boxes,
     score_image,
+    score_images,
 )
 from engine.core.scans.letterbox import letterbox_meta
 from engine.stages.evaluate.run import f1_score
@@ -235,3 +239,64 @@ def test_headline_precision_counts_false_positive_boxes_on_normal_images():
     metrics = LocalizationAccumulator(LocSettings(iou_thresholds=(0.5,))).update([target, normal]).compute()
     assert metrics["precision@iou0.5"][1:] == (1, 4)
     assert metrics["precision_on_target_images@iou0.5"][1:] == (1, 2)
+
+
+def _plain_greedy_rows(overlap: np.ndarray, threshold: float) -> list[bool]:
+    """Greedy one-to-one matching row by row: each row takes the free column of largest overlap >= threshold, > 0."""
+    free, matched = [True] * overlap.shape[1], []
+    for row in overlap.tolist():
+        best = None
+        for j, value in enumerate(row):
+            if free[j] and value >= threshold and value > 0 and (best is None or value > row[best]):
+                best = j
+        if best is not None:
+            free[best] = False
+        matched.append(best is not None)
+    return matched
+
+
+def test_matched_rows_of_a_stack_equal_greedy_matching_row_by_row():
+    rng = np.random.default_rng(5)
+    overlap = np.round(rng.random((40, 5, 3)) * 4) / 4 * (rng.random((40, 5, 3)) < 0.6)
+    for threshold in (0.0, 0.25, 0.5):
+        rows = matched_rows(overlap, threshold)
+        assert rows.tolist() == [_plain_greedy_rows(o, threshold) for o in overlap]
+        assert [greedy_match(o, threshold) for o in overlap] == rows.sum(axis=1).tolist()
+
+
+def test_points_hit_boxes_of_a_stack_equals_the_distance_to_each_box():
+    rng = np.random.default_rng(6)
+    corner = rng.integers(0, 30, size=(50, 4, 2))
+    boxes = np.concatenate([corner, corner + rng.integers(0, 8, size=(50, 4, 2))], axis=2)
+    points = rng.integers(0, 40, size=(50, 2))
+    for tolerance in (0.0, 2.5, 6.0):
+        expected = [
+            any(
+                (x2 > x1 and y2 > y1)
+                and max(x1 - x, 0, x - x2 + 1) ** 2 + max(y1 - y, 0, y - y2 + 1) ** 2 <= tolerance**2
+                for x1, y1, x2, y2 in b.tolist()
+            )
+            for (x, y), b in zip(points.tolist(), boxes, strict=True)
+        ]
+        assert points_hit_boxes(points, boxes, tolerance).tolist() == expected
+
+
+def test_score_images_of_many_cases_sum_the_counts_of_each_case_alone():
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(60):
+        corner = rng.uniform(-5, 90, (int(rng.integers(0, 6)), 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(0, 30, corner.shape)], 1)
+        if len(boxes) and rng.random() < 0.2:
+            boxes[0, 0] = np.nan
+        gt = rng.integers(0, 80, (int(rng.integers(0, 3)), 2))
+        abnormal = np.concatenate([gt, gt + rng.integers(1, 25, gt.shape)], 1)
+        normal = np.zeros((int(rng.integers(0, 2)), 4), dtype=np.int64) + [10, 10, 20, 30]
+        peak = None if rng.random() < 0.2 else (int(rng.integers(0, 100)), int(rng.integers(0, 100)))
+        prob = float("nan") if rng.random() < 0.1 else float(rng.random())
+        cases.append(ImageCase(boxes, abnormal, normal, peak, 100, 90, int(rng.integers(-1, 2)), prob, 0.4))
+    settings = LocSettings()
+    total = Counter()
+    for case in cases:
+        total.update(score_image(case, settings))
+    assert +score_images(cases, settings) == +total

@@ -178,7 +178,7 @@ def score_method(
 ) -> MethodRun:
     """Returns `method` scored on every image of `frame` (peaks[i] belongs to row i) against the GT boxes."""
     by_image, empty = boxes_by_image(boxes), np.zeros((0, 4))
-    fine: dict[GroupKey, LocalizationAccumulator] = {}
+    cases: dict[GroupKey, list[ImageCase]] = {}
     for row, peak in zip(frame.itertuples(index=False), peaks, strict=True):
         abnormal, normal = gt.get(row.image_id, (empty, empty))
         prob = float(row.y_prob) if row.y_prob is not None else float("nan")
@@ -193,8 +193,8 @@ def score_method(
             prob,
             cutoff,
         )
-        key = (str(row.view), str(row.folder))
-        fine.setdefault(key, LocalizationAccumulator(settings)).update([case])
+        cases.setdefault((str(row.view), str(row.folder)), []).append(case)
+    fine = {key: LocalizationAccumulator(settings).update(listed) for key, listed in cases.items()}
     canvas = (int(frame["canvas_h"].iloc[0]), int(frame["canvas_w"].iloc[0]))
     split = str(frame["split"].iloc[0])
     return MethodRun(method, split, params, float(cutoff), canvas, source_run, group_metrics(fine))

@@ -68,7 +68,7 @@ def largest_component_box(mask: np.ndarray) -> np.ndarray | None:
     if count == 0:
         return None
     largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    rows, cols = ndimage.find_objects((labels == largest).astype(np.int32))[0]
+    rows, cols = ndimage.find_objects(labels, max_label=largest)[largest - 1]
     return np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float64)
 
 
@@ -94,14 +94,17 @@ def box_accuracy_hits(
     body = (body - low) / (high - low) if high > low else np.zeros_like(body)
     gt = pixel_boxes(abnormal, meta.orig_w, meta.orig_h)
     out = np.zeros((len(thresholds), len(ious)), dtype=bool)
-    for t, threshold in enumerate(thresholds):
-        box = largest_component_box(body > threshold)
-        if box is None or not len(gt):
-            continue
-        canvas_box = box + np.array([x1, y1, x1, y1], dtype=np.float64)
-        pred = pixel_boxes(canvas_to_original(canvas_box[None, :], meta), meta.orig_w, meta.orig_h)
-        best = float(iou_matrix(pred, gt).max())
-        out[t] = [best >= delta for delta in ious]
+    if not len(gt):
+        return out
+    found = [(t, largest_component_box(body > threshold)) for t, threshold in enumerate(thresholds)]
+    found = [(t, box) for t, box in found if box is not None]
+    if not found:
+        return out
+    rows = np.array([t for t, _ in found])
+    canvas_boxes = np.stack([box for _, box in found]) + np.array([x1, y1, x1, y1], dtype=np.float64)
+    pred = pixel_boxes(canvas_to_original(canvas_boxes, meta), meta.orig_w, meta.orig_h)
+    best = iou_matrix(pred, gt).max(axis=1)
+    out[rows] = best[:, None] >= np.asarray(ious, dtype=np.float64)[None, :]
     return out
 
 

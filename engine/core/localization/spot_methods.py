@@ -29,7 +29,7 @@ from engine.core.localization.spots import (
     spot_features,
     spots_of,
 )
-from engine.core.metrics.localization import LocSettings, greedy_match, iou_matrix, pixel_boxes
+from engine.core.metrics.localization import LocSettings, iou_matrix, matched_rows, pixel_boxes
 from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original, original_to_canvas
 
 Gt = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -196,8 +196,8 @@ def _prefix_matches(case: SpotCase, ranker: SpotRanker, gt: Gt, iou: float) -> t
     meta = case.meta
     abnormal = pixel_boxes(gt.get(case.image_id, (_EMPTY,))[0], meta.orig_w, meta.orig_h)
     overlap = iou_matrix(pixel_boxes(orig, meta.orig_w, meta.orig_h), abnormal)
-    matches = [greedy_match(overlap[:k], iou) for k in range(len(boxes) + 1)]
-    return boxes[:, 4].astype(np.float64), np.asarray(matches, dtype=np.int64)
+    matched = matched_rows(overlap[None], iou)[0]  # the first k rows match as greedy_match(overlap[:k]) does
+    return boxes[:, 4].astype(np.float64), np.concatenate([[0], np.cumsum(matched)]).astype(np.int64)
 
 
 def tune_ranker(

@@ -14,6 +14,7 @@ scored image. Integer counts add up in ``LocalizationAccumulator``: shards merge
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -57,36 +58,41 @@ class ImageCase:
     cutoff: float  # boxes count "at the cutoff" only when y_prob >= cutoff
 
 
-def pixel_boxes(boxes: np.ndarray, orig_w: int, orig_h: int) -> np.ndarray:
-    """Returns (N, 4) int64 pixel boxes (pixel-centre rule), clipped to the image; empty boxes have x2 == x1."""
+def pixel_boxes(boxes: np.ndarray, orig_w: int | np.ndarray, orig_h: int | np.ndarray) -> np.ndarray:
+    """Returns (N, 4) int64 pixel boxes (pixel-centre rule), clipped to the image; empty boxes have x2 == x1.
+
+    `orig_w` / `orig_h` are one image size or one per box ((N,) arrays).
+    """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     out = np.ceil(boxes - 0.5)
-    out[:, 0::2] = np.clip(out[:, 0::2], 0, orig_w)
-    out[:, 1::2] = np.clip(out[:, 1::2], 0, orig_h)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, np.reshape(orig_w, (-1, 1)))
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, np.reshape(orig_h, (-1, 1)))
     out[:, 2] = np.maximum(out[:, 2], out[:, 0])
     out[:, 3] = np.maximum(out[:, 3], out[:, 1])
     return out.astype(np.int64)
 
 
 def overlap_areas(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (intersection (N, M), area_pred (N,), area_gt (M,)) in pixels of integer boxes (x2/y2 exclusive)."""
-    pred = np.asarray(pred, dtype=np.int64).reshape(-1, 4)
-    gt = np.asarray(gt, dtype=np.int64).reshape(-1, 4)
+    """Returns (intersection (..., N, M), area_pred (..., N), area_gt (..., M)) in pixels of integer boxes
+    (x2/y2 exclusive): (N, 4) and (M, 4) boxes, or stacks (..., N, 4) and (..., M, 4) of the same leading shape."""
+    pred = np.asarray(pred, dtype=np.int64)
+    gt = np.asarray(gt, dtype=np.int64)
     inter, area_pred, area_gt = box_overlaps(pred, gt)  # exact: integer pixel counts fit float64
     return inter.astype(np.int64), area_pred.astype(np.int64), area_gt.astype(np.int64)
 
 
 def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Returns the (N, M) IoU of integer boxes (0 where the union is empty)."""
+    """Returns the (..., N, M) IoU of integer boxes (0 where the union is empty); stacks as ``overlap_areas``."""
     inter, area_pred, area_gt = overlap_areas(pred, gt)
-    union = area_pred[:, None] + area_gt[None, :] - inter
+    union = area_pred[..., :, None] + area_gt[..., None, :] - inter
     return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
 
 
 def iogt_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Returns the (N, M) intersection over GT area of integer boxes (0 for an empty GT box)."""
+    """Returns the (..., N, M) intersection over GT area of integer boxes (0 for an empty GT box)."""
     inter, _, area_gt = overlap_areas(pred, gt)
-    return np.divide(inter, area_gt[None, :], out=np.zeros(inter.shape), where=area_gt[None, :] > 0)
+    area_gt = np.broadcast_to(area_gt[..., None, :], inter.shape)
+    return np.divide(inter, area_gt, out=np.zeros(inter.shape), where=area_gt > 0)
 
 
 def greedy_match(overlap: np.ndarray, threshold: float) -> int:
@@ -96,32 +102,64 @@ def greedy_match(overlap: np.ndarray, threshold: float) -> int:
     lower index (VOC style). The count is both the true-positive boxes and the GT boxes found.
     """
     overlap = np.asarray(overlap, dtype=np.float64)
-    free = np.ones(overlap.shape[1], dtype=bool)
-    for row in overlap:
+    return int(matched_rows(overlap.reshape(1, *overlap.shape), threshold).sum())
+
+
+def matched_rows(overlap: np.ndarray, threshold: float) -> np.ndarray:
+    """Returns (S, N) bool: which boxes (rows) of each of S stacked (N, M) overlap matrices ``greedy_match`` pairs.
+
+    Rows and columns of zeros (padding) never match; the matches of the first k boxes are those of the first k
+    rows (greedy choices never depend on later boxes).
+    """
+    overlap = np.asarray(overlap, dtype=np.float64)
+    stacks, boxes, targets = overlap.shape
+    matched = np.zeros((stacks, boxes), dtype=bool)
+    if targets == 0:
+        return matched
+    free = np.ones((stacks, targets), dtype=bool)
+    every = np.arange(stacks)
+    for k in range(boxes):
+        row = overlap[:, k]
         candidates = np.where(free & (row >= threshold) & (row > 0), row, -1.0)
-        if candidates.size and candidates.max() >= 0:
-            free[int(np.argmax(candidates))] = False
-    return int((~free).sum())
+        best = np.argmax(candidates, axis=1)
+        took = candidates[every, best] >= 0
+        free[every[took], best[took]] = False
+        matched[:, k] = took
+    return matched
 
 
 def point_hits_boxes(point: tuple[int, int] | None, boxes: np.ndarray, tolerance_px: float = 0.0) -> bool:
     """Returns whether pixel `point` (x, y) lies within `tolerance_px` of a non-empty integer box (0: inside)."""
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-    if point is None or len(boxes) == 0:
+    if point is None:
         return False
-    x, y = int(point[0]), int(point[1])
-    dx = np.maximum(np.maximum(boxes[:, 0] - x, 0), x - (boxes[:, 2] - 1)).astype(np.float64)
-    dy = np.maximum(np.maximum(boxes[:, 1] - y, 0), y - (boxes[:, 3] - 1)).astype(np.float64)
-    return bool((dx**2 + dy**2 <= tolerance_px**2).any())
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(1, -1, 4)
+    return bool(points_hit_boxes(np.array([point], dtype=np.int64), boxes, tolerance_px)[0])
+
+
+def points_hit_boxes(points: np.ndarray, boxes: np.ndarray, tolerance_px: float = 0.0) -> np.ndarray:
+    """Returns (S,) bool: ``point_hits_boxes`` of point s (x, y) and integer boxes (S, M, 4) s; empty boxes
+    (padding) never count."""
+    boxes = np.asarray(boxes, dtype=np.int64)
+    x, y = np.asarray(points, dtype=np.int64)[:, 0, None], np.asarray(points, dtype=np.int64)[:, 1, None]
+    dx = np.maximum(np.maximum(boxes[..., 0] - x, 0), x - (boxes[..., 2] - 1)).astype(np.float64)
+    dy = np.maximum(np.maximum(boxes[..., 1] - y, 0), y - (boxes[..., 3] - 1)).astype(np.float64)
+    non_empty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    return (non_empty & (dx**2 + dy**2 <= tolerance_px**2)).any(axis=1)
 
 
 def pointing_chance_pixels(boxes: np.ndarray, orig_h: int, orig_w: int, tolerance_px: float = 0.0) -> int:
     """Returns how many image pixels lie within `tolerance_px` of a box (Euclidean, to its nearest pixel).
 
     A uniformly random peak hits with probability count / (orig_h * orig_w): the pointing game's chance level.
+    Memoised: the same GT boxes are scored by every method and tuning candidate.
     """
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    return _chance_pixels(tuple(map(tuple, boxes.tolist())), int(orig_h), int(orig_w), float(tolerance_px))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _chance_pixels(listed: tuple[tuple[int, ...], ...], orig_h: int, orig_w: int, tolerance_px: float) -> int:
+    boxes = np.asarray(listed, dtype=np.int64).reshape(-1, 4)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
     if len(boxes) == 0:
         return 0
@@ -197,61 +235,109 @@ def ratio(numerator: int, denominator: int | None) -> Ratio:
     return Ratio(numerator / denominator if denominator else float("nan"), int(numerator), int(denominator))
 
 
-def _score_target(
-    counts: Counter, case: ImageCase, boxes: np.ndarray, hits: np.ndarray, is_above: bool, settings: LocSettings
-) -> None:
-    """Adds the counts of an image with Abnormal GT boxes: pointing, chance, hit@k, matches."""
-    abnormal = pixel_boxes(case.gt_abnormal, case.orig_w, case.orig_h)
-    counts["target_images"] += 1
-    counts["gt_abnormal"] += len(abnormal)
-    counts["boxes_target"] += len(boxes)
-    counts["pointing_hits"] += point_hits_boxes(case.peak, abnormal, settings.tolerance_px)
-    counts["no_peak"] += case.peak is None
-    counts["chance_pixels"] += pointing_chance_pixels(abnormal, case.orig_h, case.orig_w, settings.tolerance_px)
-    counts["image_pixels"] += case.orig_h * case.orig_w
-    for k in settings.ks:
-        counts[f"hits@{k}"] += bool(hits[:k].any())
-    for name, kind, threshold in settings.criteria():
-        overlap = iou_matrix(boxes, abnormal) if kind == "iou" else iogt_matrix(boxes, abnormal)
-        matched = greedy_match(overlap, threshold)
-        counts[f"tp@{name}"] += matched
-        counts[f"tp_at_cutoff@{name}"] += matched if is_above else 0
-
-
 def score_image(case: ImageCase, settings: LocSettings) -> Counter:
     """Returns the integer counts of one image (keys as used by `LocalizationAccumulator.compute`).
 
     An image is a target when it has an Abnormal GT box (whatever its label), normal when it has none and
     label 0. Boxes with non-finite coordinates are dropped and counted (`bad_boxes`); a NaN probability is
-    counted (`nan_prob`) and never above the cutoff.
+    counted (`nan_prob`) and never above the cutoff. ``score_images`` of one image.
     """
-    raw = np.asarray(case.boxes, dtype=np.float64).reshape(-1, 4)
-    finite = np.isfinite(raw).all(axis=1)
-    boxes = pixel_boxes(raw[finite], case.orig_w, case.orig_h)
-    abnormal = pixel_boxes(case.gt_abnormal, case.orig_w, case.orig_h)
-    normal = pixel_boxes(case.gt_normal, case.orig_w, case.orig_h)
-    hits = (overlap_areas(boxes, abnormal)[0] > 0).any(axis=1)
-    on_normal = (overlap_areas(boxes, normal)[0] > 0).any(axis=1) & ~hits
-    has_prob = bool(np.isfinite(case.y_prob))
-    is_above = has_prob and case.y_prob >= case.cutoff
-    is_target, is_normal = len(abnormal) > 0, len(abnormal) == 0 and case.label == 0
-    counts = Counter(
-        images=1,
-        boxes=len(boxes),
-        bad_boxes=int((~finite).sum()),
-        nan_prob=int(not has_prob),
+    return score_images([case], settings)
+
+
+def _stacked(arrays: list[np.ndarray], orig_w: np.ndarray, orig_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ((S, K, 4) int64 pixel boxes of each image padded with empty (0, 0, 0, 0) boxes, (S, K) present)."""
+    sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+    flat = np.concatenate(arrays) if len(arrays) else np.zeros((0, 4))
+    image = np.repeat(np.arange(len(arrays)), sizes)
+    slot = np.arange(len(flat)) - (np.cumsum(sizes) - sizes)[image]
+    out = np.zeros((len(arrays), int(sizes.max(initial=0)), 4), dtype=np.int64)
+    present = np.zeros(out.shape[:2], dtype=bool)
+    out[image, slot], present[image, slot] = pixel_boxes(flat, orig_w[image], orig_h[image]), True
+    return out, present
+
+
+def score_images(cases: list[ImageCase] | tuple[ImageCase, ...], settings: LocSettings) -> Counter:
+    """Returns the summed ``score_image`` counts of `cases`, computed for all of them at once (stacked arrays)."""
+    counts: Counter = Counter()
+    if not len(cases):
+        return counts
+    orig_w = np.array([c.orig_w for c in cases], dtype=np.int64)
+    orig_h = np.array([c.orig_h for c in cases], dtype=np.int64)
+    raw = [np.asarray(c.boxes, dtype=np.float64).reshape(-1, 4) for c in cases]
+    finite = [np.isfinite(r).all(axis=1) for r in raw]
+    boxes, present = _stacked([r[f] for r, f in zip(raw, finite, strict=True)], orig_w, orig_h)
+    abnormal, is_gt = _stacked([np.asarray(c.gt_abnormal).reshape(-1, 4) for c in cases], orig_w, orig_h)
+    normal, is_normal_gt = _stacked([np.asarray(c.gt_normal).reshape(-1, 4) for c in cases], orig_w, orig_h)
+    hits = (overlap_areas(boxes, abnormal)[0] > 0).any(axis=2)
+    on_normal = (overlap_areas(boxes, normal)[0] > 0).any(axis=2) & ~hits
+    probs = np.array([c.y_prob for c in cases], dtype=np.float64)
+    has_prob = np.isfinite(probs)
+    is_above = has_prob & (probs >= np.array([c.cutoff for c in cases], dtype=np.float64))
+    labels = np.array([c.label for c in cases], dtype=np.int64)
+    n_boxes, n_gt = present.sum(axis=1), is_gt.sum(axis=1)
+    is_target = n_gt > 0
+    is_normal = ~is_target & (labels == 0)
+    counts.update(
+        images=len(cases),
+        boxes=int(n_boxes.sum()),
+        bad_boxes=int(sum(int((~f).sum()) for f in finite)),
+        nan_prob=int((~has_prob).sum()),
         boxes_on_normal_gt=int(on_normal.sum()),
-        gt_normal=len(normal),
+        gt_normal=int(is_normal_gt.sum()),
     )
-    if is_above:
-        counts.update(images_at_cutoff=1, boxes_at_cutoff=len(boxes), fp_boxes_at_cutoff=int((~hits).sum()))
-    if is_normal:
-        counts.update(normal_images=1, boxes_normal_images=len(boxes), fp_boxes_normal_at_cutoff=len(boxes) * is_above)
-    counts["abnormal_without_gt"] += int(case.label == 1 and not is_target)
-    counts["label_conflict"] += int(case.label == 0 and is_target)
-    if is_target:
-        _score_target(counts, case, boxes, hits, is_above, settings)
+    if is_above.any():
+        counts.update(
+            images_at_cutoff=int(is_above.sum()),
+            boxes_at_cutoff=int(n_boxes[is_above].sum()),
+            fp_boxes_at_cutoff=int((present & ~hits)[is_above].sum()),
+        )
+    if is_normal.any():
+        counts.update(
+            normal_images=int(is_normal.sum()),
+            boxes_normal_images=int(n_boxes[is_normal].sum()),
+            fp_boxes_normal_at_cutoff=int(n_boxes[is_normal & is_above].sum()),
+        )
+    counts["abnormal_without_gt"] += int(((labels == 1) & ~is_target).sum())
+    counts["label_conflict"] += int(((labels == 0) & is_target).sum())
+    if is_target.any():
+        targets = [c for c, t in zip(cases, is_target, strict=True) if t]
+        stacks = (boxes, n_boxes, hits, abnormal, n_gt, is_above)
+        _score_targets(counts, targets, *(a[is_target] for a in stacks), settings)
     return counts
+
+
+def _score_targets(
+    counts: Counter,
+    cases: list[ImageCase],
+    boxes: np.ndarray,
+    n_boxes: np.ndarray,
+    hits: np.ndarray,
+    abnormal: np.ndarray,
+    n_gt: np.ndarray,
+    is_above: np.ndarray,
+    settings: LocSettings,
+) -> None:
+    """Adds the counts of the images with Abnormal GT boxes: pointing, chance, hit@k, matches (stacked arrays)."""
+    counts["target_images"] += len(cases)
+    counts["gt_abnormal"] += int(n_gt.sum())
+    counts["boxes_target"] += int(n_boxes.sum())
+    peaked = np.array([c.peak is not None for c in cases], dtype=bool)
+    points = np.array([c.peak if c.peak is not None else (0, 0) for c in cases], dtype=np.int64).reshape(-1, 2)
+    counts["pointing_hits"] += int((points_hit_boxes(points, abnormal, settings.tolerance_px) & peaked).sum())
+    counts["no_peak"] += int((~peaked).sum())
+    counts["chance_pixels"] += sum(
+        pointing_chance_pixels(boxes_of[:m], c.orig_h, c.orig_w, settings.tolerance_px)
+        for c, boxes_of, m in zip(cases, abnormal, n_gt, strict=True)
+    )
+    counts["image_pixels"] += sum(c.orig_h * c.orig_w for c in cases)
+    for k in settings.ks:
+        counts[f"hits@{k}"] += int(hits[:, :k].any(axis=1).sum())
+    for name, kind, threshold in settings.criteria():
+        overlap = iou_matrix(boxes, abnormal) if kind == "iou" else iogt_matrix(boxes, abnormal)
+        matched = matched_rows(overlap, threshold).sum(axis=1)
+        counts[f"tp@{name}"] += int(matched.sum())
+        counts[f"tp_at_cutoff@{name}"] += int(matched[is_above].sum())
 
 
 COUNT_METRICS = (
@@ -279,8 +365,7 @@ class LocalizationAccumulator:
 
     def update(self, cases: list[ImageCase] | tuple[ImageCase, ...]) -> LocalizationAccumulator:
         """Adds the counts of `cases`; returns self."""
-        for case in cases:
-            self.counts.update(score_image(case, self.settings))
+        self.counts.update(score_images(cases, self.settings))
         return self
 
     def merge(self, other: LocalizationAccumulator) -> LocalizationAccumulator:
