@@ -2,12 +2,13 @@
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the map as uint8 levels (was float16)
 PARTITION_COLS: tuple[str, ...] = ("split", "folder")
 SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("heatmap", pa.list_(pa.float16())),  # row-major (heatmap_h, heatmap_w), min-max normalised to [0, 1]
+        # row-major (heatmap_h, heatmap_w) uint8 levels: level / 255 = the min-max normalised CAM (engine/io/codecs.py)
+        pa.field("heatmap", pa.list_(pa.uint8())),
         pa.field("heatmap_h", pa.int16()),
         pa.field("heatmap_w", pa.int16()),
         pa.field("raw_min", pa.float32()),  # un-normalised minimum (0 unless the whole map is positive)

@@ -288,16 +288,38 @@ def write_part(run_dir: str, name: str, data: pd.DataFrame | Mapping[str, Any], 
     return table.num_rows
 
 
-def read_table(run_dir: str, name: str, filter_expr: pads.Expression | None = None) -> pd.DataFrame:
+def read_table(
+    run_dir: str, name: str, filter_expr: pads.Expression | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """Returns table `name` of a run as a DataFrame (partition columns as plain strings).
 
-    An absent table reads as an empty frame with the schema's columns.
+    An absent table reads as an empty frame with the schema's columns; `heatmaps`' 8-bit maps read as float16 in
+    [0, 1]. `columns`: only these columns (all by default).
     """
     fs, root = resolve_fs(run_dir)
     recover(fs, root)
     path = join(root, "tables", name)
     schema = schemas.TABLES[name].SCHEMA
     if not exists(fs, path):
-        return schema.empty_table().to_pandas()
+        empty = schema.empty_table().to_pandas()
+        return empty[columns] if columns is not None else empty
+    legacy = name == "heatmaps" and _float16_heatmaps(fs, path)
+    if legacy:  # a run scored before heatmaps were 8-bit (schema version 1): its float16 maps as they are
+        schema = schema.set(schema.get_field_index("heatmap"), pa.field("heatmap", pa.list_(pa.float16())))
     dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema)
-    return dataset.to_table(filter=filter_expr).to_pandas()
+    table = dataset.to_table(filter=filter_expr, columns=columns)
+    if (
+        name == "heatmaps" and not legacy and "heatmap" in table.schema.names
+    ):  # 8-bit levels; every reader gets the map in [0, 1] (engine/io/codecs.py)
+        from engine.io.codecs import decoded_heatmap_column
+
+        index = table.schema.get_field_index("heatmap")
+        table = table.set_column(index, "heatmap", decoded_heatmap_column(table["heatmap"]))
+    return table.to_pandas()
+
+
+def _float16_heatmaps(fs: pafs.FileSystem, path: str) -> bool:
+    """Returns whether the heatmaps table at `path` holds float16 maps (written before schema version 2)."""
+    found = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    field = found.schema.field("heatmap") if "heatmap" in found.schema.names else None
+    return field is not None and pa.types.is_list(field.type) and pa.types.is_float16(field.type.value_type)

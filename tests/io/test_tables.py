@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
+from engine.io.codecs import heatmap_column, stored_heatmaps
 from engine.io.fs import resolve_fs
 from engine.io.tables import OutputError, TableWriter, read_table, table_dir, to_arrow, write_part
 
@@ -163,23 +164,25 @@ def test_an_empty_stage_output_does_not_break_duckdb_reading_another_stages_rows
     assert frame["line"].iloc[1] == 3
 
 
-def test_heatmap_lists_read_back_in_duckdb_and_pandas_with_their_values_and_shape(tmp_path):
-    rows = two_rows("heatmaps") | {"heatmap_h": [3, 3], "heatmap_w": [2, 2]}
+def test_heatmaps_are_stored_as_8_bit_levels_that_duckdb_pandas_and_read_table_read_back(tmp_path):
+    maps = np.array(HEATMAPS, np.float32).reshape(2, 3, 2)
+    rows = two_rows("heatmaps") | {"heatmap": heatmap_column(maps), "heatmap_h": [3, 3], "heatmap_w": [2, 2]}
     commit_rows(tmp_path, "heatmaps", rows)
     path = table_dir(str(tmp_path), "heatmaps")
+    levels = [[round(v * 255) for v in row] for row in HEATMAPS]  # 0.5 -> 128 (127.5 rounded to even)
     in_duckdb = duckdb.sql(
         f"SELECT image_id, heatmap, heatmap_h, heatmap_w FROM read_parquet('{path}/**/*.parquet', "
         "hive_partitioning=true) ORDER BY image_id"
     ).fetchall()
-    assert [(r[0], [float(v) for v in r[1]]) for r in in_duckdb] == [
-        ("image_id-a", HEATMAPS[0]),
-        ("image_id-b", HEATMAPS[1]),
-    ]
+    assert [(r[0], list(r[1])) for r in in_duckdb] == [("image_id-a", levels[0]), ("image_id-b", levels[1])]
     in_pandas = pd.read_parquet(path).sort_values("image_id")
-    first = in_pandas.iloc[0]
+    assert in_pandas.iloc[0]["heatmap"].dtype == np.uint8
+    engine = read_table(str(tmp_path), "heatmaps").sort_values("image_id")
+    first = engine.iloc[0]
     assert first["heatmap"].dtype == np.float16
     grid = first["heatmap"].reshape(first["heatmap_h"], first["heatmap_w"])
-    np.testing.assert_array_equal(grid, np.array(HEATMAPS[0], np.float16).reshape(3, 2))
+    np.testing.assert_allclose(grid.astype(np.float32), maps[0], atol=0.5 / 255 + 1e-3)
+    np.testing.assert_array_equal(grid, stored_heatmaps(maps[0]))  # what the model actor placed its boxes on
 
 
 def test_nothing_is_visible_under_tables_before_commit(tmp_path):
@@ -426,3 +429,16 @@ def test_a_commit_in_progress_in_another_live_process_is_left_alone(tmp_path):
         other.kill()
         other.wait()
     assert _table_ids(tmp_path) != old  # once its writer is gone, the commit is finished
+
+
+def test_a_run_scored_before_8_bit_heatmaps_still_reads_its_float16_maps(tmp_path):
+    old = schemas.TABLES["heatmaps"].SCHEMA
+    old = old.set(old.get_field_index("heatmap"), pa.field("heatmap", pa.list_(pa.float16())))
+    rows = two_rows("heatmaps") | {"heatmap": HEATMAPS, "heatmap_h": [3, 3], "heatmap_w": [2, 2]}
+    table = pa.Table.from_pydict({f.name: rows[f.name] for f in old}, schema=old)
+    folder = tmp_path / "tables" / "heatmaps" / "split=test" / "folder=wholeBodyPOST"
+    folder.mkdir(parents=True)
+    pq.write_table(table.drop_columns(["split", "folder"]), folder / "part-0.parquet")
+    frame = read_table(str(tmp_path), "heatmaps").sort_values("image_id")
+    assert frame["heatmap"].iloc[1].dtype == np.float16
+    np.testing.assert_array_equal(frame["heatmap"].iloc[1], np.array(HEATMAPS[1], np.float16))

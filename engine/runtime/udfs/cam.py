@@ -23,6 +23,7 @@ from engine.core.localization.columns import (
 )
 from engine.core.localization.spots import SpotRanker, SpotSettings, spot_columns
 from engine.core.scans.views import mirror_rows, mirrored, unmirror_centres
+from engine.io.codecs import stored_heatmaps
 from engine.runtime.decode import BatchDecoder, DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class ClassifyCamStage:
             heat = np.zeros((n, *self._feature_shape(batch)), np.float16)
         else:
             heat = np.zeros((n, *host["heat"].shape[1:]), np.float16)
-            heat[ok] = host["heat"].astype(np.float16)
+            heat[ok] = stored_heatmaps(host["heat"])  # the 8-bit levels the table keeps: boxes as make boxes finds
             raw_min[ok], raw_max[ok] = host["raw_min"], host["raw_max"]
         params, ranker = self.settings.boxes, self.settings.ranker
         width = max(params.max_boxes, ranker.max_boxes if ranker is not None else 0)
