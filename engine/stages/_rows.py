@@ -27,7 +27,7 @@ BODY_COLUMNS = ("body_x1", "body_y1", "body_x2", "body_y2")  # the qc table's bo
 
 def qc_frame(cfg: Config) -> pd.DataFrame | None:
     """Returns the run's qc table (image_id, the flags, the body box as QC_BODY_COLUMNS), or None before QC."""
-    qc = read_table(cfg.run.dir, "qc")
+    qc = read_table(cfg.run.dir, "qc", columns=["image_id", *QC_FLAGS, *BODY_COLUMNS])
     if qc.empty:
         return None
     renamed = dict(zip(BODY_COLUMNS, QC_BODY_COLUMNS, strict=True))

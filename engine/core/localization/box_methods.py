@@ -102,12 +102,17 @@ def valid_heatmaps(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 def gt_by_image(gt: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Returns image_id -> (Abnormal boxes (M, 4), Normal boxes (L, 4)), int64 original px (gt_boxes table)."""
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for image_id, rows in gt.groupby("image_id", sort=False):
-        coords = rows[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.int64)
-        is_abnormal = (rows["cls"] == "Abnormal").to_numpy()
-        out[str(image_id)] = (coords[is_abnormal], coords[(rows["cls"] == "Normal").to_numpy()])
-    return out
+    if gt.empty:
+        return {}
+    ids = gt["image_id"].astype(str).to_numpy(dtype=object)
+    order = np.argsort(ids, kind="stable")  # one sort, then each image's rows are one slice
+    ids = ids[order]
+    coords = gt[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.int64)[order]
+    cls = gt["cls"].astype(str).to_numpy(dtype=object)[order]
+    abnormal, normal = cls == "Abnormal", cls == "Normal"
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    return {ids[a]: (coords[a:b][abnormal[a:b]], coords[a:b][normal[a:b]]) for a, b in zip(starts, ends, strict=True)}
 
 
 def recompute_boxes(frame: pd.DataFrame, params: BoxParams) -> pd.DataFrame:
@@ -179,7 +184,8 @@ def score_method(
     """Returns `method` scored on every image of `frame` (peaks[i] belongs to row i) against the GT boxes."""
     by_image, empty = boxes_by_image(boxes), np.zeros((0, 4))
     cases: dict[GroupKey, list[ImageCase]] = {}
-    for row, peak in zip(frame.itertuples(index=False), peaks, strict=True):
+    needed = frame[["image_id", "y_prob", "orig_h", "orig_w", "label", "view", "folder"]]  # not the heatmaps
+    for row, peak in zip(needed.itertuples(index=False), peaks, strict=True):
         abnormal, normal = gt.get(row.image_id, (empty, empty))
         prob = float(row.y_prob) if row.y_prob is not None else float("nan")
         case = ImageCase(

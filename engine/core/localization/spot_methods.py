@@ -30,7 +30,7 @@ from engine.core.localization.spots import (
     spots_of,
 )
 from engine.core.metrics.localization import LocSettings, iou_matrix, matched_rows, pixel_boxes
-from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original, original_to_canvas
+from engine.core.scans.letterbox import LetterboxMeta, canvas_to_original, canvas_to_original_batch, original_to_canvas
 
 Gt = dict[str, tuple[np.ndarray, np.ndarray]]
 _EMPTY = np.zeros((0, 4))
@@ -139,27 +139,40 @@ def case_boxes(case: SpotCase, ranker: SpotRanker) -> np.ndarray:
     return image_boxes(case.spots, _features(case), case.body, case.y_prob, ranker)
 
 
-def case_peak(case: SpotCase, ranker: SpotRanker) -> tuple[int, int] | None:
-    """Returns the best-scoring spot of a case in original px (its pointing-game peak), None without spots."""
-    scores = _scores(case, ranker)
-    if not len(scores):
-        return None
-    x, y = case.spots[int(np.argmax(scores)), :2]
-    point = canvas_to_original(np.array([[x, y, x, y]], dtype=np.float64), case.meta)[0]
-    return int(min(max(point[0], 0), case.meta.orig_w - 1)), int(min(max(point[1], 0), case.meta.orig_h - 1))
+def case_peaks(cases: list[SpotCase], ranker: SpotRanker) -> list[tuple[int, int] | None]:
+    """Returns each case's best-scoring spot in original px (its pointing-game peak; None without spots), clipped
+    to the image."""
+    found = []
+    for i, case in enumerate(cases):
+        scores = _scores(case, ranker)
+        if len(scores):
+            found.append((i, case.spots[int(np.argmax(scores)), :2]))
+    out: list[tuple[int, int] | None] = [None] * len(cases)
+    if not found:
+        return out
+    names = ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")
+    meta = {k: np.array([float(getattr(cases[i].meta, k)) for i, _ in found]) for k in names}
+    xy = np.array([point for _, point in found], dtype=np.float64)
+    points = canvas_to_original_batch(np.concatenate([xy, xy], axis=1), **meta)
+    for (i, _), x, y, w, h in zip(found, points[:, 0], points[:, 1], meta["orig_w"], meta["orig_h"], strict=True):
+        out[i] = int(min(max(x, 0), w - 1)), int(min(max(y, 0), h - 1))
+    return out
 
 
 def ranked_boxes(cases: list[SpotCase], ranker: SpotRanker) -> pd.DataFrame:
     """Returns the cases' boxes as `image_id, rank, x1_orig, y1_orig, x2_orig, y2_orig` rows (original px)."""
-    rows = []
-    for case in cases:
-        boxes = case_boxes(case, ranker)
-        orig = canvas_to_original(boxes[:, :4].reshape(-1, 4), case.meta) if len(boxes) else _EMPTY
-        rows += [
-            {"image_id": case.image_id, "rank": k, **dict(zip(ORIG_COLUMNS, box, strict=True))}
-            for k, box in enumerate(orig)
-        ]
-    return pd.DataFrame(rows, columns=["image_id", "rank", *ORIG_COLUMNS])
+    found = [(case, case_boxes(case, ranker)[:, :4]) for case in cases]
+    found = [(case, boxes) for case, boxes in found if len(boxes)]
+    if not found:
+        return pd.DataFrame(columns=["image_id", "rank", *ORIG_COLUMNS])
+    counts = np.array([len(boxes) for _, boxes in found])
+    names = ("scale", "pad_left", "pad_top", "orig_w", "orig_h", "new_w", "new_h")
+    meta = {k: np.repeat([float(getattr(case.meta, k)) for case, _ in found], counts) for k in names}
+    orig = canvas_to_original_batch(np.concatenate([boxes for _, boxes in found]).astype(np.float64), **meta)
+    frame = pd.DataFrame(orig, columns=list(ORIG_COLUMNS))
+    frame.insert(0, "rank", np.concatenate([np.arange(n) for n in counts]))
+    frame.insert(0, "image_id", np.repeat([case.image_id for case, _ in found], counts))
+    return frame
 
 
 def score_ranker(
@@ -172,7 +185,7 @@ def score_ranker(
     source: str,
 ) -> MethodRun:
     """Returns `ranker`'s boxes and peaks scored on `frame` (cases[i] belongs to row i)."""
-    boxes, peaks = ranked_boxes(cases, ranker), [case_peak(case, ranker) for case in cases]
+    boxes, peaks = ranked_boxes(cases, ranker), case_peaks(cases, ranker)
     params = BoxParams(size=1, max_boxes=ranker.max_boxes, nms_iou=ranker.nms_iou, min_score=ranker.min_score)
     return score_method(method, frame, boxes, peaks, gt, params, ranker.cutoff, settings, source)
 

@@ -118,6 +118,7 @@ METHODS: dict[str, str] = {
     "spots_cam_asym": "hot spots ranked by the CAM, peak, contrast and left-right asymmetry (tuned)",
     "spots_cam_site": "the same plus the physiology map and the spot size (tuned)",
     "spots_full": "the same plus the classifier's probability: the default ranker's features (tuned)",
+    "peaks_confirmed": "the run's boxes that the patient's other view confirms (a box there: cross_view > 0)",
     "peaks_unrefined": "the same heatmaps and box settings, peaks at CAM cell centres (what refinement adds)",
     "peaks_tuned": "box size, NMS, min score and probability cutoff chosen on the tuning split only",
     "seed_rule": "the seed's top-pixel rule on this run's heatmaps",

@@ -21,7 +21,7 @@ MARK = {"color": "crimson", "marker": "o", "markersize": 8, "linestyle": "none"}
 # The localisation figure's rows: groups of `loc_metrics` methods (names of ``core.metrics.notes.METHODS``) in order,
 # each with its bar colour; methods of no group follow as "other".
 METHOD_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("ours", ("peaks", "peaks_tuned", "peaks_unrefined", "max_box_acc", "cam"), "#8fb3e0"),
+    ("ours", ("peaks", "peaks_confirmed", "peaks_tuned", "peaks_unrefined", "max_box_acc", "cam"), "#8fb3e0"),
     ("spots", ("spots_cam", "spots_cam_contrast", "spots_cam_asym", "spots_cam_site", "spots_full"), "#6fa0d8"),
     ("seed", ("seed_rule", "seed"), "#f2b36b"),
     ("no model", ("body_prior", "centre_prior", "spots_peak", "spots_scan"), "#b8b8b8"),

@@ -7,6 +7,9 @@ other folders are left out and counted per folder in the summary.
 Methods (the `method` column of `loc_metrics`):
 
 * ``peaks``: the run's `boxes` table as `make cam` / `make boxes` wrote it (local CAM maxima on the body).
+* ``peaks_confirmed``: the run's boxes that the patient's other whole-body view confirms (``boxes.cross_view`` > 0,
+  set by `make boxes`; ``engine.core.scans.views``), on the same images: precision of the confirmed boxes beside
+  all of them. Only when some box has its other view scored (``data.view: BOTH``).
 * ``peaks_unrefined``: the same heatmaps and box settings with the stored refined peak centres ignored (cell
   centres), on the images that have stored boxes: what the refinement (``cam.refine``) alone adds.
 * ``peaks_tuned``: the same rule (``core.localization.columns.pseudo_boxes``) with box size, NMS IoU, min score and
@@ -50,7 +53,7 @@ from engine.core.localization.box_methods import (
 from engine.core.localization.boxes import BoxParams
 from engine.core.localization.columns import PEAK_COLUMNS
 from engine.core.localization.spot_methods import (
-    case_peak,
+    case_peaks,
     has_spots,
     score_ranker,
     spot_cases,
@@ -144,17 +147,21 @@ def _stored_peaks(ctx: EvalContext, frame: pd.DataFrame, stored: pd.DataFrame) -
     ranker = spot_ranker(ctx.cfg)
     if ranker is None or stored.empty or not (stored["box_method"] == "spots").all() or not has_spots(frame):
         return _peaks(frame)
-    return [case_peak(case, ranker) for case in with_features(spot_cases(frame, ctx.gt), ranker.physiology)]
+    return case_peaks(with_features(spot_cases(frame, ctx.gt), ranker.physiology), ranker)
 
 
 def _method_peaks(ctx: EvalContext, frame: pd.DataFrame) -> tuple[list[MethodRun], BoxParams]:
-    """Returns `peaks` (the stored boxes) and `peaks_unrefined` (cell-centre peaks), and the stored box settings."""
+    """Returns `peaks` (the stored boxes), `peaks_confirmed` (those the other view confirms, with both views scored)
+    and `peaks_unrefined` (cell-centre peaks), and the stored box settings."""
     cfg = ctx.cfg
     stored = read_table(cfg.run.dir, "boxes", pads.field("split") == cfg.evaluate.split)
     stored = stored[stored["image_id"].isin(frame["image_id"])]
     params, ctx.notes["box_params_source"] = stored_box_params(stored, cfg)
     args = (ctx.gt, params, ctx.thr, ctx.settings, cfg.run.dir)
     runs = [score_method("peaks", frame, stored, _stored_peaks(ctx, frame, stored), *args)]
+    if np.isfinite(stored["cross_view"].to_numpy(dtype=np.float64)).any():  # some box has its other view scored
+        confirmed = stored[stored["cross_view"] > 0]
+        runs.append(score_method("peaks_confirmed", frame, confirmed, _stored_peaks(ctx, frame, stored), *args))
     plain = frame.drop(columns=[c for c in PEAK_COLUMNS if c in frame.columns])
     boxes = recompute_boxes(plain, params)
     boxes = boxes[boxes["image_id"].isin(stored["image_id"])]  # the images `make cam` kept (cam.min_prob)
