@@ -4,9 +4,10 @@ Generates `--patients` synthetic patients (3225: ~82k images; `make synth`, kept
 `make index`, `split`, a tiny model trained briefly (`train`, `threshold`) and `make cam cam.scope=all` on a small
 canvas (128 x 64, two actors, no overlays: the model's share stays small, so the run measures the engine), each as
 the job process a user starts. While cam runs it samples the resident memory (RSS) of its driver and of every
-process under it. Then it reads the bytes of each table (`make tables`), serves `make browse` over the run on a
-free port of 127.0.0.1 and times table pages (sort, filter, search, last page) and an image page over plain HTTP.
-It prints the figures and appends them to BENCHMARKS.md. Not part of `make test`.
+process under it (reported at 10 % and 90 % of the images, at 20k and 40k images and at the end), and times
+`make evaluate` over the scored run. Then it reads the bytes of each table (`make tables`), serves `make browse`
+over the run on a free port of 127.0.0.1 and times table pages (sort, filter, search, last page) and an image
+page over plain HTTP. It prints the figures and appends them to BENCHMARKS.md. Not part of `make test`.
 
     python -m engine.bench.scale --patients 800 [key=value ...]   (make bench-scale SCALE_PATIENTS=800)
 """
@@ -75,6 +76,15 @@ class MemoryTrace:
         else:
             cut = self.seconds[0] + share * (self.seconds[-1] - self.seconds[0])
         i = next((k for k, sec in enumerate(self.seconds) if sec >= cut), len(self.seconds) - 1)
+        return self.seconds[i], self.driver[i], self.total[i]
+
+    def at_count(self, images: int) -> tuple[float, int, int] | None:
+        """Returns (second, driver RSS, whole-run RSS) of the first sample once `images` were done by the progress
+        lines, or None when no progress line reached that count."""
+        passed = [second for second, done, _ in self.progress if done >= images]
+        if not passed or not self.seconds:
+            return None
+        i = next((k for k, sec in enumerate(self.seconds) if sec >= passed[0]), len(self.seconds) - 1)
         return self.seconds[i], self.driver[i], self.total[i]
 
     def images_between(self, low: float, high: float) -> int:
@@ -173,7 +183,7 @@ def browse_pages(run_dir: str, page_size: int) -> dict[str, str]:
         "table, filter split+view, sort outcome": "/?split=test&view=POST&sort=outcome",
         "table, search": f"/?q={quote(word)}",
         "table, QC flagged, sort QC": "/?qc=1&sort=qc&order=desc",
-        "table, last page": f"/?page={last}",
+        "table, last page (every row)": f"/?rows=all&page={last}",
         "table, page 100, sort best box": "/?sort=best_box&page=100",
         "image page": f"/image/{quote(image_id, safe='/')}",
     }
@@ -265,15 +275,25 @@ def size(value: float) -> str:
     return f"{value / 1024:,.0f} kB" if value < MB else f"{value / MB:,.1f} MB"
 
 
+# the image counts at which the run's memory is reported besides 10 % / 90 % / the end (issue 31: 20k, 40k, 82k)
+COUNTS = (20_000, 40_000)
+
+
 def memory_figures(trace: MemoryTrace, images: int) -> dict:
-    """Returns the driver's and the whole run's RSS at 10 % and 90 % of the images, at the end and at their peak,
-    and the driver's growth in between (per cent, and bytes per image scored in between)."""
+    """Returns the driver's and the whole run's RSS at 10 % and 90 % of the images, at 20k and 40k images done
+    (where the run reached them), at the end and at their peak, and the driver's growth from 10 % to 90 % (per
+    cent, and bytes per image scored in between)."""
     (s10, d10, t10), (s90, d90, t90) = trace.at_images(0.1), trace.at_images(0.9)
     between = trace.images_between(0.1, 0.9) or round(0.8 * images)
     return {
         "at_10": {"second": s10, "driver": d10, "total": t10},
         "at_90": {"second": s90, "driver": d90, "total": t90},
         "end": {"second": trace.seconds[-1], "driver": trace.driver[-1], "total": trace.total[-1]},
+        "at_count": {
+            count: {"second": at[0], "driver": at[1], "total": at[2]}
+            for count in COUNTS
+            if count < images and (at := trace.at_count(count)) is not None
+        },
         "driver_peak": max(trace.driver),
         "total_peak": max(trace.total),
         "driver_growth_pct": 100 * (d90 - d10) / d10,
@@ -296,8 +316,10 @@ def report_lines(figures: dict) -> list[str]:
         f"**{cam['img_per_s']:.0f} images/s**; {cam['rows_in']:,} in = {cam['rows_ok']:,} ok + {cam['errors']} "
         f"errors + {cam['skipped']} skipped |",
     ]
-    for key, label in (("at_10", "10 % of the images"), ("at_90", "90 % of the images"), ("end", "the end")):
-        at = memory[key]
+    marks = [("10 % of the images", memory["at_10"]), ("90 % of the images", memory["at_90"])]
+    marks += [(f"{n:,} images", at) for n, at in memory.get("at_count", {}).items()]
+    marks.sort(key=lambda mark: mark[1]["second"])
+    for label, at in [*marks, (f"the end ({cam['rows_ok']:,} images)", memory["end"])]:
         lines.append(
             f"| RSS at {label} ({at['second']:.0f} s) | driver {size(at['driver'])}, whole run {size(at['total'])} |"
         )
@@ -365,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     stage_s["cam"] = wall
     with open(os.path.join(args.run, "summaries", "cam.json"), encoding="utf-8") as handle:
         summary = json.load(handle)
+    # make evaluate over the scored index (its test split; val tunes), timed as a user waits for it
+    print("bench-scale: make evaluate", flush=True)
+    stage_s["evaluate"] = run_sampled(job("evaluate", args.config, *common), args.interval, log)[0]
 
     from engine.config import load_config
 

@@ -51,6 +51,48 @@ def test_growth_is_read_between_the_samples_at_10_and_90_percent_of_the_images()
     assert figures["driver_bytes_per_image"] == pytest.approx(8 * 2**20 / 800)
     assert figures["driver_growth_pct"] == pytest.approx(100 * 8 / 101)
     assert figures["driver_peak"] == 110 * 2**20 and figures["end"]["total"] == 1020 * 2**20
+    assert figures["at_count"] == {}  # 20k and 40k images were never reached
+
+
+def test_memory_is_read_at_20k_and_40k_images_where_the_run_reached_them() -> None:
+    trace = MemoryTrace()
+    for second in range(7):  # 10,000 images a second; the driver holds 100 MB + 1 MB a second
+        trace.add(float(second), (100 + second) * 2**20, (900 + second) * 2**20)
+        trace.read_line(float(second), f"cam: {10_000 * second}/60000 images, 10000.0 images/s")
+    figures = memory_figures(trace, 60_000)
+    assert figures["at_count"] == {
+        20_000: {"second": 2.0, "driver": 102 * 2**20, "total": 902 * 2**20},
+        40_000: {"second": 4.0, "driver": 104 * 2**20, "total": 904 * 2**20},
+    }
+    figures_all = {
+        "date": "2026-12-08",
+        "device": "cpu",
+        "patients": 2400,
+        "command": "make bench-scale",
+        "cam_args": [],
+        "stage_s": {"cam": 6.0},
+        "cam": {
+            "rows_in": 60_000,
+            "rows_ok": 60_000,
+            "errors": 0,
+            "skipped": 0,
+            "seconds": 6.0,
+            "wall_s": 7.0,
+            "img_per_s": 10_000.0,
+        },
+        "memory": figures,
+        "tables": [],
+        "browse": {"startup_s": 1.0, "first_request_ms": 5.0, "pages": {}},
+    }
+    rows = [line for line in report_lines(figures_all) if line.startswith("| RSS at")]
+    assert [row.split(" (")[0] for row in rows] == [
+        "| RSS at 10 % of the images",
+        "| RSS at 20,000 images",
+        "| RSS at 40,000 images",
+        "| RSS at 90 % of the images",
+        "| RSS at the end",
+    ]
+    assert "driver 102.0 MB, whole run 902.0 MB" in rows[1] and "60,000 images" in rows[-1]
 
 
 def test_browse_pages_are_timed_over_http_and_every_figure_reaches_the_section(scored_run, data_root) -> None:
