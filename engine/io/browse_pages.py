@@ -1,4 +1,10 @@
-"""The HTML pages and PNGs of `make browse`: the image table, one patient's views, boxes drawn on the scan."""
+"""The HTML pages and PNGs of `make browse`: the image table, one patient's views, boxes drawn on the scan.
+
+A patient's two whole-body views are read together: each pseudo box is labelled by its view's letter and its rank
+(A0, P1, ...), and a box confirmed in the other view (boxes.cross_view > 0, by the box of rank cross_rank there;
+engine/core/scans/views.py) shares one colour with the box that confirms it (`link_boxes`), in both views' PNGs and
+in the image page's table of pairs.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ COLUMNS = (  # table column, header
     ("view", "view"),
     ("split", "split"),
     ("y_prob", "probability"),
+    ("patient_prob", "patient probability"),
     ("label", "label"),
     ("outcome", "outcome"),
     ("best_box", "best box"),
@@ -28,15 +35,20 @@ COLUMNS = (  # table column, header
 )
 SORTABLE = tuple(key for key, _ in COLUMNS)
 FILTERS = ("split", "view", "folder", "outcome", "best_box", "label")  # exact-match filters of the table page
+# The page a user opens: the scored images only, the most suspicious patient first (its probability fused over its
+# views, patient_preds; else the image's own), then its images by their own probability.
+DEFAULT_SORT = "patient_prob"
+ROWS = ("scored", "all")  # the `rows` choice: images with a probability only (the default), or every index row
 
 
 @dataclass(frozen=True)
 class ImageQuery:
     """One table-page request: sort, filters, page (parsed from the URL by `parse_query`)."""
 
-    sort: str = "image_id"
-    descending: bool = False
+    sort: str = DEFAULT_SORT
+    descending: bool = True
     page: int = 0
+    scored: bool = True  # only the images with a probability (rows=scored); False: every index row (rows=all)
     filters: dict[str, str] = field(default_factory=dict)  # column -> exact value (FILTERS)
     text: str = ""  # substring of image_id (case-insensitive)
     has_qc: bool = False  # only images with a QC flag
@@ -44,17 +56,23 @@ class ImageQuery:
 
 
 def parse_query(args: Mapping[str, str]) -> ImageQuery:
-    """Returns the ImageQuery of URL arguments; unknown sorts and bad pages fall back to the defaults."""
-    sort = args.get("sort", "image_id")
+    """Returns the ImageQuery of URL arguments; unknown sorts and bad pages fall back to the defaults (no sort:
+    DEFAULT_SORT, descending unless order=asc; no rows: scored only)."""
+    sort = args.get("sort", "")
+    if sort in SORTABLE:
+        descending = args.get("order") == "desc"
+    else:
+        sort, descending = DEFAULT_SORT, args.get("order") != "asc"
     try:
         page = max(0, int(args.get("page", "0")))
     except ValueError:
         page = 0
     filters = {k: str(args[k]) for k in FILTERS if args.get(k)}
     return ImageQuery(
-        sort=sort if sort in SORTABLE else "image_id",
-        descending=args.get("order") == "desc",
+        sort=sort,
+        descending=descending,
         page=page,
+        scored=args.get("rows", ROWS[0]) != "all",
         filters=filters,
         text=str(args.get("q", "")).strip(),
         has_qc=args.get("qc") == "1",
@@ -65,7 +83,8 @@ def parse_query(args: Mapping[str, str]) -> ImageQuery:
 STYLE = """body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f3f3f3}th a{color:#036;text-decoration:none}
 form{margin:8px 0}form label{margin-right:10px}.views{display:flex;gap:24px;align-items:flex-start;overflow-x:auto}
-.view{flex:none}
+.view{flex:none}.view.asked h2{background:#eef4ff}td.sw span,span.sw{display:inline-block;width:12px;height:10px;
+margin-right:4px;border:1px solid #666}small{color:#555}
 .view img{border:1px solid #999;margin-right:6px;image-rendering:pixelated}.key span{display:inline-block;width:16px;
 height:10px;margin:0 4px 0 12px}.missing{color:#a33}td.qc-flagged{background:#ffe0b3;color:#8a4b00}"""
 
@@ -102,6 +121,7 @@ def table_page(
         "q": query.text,
         "qc": "1" if query.has_qc else "",
         "qc_flag": query.qc_flag,
+        "rows": "" if query.scored else "all",
     }
     order = "desc" if query.descending else "asc"
     sort_urls = {
@@ -137,25 +157,127 @@ def table_page(
     )
 
 
+def _cell(value: object) -> object:
+    return None if not isinstance(value, list | tuple | np.ndarray) and pd.isna(value) else value
+
+
 def image_page(title: str, views: list[dict]) -> str:
-    """Returns the HTML of one patient's views side by side; each view: row, boxes, gt, overlays, has_heatmap."""
+    """Returns the HTML of one patient's views side by side, the asked one (`title`) marked, and the table of the
+    box pairs confirmed across them; each view: row, boxes (``link_boxes``' columns), gt, overlays, has_heatmap."""
     for view in views:
-        view["row"] = {k: (None if pd.isna(v) else v) for k, v in view["row"].items()}
-        view["boxes"] = view["boxes"].to_dict("records")
+        view["row"] = {k: _cell(v) for k, v in view["row"].items()}
+        view["boxes"] = [{k: _cell(v) for k, v in box.items()} for box in view["boxes"].to_dict("records")]
         view["gt"] = view["gt"].to_dict("records")
-    return IMAGE.render(title=title, style=STYLE, views=views)
+    return IMAGE.render(title=title, style=STYLE, views=views, pairs=box_pairs(views))
+
+
+# BGR colours of the pairs confirmed across views: none of the pseudo (red), GT (lime, cyan), mask (magenta) or QC
+# (orange) colours. A pair's colour is its number's, cycled.
+PAIR_COLOURS = ((0, 255, 255), (255, 144, 30), (180, 105, 255), (211, 0, 148), (255, 255, 255), (0, 128, 128))
+LINK_COLUMNS = ("label", "pair", "colour", "css", "partner", "status")  # added to the boxes by link_boxes
+
+
+def view_letter(view: object) -> str:
+    """Returns the letter of a view in box labels: A (ANT), P (POST), U (unknown)."""
+    return {"ANT": "A", "POST": "P"}.get(str(view), "U")
+
+
+def css_colour(bgr: tuple[int, int, int] | None) -> str:
+    """Returns the CSS #rrggbb of a BGR colour ("" for None)."""
+    return "" if bgr is None else "#{:02x}{:02x}{:02x}".format(*reversed(bgr))
+
+
+def link_boxes(views: list[tuple[str, object, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Returns image_id -> its boxes with LINK_COLUMNS: the boxes of a patient's views, linked across them.
+
+    Args:
+        views: (image_id, view, boxes) per view, in display order; boxes: rank, score, the corners, cross_view and
+            cross_rank (the confirming box's rank in the patient's other view: the first of `views` of another view).
+
+    label: view letter and rank (A0, P1). A box with cross_view > 0 and the other view's box of rank cross_rank is
+    one edge; the boxes an edge joins, directly or through others, form one pair numbered from 1 in display order
+    (`pair`, its BGR `colour` and `css`; None/"" for unconfirmed boxes). partner: the label of the box confirming
+    it; status: confirmed, not in the other view (cross_view 0), other view not scored (NaN or null).
+    """
+    labels = {}
+    for image_id, view, boxes in views:
+        for rank in boxes["rank"]:
+            labels[(image_id, int(rank))] = f"{view_letter(view)}{int(rank)}"
+    parent = {node: node for node in labels}
+
+    def root(node: tuple) -> tuple:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    partners: dict[tuple, str] = {}
+    for image_id, view, boxes in views:
+        other = next((i for i, v, _ in views if v != view), None)
+        if other is None or "cross_view" not in boxes:
+            continue
+        for rank, score, cross in zip(boxes["rank"], boxes["cross_view"], boxes["cross_rank"], strict=True):
+            target = (other, int(cross)) if pd.notna(cross) else None
+            if pd.notna(score) and score > 0 and target in labels:
+                partners[(image_id, int(rank))] = labels[target]
+                parent[root((image_id, int(rank)))] = root(target)
+    sizes: dict[tuple, int] = {}
+    for node in labels:
+        sizes[root(node)] = sizes.get(root(node), 0) + 1
+    numbers: dict[tuple, int] = {}
+    for node in labels:  # display order: views, then rank
+        if sizes[root(node)] > 1:
+            numbers.setdefault(root(node), len(numbers) + 1)
+    out = {}
+    for image_id, _, boxes in views:
+        scores = boxes["cross_view"] if "cross_view" in boxes else pd.Series(np.nan, index=boxes.index)
+        columns: dict[str, list] = {name: [] for name in LINK_COLUMNS}
+        for rank, score in zip(boxes["rank"], scores, strict=True):
+            node = (image_id, int(rank))
+            pair = numbers.get(root(node))
+            colour = None if pair is None else PAIR_COLOURS[(pair - 1) % len(PAIR_COLOURS)]
+            if node in partners:
+                status = "confirmed"
+            else:
+                status = "other view not scored" if pd.isna(score) else "not in the other view"
+            values = (labels[node], pair, colour, css_colour(colour), partners.get(node), status)
+            for name, value in zip(LINK_COLUMNS, values, strict=True):
+                columns[name].append(value)
+        out[image_id] = boxes.assign(
+            **{name: pd.Series(v, index=boxes.index, dtype=object) for name, v in columns.items()}
+        )
+    return out
+
+
+def box_pairs(views: list[dict]) -> list[dict]:
+    """Returns the pairs of an image page (its views' boxes as records of ``link_boxes``' columns): per pair
+    number, its boxes' labels by view, each box's score and cross_view, and its CSS colour."""
+    pairs: dict[int, dict] = {}
+    for view in views:
+        for box in view["boxes"]:
+            if box.get("pair") is None:
+                continue
+            pair = pairs.setdefault(int(box["pair"]), {"pair": int(box["pair"]), "css": box["css"], "boxes": []})
+            pair["boxes"].append(box)
+    return [pairs[n] for n in sorted(pairs)]
 
 
 def draw_boxes(image_bgr: np.ndarray, boxes: pd.DataFrame, gt: pd.DataFrame) -> np.ndarray:
-    """Returns a copy of a BGR image with pseudo boxes (1 px, rank:score) and GT boxes (draw_gt_boxes)."""
+    """Returns a copy of a BGR image with pseudo boxes (label:score) and GT boxes (draw_gt_boxes).
+
+    Boxes with ``link_boxes``' columns: a box of a pair confirmed across views 2 px in the pair's colour, its label
+    in that colour; the others 1 px red, labelled in white. Without them: 1 px red, rank:score."""
     out = image_bgr.copy()
     corners = ["x1", "y1", "x2", "y2"]
     draw_gt_boxes(out, gt[gt["cls"] == "Abnormal"][corners].to_numpy(), gt[gt["cls"] == "Normal"][corners].to_numpy())
+    linked = "colour" in boxes
     for row in boxes.itertuples(index=False):
         x1, y1, x2, y2 = (int(round(v)) for v in (row.x1_orig, row.y1_orig, row.x2_orig, row.y2_orig))
-        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), BOX_COLOUR, 1)
-        label = f"{int(row.rank)}:{float(row.score):.2f}"
-        cv2.putText(out, label, (x1 + 1, max(y1 - 3, 9)), cv2.FONT_HERSHEY_PLAIN, 0.7, (255, 255, 255), 1)
+        colour = row.colour if linked and row.colour is not None else None
+        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour or BOX_COLOUR, 2 if colour else 1)
+        label = f"{row.label if linked else int(row.rank)}:{float(row.score):.2f}"
+        text = colour or (255, 255, 255)
+        cv2.putText(out, label, (x1 + 1, max(y1 - 3, 9)), cv2.FONT_HERSHEY_PLAIN, 0.7, text, 1)
     return out
 
 

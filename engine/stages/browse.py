@@ -1,14 +1,17 @@
 """`make browse`: a local web page over every image of a run, queried from the run's tables with DuckDB.
 
 The server materialises what a request reads once per run and threshold: the `scored` view (index ⋈ splits ⋈
-preds ⋈ best box ⋈ GT ⋈ hit ⋈ QC over the run's Parquet tables, opened as pyarrow datasets so that paths and
-storage URIs read as in ``engine.io.tables``) becomes one in-memory DuckDB table in image_id order, beside the
-boxes, GT boxes and stored overlays of every image and each filter's choices. Table and image pages query those,
-in milliseconds at the full index. Each request first compares the files of the run's tables and of the model
-run's `thresholds` table with the ones the materialised tables were built from: a new threshold or a new commit
-rebuilds them (the first request after it waits for the build). Image pages render their PNGs on request
-(``engine.io.browse_pages``). The server binds 127.0.0.1 unless `browse.host` says otherwise and serves files
-only from under the run dir and the data root.
+preds ⋈ patient_preds ⋈ best box ⋈ GT ⋈ hit ⋈ QC over the run's Parquet tables, opened as pyarrow datasets so that
+paths and storage URIs read as in ``engine.io.tables``) becomes one in-memory DuckDB table in the table page's
+default order (the scored images first, the most suspicious patient first: its fused probability, then the image's
+own), indexed by image and patient, beside the boxes (with their cross-view links), GT boxes and stored overlays of
+every image and each filter's choices. Table and image pages query those, in milliseconds at the full index. The
+table page opens on the scored images only (rows=all lists every index row); the image page shows the patient's
+two whole-body views side by side, the boxes confirmed across them in one colour per pair. Each request first
+compares the files of the run's tables and of the model run's `thresholds` table with the ones the materialised
+tables were built from: a new threshold or a new commit rebuilds them (the first request after it waits for the
+build). Image pages render their PNGs on request (``engine.io.browse_pages``). The server binds 127.0.0.1 unless
+`browse.host` says otherwise and serves files only from under the run dir and the data root.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps")
+READ_TABLES = ("index", "splits", "preds", "boxes", "gt_boxes", "meta", "heatmaps", "patient_preds")
 WATCHED_TABLES = (*READ_TABLES, "qc")  # a change to their files rebuilds the materialised tables
 
 
@@ -67,8 +70,13 @@ _PIXEL = "ceil({c} - 0.5)"  # a float box edge -> the pixel rule of engine.core.
 SCORED_SQL = f"""
 CREATE OR REPLACE TEMP VIEW scored AS
 WITH pred AS (
-  SELECT image_id, y_prob, qc_flags FROM t_preds WHERE stage IN ('cam', 'infer')
+  SELECT image_id, y_prob, qc_flags, split FROM t_preds WHERE stage IN ('cam', 'infer')
   QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY (stage = 'cam') DESC) = 1),
+patient AS (  -- a patient's fused probability per split: of the scoring stage the images' are read from (cam, else
+              -- infer: written after threshold), else of threshold (val, the best epoch)
+  SELECT patient_id, split, y_prob AS fused, views FROM t_patient_preds
+  QUALIFY row_number() OVER (PARTITION BY patient_id, split
+          ORDER BY CASE stage WHEN 'cam' THEN 0 WHEN 'infer' THEN 1 WHEN 'threshold' THEN 2 ELSE 3 END, stage) = 1),
 flag AS (  -- the qc table's flags, then the ones scoring added (domain_shift, view_mismatch)
   SELECT i.image_id, list_concat(coalesce(q.flags, []::VARCHAR[]), list_filter(coalesce(p.qc_flags, []::VARCHAR[]),
          lambda f: NOT list_contains(coalesce(q.flags, []::VARCHAR[]), f))) AS qc_list
@@ -85,6 +93,7 @@ hit AS (
                              AND least(b.by2, g.y2) > greatest(b.by1, g.y1)) AS is_hit
   FROM best b JOIN t_gt_boxes g ON g.image_id = b.image_id AND g.cls = 'Abnormal' GROUP BY 1)
 SELECT i.image_id, i.folder, i.view, i.patient_id, i.part, i.side, i.path, s.split, i.label, p.y_prob,
+  coalesce(pp.fused, p.y_prob) AS patient_prob, pp.views AS patient_views,
   CASE WHEN p.y_prob IS NULL OR i.label IS NULL OR thr.value IS NULL THEN NULL
        WHEN p.y_prob >= thr.value THEN CASE WHEN i.label = 1 THEN 'TP' ELSE 'FP' END
        ELSE CASE WHEN i.label = 1 THEN 'FN' ELSE 'TN' END END AS outcome,
@@ -96,6 +105,8 @@ FROM t_index i CROSS JOIN run_thr thr
 LEFT JOIN t_splits s ON s.image_id = i.image_id LEFT JOIN pred p ON p.image_id = i.image_id
 LEFT JOIN best b ON b.image_id = i.image_id LEFT JOIN gt ON gt.image_id = i.image_id
 LEFT JOIN hit h ON h.image_id = i.image_id LEFT JOIN flag f ON f.image_id = i.image_id
+LEFT JOIN patient pp ON pp.patient_id = i.patient_id AND pp.split = coalesce(s.split, p.split)
+  AND i.is_whole_body IS NOT FALSE  -- the patient's whole-body views are what patient_preds fuses
 """
 
 
@@ -126,23 +137,33 @@ def image_sql(query: ImageQuery, page_size: int, source: str) -> tuple[str, str,
     if query.qc_flag:
         where.append("list_contains(string_split(coalesce(qc, ''), ', '), ?)")
         params.append(query.qc_flag)
+    if query.scored:
+        where.append("y_prob IS NOT NULL")
     if query.sort not in SORTABLE:
         raise ValueError(f"sort={query.sort!r}: expected one of {SORTABLE}")
     clause = " AND ".join(where)
-    order = f"{query.sort} {'DESC' if query.descending else 'ASC'} NULLS LAST, image_id"
+    direction = "DESC" if query.descending else "ASC"
+    then = f"y_prob {direction} NULLS LAST, " if query.sort == "patient_prob" else ""  # a patient's images: by own p
+    order = f"{query.sort} {direction} NULLS LAST, {then}image_id"
     count = f"SELECT count(*) AS n FROM {source} WHERE {clause}"
     page = f"SELECT * FROM {source} WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
     return count, page, params
 
 
-# What a request reads, materialised once per run and threshold (RunCatalog._build): name -> its SELECT.
+# What a request reads, materialised once per run and threshold (RunCatalog._build): name -> its SELECT. The
+# scored rows are stored in the table page's default order (scored first, most suspicious patient first).
+DEFAULT_ORDER = "(y_prob IS NULL), patient_prob DESC NULLS LAST, y_prob DESC NULLS LAST, image_id"
 MATERIALISED = {
-    "scored_rows": "SELECT * FROM scored ORDER BY image_id",
-    "box_rows": """SELECT image_id, "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM t_boxes
-                   ORDER BY image_id, "rank" """,
+    "scored_rows": f"SELECT * FROM scored ORDER BY {DEFAULT_ORDER}",
+    "box_rows": """SELECT image_id, "rank", score, x1_orig, y1_orig, x2_orig, y2_orig, cross_view, cross_rank
+                   FROM t_boxes ORDER BY image_id, "rank" """,
     "gt_rows": "SELECT image_id, cls, x1, y1, x2, y2 FROM t_gt_boxes ORDER BY image_id, cls, x1, y1",
     "overlay_rows": "SELECT image_id, overlay_orig, overlay_canvas FROM t_heatmaps ORDER BY image_id",
 }
+INDEXES = (  # the image page's look-ups: one image, its patient's views, its boxes
+    "CREATE INDEX scored_rows_image ON scored_rows (image_id)",
+    "CREATE INDEX scored_rows_patient ON scored_rows (patient_id)",
+)
 
 
 class RunCatalog:
@@ -192,6 +213,8 @@ class RunCatalog:
         con = self._open(thr)
         for name, select in MATERIALISED.items():
             con.execute(f"CREATE TEMP TABLE {name} AS {select}")
+        for statement in INDEXES:
+            con.execute(statement)
         self._choices = {
             column: con.execute(
                 f"SELECT DISTINCT CAST({column} AS VARCHAR) AS v FROM scored_rows WHERE {column} IS NOT NULL ORDER BY 1"
@@ -246,9 +269,16 @@ class RunCatalog:
 
     def boxes(self, image_id: str) -> pd.DataFrame:
         """Returns the pseudo boxes of an image, best first (original px)."""
-        sql = """SELECT "rank", score, x1_orig, y1_orig, x2_orig, y2_orig FROM box_rows WHERE image_id = ?
-                 ORDER BY "rank" """
+        sql = """SELECT "rank", score, x1_orig, y1_orig, x2_orig, y2_orig, cross_view, cross_rank FROM box_rows
+                 WHERE image_id = ? ORDER BY "rank" """
         return self._frame(sql, [image_id])
+
+    def linked_boxes(self, views: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Returns image_id -> the pseudo boxes of each of a patient's views (`patient_views` rows) with their
+        labels (A0, P1, ...) and the pairs confirmed across the views (``browse_pages.link_boxes``)."""
+        from engine.io.browse_pages import link_boxes
+
+        return link_boxes([(row.image_id, row.view, self.boxes(row.image_id)) for row in views.itertuples()])
 
     def gt_boxes(self, image_id: str) -> pd.DataFrame:
         """Returns the GT boxes of an image (cls Abnormal / Normal, original px)."""
@@ -256,14 +286,15 @@ class RunCatalog:
             "SELECT cls, x1, y1, x2, y2 FROM gt_rows WHERE image_id = ? ORDER BY cls, x1, y1", [image_id]
         )
 
-    def view(self, row: dict) -> dict:
-        """Returns what an image page shows of one scored row: its boxes, GT boxes and stored CAM outputs."""
+    def view(self, row: dict, boxes: pd.DataFrame | None = None) -> dict:
+        """Returns what an image page shows of one scored row: its boxes (`boxes`: already linked across views,
+        ``linked_boxes``), GT boxes and stored CAM outputs."""
         image_id = row["image_id"]
         stored = self._frame("SELECT overlay_orig, overlay_canvas FROM overlay_rows WHERE image_id = ?", [image_id])
         overlays = [str(v) for v in stored.to_numpy().ravel() if isinstance(v, str) and v]
         return {
             "row": row,
-            "boxes": self.boxes(image_id),
+            "boxes": self.boxes(image_id) if boxes is None else boxes,
             "gt": self.gt_boxes(image_id),
             "overlays": overlays,
             "has_heatmap": not stored.empty,
@@ -313,7 +344,10 @@ def read_under(root: str, relative: str) -> bytes:
 
 
 def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) -> bytes:
-    """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay."""
+    """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay.
+
+    Pseudo boxes are labelled by view and rank (A0, P1, ...); a pair confirmed across the patient's two views is
+    drawn in the same colour in both views' PNGs (``browse_pages.link_boxes``), unconfirmed boxes thin and red."""
     from engine.io.browse_pages import boxes_png
     from engine.io.heatmap_access import HeatmapNotFoundError, load_heatmap, read_scan
 
@@ -328,7 +362,7 @@ def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) ->
             scan, heat = read_scan(data_root, str(path)), None
     except (HeatmapNotFoundError, DecodeError, OSError):
         abort(404)
-    return boxes_png(scan, heat, catalog.boxes(image_id), catalog.gt_boxes(image_id))
+    return boxes_png(scan, heat, catalog.linked_boxes(rows)[image_id], catalog.gt_boxes(image_id))
 
 
 def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
@@ -366,7 +400,9 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
         rows = catalog.patient_views(image_id)
         if rows.empty:
             abort(404)
-        return image_page(image_id, [catalog.view(row) for row in rows.to_dict("records")])
+        linked = catalog.linked_boxes(rows)
+        views = [catalog.view(row, linked[row["image_id"]]) for row in rows.to_dict("records")]
+        return image_page(image_id, views)
 
     @app.get("/render/<kind>/<path:image_id>")
     def render(kind: str, image_id: str) -> Response:

@@ -7,7 +7,11 @@ of boxes on physiological uptake (Normal GT boxes) and its PxAP with the one cla
 methods, tables grouped and explained by ``core.metrics.notes``) and a gallery of overlays in original px for true
 positives, false positives, false negatives and true negatives, each image linked to its page in `make browse`
 (``../image/<image_id>``, which resolves when `make browse` serves this page at ``/report/``; opened as a file the
-links lead nowhere). A section whose inputs are missing says which stage to run; it never stops the others.
+links lead nowhere). Beside the image-level classification metrics stand the per-view and patient rows of
+`metrics` (`make infer`: a patient's views fused, patient_preds), and a last section shows a few patients' two
+whole-body views side by side with their pseudo boxes, a box confirmed in the other view (boxes.cross_view) drawn
+in its pair's colour as `make browse` draws it. A section whose inputs are missing says which stage to run; it
+never stops the others.
 """
 
 from __future__ import annotations
@@ -154,7 +158,57 @@ def _classification(cfg: Config, out: _Out) -> str:
     row = {k: getattr(m, k) for k in ("n", "auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "thr")}
     note = f"<p>Predictions: {html.escape(source)}; {int((~finite).sum())} without a finite probability left out.</p>"
     plots_html = '<div class="plots">' + "".join(_img(n, n) for n in names) + "</div>"
-    return note + classification_html(row) + plots_html
+    return note + classification_html(row) + _levels(cfg) + plots_html
+
+
+LEVEL_COLUMNS = ("n", "auc", "sensitivity", "specificity", "precision", "f1", "thr", "tp/fp/fn/tn")
+PATIENT_STAGES = ("cam", "infer", "threshold")  # patient_preds read first of these (browse reads the same)
+
+
+def level_rows(metrics: pd.DataFrame, fusion: dict[str, str] | None = None) -> pd.DataFrame:
+    """Returns the `metrics` rows as the report shows them, per split: every image of the model's views, each view
+    alone, then the patients (their views fused; `fusion`: split -> the rule), indexed by (split, level)."""
+    from engine.stages._scoring import PATIENT_VIEW
+
+    if metrics.empty:
+        return pd.DataFrame(columns=["split", "level", *LEVEL_COLUMNS]).set_index(["split", "level"])
+    fusion = fusion or {}
+
+    def level(row: pd.Series) -> str:
+        if row["view"] == PATIENT_VIEW:
+            rule = fusion.get(str(row["split"]))
+            return f"patients ({rule} of their views)" if rule else "patients (views fused)"
+        return f"images ({row['view']})"
+
+    order = metrics["view"].map(lambda v: 2 if v == PATIENT_VIEW else 1 if v in ("ANT", "POST") else 0)
+    counts = [f"{tp}/{fp}/{fn}/{tn}" for tp, fp, fn, tn in metrics[["tp", "fp", "fn", "tn"]].itertuples(index=False)]
+    shown = metrics.assign(level=metrics.apply(level, axis=1), _order=order, **{"tp/fp/fn/tn": counts})
+    shown = shown.sort_values(["split", "_order", "level"], kind="stable").drop_duplicates(
+        ["split", "level"], keep="last"
+    )
+    return shown.set_index(["split", "level"])[list(LEVEL_COLUMNS)]
+
+
+def _levels(cfg: Config) -> str:
+    """Returns the per-view and patient metrics of `make infer` beside the image-level ones (or what to run)."""
+    metrics = read_table(cfg.run.dir, "metrics")
+    if metrics.empty:
+        return (
+            '<p class="missing">Per view and per patient (both views read together): run `make infer`; its '
+            "<code>metrics</code> table holds them.</p>"
+        )
+    patients = read_table(cfg.run.dir, "patient_preds")
+    fusion = {}
+    for split, rows in patients.groupby("split"):
+        rows = rows.assign(_stage=rows["stage"].map({s: n for n, s in enumerate(PATIENT_STAGES)}).fillna(99))
+        fusion[str(split)] = str(rows.sort_values("_stage")["fusion"].iloc[0])
+    table = level_rows(metrics, fusion)
+    return (
+        '<h3 id="levels">Images, views and patients</h3><p>The <code>metrics</code> table of <code>make infer</code>, '
+        "per split: every image of the model's views, each view alone, and the patients, each patient's views fused "
+        "into one probability (<code>patient_preds</code>) and called at the patient threshold chosen on val.</p>"
+        + _table(table).replace("<table", '<table id="level-metrics"', 1)
+    )
 
 
 def _training(cfg: Config, out: _Out) -> str:
@@ -451,11 +505,99 @@ def _quality(cfg: Config) -> tuple[str, dict[str, Any]]:
     return "".join(parts), counts
 
 
+def patient_picks(cfg: Config, split: str) -> pd.DataFrame:
+    """Returns one row per patient of `split` with a fused probability (patient_preds of the first of
+    PATIENT_STAGES that has the patient; else its scored whole-body images fused by max): patient_id, y_prob,
+    y_true, views, fusion."""
+    from engine.core.metrics.patients import fuse_patients
+
+    fused = read_table(cfg.run.dir, "patient_preds", _split(split))
+    if not fused.empty:
+        rank = fused["stage"].map({s: n for n, s in enumerate(PATIENT_STAGES)}).fillna(len(PATIENT_STAGES))
+        return fused.assign(_rank=rank).sort_values(["patient_id", "_rank"]).drop_duplicates("patient_id")
+    preds = read_table(cfg.run.dir, "preds", _split(split))
+    preds = preds[preds["stage"].isin(["cam", "infer"])].sort_values("stage")  # cam before infer
+    preds = preds[preds["folder"].isin(view_folders("BOTH"))].drop_duplicates("image_id")
+    return fuse_patients(preds, "max").assign(fusion="max (no patient_preds)")
+
+
+def _patients(cfg: Config, out: _Out) -> str:
+    """Returns a few patients' two whole-body views side by side, their pseudo and GT boxes drawn as `make browse`
+    draws them: a pair of boxes confirmed across the views in one colour, labelled by view and rank."""
+    from engine.io.browse_pages import draw_boxes, link_boxes  # torch: not at import
+    from engine.io.heatmap_access import read_scan
+
+    split = gallery_split(cfg)
+    index = read_table(cfg.run.dir, "index")
+    whole = index[index["is_whole_body"].fillna(False).astype(bool) & index["view"].isin(["ANT", "POST"])]
+    whole = whole.sort_values(["patient_id", "view", "image_id"]).drop_duplicates(["patient_id", "view"])
+    both = whole.groupby("patient_id")["view"].transform("size") == 2
+    fused = patient_picks(cfg, split)
+    fused = fused[fused["patient_id"].isin(whole.loc[both, "patient_id"])]
+    if fused.empty:
+        raise ReportInputError(
+            f"no scored patient of split={split} with both whole-body views indexed: run `make cam` (or `make infer`)"
+        )
+    picks = spread_pick(fused.assign(image_id=fused["patient_id"]), cfg.report.gallery)
+    boxes = read_table(cfg.run.dir, "boxes", _split(split))
+    gt = read_table(cfg.run.dir, "gt_boxes")
+    figures, failed = [], 0
+    for n, patient in enumerate(picks.itertuples(index=False), start=1):
+        views = whole[whole["patient_id"] == patient.patient_id]
+        linked = link_boxes(
+            [
+                (r.image_id, r.view, boxes[boxes["image_id"] == r.image_id].sort_values("rank"))
+                for r in views.itertuples()
+            ]
+        )
+        images, pairs = [], {}
+        try:
+            for r in views.itertuples():
+                scan = cv2.cvtColor(read_scan(cfg.data.root, str(r.path), cfg.data.count_scale), cv2.COLOR_GRAY2BGR)
+                drawn = draw_boxes(scan, linked[r.image_id], gt[gt["image_id"] == r.image_id])
+                name = out.write(f"patients/{n}_{r.view}.png", cv2.imencode(".png", drawn)[1].tobytes())
+                link = html.escape(browse_link(r.image_id))
+                images.append(f'<a class="view" href="{link}">{_img(name, f"{r.view} {r.image_id}")}</a>')
+                for box in linked[r.image_id].itertuples():
+                    if box.pair is not None:
+                        pairs.setdefault(int(box.pair), (box.css, []))[1].append(box.label)
+        except (OSError, DecodeError) as exc:
+            failed += 1
+            log.warning("patients: patient %s: %s", patient.patient_id, exc)
+            continue
+        linked_text = (
+            "; ".join(
+                f'<span class="pair" style="color:{css}">&#9632;</span> {html.escape(" ↔ ".join(labels))}'
+                for _, (css, labels) in sorted(pairs.items())
+            )
+            or "no box confirmed in the other view"
+        )
+        label = {1: "abnormal", 0: "normal"}.get(int(patient.y_true), "unlabelled")
+        figures.append(
+            f'<figure class="patient" id="patient-{html.escape(str(patient.patient_id))}">{"".join(images)}'
+            f"<figcaption>patient {html.escape(str(patient.patient_id))} ({label}): p = {patient.y_prob:.3f}, "
+            f"{html.escape(str(patient.fusion))} of {html.escape(str(patient.views))}; left ANT, right POST. "
+            f"Confirmed across the views: {linked_text}</figcaption></figure>"
+        )
+    unread = f'<p class="missing">{failed} patients could not be read.</p>' if failed else ""
+    return (
+        f"<p>{len(figures)} of the {len(fused)} patients of split {html.escape(split)} with both whole-body views, "
+        "evenly spread from the most to the least suspicious (their views' probabilities fused), in original px. "
+        "Pseudo boxes are labelled by view and rank (A0, P1, ...); a box confirmed by a box of the other view at the "
+        "matching place (<code>boxes.cross_view</code> &gt; 0, <code>make boxes</code>) is drawn 2 px in the colour "
+        "it shares with that box, an unconfirmed one 1 px in red. Each view opens its page in "
+        "<code>make browse</code> when this report is served there.</p>"
+        + unread
+        + f'<div class="gallery">{"".join(figures)}</div>'
+    )
+
+
 SECTIONS = (
     ("Classification", _classification),
     ("Training", _training),
     ("Localisation", _localisation),
     ("Gallery", _gallery),
+    ("Patients: both views", _patients),
 )
 
 
@@ -499,6 +641,7 @@ def run_report(cfg: Config) -> StageSummary:
 STAGE = Stage(
     name="report",
     run=run_report,
-    help="one offline HTML page: curves, confusion matrix, grouped metrics, TP/FP/FN/TN gallery -> report/index.html",
+    help="one offline HTML page: curves, confusion matrix, grouped metrics, TP/FP/FN/TN gallery, both views of a few "
+    "patients -> report/index.html",
     sections=("report", "evaluate"),
 )

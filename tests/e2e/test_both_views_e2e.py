@@ -27,6 +27,7 @@ STEPS = (
     ("cam",),
     ("cam", "cam.split=val", "run.overwrite=true"),
     ("boxes",),
+    ("evaluate",),
 )
 
 
@@ -96,3 +97,18 @@ def test_the_boxes_of_a_patient_with_both_views_are_placed_in_the_other_view(bot
         assert len(match) == 1 and match["score"].iloc[0] == pytest.approx(row.cross_view)
     cam = read_table(str(both_run), "patient_preds", pads.field("stage") == "cam")
     assert cam["patient_id"].is_unique and len(cam)
+
+
+def test_evaluate_scores_the_confirmed_boxes_beside_all_and_each_view_against_its_own_boxes(both_run: Path) -> None:
+    loc = read_table(str(both_run), "loc_metrics")
+    test = loc[(loc["split"] == "test") & (loc["folder"] == "*")]
+    boxes = read_table(str(both_run), "boxes", pads.field("split") == "test")
+
+    def value(method: str, view: str, metric: str) -> float:
+        return test.query("method == @method and view == @view and metric == @metric")["value"].iloc[0]
+
+    assert value("peaks", "all", "n_boxes") == len(boxes)
+    assert value("peaks_confirmed", "all", "n_boxes") == int((boxes["cross_view"] > 0).sum())
+    for view in ("ANT", "POST"):  # each view scored on its own images against its own XML boxes
+        mine = boxes[boxes["folder"] == f"wholeBody{view}"]
+        assert value("peaks", view, "n_boxes") == len(mine)

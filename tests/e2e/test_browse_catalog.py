@@ -33,21 +33,25 @@ def live_page(catalog: RunCatalog, query: ImageQuery, page_size: int) -> tuple[p
 
 def test_every_kind_of_table_query_reads_the_rows_the_live_view_gives(scored_run: Path) -> None:
     catalog = RunCatalog(str(scored_run), selected_thr(scored_run))
-    everything = live_page(catalog, ImageQuery(), 10**6)[0]
+    everything = live_page(catalog, ImageQuery(scored=False), 10**6)[0]
     flags = catalog.qc_flags()
     some_id = everything["image_id"].iloc[len(everything) // 2]
     queries = [
-        ImageQuery(),
-        ImageQuery(page=3),
-        ImageQuery(sort="y_prob", descending=True),
-        ImageQuery(sort="y_prob", page=2),
-        ImageQuery(sort="outcome", filters={"split": "test", "view": "POST"}),
-        ImageQuery(sort="best_box", descending=True, filters={"label": "1"}),
-        ImageQuery(sort="n_abnormal", descending=True, page=1),
-        ImageQuery(sort="qc", descending=True, has_qc=True),
-        ImageQuery(text=some_id[-6:].upper()),  # case-insensitive substring
-        ImageQuery(sort="folder", page=10**4),  # past the end: empty
-        *(ImageQuery(qc_flag=flag, sort="view") for flag in flags),
+        ImageQuery(),  # the page a user opens: scored images, the most suspicious patient first
+        ImageQuery(descending=False),
+        ImageQuery(filters={"view": "POST"}),
+        ImageQuery(sort="image_id", descending=False, scored=False),
+        ImageQuery(page=3, scored=False),
+        ImageQuery(sort="y_prob", descending=True, scored=False),
+        ImageQuery(sort="y_prob", page=2, scored=False),
+        ImageQuery(sort="patient_prob", page=1, scored=False),
+        ImageQuery(sort="outcome", filters={"split": "test", "view": "POST"}, scored=False),
+        ImageQuery(sort="best_box", descending=True, filters={"label": "1"}, scored=False),
+        ImageQuery(sort="n_abnormal", descending=True, page=1, scored=False),
+        ImageQuery(sort="qc", descending=True, has_qc=True, scored=False),
+        ImageQuery(text=some_id[-6:].upper(), scored=False),  # case-insensitive substring
+        ImageQuery(sort="folder", page=10**4, scored=False),  # past the end: empty
+        *(ImageQuery(qc_flag=flag, sort="view", scored=False) for flag in flags),
     ]
     nonempty = 0
     for query in queries:
@@ -62,6 +66,19 @@ def test_every_kind_of_table_query_reads_the_rows_the_live_view_gives(scored_run
     }
     assert {c: v for c, v in catalog.choices().items() if c != "label"} == live_choices
     assert catalog.choices()["label"] == sorted({str(int(v)) for v in everything["label"].dropna()})
+
+
+def test_the_scored_rows_are_materialised_in_the_default_order_with_a_patient_probability(scored_run: Path) -> None:
+    catalog = RunCatalog(str(scored_run), selected_thr(scored_run))
+    stored = catalog.con.execute("SELECT image_id, y_prob, patient_prob FROM scored_rows").df()
+    scored = stored["y_prob"].notna()
+    assert scored.any() and not scored.iloc[scored.sum() :].any()  # the scored rows first
+    assert (
+        stored["image_id"].iloc[: scored.sum()].tolist() == catalog.images(ImageQuery(), 10**6)[0]["image_id"].tolist()
+    )
+    assert stored.loc[scored, "patient_prob"].notna().all()  # fused, else the image's own
+    indexes = catalog.con.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'scored_rows'").df()
+    assert {"scored_rows_image", "scored_rows_patient"} <= set(indexes["index_name"])
 
 
 def test_an_image_reads_the_same_boxes_gt_and_patient_views_as_the_run_tables(scored_run: Path) -> None:

@@ -23,8 +23,10 @@ from engine.core.localization.box_methods import gt_by_image, meta_of, score_met
 from engine.core.localization.boxes import BoxParams
 from engine.core.metrics.localization import LocSettings
 from engine.core.scans.letterbox import original_to_canvas
+from engine.io.browse_pages import PAIR_COLOURS
 from engine.io.codecs import heatmap_column
-from engine.io.tables import TableWriter, read_table
+from engine.io.overlays import BOX_COLOUR
+from engine.io.tables import TableWriter, read_table, write_part
 from engine.stages._population import scored_frame
 from engine.stages.browse import create_app
 from engine.stages.cam import run_cam
@@ -32,7 +34,7 @@ from engine.stages.evaluate.outputs import export_coco
 from engine.stages.evaluate.run import run_evaluate
 from engine.stages.report import run_report
 from tests.conftest import test_config
-from tests.e2e.test_browse import chrome
+from tests.e2e.test_browse import ANT_BOXES, POST_BOXES, both_views_run, chrome, edge_colour
 from tests.eval_recount import recount
 
 # The seed's 48 px boxes at a quarter of the full canvas; a small tuning grid keeps the test short.
@@ -332,7 +334,7 @@ def test_report_references_only_existing_files_and_every_png_decodes(evaluated_r
         "True negatives",
     ):
         assert section in page or section.lower() in page
-    assert report.balanced and report.rows_ok == 4
+    assert report.balanced and report.rows_ok == 5  # classification, training, localisation, gallery, patients
 
 
 def test_the_localisation_section_says_in_one_line_whether_the_runs_boxes_beat_the_body_prior(evaluated_run):
@@ -471,3 +473,47 @@ def test_only_the_trained_views_whole_body_folder_is_scored_whatever_cam_wrote(e
     # rows in = the view's selected images; ok = what the scorer counted; the dropped heatmap is an error
     assert summary.rows_in == len(selected) and summary.rows_ok == len(scored)
     assert summary.errors == {"no_heatmap": 1} and summary.balanced
+
+
+def test_the_report_shows_view_and_patient_metrics_and_a_patients_two_views_with_the_linked_pair(
+    scored_run: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """Issue 28: `metrics` rows of every image, each view and the patients beside the image-level metrics, and the
+    most suspicious patient's ANT and POST side by side, the box pair confirmed across them in one colour."""
+    both = both_views_run(scored_run, tmp_path / "run")
+    counts = {"tp": 3, "tn": 4, "fp": 1, "fn": 2, "n": 10}
+    rows = [
+        {"view": view, "auc": auc, "thr": 0.5, "accuracy": 0.7, "sensitivity": 0.6, "specificity": 0.8}
+        | {"precision": 0.75, "f1": 0.66, "run_id": "test", "split": "test", **counts}
+        for view, auc in (("BOTH", 0.7125), ("ANT", 0.6875), ("POST", 0.7375), ("patient", 0.8125))
+    ]
+    write_part(str(both.run_dir), "metrics", pd.DataFrame(rows), "test")
+    summary = run_report(test_config(data_root, both.run_dir))
+    page = (both.run_dir / "report" / "index.html").read_text()
+    assert summary.errors == {"missing_input": 1}  # loc_metrics: `make evaluate` did not run
+    table = re.search(r'<table[^>]*id="level-metrics".*?</table>', page, re.S).group(0)
+    levels = re.findall(r"<th>(images \(\w+\)|patients \([^)]*\))</th>", table)
+    assert levels == ["images (BOTH)", "images (ANT)", "images (POST)", "patients (max of their views)"]
+    assert "0.8125" in table and "3/1/2/4" in table
+    figure = re.search(rf'<figure class="patient" id="patient-{both.patient}">(.*?)</figure>', page, re.S)
+    assert figure and page.index('<figure class="patient"') == page.index(figure.group(0))  # fused 0.99: first
+    views = re.findall(r'<a class="view" href="\.\./image/([^"]+)"><img src="([^"]+)"', figure.group(1))
+    assert [unquote(href) for href, _ in views] == [both.ant, both.post]  # side by side: ANT left, POST right
+    assert "Confirmed across the views:" in figure.group(1) and "A1 ↔ P0" in figure.group(1)
+    ant_png, post_png = ((both.run_dir / "report" / src).read_bytes() for _, src in views)
+    assert edge_colour(post_png, POST_BOXES[0]) == edge_colour(ant_png, ANT_BOXES[1]) == PAIR_COLOURS[0]
+    assert edge_colour(post_png, POST_BOXES[1]) == edge_colour(ant_png, ANT_BOXES[0]) == BOX_COLOUR
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert not [s for s in sources if "://" in s or s.startswith("/") or not (both.run_dir / "report" / s).exists()]
+    client = served_report(test_config(data_root, both.run_dir))
+    for href, _ in views:
+        page_of = client.get(urljoin("/report/", f"../image/{href}"))
+        assert page_of.status_code == 200 and 'id="pair-1"' in page_of.data.decode()  # browse shows the same pair
+    driver = chrome()
+    try:
+        driver.set_window_size(800, 1000)
+        driver.get((both.run_dir / "report" / "index.html").as_uri())
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= driver.execute_script("return document.documentElement.clientWidth")
+    finally:
+        driver.quit()
