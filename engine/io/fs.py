@@ -85,13 +85,16 @@ def read_run_json(run_dir: str, relative: str) -> dict[str, Any] | None:
         return None
 
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where built in (~10x faster)
+
+
 def read_saved_config(run_dir: str, stage: str) -> dict[str, Any]:
     """Returns the config a stage saved in the run (`<run_dir>/config/<stage>.yaml`) as nested dicts, or {} when
     the file is missing or is not a YAML mapping: the one reader of what a run was made with."""
     fs, root = resolve_fs(run_dir)
     try:
         with fs.open_input_stream(f"{root}/config/{stage}.yaml") as stream:
-            saved = yaml.safe_load(stream.read())
+            saved = yaml.load(stream.read(), Loader=SAFE_LOADER)
     except (OSError, yaml.YAMLError):
         return {}
     return saved if isinstance(saved, dict) else {}

@@ -93,7 +93,9 @@ def read_scan(data_root: str, relative: str, count_scale: str = "max") -> np.nda
     return image
 
 
-def load_heatmap(run_dir: str, image_id: str, space: str = "orig", data_root: str | None = None) -> ImageHeatmap:
+def load_heatmap(
+    run_dir: str, image_id: str, space: str = "orig", data_root: str | None = None, count_scale: str | None = None
+) -> ImageHeatmap:
     """Returns the scan of `image_id` and its CAM resized to the same frame.
 
     Args:
@@ -102,6 +104,8 @@ def load_heatmap(run_dir: str, image_id: str, space: str = "orig", data_root: st
         space: "orig": the original image (orig_h, orig_w) and the map brought back through the letterbox
             inverse; "canvas": the letterboxed canvas (canvas_h, canvas_w) and the map upsampled onto it.
         data_root: where the scans are; default: `data.root` of the run's saved config.
+        count_scale: the run's count rule (`data.count_scale`); default: the run's saved one (a caller that renders
+            many images reads it once).
 
     Raises:
         ValueError: an unknown `space`.
@@ -110,7 +114,7 @@ def load_heatmap(run_dir: str, image_id: str, space: str = "orig", data_root: st
     if space not in SPACES:
         raise ValueError(f"space={space!r}: expected one of {SPACES}")
     heatmap, meta, relative = stored_heatmap(run_dir, image_id)
-    count_scale = saved_data_setting(run_dir, "count_scale") or "max"
+    count_scale = count_scale or saved_data_setting(run_dir, "count_scale") or "max"
     image = read_scan(data_root or saved_data_root(run_dir), relative, count_scale)
     canvas_heat = np.clip(upsample_heatmap(heatmap, meta.canvas_h, meta.canvas_w), 0.0, 1.0)
     if space == "canvas":

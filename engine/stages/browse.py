@@ -343,7 +343,7 @@ def read_under(root: str, relative: str) -> bytes:
         abort(404)
 
 
-def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) -> bytes:
+def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str, count_scale: str = "max") -> bytes:
     """Returns an image's PNG in original px with every box: "boxes" on the gray scan, "cam" on its CAM overlay.
 
     Pseudo boxes are labelled by view and rank (A0, P1, ...); a pair confirmed across the patient's two views is
@@ -356,10 +356,10 @@ def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) ->
         abort(404)
     try:
         if kind == "cam":
-            scan, heat = load_heatmap(catalog.run_dir, image_id, "orig", data_root=data_root)
+            scan, heat = load_heatmap(catalog.run_dir, image_id, "orig", data_root, count_scale)
         else:
             path = rows.loc[rows["image_id"] == image_id, "path"].iloc[0]
-            scan, heat = read_scan(data_root, str(path)), None
+            scan, heat = read_scan(data_root, str(path), count_scale), None
     except (HeatmapNotFoundError, DecodeError, OSError):
         abort(404)
     return boxes_png(scan, heat, catalog.linked_boxes(rows)[image_id], catalog.gt_boxes(image_id))
@@ -368,13 +368,14 @@ def render_png(catalog: RunCatalog, data_root: str, kind: str, image_id: str) ->
 def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
     """Returns the Flask app of `make browse` over `cfg.run.dir`, scans read from the run's saved data root."""
     from engine.io.browse_pages import image_page, parse_query, table_page
-    from engine.io.heatmap_access import HeatmapNotFoundError, saved_data_root
+    from engine.io.heatmap_access import HeatmapNotFoundError, saved_data_root, saved_data_setting
 
     run_dir = cfg.run.dir
     try:
         data_root = saved_data_root(run_dir)
     except HeatmapNotFoundError:
         data_root = cfg.data.root
+    count_scale = saved_data_setting(run_dir, "count_scale") or cfg.data.count_scale  # read once, not per image
     threshold = SelectedThreshold(cfg)
     catalog = RunCatalog(run_dir, threshold.current()[0])
     app = Flask(__name__)
@@ -406,7 +407,7 @@ def create_app(cfg: Config, browse: BrowseConfig) -> Flask:
 
     @app.get("/render/<kind>/<path:image_id>")
     def render(kind: str, image_id: str) -> Response:
-        return Response(render_png(catalog, data_root, kind, image_id), mimetype="image/png")
+        return Response(render_png(catalog, data_root, kind, image_id, count_scale), mimetype="image/png")
 
     @app.get("/report/")
     @app.get("/report/<path:relative>")
