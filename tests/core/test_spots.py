@@ -70,6 +70,9 @@ def test_spot_columns_pad_with_nan_and_read_back():
     assert 1 <= len(first) <= 4 and np.isfinite(first).all()
     assert second.shape == (0, len(sp.SPOT_COLUMNS))
     assert sp.spots_of((None,) * len(sp.SPOT_COLUMNS)).shape == (0, len(sp.SPOT_COLUMNS))
+    for name in sp.HALF_PRECISION:  # what the table keeps, and what the ranker reads in the actor
+        kept = columns[name][np.isfinite(columns[name])]
+        assert len(kept) and np.array_equal(kept, kept.astype(np.float16).astype(np.float32))
 
 
 def test_physiology_map_is_high_where_normal_boxes_were():
