@@ -261,10 +261,11 @@ def scored_patients(cfg: Config, stage: str, split: str | None) -> str:
     split with None), one partition per split; returns the summary line (how many patients from both views, how
     many from one), or why there are none."""
     from engine.contract import trained_views
-    from engine.stages._rows import view_folders
 
     preds = read_table(cfg.run.dir, "preds", pads.field("stage") == stage)
-    preds = preds[preds["view"].isin(trained_views(cfg)) & preds["folder"].isin(view_folders("BOTH"))]
+    index = read_table(cfg.run.dir, "index", columns=["image_id", "is_whole_body"])
+    whole = set(index.loc[index["is_whole_body"].fillna(False).astype(bool), "image_id"])  # any layout's flag
+    preds = preds[preds["view"].isin(trained_views(cfg)) & preds["image_id"].isin(whole)]
     if split is not None:
         preds = preds[preds["split"] == split]
     if preds.empty:

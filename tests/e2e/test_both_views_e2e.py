@@ -14,7 +14,10 @@ import pytest
 
 from engine.core.metrics.patients import FUSION_RULES
 from engine.io.tables import read_table
-from tests.conftest import run_job
+from engine.stages.cam import run_cam
+from engine.stages.index import run_index
+from tests.conftest import run_job, test_config
+from tests.io.test_dicom import clinic_folder, counts_image, write_nm  # noqa: F401 - the fixture
 
 # half of the patients train (both views: ~60 images, one epoch); a quarter each for val (the spot ranker and the
 # patient rule are chosen there) and test
@@ -112,3 +115,31 @@ def test_evaluate_scores_the_confirmed_boxes_beside_all_and_each_view_against_it
     for view in ("ANT", "POST"):  # each view scored on its own images against its own XML boxes
         mine = boxes[boxes["folder"] == f"wholeBody{view}"]
         assert value("peaks", view, "n_boxes") == len(mine)
+
+
+def test_a_clinic_study_is_scored_per_patient_from_its_two_frames_and_a_one_view_patient_says_so(
+    ray_session,
+    both_run: Path,
+    clinic_folder: Path,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    write_nm(clinic_folder / "ward" / "p9_post.dcm", [counts_image(9)], ["PO"], PatientID="P09")  # one view only
+    run_dir = tmp_path / "clinic"
+    cfg = test_config(clinic_folder, run_dir, "data.layout=dicom", f"model.from_run={both_run}", "cam.overlays=0")
+    run_index(cfg)
+    summary = run_cam(cfg)
+    assert summary.balanced
+    index = read_table(str(run_dir), "index").set_index("image_id")
+    preds = read_table(str(run_dir), "preds", pads.field("stage") == "cam")
+    patients = read_table(str(run_dir), "patient_preds", pads.field("stage") == "cam").set_index("patient_id")
+    assert patients.index.is_unique
+    scored = preds.assign(patient=index.loc[preds["image_id"], "patient_id"].to_numpy())
+    views = scored.groupby("patient")["view"].agg(lambda v: "+".join(sorted(set(v))))
+    assert patients["views"].to_dict() == views.to_dict()  # each patient once, from the views it has
+    study = index.loc[index["path"] == "raw/s01.dcm#0", "patient_id"].iloc[0]  # a raw ANT + POST study
+    assert patients.loc[study, "views"] == "ANT+POST" and patients.loc[study, "n_views"] == 2
+    mine = scored[scored["patient"] == study]["y_prob"]
+    assert patients.loc[study, "y_prob"] == pytest.approx(mine.agg(patients.loc[study, "fusion"]), abs=1e-6)
+    alone = index.loc[index["path"] == "ward/p9_post.dcm#0", "patient_id"].iloc[0]
+    assert patients.loc[alone, "views"] == "POST" and patients.loc[alone, "n_views"] == 1  # one view, and says so
+    assert patients.loc[alone, "y_prob"] == pytest.approx(scored.loc[scored["patient"] == alone, "y_prob"].iloc[0])
