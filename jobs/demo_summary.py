@@ -17,6 +17,7 @@ from engine.io.summary import pack_items
 # the headline methods (every method and baseline: the evaluate summary above it, or tables/loc_metrics)
 FIGURES = (
     "peaks",
+    "peaks_confirmed",  # the run's boxes that the patient's other view confirms (cross_view > 0)
     "body_prior",  # the no-model prior beside the run's boxes and each ablation row below
     "spots_peak",
     "spots_scan",
@@ -59,6 +60,9 @@ def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
             f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
             f"({infer['n']} images)"
         )
+        views = [f"{k.removeprefix('auc_')} {v:.3f}" for k, v in infer.items() if k.startswith("auc_") and v is not None]
+        if views:
+            lines.append(f"  auc per view and per patient: {', '.join(views)}; patients: {infer.get('patients', '-')}")
     figures = [f"  {k}: {evaluate[k]}" for k in FIGURES if k in evaluate]  # evaluate stores them formatted
     if figures:
         lines += ["localisation on the test split (all methods: evaluate's summary above):", *figures]

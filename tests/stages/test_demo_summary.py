@@ -61,3 +61,14 @@ def test_figures_are_printed_from_the_evaluate_and_infer_summaries(tmp_path: Pat
     assert "  peaks: pointing_game=0.900, n=3" in out
     assert not any("centre_prior" in line for line in out)  # a baseline: in evaluate's own summary, not the headline
     assert "  demo: infer 2 s, evaluate 5 s" in out
+
+
+def test_the_patient_auc_stands_beside_each_views(tmp_path: Path, capsys) -> None:
+    demo = tmp_path / "demo"
+    figures = {"split": "test", "auc": 0.8, "sensitivity": 0.7, "specificity": 0.6, "thr": 0.5, "n": 80}
+    _summary(demo, "infer", 2.0, 80, **figures, auc_ANT=0.75, auc_POST=0.81, auc_patient=0.86, patients="40 (max)")
+    _summary(demo, "evaluate", 5.0, 80, peaks="precision@iou0.3=0.300", peaks_confirmed="precision@iou0.3=0.500")
+    assert main([str(demo)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  auc per view and per patient: ANT 0.750, POST 0.810, patient 0.860; patients: 40 (max)" in out
+    assert out.index("  peaks: precision@iou0.3=0.300") + 1 == out.index("  peaks_confirmed: precision@iou0.3=0.500")

@@ -30,9 +30,10 @@ TRAINED = load_config(  # a model trained at stride 8, which no default or demo 
 def test_a_config_at_its_defaults_adopts_the_models_contract() -> None:
     cfg, notes = apply_contract(Config(), contract_info(TRAINED), "run/model/best.json")
     assert (cfg.canvas.height, cfg.canvas.width) == (512, 256)
-    assert (cfg.model.name, cfg.model.output_stride, cfg.data.view) == ("test_resnet", 8, "POST")
+    assert (cfg.model.name, cfg.model.output_stride, cfg.data.view) == ("test_resnet", 8, "BOTH")  # the demo's
     assert cfg.cam.target_layer == "layer3"  # a CAM setting left at its default is the model run's
-    assert set(notes) == {"canvas.height", "canvas.width", "model.name", "model.output_stride", "cam.target_layer"}
+    adopted = {"canvas.height", "canvas.width", "model.name", "model.output_stride", "cam.target_layer", "data.view"}
+    assert set(notes) == adopted
 
 
 def test_a_contradicting_key_is_one_error_naming_both_values_unless_overridden() -> None:
