@@ -187,6 +187,16 @@ def css_colour(bgr: tuple[int, int, int] | None) -> str:
     return "" if bgr is None else "#{:02x}{:02x}{:02x}".format(*reversed(bgr))
 
 
+def _components(count: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    """Returns the connected component of each of `count` nodes joined by undirected `edges` (scipy)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, cols = (np.array([e[k] for e in edges], dtype=np.int64) for k in (0, 1))
+    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
 def link_boxes(views: list[tuple[str, object, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """Returns image_id -> its boxes with LINK_COLUMNS: the boxes of a patient's views, linked across them.
 
@@ -203,15 +213,9 @@ def link_boxes(views: list[tuple[str, object, pd.DataFrame]]) -> dict[str, pd.Da
     for image_id, view, boxes in views:
         for rank in boxes["rank"]:
             labels[(image_id, int(rank))] = f"{view_letter(view)}{int(rank)}"
-    parent = {node: node for node in labels}
-
-    def root(node: tuple) -> tuple:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
+    nodes = {node: i for i, node in enumerate(labels)}  # display order: views, then rank
     partners: dict[tuple, str] = {}
+    edges: list[tuple[int, int]] = []
     for image_id, view, boxes in views:
         other = next((i for i, v, _ in views if v != view), None)
         if other is None or "cross_view" not in boxes:
@@ -220,14 +224,17 @@ def link_boxes(views: list[tuple[str, object, pd.DataFrame]]) -> dict[str, pd.Da
             target = (other, int(cross)) if pd.notna(cross) else None
             if pd.notna(score) and score > 0 and target in labels:
                 partners[(image_id, int(rank))] = labels[target]
-                parent[root((image_id, int(rank)))] = root(target)
-    sizes: dict[tuple, int] = {}
-    for node in labels:
-        sizes[root(node)] = sizes.get(root(node), 0) + 1
-    numbers: dict[tuple, int] = {}
-    for node in labels:  # display order: views, then rank
-        if sizes[root(node)] > 1:
-            numbers.setdefault(root(node), len(numbers) + 1)
+                edges.append((nodes[(image_id, int(rank))], nodes[target]))
+    component = _components(len(nodes), edges)
+    sizes = np.bincount(component, minlength=len(nodes))
+    numbers: dict[int, int] = {}
+    for i in range(len(nodes)):
+        if sizes[component[i]] > 1:
+            numbers.setdefault(int(component[i]), len(numbers) + 1)
+
+    def root(node: tuple) -> int:
+        return int(component[nodes[node]])
+
     out = {}
     for image_id, _, boxes in views:
         scores = boxes["cross_view"] if "cross_view" in boxes else pd.Series(np.nan, index=boxes.index)
