@@ -60,7 +60,9 @@ def figure_lines(evaluate: dict, infer: dict | None = None) -> list[str]:
             f"{infer['sensitivity']:.3f}, specificity {infer['specificity']:.3f} at thr {infer['thr']:.3f} "
             f"({infer['n']} images)"
         )
-        views = [f"{k.removeprefix('auc_')} {v:.3f}" for k, v in infer.items() if k.startswith("auc_") and v is not None]
+        views = [
+            f"{k.removeprefix('auc_')} {v:.3f}" for k, v in infer.items() if k.startswith("auc_") and v is not None
+        ]
         if views:
             lines.append(f"  auc per view and per patient: {', '.join(views)}; patients: {infer.get('patients', '-')}")
     figures = [f"  {k}: {evaluate[k]}" for k in FIGURES if k in evaluate]  # evaluate stores them formatted

@@ -39,6 +39,7 @@ from engine.core.model.cam import (
 from engine.core.model.classifier import bf16_autocast, normalize_canvas
 from engine.core.scans.decode import decode_gray8
 from engine.core.scans.letterbox import letterbox
+from engine.core.scans.views import mirror_rows, mirrored, unmirror_centres
 from engine.io.checkpoints import load_model
 from engine.io.fs import resolve_fs, safe_relative_path
 from engine.io.tables import TableWriter
@@ -179,7 +180,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
     """Returns (img/s, seconds per step) of the same work in one process: no Ray, no actors."""
     from engine.core.localization.columns import body_boxes
     from engine.core.localization.spots import SpotSettings, spot_columns
-    from engine.io.codecs import heatmap_column, peak_list_columns, spot_list_columns
+    from engine.io.codecs import heatmap_column, peak_list_columns, spot_list_columns, stored_heatmaps
     from engine.stages._scoring import box_params
 
     device = _device(cfg)
@@ -192,8 +193,9 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
     start = time.perf_counter()
     for first in range(0, len(rows), cfg.infer.batch_size):
         batch = _decode_rows(rows.iloc[first : first + cfg.infer.batch_size], cfg, profile)
+        flip = mirrored(batch["view"])  # as ClassifyCamStage: the model reads ANT mirrored, its CAM flipped back
         with _timed(profile, "transfer"):
-            x = normalize_canvas(torch.from_numpy(batch["canvas"]).to(device))
+            x = normalize_canvas(torch.from_numpy(np.ascontiguousarray(mirror_rows(batch["canvas"], flip))).to(device))
         centres = None
         if cfg.cam.refine:  # "forward" holds forward + CAM + the evidence backward: one autograd pass
             with _timed(profile, "forward"), bf16_autocast(amp):
@@ -210,7 +212,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
                     cams=cams,
                     cell_centre=tuple(info["cell_centre"]),
                 )  # as ClassifyCamStage
-                centres = centres.cpu().numpy()
+                centres = unmirror_centres(centres.cpu().numpy(), flip, batch["canvas"].shape[-1])
         else:
             with _timed(profile, "forward"), torch.inference_mode(), bf16_autocast(amp):
                 features = model.forward_features(x)
@@ -220,7 +222,7 @@ def plain_loop(cfg: Config, rows: Any, run_dir: str) -> tuple[float, dict[str, f
         with _timed(profile, "cam"):
             norm, raw_max = normalize_cams(cams)
             raw_min = cams.flatten(1).min(dim=1).values
-            heat = norm.cpu().numpy().astype(np.float16)
+            heat = stored_heatmaps(mirror_rows(norm.cpu().numpy(), flip))  # the 8-bit levels the table keeps
         with _timed(profile, "spots"):  # as ClassifyCamStage: the scan's hot spots, stored with the heatmap
             if cfg.cam.spots > 0:
                 batch.update(spot_columns(batch["canvas"], body_boxes(batch), SpotSettings(limit=cfg.cam.spots)))

@@ -81,6 +81,7 @@ def test_killed_cam_driver_commits_nothing_and_a_rerun_completes(untrained_run: 
         "cam.limit=24",
         "infer.batch_size=4",
         "ray.num_cpus=2",
+        "data.view=POST",  # the model's view, as test_config's (conf/demo.yaml reads both)
     ]
     command = [sys.executable, "-m", "jobs", "cam", "--config", "conf/demo.yaml", *args]
     # the driver stops after staging its first of 6 batches (engine/io/pause.py): killed mid-run on any machine
