@@ -144,8 +144,9 @@ def _write_boxes(
     if not parts:
         return
     boxes = pd.concat(parts, ignore_index=True)
-    patients = read_table(cfg.run.dir, "index")[["image_id", "patient_id"]].drop_duplicates("image_id")
-    images = frame.drop(columns=["heatmap"]).merge(patients, on="image_id", how="inner")
+    patients = read_table(cfg.run.dir, "index", columns=["image_id", "patient_id"]).drop_duplicates("image_id")
+    placed = ["image_id", "folder", "orig_w", "orig_h", "new_h", "pad_top", "body_y1_canvas", "body_y2_canvas"]
+    images = frame[placed].merge(patients, on="image_id", how="inner")  # what views.placement reads, no maps
     found = cross_view_columns(boxes, images)
     writer.write("boxes", boxes.assign(**found))
     confirmed = found["cross_view"][np.isfinite(found["cross_view"])]
